@@ -1,0 +1,255 @@
+//! routes.toml: the one file an operator reads to know who is told what.
+//!
+//! This module only parses the file into plain types; turning them into a working
+//! engine (compiling matchers, resolving templates, checking names) happens in
+//! [`crate::core::Core::load`], which reports every problem at once.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Default location of the configuration, relative to the working directory.
+pub const DEFAULT_CONFIG: &str = "routes.toml";
+
+/// The whole of routes.toml.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where schemas and templates live, relative to the config file.
+    #[serde(default)]
+    pub paths: Paths,
+    /// Broker connection and topology.
+    #[serde(default)]
+    pub amqp: Amqp,
+    /// Sender details and transport for the email channel.
+    #[serde(default)]
+    pub email: Email,
+    /// Limits applied to incoming events before they are trusted.
+    #[serde(default)]
+    pub limits: Limits,
+    /// The working-day calendar.
+    #[serde(default)]
+    pub calendar: CalendarConfig,
+    /// RabbitMQ login -> event type patterns that login may publish (`prison.*`).
+    #[serde(default)]
+    pub publishers: BTreeMap<String, Vec<String>>,
+    /// Fields only some classes of recipient may see.
+    #[serde(default)]
+    pub sensitive: Vec<SensitiveRule>,
+    /// The directory of recipients.
+    #[serde(default, rename = "recipient")]
+    pub recipients: Vec<RecipientConfig>,
+    /// Routing rules, tried in order.
+    #[serde(default, rename = "route")]
+    pub routes: Vec<RouteConfig>,
+}
+
+/// Locations of the other files Herald reads.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Paths {
+    /// Folder of JSON Schemas (`envelope.schema.json`, `common.schema.json`, `events/*.json`).
+    pub schemas: PathBuf,
+    /// Folder of templates, one sub-folder per template.
+    pub templates: PathBuf,
+    /// Folder of valid example events that `herald check` renders every template against.
+    pub examples: PathBuf,
+}
+
+impl Default for Paths {
+    fn default() -> Self {
+        Paths {
+            schemas: "schemas".into(),
+            templates: "templates".into(),
+            examples: "schemas/examples/valid".into(),
+        }
+    }
+}
+
+/// Broker settings; `HERALD_AMQP_URL` overrides the URL.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Amqp {
+    pub url: String,
+    pub exchange: String,
+    pub queue: String,
+    pub prefetch: u16,
+}
+
+impl Default for Amqp {
+    fn default() -> Self {
+        Amqp {
+            url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+            exchange: "herald.events".into(),
+            queue: "herald.events".into(),
+            prefetch: 100,
+        }
+    }
+}
+
+/// Email channel settings; `HERALD_SMTP_URL` overrides the URL.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Email {
+    /// The From header, `Name <address>`.
+    pub from: String,
+    /// SMTP URL in lettre's form; unset means `.eml` files in `outbox`.
+    pub url: Option<String>,
+    /// Folder for `.eml` files when no SMTP URL is configured.
+    pub outbox: PathBuf,
+}
+
+impl Default for Email {
+    fn default() -> Self {
+        Email {
+            from: "Herald <herald@notify.example.gov.uk>".into(),
+            url: None,
+            outbox: "outbox".into(),
+        }
+    }
+}
+
+/// Limits on incoming events.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Largest accepted body, e.g. `"256 KiB"`.
+    pub max_event_bytes: bytesize::ByteSize,
+    /// Deepest accepted nesting of JSON arrays and objects.
+    pub max_depth: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_event_bytes: bytesize::ByteSize::kib(256),
+            max_depth: 32,
+        }
+    }
+}
+
+/// Working-day calendar settings.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CalendarConfig {
+    /// A bank-holiday file in the GOV.UK `bank-holidays.json` format; unset means the
+    /// England and Wales list built into Herald (2020 to 2030).
+    pub bank_holidays: Option<PathBuf>,
+}
+
+/// A field that only some recipient classes may receive.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SensitiveRule {
+    /// Dotted paths inside `additionalInformation`.
+    pub fields: Vec<String>,
+    /// Only these classes receive the fields (everyone else has them removed).
+    pub only: Option<Vec<String>>,
+    /// These classes never receive the fields.
+    pub never: Option<Vec<String>>,
+    /// Why, for the person reading the file and for `herald route-test`.
+    pub why: Option<String>,
+}
+
+/// One entry of the recipient directory.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecipientConfig {
+    /// `<class>:<code>`, e.g. `police:WYP-LEEDS`.
+    pub id: String,
+    pub class: String,
+    /// Display name used in greetings and logs.
+    pub name: String,
+    #[serde(default)]
+    pub email: Vec<String>,
+    pub webhook: Option<WebhookConfig>,
+    /// People this recipient has shown authority to act for, as `TYPE:value`
+    /// identifiers (`NOMS:A1234BC`). Required for legal representatives.
+    #[serde(default)]
+    pub acts_for: Vec<String>,
+}
+
+/// A recipient's webhook endpoint.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    pub url: String,
+    /// Name of the environment variable holding the `whsec_` signing secret.
+    pub secret_env: String,
+    /// During a rotation, the variable holding the previous secret; both signatures are sent.
+    pub previous_secret_env: Option<String>,
+}
+
+/// One routing rule.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Unique, used in logs, metrics and idempotency keys.
+    pub name: String,
+    /// Event types this route applies to.
+    pub events: Vec<String>,
+    /// `path = "value"`, `path != "value"`, `path =~ "regex"`, `path !~ "regex"`.
+    #[serde(default)]
+    pub matchers: Vec<String>,
+    /// Recipient ids, `<class>:{field.path}` patterns or `<class>:*`.
+    pub to: Vec<String>,
+    /// Channels this route may use; each recipient gets those it has.
+    #[serde(default = "default_channels")]
+    pub channels: Vec<String>,
+    pub template: String,
+    /// Deadline, e.g. `within 24h`, `within 1 working day`, `on the day of releasedAt`,
+    /// `28d notice before releaseDate`, `before leavesAt`. Unset: untracked.
+    pub sla: Option<String>,
+    #[serde(default)]
+    pub priority: Option<String>,
+    /// Marking shown in brackets at the start of the subject and in the payload, e.g. `CAT A`.
+    pub mark: Option<String>,
+    /// Keep trying later routes after this one matched.
+    #[serde(default, rename = "continue")]
+    pub continue_matching: bool,
+}
+
+fn default_channels() -> Vec<String> {
+    vec!["email".into(), "webhook".into()]
+}
+
+/// Failure to read or parse routes.toml.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+}
+
+impl Config {
+    /// Reads and parses the file; paths inside it are resolved against its folder.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut config = Config::parse(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        })?;
+        let base = path.parent().unwrap_or(Path::new(""));
+        config.paths.schemas = base.join(&config.paths.schemas);
+        config.paths.templates = base.join(&config.paths.templates);
+        config.paths.examples = base.join(&config.paths.examples);
+        config.email.outbox = base.join(&config.email.outbox);
+        if let Some(holidays) = &config.calendar.bank_holidays {
+            config.calendar.bank_holidays = Some(base.join(holidays));
+        }
+        Ok(config)
+    }
+
+    /// Parses TOML text; the error names the line and column.
+    pub fn parse(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())
+    }
+}

@@ -1,0 +1,245 @@
+//! The whole offline core, built from routes.toml: intake (schemas and limits) and the
+//! routing engine (directory, routes, redaction, calendar, templates). Loading reports every
+//! problem at once, each naming its file and, where it has one, its route or recipient.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::event::{Event, EventId};
+use crate::intake::{Intake, Rejection, SchemaSet};
+use crate::notification::Routing;
+use crate::render::Renderer;
+use crate::route::{
+    Directory, Engine, Recipient, RecipientClass, RecipientId, Redaction, Route, Selector,
+};
+use crate::sla::Calendar;
+
+/// Intake and engine, ready to process events.
+#[derive(Debug)]
+pub struct Core {
+    pub config: Config,
+    pub config_path: PathBuf,
+    pub intake: Intake,
+    pub engine: Engine,
+}
+
+impl Core {
+    /// Loads routes.toml and everything it points to.
+    pub fn load(path: &Path) -> Result<Core, Vec<String>> {
+        let config = Config::load(path).map_err(|e| vec![e.to_string()])?;
+        Core::from_config(config, path)
+    }
+
+    /// Builds the core from a parsed configuration; `path` names the file in messages.
+    pub fn from_config(config: Config, path: &Path) -> Result<Core, Vec<String>> {
+        let file = path.display().to_string();
+        let mut errors = Vec::new();
+
+        let schemas = SchemaSet::load(&config.paths.schemas)
+            .map_err(|es| errors.extend(es.into_iter().map(|e| e.to_string())))
+            .ok();
+        let renderer = Renderer::load(&config.paths.templates)
+            .map_err(|es| errors.extend(es.into_iter().map(|e| e.to_string())))
+            .ok();
+        let calendar = match &config.calendar.bank_holidays {
+            None => Some(Calendar::england_and_wales()),
+            Some(p) => Calendar::load(p)
+                .map_err(|e| errors.push(format!("{file}: [calendar]: {e}")))
+                .ok(),
+        };
+        let (directory, dir_errors) = Directory::build(&config.recipients);
+        errors.extend(dir_errors.into_iter().map(|e| format!("{file}: {e}")));
+        let (redaction, red_errors) = Redaction::build(&config.sensitive);
+        errors.extend(red_errors.into_iter().map(|e| format!("{file}: {e}")));
+
+        for (login, patterns) in &config.publishers {
+            for p in patterns {
+                let body = p.strip_suffix(".*").unwrap_or(p);
+                if body.is_empty()
+                    || !body.chars().all(|c| {
+                        c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-'
+                    })
+                {
+                    errors.push(format!("{file}: [publishers] {login}: \"{p}\" is not an event type or a prefix ending in .*"));
+                }
+            }
+        }
+
+        let mut routes = Vec::new();
+        if let Some(schemas) = &schemas {
+            let mut names = HashSet::new();
+            for rc in &config.routes {
+                if !names.insert(rc.name.as_str()) {
+                    errors.push(format!("{file}: route {}: the name is used twice", rc.name));
+                }
+                match Route::compile(rc, schemas, &directory, renderer.as_ref()) {
+                    Ok(r) => routes.push(r),
+                    Err(es) => errors.extend(
+                        es.into_iter()
+                            .map(|e| format!("{file}: route {}: {e}", rc.name)),
+                    ),
+                }
+            }
+        }
+
+        match (schemas, renderer, calendar) {
+            (Some(schemas), Some(renderer), Some(calendar)) if errors.is_empty() => Ok(Core {
+                intake: Intake::new(schemas, &config.limits),
+                engine: Engine {
+                    routes,
+                    directory,
+                    redaction,
+                    calendar,
+                    renderer,
+                },
+                config,
+                config_path: path.to_owned(),
+            }),
+            _ => Err(errors),
+        }
+    }
+
+    /// Checks a body and routes the event.
+    pub fn process(&self, body: &[u8], id: EventId) -> Result<(Event, Routing), Rejection> {
+        let event = self.intake.accept(body, id)?;
+        let routing = self.engine.route(&event);
+        Ok((event, routing))
+    }
+
+    /// The deeper checks of `herald check`: every example validates, and every route's
+    /// template renders for every example it matches and every class of recipient it can
+    /// reach. Returns errors and warnings.
+    pub fn check(&self) -> CheckReport {
+        let mut report = CheckReport::default();
+        let dir = &self.config.paths.examples;
+        let mut examples = Vec::new();
+        match std::fs::read_dir(dir) {
+            Ok(entries) => {
+                let mut paths: Vec<PathBuf> = entries
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.extension().is_some_and(|x| x == "json"))
+                    .collect();
+                paths.sort();
+                for path in paths {
+                    let body = match std::fs::read(&path) {
+                        Ok(b) => b,
+                        Err(e) => {
+                            report.errors.push(format!("{}: {e}", path.display()));
+                            continue;
+                        }
+                    };
+                    match self.intake.accept(&body, EventId::from_content(&body)) {
+                        Ok(event) => examples.push((path, event)),
+                        Err(r) => report.errors.push(format!(
+                            "{}: example does not validate: {r}",
+                            path.display()
+                        )),
+                    }
+                }
+            }
+            Err(e) => report.errors.push(format!("{}: {e}", dir.display())),
+        }
+
+        let file = self.config_path.display();
+        for route in &self.engine.routes {
+            let mut exercised = false;
+            for (path, event) in examples.iter().filter(|(_, e)| route.matches(e)) {
+                exercised = true;
+                for recipient in self.sample_recipients(route) {
+                    if let Err(e) = self.engine.preview_email(route, event, &recipient) {
+                        report.errors.push(format!(
+                            "{file}: route {}: template {} for a {} recipient, example {}: {e}",
+                            route.name,
+                            route.template,
+                            recipient.class,
+                            path.display()
+                        ));
+                    }
+                }
+                if let Some(Err(e)) = route
+                    .sla
+                    .as_ref()
+                    .map(|r| r.deadline(event.occurred_at, event.info(), &self.engine.calendar))
+                {
+                    report.errors.push(format!(
+                        "{file}: route {}: example {}: no deadline: {e}",
+                        route.name,
+                        path.display()
+                    ));
+                }
+            }
+            if !exercised {
+                report.warnings.push(format!(
+                    "{file}: route {}: no example in {} matches it, so its template is not tried",
+                    route.name,
+                    dir.display()
+                ));
+            }
+        }
+        let routed: HashSet<_> = self
+            .engine
+            .routes
+            .iter()
+            .flat_map(|r| r.events.iter())
+            .collect();
+        for t in self
+            .intake
+            .schemas()
+            .event_types()
+            .filter(|t| !routed.contains(t))
+        {
+            report
+                .warnings
+                .push(format!("{file}: no route handles event type {t}"));
+        }
+        let (_, last) = self.engine.calendar.years();
+        report
+            .notes
+            .push(format!("bank holiday calendar covers up to {last}"));
+        report.notes.push(format!(
+            "{} event types, {} routes, {} recipients, {} examples",
+            self.intake.schemas().event_types().count(),
+            self.engine.routes.len(),
+            self.engine.directory.all().count(),
+            examples.len()
+        ));
+        report
+    }
+
+    /// One recipient per class a route can reach, to render its template as each would see it.
+    fn sample_recipients(&self, route: &Route) -> Vec<Arc<Recipient>> {
+        let mut classes: Vec<RecipientClass> = route.to.iter().map(Selector::class).collect();
+        classes.sort();
+        classes.dedup();
+        classes
+            .into_iter()
+            .map(|class| {
+                self.engine
+                    .directory
+                    .of_class(class)
+                    .next()
+                    .cloned()
+                    .unwrap_or_else(|| {
+                        Arc::new(Recipient {
+                            id: RecipientId::sample(class),
+                            class,
+                            name: format!("a {class} recipient"),
+                            email: vec![],
+                            webhook: None,
+                            acts_for: vec![],
+                        })
+                    })
+            })
+            .collect()
+    }
+}
+
+/// What `herald check` found beyond loading.
+#[derive(Debug, Default)]
+pub struct CheckReport {
+    pub errors: Vec<String>,
+    pub warnings: Vec<String>,
+    pub notes: Vec<String>,
+}

@@ -1,0 +1,101 @@
+//! A validated event: what an agency told Herald, after it passed the intake checks.
+
+use std::fmt;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+/// The publisher's unique id for an event (the AMQP `message_id`). Redeliveries share it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub struct EventId(Arc<str>);
+
+impl EventId {
+    pub fn new(id: impl Into<Arc<str>>) -> EventId {
+        EventId(id.into())
+    }
+
+    /// An id for an event read from a file, derived from its bytes so repeated runs agree.
+    pub fn from_content(body: &[u8]) -> EventId {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(body);
+        EventId::new(format!("sha256-{}", hex(&digest[..12])))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Lower-case hex of some bytes.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+/// An event type Herald has a schema for, e.g. `court.warrant.issued`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub struct EventType(Arc<str>);
+
+impl EventType {
+    pub(crate) fn new(name: &str) -> EventType {
+        EventType(name.into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::borrow::Borrow<str> for EventType {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for EventType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// An event that is well-formed, known and valid against its schema.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub id: EventId,
+    pub event_type: EventType,
+    pub version: u64,
+    /// When the fact happened in the world: SLA clocks start here.
+    pub occurred_at: DateTime<Utc>,
+    /// When the agency published it: tells a late publisher from a late delivery.
+    pub published_at: DateTime<Utc>,
+    /// The whole validated document.
+    pub body: Value,
+}
+
+impl Event {
+    /// The event-specific fields (`additionalInformation`).
+    pub fn info(&self) -> &Value {
+        &self.body["additionalInformation"]
+    }
+
+    /// The person's identifiers as `(type, value)` pairs.
+    pub fn identifiers(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.body["personReference"]["identifiers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|id| Some((id["type"].as_str()?, id["value"].as_str()?)))
+    }
+}

@@ -1,0 +1,284 @@
+//! The edge where bytes become a trusted [`Event`], or a [`Rejection`] with a reason.
+//!
+//! Checks run cheapest first: size, UTF-8, nesting depth, JSON syntax, event type and
+//! version, then the schema. Nothing here panics on any input.
+
+mod schema;
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+pub use schema::{SchemaError, SchemaSet, Violation};
+
+use crate::config::Limits;
+use crate::event::{Event, EventId};
+
+/// Why an event was refused: a short, bounded category fit for a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Reason {
+    TooLarge,
+    NotUtf8,
+    TooDeep,
+    MalformedJson,
+    UnknownEventType,
+    UnsupportedVersion,
+    SchemaViolation,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::TooLarge => "too-large",
+            Reason::NotUtf8 => "not-utf8",
+            Reason::TooDeep => "too-deep",
+            Reason::MalformedJson => "malformed-json",
+            Reason::UnknownEventType => "unknown-event-type",
+            Reason::UnsupportedVersion => "unsupported-version",
+            Reason::SchemaViolation => "schema-violation",
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An event Herald will not route, and why.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Rejection {
+    pub reason: Reason,
+    /// One line for a person; never quotes personal data from the event.
+    pub detail: String,
+    /// Each schema problem with its JSON pointer (may be empty for non-schema reasons).
+    pub violations: Vec<Violation>,
+}
+
+impl Rejection {
+    fn new(reason: Reason, detail: impl Into<String>) -> Rejection {
+        Rejection {
+            reason,
+            detail: detail.into(),
+            violations: Vec::new(),
+        }
+    }
+
+    fn at(reason: Reason, pointer: &str, message: String) -> Rejection {
+        Rejection {
+            reason,
+            detail: message.clone(),
+            violations: vec![Violation {
+                pointer: pointer.into(),
+                message,
+            }],
+        }
+    }
+
+    fn schema(violations: Vec<Violation>) -> Rejection {
+        const SHOWN: usize = 5;
+        let mut detail = format!("{} schema violation(s): ", violations.len());
+        let shown: Vec<String> = violations
+            .iter()
+            .take(SHOWN)
+            .map(ToString::to_string)
+            .collect();
+        detail.push_str(&shown.join("; "));
+        if violations.len() > SHOWN {
+            detail.push_str("; ...");
+        }
+        Rejection {
+            reason: Reason::SchemaViolation,
+            detail,
+            violations,
+        }
+    }
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.reason, self.detail)
+    }
+}
+
+/// Turns bodies into events.
+#[derive(Debug)]
+pub struct Intake {
+    schemas: SchemaSet,
+    max_bytes: usize,
+    max_depth: usize,
+}
+
+impl Intake {
+    pub fn new(schemas: SchemaSet, limits: &Limits) -> Intake {
+        Intake {
+            schemas,
+            max_bytes: usize::try_from(limits.max_event_bytes.as_u64()).unwrap_or(usize::MAX),
+            max_depth: limits.max_depth,
+        }
+    }
+
+    pub fn schemas(&self) -> &SchemaSet {
+        &self.schemas
+    }
+
+    /// Checks a body and returns the event it carries.
+    pub fn accept(&self, body: &[u8], id: EventId) -> Result<Event, Rejection> {
+        if body.len() > self.max_bytes {
+            return Err(Rejection::new(
+                Reason::TooLarge,
+                format!(
+                    "event is {} bytes; the limit is {} bytes",
+                    body.len(),
+                    self.max_bytes
+                ),
+            ));
+        }
+        let text = std::str::from_utf8(body).map_err(|e| {
+            Rejection::new(
+                Reason::NotUtf8,
+                format!(
+                    "body is not UTF-8 (invalid byte at offset {})",
+                    e.valid_up_to()
+                ),
+            )
+        })?;
+        if let Some(offset) = too_deep(text.as_bytes(), self.max_depth) {
+            return Err(Rejection::new(
+                Reason::TooDeep,
+                format!(
+                    "JSON nests deeper than {} levels (at byte offset {offset})",
+                    self.max_depth
+                ),
+            ));
+        }
+        let doc: Value = serde_json::from_str(text).map_err(|e| {
+            Rejection::new(
+                Reason::MalformedJson,
+                format!(
+                    "not valid JSON: {} at line {} column {}",
+                    describe_json_error(&e),
+                    e.line(),
+                    e.column()
+                ),
+            )
+        })?;
+        self.check(doc, id)
+    }
+
+    fn check(&self, doc: Value, id: EventId) -> Result<Event, Rejection> {
+        let envelope_failure = |doc: &Value| Rejection::schema(self.schemas.check_envelope(doc));
+        let Some(name) = doc.get("eventType").and_then(Value::as_str) else {
+            return Err(envelope_failure(&doc));
+        };
+        let Some(event_type) = self.schemas.event_type(name) else {
+            let shown: String = name.chars().take(80).collect();
+            return Err(Rejection::at(
+                Reason::UnknownEventType,
+                "/eventType",
+                format!("unknown event type \"{shown}\""),
+            ));
+        };
+        let Some(version) = doc.get("version").and_then(Value::as_u64) else {
+            return Err(envelope_failure(&doc));
+        };
+        let Some(violations) = self.schemas.check_event(event_type, version, &doc) else {
+            let supported: Vec<String> = self
+                .schemas
+                .versions(event_type)
+                .iter()
+                .map(u64::to_string)
+                .collect();
+            return Err(Rejection::at(
+                Reason::UnsupportedVersion,
+                "/version",
+                format!(
+                    "version {version} of {event_type} is not supported (supported: {})",
+                    supported.join(", ")
+                ),
+            ));
+        };
+        if !violations.is_empty() {
+            return Err(Rejection::schema(violations));
+        }
+        let occurred_at = timestamp(&doc, "occurredAt")?;
+        let published_at = timestamp(&doc, "publishedAt")?;
+        Ok(Event {
+            id,
+            event_type: event_type.clone(),
+            version,
+            occurred_at,
+            published_at,
+            body: doc,
+        })
+    }
+}
+
+fn timestamp(doc: &Value, field: &str) -> Result<DateTime<Utc>, Rejection> {
+    doc.get(field)
+        .and_then(Value::as_str)
+        .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+        .map(|t| t.with_timezone(&Utc))
+        .ok_or_else(|| {
+            Rejection::schema(vec![Violation {
+                pointer: format!("/{field}"),
+                message: "must be a date-time with an offset, e.g. 2026-11-20T15:42:00Z".into(),
+            }])
+        })
+}
+
+/// The category of a JSON syntax error, without the text around it.
+fn describe_json_error(e: &serde_json::Error) -> &'static str {
+    match e.classify() {
+        serde_json::error::Category::Eof => "unexpected end of input",
+        serde_json::error::Category::Syntax => "syntax error",
+        serde_json::error::Category::Data => "unsupported data",
+        serde_json::error::Category::Io => "read error",
+    }
+}
+
+/// The byte offset where arrays and objects nest deeper than `max`, if they do.
+/// Brackets inside strings do not count.
+fn too_deep(bytes: &[u8], max: usize) -> Option<usize> {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for (offset, &b) in bytes.iter().enumerate() {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > max {
+                    return Some(offset);
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::too_deep;
+
+    #[test]
+    fn depth_counts_brackets_outside_strings_only() {
+        assert_eq!(too_deep(br#"{"a":[{"b":1}]}"#, 3), None);
+        assert_eq!(too_deep(br#"{"a":[{"b":[1]}]}"#, 3), Some(11));
+        assert_eq!(too_deep(br#"{"a":"[[[[[[\"[[["}"#, 1), None);
+    }
+}

@@ -1,0 +1,304 @@
+//! The published JSON Schemas, compiled once: the envelope, and one schema per event
+//! type and version (`schemas/events/<eventType>.v<version>.schema.json`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use jsonschema::error::ValidationErrorKind;
+use jsonschema::{Draft, Retrieve, Uri, ValidationError, Validator};
+use serde_json::Value;
+
+use crate::event::EventType;
+
+/// One way an event breaks its schema: where, and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Violation {
+    /// JSON pointer to the offending field. For a missing or unknown field it names that
+    /// field, e.g. `/additionalInformation/releaseDate`.
+    pub pointer: String,
+    /// What is wrong, without repeating the value (which may be personal data).
+    pub message: String,
+}
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let pointer = if self.pointer.is_empty() {
+            "/"
+        } else {
+            &self.pointer
+        };
+        write!(f, "{pointer}: {}", self.message)
+    }
+}
+
+/// A schema file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: not JSON: {source}")]
+    Json {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+/// Every schema Herald validates against.
+pub struct SchemaSet {
+    envelope: Validator,
+    /// `(event type, version)` -> compiled schema.
+    events: HashMap<(EventType, u64), Validator>,
+    /// Every known event type with its supported versions, for messages and checks.
+    versions: BTreeMap<EventType, Vec<u64>>,
+}
+
+impl std::fmt::Debug for SchemaSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SchemaSet")
+            .field("versions", &self.versions)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Serves the schemas of the folder to `$ref`s by their `$id`; nothing is fetched.
+#[derive(Clone)]
+struct Local(Arc<HashMap<String, Value>>);
+
+impl Retrieve for Local {
+    fn retrieve(
+        &self,
+        uri: &Uri<String>,
+    ) -> Result<Value, Box<dyn std::error::Error + Send + Sync>> {
+        self.0
+            .get(uri.as_str())
+            .cloned()
+            .ok_or_else(|| format!("{uri} is not one of Herald's schemas").into())
+    }
+}
+
+impl SchemaSet {
+    /// Loads `envelope.schema.json`, `common.schema.json` and `events/*.schema.json` from `dir`.
+    pub fn load(dir: &Path) -> Result<SchemaSet, Vec<SchemaError>> {
+        let mut errors = Vec::new();
+        let mut files = vec![
+            dir.join("common.schema.json"),
+            dir.join("envelope.schema.json"),
+        ];
+        let events_dir = dir.join("events");
+        match std::fs::read_dir(&events_dir) {
+            Ok(entries) => {
+                let mut paths: Vec<PathBuf> = entries
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.to_string_lossy().ends_with(".schema.json"))
+                    .collect();
+                paths.sort();
+                files.extend(paths);
+            }
+            Err(source) => errors.push(SchemaError::Read {
+                path: events_dir.clone(),
+                source,
+            }),
+        }
+
+        let mut documents = Vec::new();
+        for path in files {
+            match read_json(&path) {
+                Ok(doc) => documents.push((path, doc)),
+                Err(e) => errors.push(e),
+            }
+        }
+        let by_id: HashMap<String, Value> = documents
+            .iter()
+            .filter_map(|(_, doc)| Some((doc.get("$id")?.as_str()?.to_owned(), doc.clone())))
+            .collect();
+        let local = Local(Arc::new(by_id));
+
+        let mut envelope = None;
+        let mut events = HashMap::new();
+        let mut versions: BTreeMap<EventType, Vec<u64>> = BTreeMap::new();
+        for (path, doc) in &documents {
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+            let name = name.as_deref().unwrap_or_default();
+            if name == "common.schema.json" {
+                continue;
+            }
+            let validator = match compile(doc, &local) {
+                Ok(v) => v,
+                Err(message) => {
+                    errors.push(SchemaError::Invalid {
+                        path: path.clone(),
+                        message,
+                    });
+                    continue;
+                }
+            };
+            if name == "envelope.schema.json" {
+                envelope = Some(validator);
+                continue;
+            }
+            let Some((event_type, version)) = parse_event_file_name(name) else {
+                errors.push(SchemaError::Invalid {
+                    path: path.clone(),
+                    message: "event schemas are named <eventType>.v<version>.schema.json".into(),
+                });
+                continue;
+            };
+            if doc["properties"]["eventType"]["const"] != event_type
+                || doc["properties"]["version"]["const"] != version
+            {
+                errors.push(SchemaError::Invalid {
+                    path: path.clone(),
+                    message: format!(
+                        "properties.eventType.const and properties.version.const must be \"{event_type}\" and {version}, as the file name says"
+                    ),
+                });
+                continue;
+            }
+            let event_type = EventType::new(event_type);
+            versions
+                .entry(event_type.clone())
+                .or_default()
+                .push(version);
+            events.insert((event_type, version), validator);
+        }
+        match envelope {
+            Some(envelope) if errors.is_empty() => Ok(SchemaSet {
+                envelope,
+                events,
+                versions,
+            }),
+            _ => Err(errors),
+        }
+    }
+
+    /// The known event type with this name, if any.
+    pub fn event_type(&self, name: &str) -> Option<&EventType> {
+        self.versions.get_key_value(name).map(|(k, _)| k)
+    }
+
+    /// The versions of an event type Herald accepts.
+    pub fn versions(&self, event_type: &EventType) -> &[u64] {
+        self.versions.get(event_type).map_or(&[], Vec::as_slice)
+    }
+
+    /// Every known event type.
+    pub fn event_types(&self) -> impl Iterator<Item = &EventType> {
+        self.versions.keys()
+    }
+
+    /// Checks the envelope alone (used when the event type cannot be told).
+    pub fn check_envelope(&self, doc: &Value) -> Vec<Violation> {
+        violations(&self.envelope, doc)
+    }
+
+    /// Checks a document against its event type's schema; `None` if there is no such schema.
+    pub fn check_event(
+        &self,
+        event_type: &EventType,
+        version: u64,
+        doc: &Value,
+    ) -> Option<Vec<Violation>> {
+        let validator = self.events.get(&(event_type.clone(), version))?;
+        Some(violations(validator, doc))
+    }
+}
+
+fn read_json(path: &Path) -> Result<Value, SchemaError> {
+    let text = std::fs::read(path).map_err(|source| SchemaError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    serde_json::from_slice(&text).map_err(|source| SchemaError::Json {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn compile(doc: &Value, local: &Local) -> Result<Validator, String> {
+    jsonschema::options()
+        .with_draft(Draft::Draft202012)
+        .should_validate_formats(true)
+        .with_retriever(local.clone())
+        .build(doc)
+        .map_err(|e| e.to_string())
+}
+
+/// `court.warrant.issued.v1.schema.json` -> `("court.warrant.issued", 1)`.
+fn parse_event_file_name(name: &str) -> Option<(&str, u64)> {
+    let stem = name.strip_suffix(".schema.json")?;
+    let (event_type, version) = stem.rsplit_once(".v")?;
+    Some((event_type, version.parse().ok()?))
+}
+
+fn violations(validator: &Validator, doc: &Value) -> Vec<Violation> {
+    let mut out = Vec::new();
+    for error in validator.iter_errors(doc) {
+        push_violations(&error, &mut out);
+    }
+    out.dedup();
+    out
+}
+
+fn push_violations(error: &ValidationError<'_>, out: &mut Vec<Violation>) {
+    let at = error.instance_path().as_str();
+    match error.kind() {
+        ValidationErrorKind::Required { property } => out.push(Violation {
+            pointer: child(at, property.as_str().unwrap_or_default()),
+            message: "required field is missing".into(),
+        }),
+        ValidationErrorKind::AdditionalProperties { unexpected }
+        | ValidationErrorKind::UnevaluatedProperties { unexpected } => {
+            out.extend(unexpected.iter().map(|name| Violation {
+                pointer: child(at, name),
+                message: "unknown field (not in the schema)".into(),
+            }))
+        }
+        kind => out.push(Violation {
+            pointer: at.to_owned(),
+            message: describe(kind),
+        }),
+    }
+}
+
+/// The pointer of a property under `parent`, escaped per RFC 6901.
+fn child(parent: &str, name: &str) -> String {
+    format!("{parent}/{}", name.replace('~', "~0").replace('/', "~1"))
+}
+
+/// A message for a failed keyword that never quotes the offending value.
+fn describe(kind: &ValidationErrorKind) -> String {
+    use ValidationErrorKind as K;
+    match kind {
+        K::Type { kind } => match kind {
+            jsonschema::error::TypeKind::Single(t) => format!("must be of type {t}"),
+            jsonschema::error::TypeKind::Multiple(_) => "has the wrong type".into(),
+        },
+        K::Enum { options } => {
+            let options = options.as_array().map_or_else(Vec::new, |a| {
+                a.iter().map(Value::to_string).collect::<Vec<_>>()
+            });
+            format!("must be one of {}", options.join(", "))
+        }
+        K::Constant { expected_value } => format!("must be {expected_value}"),
+        K::Pattern { pattern } => format!("does not match the pattern {pattern}"),
+        K::Format { format } => match format.as_str() {
+            "date" => "must be a date, YYYY-MM-DD".into(),
+            "date-time" => "must be a date-time with an offset, e.g. 2026-11-20T15:42:00Z".into(),
+            other => format!("is not a valid {other}"),
+        },
+        K::MinItems { limit } => format!("must have at least {limit} item(s)"),
+        K::MaxItems { limit } => format!("must have at most {limit} item(s)"),
+        K::MinLength { limit } => format!("must be at least {limit} character(s) long"),
+        K::MaxLength { limit } => format!("must be at most {limit} character(s) long"),
+        K::Minimum { limit } => format!("must be at least {limit}"),
+        K::Maximum { limit } => format!("must be at most {limit}"),
+        K::AnyOf { .. } | K::OneOfNotValid { .. } => "matches none of the allowed forms".into(),
+        other => format!("fails the schema rule `{}`", other.keyword()),
+    }
+}

@@ -1,0 +1,18 @@
+//! Herald: an inter-agency notification router for the criminal justice system of England
+//! and Wales.
+//!
+//! The data's path through the crate: bytes become a validated [`event::Event`] at the
+//! [`intake`]; the [`route`] engine decides who is told, applying redaction and computing
+//! each [`sla`] deadline; [`render`] turns each decision into an email or a webhook payload,
+//! giving a [`notification::Notification`]. [`core::Core`] ties these together from routes.toml.
+
+pub mod cli;
+pub mod config;
+pub mod core;
+pub mod event;
+pub mod field;
+pub mod intake;
+pub mod notification;
+pub mod render;
+pub mod route;
+pub mod sla;

@@ -1,0 +1,271 @@
+//! What the routing engine produces: one notification per recipient and channel, each ready
+//! to deliver, and every reason a notification could not be made.
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::event::{EventId, EventType};
+use crate::route::Recipient;
+use crate::sla::Deadline;
+
+/// How a notification travels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Channel {
+    Email,
+    Webhook,
+}
+
+impl Channel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::Email => "email",
+            Channel::Webhook => "webhook",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Channel> {
+        match text {
+            "email" => Some(Channel::Email),
+            "webhook" => Some(Channel::Webhook),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Channel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Which notifications go first when Herald is busy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    #[default]
+    Routine,
+    Urgent,
+}
+
+impl Priority {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Routine => "routine",
+            Priority::Urgent => "urgent",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Priority> {
+        match text {
+            "routine" => Some(Priority::Routine),
+            "urgent" => Some(Priority::Urgent),
+            _ => None,
+        }
+    }
+}
+
+/// The same on every attempt of one notification: a recipient uses it to drop duplicates
+/// (`webhook-id`, the email `Message-ID`). Derived from event id, route, recipient and channel.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct IdempotencyKey(String);
+
+impl IdempotencyKey {
+    pub fn derive(
+        event: &EventId,
+        route: &str,
+        recipient: &str,
+        channel: Channel,
+    ) -> IdempotencyKey {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        for part in [event.as_str(), route, recipient, channel.as_str()] {
+            // Length-prefixed so no two different tuples hash the same input.
+            h.update((part.len() as u64).to_be_bytes());
+            h.update(part.as_bytes());
+        }
+        IdempotencyKey(format!("msg_{}", crate::event::hex(&h.finalize()[..16])))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for IdempotencyKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The deadline of a notification, or the lack of one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Sla {
+    /// The route promises nothing: delivery is counted as untracked.
+    Untracked,
+    /// The route's rule, and the deadline it gives for this event.
+    Due {
+        rule: String,
+        #[serde(flatten)]
+        deadline: Deadline,
+    },
+    /// The route has a rule but this event does not allow computing it (the reason says why);
+    /// the notification is still delivered.
+    Unknown { rule: String, reason: String },
+}
+
+impl Sla {
+    pub fn deadline(&self) -> Option<&Deadline> {
+        match self {
+            Sla::Due { deadline, .. } => Some(deadline),
+            _ => None,
+        }
+    }
+
+    pub fn short_notice(&self) -> bool {
+        self.deadline().is_some_and(|d| d.short_notice)
+    }
+}
+
+/// Rendered content for one channel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "channel", rename_all = "lowercase")]
+pub enum Content {
+    Email {
+        to: Vec<String>,
+        subject: String,
+        text: String,
+        html: String,
+    },
+    Webhook {
+        url: String,
+        /// The exact JSON bytes to send (and sign).
+        body: String,
+    },
+}
+
+/// One message to one recipient on one channel.
+#[derive(Debug, Clone, Serialize)]
+pub struct Notification {
+    pub key: IdempotencyKey,
+    pub event_id: EventId,
+    pub event_type: EventType,
+    pub route: Arc<str>,
+    #[serde(serialize_with = "recipient_id")]
+    pub recipient: Arc<Recipient>,
+    pub channel: Channel,
+    pub priority: Priority,
+    /// Markings shown to the recipient, e.g. `CAT A`, `SHORT NOTICE`.
+    pub marks: Vec<String>,
+    pub sla: Sla,
+    /// Fields removed before rendering because this recipient's class may not see them.
+    pub withheld: Vec<String>,
+    pub content: Content,
+}
+
+fn recipient_id<S: serde::Serializer>(r: &Arc<Recipient>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(r.id.as_str())
+}
+
+/// A notification that a matching route wanted but could not make. Each is reported; none is
+/// silently dropped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "outcome", rename_all = "kebab-case")]
+pub enum Problem {
+    /// A recipient pattern gave an id that is not in the directory, or could not be filled.
+    UnknownRecipient {
+        route: String,
+        pattern: String,
+        reason: String,
+    },
+    /// A legal representative named by the route has not shown authority for this person.
+    NotAuthorised { route: String, recipient: String },
+    /// A `<class>:*` selector found nobody (for legal representatives: nobody authorised).
+    NoRecipients { route: String, selector: String },
+    /// The recipient has none of the route's channels.
+    NoChannel { route: String, recipient: String },
+    /// The template failed for this event; the reason names the template and field.
+    RenderFailed {
+        route: String,
+        recipient: String,
+        channel: Channel,
+        reason: String,
+    },
+}
+
+impl Problem {
+    /// A short category for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Problem::UnknownRecipient { .. } => "unknown-recipient",
+            Problem::NotAuthorised { .. } => "not-authorised",
+            Problem::NoRecipients { .. } => "no-recipients",
+            Problem::NoChannel { .. } => "no-channel",
+            Problem::RenderFailed { .. } => "render-failed",
+        }
+    }
+
+    pub fn route(&self) -> &str {
+        match self {
+            Problem::UnknownRecipient { route, .. }
+            | Problem::NotAuthorised { route, .. }
+            | Problem::NoRecipients { route, .. }
+            | Problem::NoChannel { route, .. }
+            | Problem::RenderFailed { route, .. } => route,
+        }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Problem::UnknownRecipient {
+                route,
+                pattern,
+                reason,
+            } => {
+                write!(f, "route {route}: recipient {pattern}: {reason}")
+            }
+            Problem::NotAuthorised { route, recipient } => write!(
+                f,
+                "route {route}: {recipient} has not shown authority to act for this person; withheld"
+            ),
+            Problem::NoRecipients { route, selector } => {
+                write!(f, "route {route}: {selector} selected no recipient")
+            }
+            Problem::NoChannel { route, recipient } => {
+                write!(
+                    f,
+                    "route {route}: {recipient} has none of the route's channels"
+                )
+            }
+            Problem::RenderFailed {
+                route,
+                recipient,
+                channel,
+                reason,
+            } => {
+                write!(f, "route {route}: {channel} to {recipient}: {reason}")
+            }
+        }
+    }
+}
+
+/// Everything the engine decided for one event.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Routing {
+    /// Routes whose event types and matchers matched, in order.
+    pub matched_routes: Vec<Arc<str>>,
+    pub notifications: Vec<Notification>,
+    pub problems: Vec<Problem>,
+}
+
+impl Routing {
+    /// No route matched: the event concerns nobody Herald serves (counted, not an error).
+    pub fn unrouted(&self) -> bool {
+        self.matched_routes.is_empty()
+    }
+}

@@ -1,0 +1,386 @@
+//! The recipient directory, and the selectors routes use to pick from it.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::config::RecipientConfig;
+use crate::event::Event;
+use crate::field::FieldPath;
+use crate::notification::Channel;
+
+/// Kinds of recipient; redaction and authority rules are per class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RecipientClass {
+    Police,
+    Probation,
+    Prison,
+    CourtListing,
+    Judiciary,
+    LegalRep,
+}
+
+impl RecipientClass {
+    pub const ALL: [RecipientClass; 6] = [
+        RecipientClass::Police,
+        RecipientClass::Probation,
+        RecipientClass::Prison,
+        RecipientClass::CourtListing,
+        RecipientClass::Judiciary,
+        RecipientClass::LegalRep,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecipientClass::Police => "police",
+            RecipientClass::Probation => "probation",
+            RecipientClass::Prison => "prison",
+            RecipientClass::CourtListing => "court-listing",
+            RecipientClass::Judiciary => "judiciary",
+            RecipientClass::LegalRep => "legal-rep",
+        }
+    }
+
+    pub fn parse(text: &str) -> Result<RecipientClass, String> {
+        RecipientClass::ALL
+            .into_iter()
+            .find(|c| c.as_str() == text)
+            .ok_or_else(|| {
+                let all: Vec<&str> = RecipientClass::ALL.iter().map(|c| c.as_str()).collect();
+                format!(
+                    "unknown recipient class \"{text}\" (classes: {})",
+                    all.join(", ")
+                )
+            })
+    }
+}
+
+impl fmt::Display for RecipientClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `<class>:<code>`, e.g. `police:WYP-LEEDS`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct RecipientId(String);
+
+impl RecipientId {
+    /// A stand-in id for a class, used when previewing templates.
+    pub fn sample(class: RecipientClass) -> RecipientId {
+        RecipientId(format!("{class}:SAMPLE"))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for RecipientId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A webhook endpoint; the secrets themselves stay in the environment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Webhook {
+    pub url: String,
+    pub secret_env: String,
+    pub previous_secret_env: Option<String>,
+}
+
+/// One directory entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Recipient {
+    pub id: RecipientId,
+    pub class: RecipientClass,
+    pub name: String,
+    pub email: Vec<String>,
+    pub webhook: Option<Webhook>,
+    /// `(identifier type, value)` of each person this recipient may hear about
+    /// (legal representatives only).
+    pub acts_for: Vec<(String, String)>,
+}
+
+impl Recipient {
+    pub fn has_channel(&self, channel: Channel) -> bool {
+        match channel {
+            Channel::Email => !self.email.is_empty(),
+            Channel::Webhook => self.webhook.is_some(),
+        }
+    }
+
+    /// Whether this recipient may be told about the event's person. Only legal
+    /// representatives are limited, to the people they have shown authority for.
+    pub fn may_hear_about(&self, event: &Event) -> bool {
+        self.class != RecipientClass::LegalRep
+            || event
+                .identifiers()
+                .any(|(t, v)| self.acts_for.iter().any(|(at, av)| at == t && av == v))
+    }
+}
+
+/// Identifier patterns, as in the schemas; used to check `acts_for` when loading.
+fn identifier_ok(kind: &str, value: &str) -> bool {
+    let pattern = match kind {
+        "NOMS" => r"^[A-Z][0-9]{4}[A-Z]{2}$",
+        "PNC" => r"^[0-9]{2,4}/[0-9]{1,7}[A-Z]$",
+        "CRN" => r"^[A-Z][0-9]{6}$",
+        _ => return false,
+    };
+    regex::Regex::new(pattern).is_ok_and(|re| re.is_match(value))
+}
+
+/// Every recipient, by id.
+#[derive(Debug, Default)]
+pub struct Directory {
+    entries: Vec<Arc<Recipient>>,
+    by_id: HashMap<String, Arc<Recipient>>,
+}
+
+impl Directory {
+    /// Builds the directory; returns every problem found, each naming the recipient.
+    pub fn build(configs: &[RecipientConfig]) -> (Directory, Vec<String>) {
+        let mut dir = Directory::default();
+        let mut errors = Vec::new();
+        for c in configs {
+            let mut err = |m: String| errors.push(format!("recipient {}: {m}", c.id));
+            let class = match RecipientClass::parse(&c.class) {
+                Ok(class) => class,
+                Err(e) => {
+                    err(e);
+                    continue;
+                }
+            };
+            match c.id.split_once(':') {
+                Some((prefix, code))
+                    if prefix == class.as_str() && !code.is_empty() && code != "*" => {}
+                _ => err(format!("ids are \"{class}:<code>\" for class {class}")),
+            }
+            if dir.by_id.contains_key(&c.id) {
+                err("listed twice".into());
+            }
+            if c.email.is_empty() && c.webhook.is_none() {
+                err("has neither email nor webhook".into());
+            }
+            if let Some(bad) = c.email.iter().find(|a| !plausible_email(a)) {
+                err(format!("\"{bad}\" is not an email address"));
+            }
+            if let Some(w) = &c.webhook {
+                if !(w.url.starts_with("https://") || w.url.starts_with("http://")) {
+                    err(format!("webhook url \"{}\" is not http(s)", w.url));
+                }
+                for name in std::iter::once(&w.secret_env).chain(&w.previous_secret_env) {
+                    if name.is_empty()
+                        || !name
+                            .chars()
+                            .all(|ch| ch.is_ascii_uppercase() || ch.is_ascii_digit() || ch == '_')
+                    {
+                        err(format!(
+                            "secret_env \"{name}\" must be an environment variable name (A-Z, 0-9, _), never the secret"
+                        ));
+                    }
+                }
+            }
+            let mut acts_for = Vec::new();
+            for entry in &c.acts_for {
+                match entry.split_once(':') {
+                    Some((kind, value)) if identifier_ok(kind, value) => {
+                        acts_for.push((kind.to_owned(), value.to_owned()))
+                    }
+                    _ => err(format!(
+                        "acts_for \"{entry}\" is not TYPE:value with a valid NOMS, PNC or CRN"
+                    )),
+                }
+            }
+            if class != RecipientClass::LegalRep && !acts_for.is_empty() {
+                err("acts_for applies to legal representatives only".into());
+            }
+            let recipient = Arc::new(Recipient {
+                id: RecipientId(c.id.clone()),
+                class,
+                name: c.name.clone(),
+                email: c.email.clone(),
+                webhook: c.webhook.as_ref().map(|w| Webhook {
+                    url: w.url.clone(),
+                    secret_env: w.secret_env.clone(),
+                    previous_secret_env: w.previous_secret_env.clone(),
+                }),
+                acts_for,
+            });
+            dir.by_id.insert(c.id.clone(), Arc::clone(&recipient));
+            dir.entries.push(recipient);
+        }
+        (dir, errors)
+    }
+
+    pub fn get(&self, id: &str) -> Option<&Arc<Recipient>> {
+        self.by_id.get(id)
+    }
+
+    pub fn all(&self) -> impl Iterator<Item = &Arc<Recipient>> {
+        self.entries.iter()
+    }
+
+    pub fn of_class(&self, class: RecipientClass) -> impl Iterator<Item = &Arc<Recipient>> {
+        self.entries.iter().filter(move |r| r.class == class)
+    }
+}
+
+fn plausible_email(address: &str) -> bool {
+    address.split_once('@').is_some_and(|(local, domain)| {
+        !local.is_empty() && domain.contains('.') && !address.contains(char::is_whitespace)
+    })
+}
+
+/// One entry of a route's `to`.
+#[derive(Debug, Clone)]
+pub enum Selector {
+    /// A fixed directory entry.
+    Id(Arc<Recipient>),
+    /// An id filled from the event, e.g. `police:{offender.homeBcu}`.
+    Pattern {
+        text: String,
+        class: RecipientClass,
+        parts: Vec<Part>,
+    },
+    /// Every recipient of a class (for legal representatives: those authorised).
+    Class(RecipientClass),
+}
+
+#[derive(Debug, Clone)]
+pub enum Part {
+    Text(String),
+    Field(FieldPath),
+}
+
+/// What one selector gave for one event.
+pub enum Selected<'d> {
+    Recipients(Vec<&'d Arc<Recipient>>),
+    Unknown { reason: String },
+}
+
+impl Selector {
+    pub fn parse(text: &str, directory: &Directory) -> Result<Selector, String> {
+        let (prefix, rest) = text.split_once(':').ok_or_else(|| {
+            format!("recipient \"{text}\" is not <class>:<code>, <class>:{{field}} or <class>:*")
+        })?;
+        let class = RecipientClass::parse(prefix)?;
+        if rest == "*" {
+            return Ok(Selector::Class(class));
+        }
+        if !rest.contains('{') {
+            return directory
+                .get(text)
+                .map(|r| Selector::Id(Arc::clone(r)))
+                .ok_or_else(|| format!("recipient \"{text}\" is not in the directory"));
+        }
+        let mut parts = vec![Part::Text(format!("{prefix}:"))];
+        let mut rest = rest;
+        while let Some(open) = rest.find('{') {
+            if open > 0 {
+                parts.push(Part::Text(rest[..open].to_owned()));
+            }
+            let close = rest[open..]
+                .find('}')
+                .ok_or_else(|| format!("recipient \"{text}\": unclosed {{"))?
+                + open;
+            parts.push(Part::Field(
+                FieldPath::parse(&rest[open + 1..close])
+                    .map_err(|e| format!("recipient \"{text}\": {e}"))?,
+            ));
+            rest = &rest[close + 1..];
+        }
+        if !rest.is_empty() {
+            parts.push(Part::Text(rest.to_owned()));
+        }
+        Ok(Selector::Pattern {
+            text: text.to_owned(),
+            class,
+            parts,
+        })
+    }
+
+    pub fn text(&self) -> String {
+        match self {
+            Selector::Id(r) => r.id.to_string(),
+            Selector::Pattern { text, .. } => text.clone(),
+            Selector::Class(class) => format!("{class}:*"),
+        }
+    }
+
+    /// The classes this selector can reach.
+    pub fn class(&self) -> RecipientClass {
+        match self {
+            Selector::Id(r) => r.class,
+            Selector::Pattern { class, .. } | Selector::Class(class) => *class,
+        }
+    }
+
+    /// The recipients this selector names for an event.
+    pub fn select<'d>(
+        &self,
+        info: &Value,
+        event: &Event,
+        directory: &'d Directory,
+    ) -> Selected<'d> {
+        match self {
+            Selector::Id(r) => match directory.get(r.id.as_str()) {
+                Some(r) => Selected::Recipients(vec![r]),
+                None => Selected::Unknown {
+                    reason: "not in the directory".into(),
+                },
+            },
+            Selector::Class(class) => Selected::Recipients(
+                directory
+                    .of_class(*class)
+                    .filter(|r| r.may_hear_about(event))
+                    .collect(),
+            ),
+            Selector::Pattern { parts, .. } => {
+                let mut id = String::new();
+                for part in parts {
+                    match part {
+                        Part::Text(t) => id.push_str(t),
+                        Part::Field(f) => match f.text_of(info) {
+                            Some(v) => id.push_str(&v),
+                            None => {
+                                return Selected::Unknown {
+                                    reason: format!("the event has no usable {f}"),
+                                };
+                            }
+                        },
+                    }
+                }
+                match directory.get(&id) {
+                    Some(r) => Selected::Recipients(vec![r]),
+                    None => Selected::Unknown {
+                        reason: format!("{id} is not in the directory"),
+                    },
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::identifier_ok;
+
+    #[test]
+    fn identifiers_follow_the_schema_patterns() {
+        assert!(identifier_ok("NOMS", "A1234BC"));
+        assert!(!identifier_ok("NOMS", "A1234B"));
+        assert!(identifier_ok("CRN", "X123456"));
+        assert!(identifier_ok("PNC", "2004/0123456X"));
+        assert!(identifier_ok("PNC", "04/1X"));
+        assert!(!identifier_ok("PNC", "2004/X"));
+        assert!(!identifier_ok("PNC", "12345/1X"));
+        assert!(!identifier_ok("NINO", "AB123456C"));
+    }
+}
