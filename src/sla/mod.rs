@@ -36,6 +36,7 @@ pub enum SlaRule {
 
 /// A computed deadline for one notification.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Deadline {
     /// Delivered at or before this instant is on time.
     pub due: DateTime<Utc>,

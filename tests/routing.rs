@@ -1,0 +1,524 @@
+//! Every obligation in the brief, through the shipped routes.toml: the right recipients on
+//! the right channels, the right deadline, nothing a recipient may not see.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use chrono::{DateTime, Utc};
+use herald::config::Config;
+use herald::core::Core;
+use herald::event::{Event, EventId};
+use herald::notification::{Content, Notification, Priority, Problem, Routing, Sla};
+use serde_json::{Value, json};
+
+fn route(doc: &Value) -> Routing {
+    common::core().engine.route(&common::accept(doc))
+}
+
+fn targets(routing: &Routing) -> BTreeSet<(String, String)> {
+    routing
+        .notifications
+        .iter()
+        .map(|n| (n.recipient.id.to_string(), n.channel.to_string()))
+        .collect()
+}
+
+fn set(items: &[(&str, &str)]) -> BTreeSet<(String, String)> {
+    items
+        .iter()
+        .map(|(r, c)| (r.to_string(), c.to_string()))
+        .collect()
+}
+
+fn due(n: &Notification) -> DateTime<Utc> {
+    match &n.sla {
+        Sla::Due { deadline, .. } => deadline.due,
+        other => panic!("no deadline: {other:?}"),
+    }
+}
+
+fn at(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+}
+
+fn payload(n: &Notification) -> Value {
+    match &n.content {
+        Content::Webhook { body, .. } => serde_json::from_str(body).unwrap(),
+        Content::Email { .. } => panic!("not a webhook"),
+    }
+}
+
+fn email(n: &Notification) -> (&str, &str, &str) {
+    match &n.content {
+        Content::Email {
+            subject,
+            text,
+            html,
+            ..
+        } => (subject, text, html),
+        Content::Webhook { .. } => panic!("not an email"),
+    }
+}
+
+#[test]
+fn ppo_received_into_custody_tells_the_home_bcu_within_the_hour() {
+    let r = route(&common::example("prison.prisoner.received.json"));
+    assert_eq!(
+        r.matched_routes,
+        ["ppo-received-into-custody".into()] as [std::sync::Arc<str>; 1]
+    );
+    assert_eq!(
+        targets(&r),
+        set(&[
+            ("police:WYP-LEEDS", "email"),
+            ("police:WYP-LEEDS", "webhook")
+        ])
+    );
+    assert!(r.problems.is_empty(), "{:?}", r.problems);
+    // occurredAt 2026-10-05T14:20:00+01:00
+    assert!(
+        r.notifications
+            .iter()
+            .all(|n| due(n) == at("2026-10-05T14:20:00Z"))
+    );
+}
+
+#[test]
+fn events_about_people_who_are_not_ppos_notify_nobody() {
+    for name in [
+        "prison.prisoner.received--not-ppo.json",
+        "court.warrant.issued--breach-not-ppo.json",
+        "court.bail.decided--unconditional.json",
+    ] {
+        let r = route(&common::example(name));
+        assert!(r.unrouted(), "{name}: {:?}", r.matched_routes);
+        assert!(
+            r.notifications.is_empty() && r.problems.is_empty(),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn release_determined_gives_28_days_notice_to_police_and_probation() {
+    let r = route(&common::example("prison.release.scheduled.json"));
+    assert_eq!(
+        targets(&r),
+        set(&[
+            ("police:WYP-LEEDS", "email"),
+            ("police:WYP-LEEDS", "webhook"),
+            ("probation:PDU-LEEDS", "email"),
+            ("probation:PDU-LEEDS", "webhook")
+        ])
+    );
+    for n in &r.notifications {
+        // Release 18 December 2026, less 28 days: by the end of 20 November.
+        assert_eq!(due(n), at("2026-11-20T23:59:59Z"));
+        assert!(!n.sla.short_notice());
+        assert_eq!(n.priority, Priority::Routine);
+        assert!(n.marks.is_empty());
+    }
+}
+
+#[test]
+fn a_release_determined_too_late_is_short_notice_marked_and_urgent() {
+    let r = route(&common::example(
+        "prison.release.scheduled--short-notice.json",
+    ));
+    assert_eq!(
+        targets(&r),
+        set(&[
+            ("police:WYP-BRADFORD", "email"),
+            ("police:WYP-BRADFORD", "webhook"),
+            ("probation:PDU-BRADFORD", "email")
+        ])
+    );
+    for n in &r.notifications {
+        assert_eq!(due(n), at("2026-11-13T23:59:59Z"));
+        assert!(n.sla.short_notice());
+        assert_eq!(n.priority, Priority::Urgent);
+        assert_eq!(n.marks, ["SHORT NOTICE"]);
+        match n.channel.as_str() {
+            "email" => assert!(email(n).0.starts_with("[SHORT NOTICE] "), "{}", email(n).0),
+            _ => {
+                let p = payload(n);
+                assert_eq!(p["data"]["notification"]["marks"], json!(["SHORT NOTICE"]));
+                assert_eq!(p["data"]["notification"]["sla"]["shortNotice"], json!(true));
+            }
+        }
+    }
+}
+
+#[test]
+fn hdc_approval_reaches_the_home_area_with_the_curfew_address() {
+    let r = route(&common::example("prison.hdc.decided.json"));
+    assert_eq!(
+        targets(&r),
+        set(&[
+            ("police:WYP-BRADFORD", "email"),
+            ("police:WYP-BRADFORD", "webhook"),
+            ("probation:PDU-BRADFORD", "email")
+        ])
+    );
+    for n in &r.notifications {
+        assert!(n.withheld.is_empty(), "police and probation see addresses");
+    }
+    let webhook = r
+        .notifications
+        .iter()
+        .find(|n| n.channel.as_str() == "webhook")
+        .unwrap();
+    assert!(
+        payload(webhook)["data"]["event"]["additionalInformation"]["curfewAddress"]["postcode"]
+            .is_string()
+    );
+    assert!(route(&common::example("prison.hdc.decided--refused.json")).unrouted());
+}
+
+#[test]
+fn release_on_the_day_is_due_by_midnight_london() {
+    let r = route(&common::example("prison.prisoner.released--hdc.json"));
+    assert!(targets(&r).contains(&("police:WYP-BRADFORD".into(), "email".into())));
+    assert!(
+        r.notifications
+            .iter()
+            .all(|n| due(n) == at("2026-12-07T23:59:59Z"))
+    );
+}
+
+#[test]
+fn temporary_release_is_due_before_the_person_leaves() {
+    let r = route(&common::example("prison.temporary-release.granted.json"));
+    assert_eq!(targets(&r), set(&[("police:GMP-MANCHESTER", "email")]));
+    assert_eq!(due(&r.notifications[0]), at("2026-11-27T08:30:00Z"));
+}
+
+#[test]
+fn bail_decision_reaches_police_and_the_ppo_team_within_24_hours() {
+    let r = route(&common::example("court.bail.decided.json"));
+    assert_eq!(
+        targets(&r),
+        set(&[
+            ("police:WYP-LEEDS", "email"),
+            ("police:WYP-LEEDS", "webhook"),
+            ("probation:PDU-LEEDS", "email"),
+            ("probation:PDU-LEEDS", "webhook")
+        ])
+    );
+    assert!(
+        r.notifications
+            .iter()
+            .all(|n| due(n) == at("2026-11-13T12:35:00Z"))
+    );
+}
+
+#[test]
+fn fta_warrant_for_a_ppo_is_cat_a_within_one_working_day() {
+    let r = route(&common::example("court.warrant.issued.json"));
+    assert_eq!(r.matched_routes.len(), 1, "the first matching route wins");
+    assert_eq!(&*r.matched_routes[0], "ppo-fta-warrant");
+    assert_eq!(
+        targets(&r),
+        set(&[
+            ("police:WYP-LEEDS", "email"),
+            ("police:WYP-LEEDS", "webhook")
+        ])
+    );
+    for n in &r.notifications {
+        assert_eq!(
+            due(n),
+            at("2026-11-23T15:42:00Z"),
+            "Friday 15:42 -> Monday 15:42"
+        );
+        assert_eq!(n.priority, Priority::Urgent);
+        assert_eq!(n.marks, ["CAT A"]);
+    }
+    let mail = r
+        .notifications
+        .iter()
+        .find(|n| n.channel.as_str() == "email")
+        .unwrap();
+    assert!(email(mail).0.starts_with("[CAT A] "));
+    assert!(email(mail).1.contains("*** CAT A ***"));
+}
+
+#[test]
+fn a_warrant_on_christmas_eve_is_due_after_the_bank_holidays() {
+    let mut doc = common::example("court.warrant.issued.json");
+    doc["occurredAt"] = json!("2026-12-24T16:00:00Z");
+    doc["publishedAt"] = json!("2026-12-24T16:01:00Z");
+    let r = route(&doc);
+    assert!(
+        r.notifications
+            .iter()
+            .all(|n| due(n) == at("2026-12-29T16:00:00Z"))
+    );
+}
+
+#[test]
+fn other_ppo_warrants_fall_through_to_the_next_route() {
+    let mut doc = common::example("court.warrant.issued.json");
+    doc["additionalInformation"]["kind"] = json!("breach");
+    let r = route(&doc);
+    assert_eq!(
+        r.matched_routes
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>(),
+        ["ppo-warrant"]
+    );
+    assert_eq!(
+        targets(&r),
+        set(&[
+            ("police:WYP-LEEDS", "email"),
+            ("police:WYP-LEEDS", "webhook")
+        ])
+    );
+}
+
+#[test]
+fn court_outcome_continues_to_the_next_hearing_listing_office() {
+    let r = route(&common::example("court.hearing.concluded.json"));
+    assert_eq!(
+        targets(&r),
+        set(&[
+            ("police:WYP-LEEDS", "email"),
+            ("police:WYP-LEEDS", "webhook")
+        ]),
+        "no next hearing: police only"
+    );
+    let mut doc = common::example("court.hearing.concluded.json");
+    doc["additionalInformation"]["nextHearing"] = json!({"date": "2027-01-11", "court": {"code": "LEEDSMC", "name": "Leeds Magistrates' Court"}});
+    let r = route(&doc);
+    assert_eq!(r.matched_routes.len(), 2);
+    assert!(targets(&r).contains(&("court-listing:LEEDSMC".into(), "email".into())));
+    let listing = r
+        .notifications
+        .iter()
+        .find(|n| n.recipient.id.as_str() == "court-listing:LEEDSMC")
+        .unwrap();
+    assert!(
+        email(listing).1.contains("prolific and priority offender"),
+        "court staff are told PPO status"
+    );
+}
+
+#[test]
+fn an_unknown_bcu_is_reported_with_its_reason_not_dropped() {
+    let mut doc = common::example("court.warrant.issued.json");
+    doc["additionalInformation"]["offender"]["homeBcu"] = json!("XYZ-NOWHERE");
+    let r = route(&doc);
+    assert!(r.notifications.is_empty());
+    assert_eq!(
+        r.problems,
+        [Problem::UnknownRecipient {
+            route: "ppo-fta-warrant".into(),
+            pattern: "police:{offender.homeBcu}".into(),
+            reason: "police:XYZ-NOWHERE is not in the directory".into(),
+        }]
+    );
+    // The listing office of an unknown court is reported the same way, while police are still told.
+    let mut doc = common::example("court.hearing.concluded--adjourned.json");
+    doc["additionalInformation"]["offender"]["homeBcu"] = json!("WYP-LEEDS");
+    let r = route(&doc);
+    assert!(targets(&r).contains(&("police:WYP-LEEDS".into(), "email".into())));
+    assert!(
+        matches!(&r.problems[..], [Problem::UnknownRecipient { reason, .. }] if reason.contains("court-listing:BRADFORDCC"))
+    );
+}
+
+#[test]
+fn the_judiciary_never_receives_ppo_status() {
+    let r = route(&common::example("ppud.document.uploaded.json"));
+    assert_eq!(
+        targets(&r),
+        set(&[
+            ("legal-rep:SMITH-AND-CO", "email"),
+            ("judiciary:PAROLE-BOARD", "email"),
+            ("judiciary:PAROLE-BOARD", "webhook")
+        ])
+    );
+    for n in r
+        .notifications
+        .iter()
+        .filter(|n| n.recipient.id.as_str() == "judiciary:PAROLE-BOARD")
+    {
+        assert_eq!(n.withheld, ["offender.ppo"]);
+        match &n.content {
+            Content::Webhook { body, .. } => {
+                let p: Value = serde_json::from_str(body).unwrap();
+                let offender = &p["data"]["event"]["additionalInformation"]["offender"];
+                assert!(
+                    offender.is_object() && offender.get("ppo").is_none(),
+                    "{offender}"
+                );
+                assert!(!body.contains("\"ppo\""));
+            }
+            Content::Email {
+                subject,
+                text,
+                html,
+                ..
+            } => {
+                for part in [subject, text, html] {
+                    assert!(!part.contains("PPO"), "{part}");
+                }
+            }
+        }
+    }
+    let lawyer = r
+        .notifications
+        .iter()
+        .find(|n| n.recipient.id.as_str() == "legal-rep:SMITH-AND-CO")
+        .unwrap();
+    assert!(
+        lawyer.withheld.is_empty(),
+        "nothing of this event is hidden from legal representatives"
+    );
+}
+
+#[test]
+fn legal_representatives_hear_only_about_people_they_act_for() {
+    // K7310PX is not among Smith & Co's clients.
+    let r = route(&common::example("ppud.document.uploaded--recall.json"));
+    assert!(r.notifications.is_empty());
+    assert_eq!(
+        r.problems,
+        [Problem::NoRecipients {
+            route: "dossier-document-legal-reps".into(),
+            selector: "legal-rep:*".into()
+        }]
+    );
+}
+
+/// The shipped configuration with its routes replaced by `routes`.
+fn core_with_routes(routes: &str) -> Core {
+    let text = std::fs::read_to_string(common::root().join("routes.toml")).unwrap();
+    let head = &text[..text.find("[[route]]").unwrap()];
+    let config = Config::parse(&format!("{head}\n{routes}")).unwrap();
+    let mut config = config;
+    for p in [
+        &mut config.paths.schemas,
+        &mut config.paths.templates,
+        &mut config.paths.examples,
+    ] {
+        *p = common::root().join(&*p);
+    }
+    config.calendar.bank_holidays = config
+        .calendar
+        .bank_holidays
+        .map(|p| common::root().join(p));
+    Core::from_config(config, &common::root().join("routes.toml"))
+        .unwrap_or_else(|e| panic!("{e:#?}"))
+}
+
+#[test]
+fn addresses_go_only_to_police_and_probation() {
+    let core = core_with_routes(
+        r#"
+[[route]]
+name = "everyone"
+events = ["prison.prisoner.released"]
+to = ["police:WYP-LEEDS", "probation:PDU-LEEDS", "court-listing:LEEDSMC", "judiciary:PAROLE-BOARD", "legal-rep:SMITH-AND-CO"]
+template = "prisoner-released"
+"#,
+    );
+    let event = common::accept(&common::example("prison.prisoner.released.json"));
+    let r = core.engine.route(&event);
+    assert!(r.problems.is_empty(), "{:?}", r.problems);
+    for n in &r.notifications {
+        let sees = !n.withheld.contains(&"releaseAddress".to_string());
+        let class = n.recipient.class.as_str();
+        assert_eq!(sees, class == "police" || class == "probation", "{class}");
+        let text = match &n.content {
+            Content::Email { text, html, .. } => format!("{text}{html}"),
+            Content::Webhook { body, .. } => body.clone(),
+        };
+        assert_eq!(text.contains("LS8 4HU"), sees, "{class}: {text}");
+    }
+    assert_eq!(
+        r.notifications
+            .iter()
+            .filter(|n| n.recipient.class.as_str() == "judiciary")
+            .count(),
+        2
+    );
+}
+
+#[test]
+fn a_named_legal_representative_without_authority_is_withheld_and_reported() {
+    let core = core_with_routes(
+        r#"
+[[route]]
+name = "lawyer"
+events = ["ppud.document.uploaded"]
+to = ["legal-rep:SMITH-AND-CO"]
+template = "document-uploaded"
+"#,
+    );
+    let event = common::accept(&common::example("ppud.document.uploaded--recall.json"));
+    let r = core.engine.route(&event);
+    assert!(r.notifications.is_empty());
+    assert_eq!(
+        r.problems,
+        [Problem::NotAuthorised {
+            route: "lawyer".into(),
+            recipient: "legal-rep:SMITH-AND-CO".into()
+        }]
+    );
+    assert_eq!(
+        r.notifications
+            .iter()
+            .filter(|n| matches!(n.sla, Sla::Untracked))
+            .count(),
+        0
+    );
+}
+
+#[test]
+fn idempotency_keys_are_stable_per_event_route_recipient_and_channel() {
+    let body = serde_json::to_vec(&common::example("court.bail.decided.json")).unwrap();
+    let keys = |id: &str| -> Vec<String> {
+        let event: Event = common::core()
+            .intake
+            .accept(&body, EventId::new(id))
+            .unwrap();
+        common::core()
+            .engine
+            .route(&event)
+            .notifications
+            .iter()
+            .map(|n| n.key.to_string())
+            .collect()
+    };
+    let first = keys("evt-1");
+    assert_eq!(first.len(), 4);
+    assert_eq!(first, keys("evt-1"), "same event id, same keys");
+    assert_eq!(
+        first.iter().collect::<BTreeSet<_>>().len(),
+        4,
+        "one key per recipient and channel"
+    );
+    assert!(keys("evt-2").iter().all(|k| !first.contains(k)));
+}
+
+#[test]
+fn values_are_escaped_in_html_and_subjects_stay_on_one_line() {
+    let mut doc = common::example("court.warrant.issued.json");
+    doc["additionalInformation"]["offender"]["name"]["family"] =
+        json!("<script>alert(1)</script>\r\nBcc: x@example.com");
+    let r = route(&doc);
+    let mail = r
+        .notifications
+        .iter()
+        .find(|n| n.channel.as_str() == "email")
+        .unwrap();
+    let (subject, _, html) = email(mail);
+    assert!(
+        !subject.contains('\n') && !subject.contains('\r'),
+        "{subject:?}"
+    );
+    assert!(!html.contains("<script>"));
+    assert!(html.contains("&lt;script&gt;"));
+}
