@@ -69,10 +69,12 @@ fn as_value(event: &Event, routing: &Routing, render: bool) -> Value {
             if let Content::Webhook { body, .. } = &n.content {
                 v["content"]["body"] = serde_json::from_str(body).unwrap_or_default();
             }
-            if !render {
-                if let Some(content) = v.get_mut("content").and_then(Value::as_object_mut) {
-                    content.retain(|k, _| matches!(k.as_str(), "channel" | "to" | "url"));
-                }
+            if let Some(content) = v
+                .get_mut("content")
+                .and_then(Value::as_object_mut)
+                .filter(|_| !render)
+            {
+                content.retain(|k, _| matches!(k.as_str(), "channel" | "to" | "url"));
             }
             v
         })

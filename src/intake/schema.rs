@@ -238,6 +238,9 @@ fn parse_event_file_name(name: &str) -> Option<(&str, u64)> {
 
 fn violations(validator: &Validator, doc: &Value) -> Vec<Violation> {
     let mut out = Vec::new();
+    if validator.is_valid(doc) {
+        return out;
+    }
     for error in validator.iter_errors(doc) {
         push_violations(&error, &mut out);
     }

@@ -2,6 +2,9 @@
 //! Each returns a value (so the registry escapes it for HTML) and fails loudly on a
 //! missing field rather than printing nothing.
 
+use std::sync::LazyLock;
+
+use chrono::format::{Item, StrftimeItems};
 use chrono::{DateTime, NaiveDate};
 use chrono_tz::Europe::London;
 use handlebars::{
@@ -37,6 +40,12 @@ fn text_param<'a>(h: &'a Helper<'_>, helper: &str) -> Result<&'a str, RenderErro
         .ok_or_else(|| fail(format!("{helper}: field {name} is not a date")))
 }
 
+/// Parsed once: the formats are fixed and parsing them is most of the cost of formatting.
+static DATE: LazyLock<Vec<Item<'static>>> =
+    LazyLock::new(|| StrftimeItems::new("%A %-d %B %Y").collect());
+static DATE_TIME: LazyLock<Vec<Item<'static>>> =
+    LazyLock::new(|| StrftimeItems::new("%A %-d %B %Y, %H:%M %Z").collect());
+
 /// `2026-12-15` -> `Tuesday 15 December 2026`; a date-time gives its London date.
 pub fn uk_date(text: &str) -> Option<String> {
     let date = match NaiveDate::parse_from_str(text, "%Y-%m-%d") {
@@ -46,7 +55,7 @@ pub fn uk_date(text: &str) -> Option<String> {
             .with_timezone(&London)
             .date_naive(),
     };
-    Some(date.format("%A %-d %B %Y").to_string())
+    Some(date.format_with_items(DATE.iter()).to_string())
 }
 
 /// `2026-11-20T15:42:00Z` -> `Friday 20 November 2026, 15:42 GMT`.
@@ -54,7 +63,7 @@ pub fn uk_datetime(text: &str) -> Option<String> {
     let t = DateTime::parse_from_rfc3339(text)
         .ok()?
         .with_timezone(&London);
-    Some(t.format("%A %-d %B %Y, %H:%M %Z").to_string())
+    Some(t.format_with_items(DATE_TIME.iter()).to_string())
 }
 
 struct UkDate;

@@ -8,11 +8,13 @@
 mod helpers;
 pub mod payload;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::LazyLock;
+
+use regex::Regex;
 use std::path::{Path, PathBuf};
 
-use handlebars::Handlebars;
-use serde_json::Value;
+use handlebars::{Context, Handlebars};
 
 pub use helpers::{uk_date, uk_datetime};
 
@@ -52,6 +54,9 @@ impl std::fmt::Debug for Renderer {
 
 const PARTS: [&str; 3] = ["subject", "text", "html"];
 
+/// The folder of shared partials inside the templates folder.
+const PARTIALS: &str = "partials";
+
 impl Renderer {
     /// Loads every template folder under `dir`.
     pub fn load(dir: &Path) -> Result<Renderer, Vec<TemplateError>> {
@@ -73,13 +78,13 @@ impl Renderer {
             .filter(|p| p.is_dir())
             .collect();
         folders.sort();
+        let partials = load_partials(&dir.join(PARTIALS), &mut errors);
         for folder in folders {
             let name = folder
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            if name == "partials" {
-                load_partials(&folder, &mut html, &mut plain, &mut errors);
+            if name == PARTIALS {
                 continue;
             }
             for part in PARTS {
@@ -91,6 +96,13 @@ impl Renderer {
                             path,
                             message: e.to_string(),
                         });
+                        continue;
+                    }
+                };
+                let text = match include_partials(&text, &partials, 0) {
+                    Ok(t) => t,
+                    Err(message) => {
+                        errors.push(TemplateError { path, message });
                         continue;
                     }
                 };
@@ -135,12 +147,12 @@ impl Renderer {
     pub fn email(
         &self,
         template: &str,
-        context: &Value,
+        context: &Context,
         marks: &[String],
     ) -> Result<EmailParts, String> {
         let render = |registry: &Handlebars<'static>, part: &str| {
             registry
-                .render(&format!("{template}/{part}"), context)
+                .render_with_context(&format!("{template}/{part}"), context)
                 .map_err(|e| e.to_string())
         };
         let subject = render(&self.plain, "subject")?;
@@ -169,14 +181,11 @@ fn registry(escape_html: bool) -> Handlebars<'static> {
     r
 }
 
-fn load_partials(
-    dir: &Path,
-    html: &mut Handlebars<'static>,
-    plain: &mut Handlebars<'static>,
-    errors: &mut Vec<TemplateError>,
-) {
+/// Reads `partials/*.hbs` (a missing folder means no partials).
+fn load_partials(dir: &Path, errors: &mut Vec<TemplateError>) -> HashMap<String, String> {
+    let mut partials = HashMap::new();
     let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
+        return partials;
     };
     for path in entries.filter_map(|e| e.ok().map(|e| e.path())) {
         let Some(name) = path
@@ -186,21 +195,73 @@ fn load_partials(
         else {
             continue;
         };
-        let result = std::fs::read_to_string(&path)
-            .map_err(|e| e.to_string())
-            .and_then(|text| {
-                html.register_partial(name, &text)
-                    .map_err(|e| e.to_string())?;
-                plain
-                    .register_partial(name, &text)
-                    .map_err(|e| e.to_string())
-            });
-        if let Err(message) = result {
-            errors.push(TemplateError {
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                partials.insert(name.to_owned(), text);
+            }
+            Err(e) => errors.push(TemplateError {
                 path: path.clone(),
-                message,
-            });
+                message: e.to_string(),
+            }),
         }
+    }
+    partials
+}
+
+/// Expands `{{> name}}` and `{{#> name}}...{{/name}}` (with `{{> @partial-block}}` in the
+/// partial) when templates load. Handlebars would copy the whole render context at every
+/// partial on every render; expanding once keeps rendering cheap with the same result.
+fn include_partials(
+    text: &str,
+    partials: &HashMap<String, String>,
+    depth: usize,
+) -> Result<String, String> {
+    const MAX_DEPTH: usize = 8;
+    static INLINE: LazyLock<Regex> =
+        LazyLock::new(|| Regex::new(r"\{\{>\s*([A-Za-z0-9_-]+)\s*\}\}").expect("valid regex"));
+    if !text.contains("{{>") && !text.contains("{{#>") {
+        return Ok(text.to_owned());
+    }
+    if depth >= MAX_DEPTH {
+        return Err(format!("partials nest deeper than {MAX_DEPTH} levels"));
+    }
+    let find = |name: &str| {
+        partials
+            .get(name)
+            .ok_or_else(|| format!("partial \"{name}\" not found in {PARTIALS}/"))
+    };
+
+    // Blocks first: the body between {{#> name}} and {{/name}} fills {{> @partial-block}}.
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(open) = rest.find("{{#>") {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 4..];
+        let close = after.find("}}").ok_or("unclosed {{#>")?;
+        let name = after[..close].trim();
+        let body = after[close + 2..]
+            .strip_prefix('\n')
+            .unwrap_or(&after[close + 2..]);
+        let end_tag = format!("{{{{/{name}}}}}");
+        let end = body
+            .find(&end_tag)
+            .ok_or_else(|| format!("{{{{#> {name}}}}} is not closed by {end_tag}"))?;
+        out.push_str(&find(name)?.replace("{{> @partial-block}}", &body[..end]));
+        rest = &body[end + end_tag.len()..];
+    }
+    out.push_str(rest);
+
+    let mut error = None;
+    let text = INLINE.replace_all(&out, |c: &regex::Captures<'_>| match find(&c[1]) {
+        Ok(p) => p.clone(),
+        Err(e) => {
+            error.get_or_insert(e);
+            String::new()
+        }
+    });
+    match error {
+        Some(e) => Err(e),
+        None => include_partials(&text, partials, depth + 1),
     }
 }
 
@@ -212,6 +273,34 @@ fn one_line(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn partials_are_expanded_once_at_load() {
+        let partials: HashMap<String, String> = [
+            (
+                "layout".to_string(),
+                "<body>{{> @partial-block}}</body>".to_string(),
+            ),
+            ("name".to_string(), "{{> given}} {{family}}".to_string()),
+            ("given".to_string(), "{{given}}".to_string()),
+            ("loop".to_string(), "{{> loop}}".to_string()),
+        ]
+        .into();
+        let out =
+            include_partials("{{#> layout}}\nHi {{> name}}{{/layout}}", &partials, 0).unwrap();
+        assert_eq!(out, "<body>Hi {{given}} {{family}}</body>");
+        assert!(
+            include_partials("{{> missing}}", &partials, 0)
+                .unwrap_err()
+                .contains("missing")
+        );
+        assert!(
+            include_partials("{{> loop}}", &partials, 0)
+                .unwrap_err()
+                .contains("deeper")
+        );
+        assert!(include_partials("{{#> layout}}x{{/name}}", &partials, 0).is_err());
+    }
 
     #[test]
     fn subjects_never_break_lines() {

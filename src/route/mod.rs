@@ -83,13 +83,11 @@ impl Route {
         if config.channels.is_empty() {
             errors.push("channels: lists no channel".into());
         }
-        if let Some(r) = renderer {
-            if !r.has(&config.template) {
-                errors.push(format!(
-                    "template: \"{}\" has no folder under templates/ (subject.hbs, text.hbs, html.hbs)",
-                    config.template
-                ));
-            }
+        if renderer.is_some_and(|r| !r.has(&config.template)) {
+            errors.push(format!(
+                "template: \"{}\" has no folder under templates/ (subject.hbs, text.hbs, html.hbs)",
+                config.template
+            ));
         }
         let sla = match config.sla.as_deref().map(SlaRule::parse).transpose() {
             Ok(sla) => sla,
@@ -105,10 +103,12 @@ impl Route {
                 Priority::Routine
             }),
         };
-        if let Some(mark) = &config.mark {
-            if mark.trim().is_empty() || mark.contains(['\r', '\n', '[', ']']) {
-                errors.push("mark: one line of text without brackets".into());
-            }
+        if config
+            .mark
+            .as_ref()
+            .is_some_and(|mark| mark.trim().is_empty() || mark.contains(['\r', '\n', '[', ']']))
+        {
+            errors.push("mark: one line of text without brackets".into());
         }
         if !errors.is_empty() {
             return Err(errors);
@@ -220,7 +220,8 @@ impl Engine {
             withheld,
         };
         let context = template_context(event, &view, recipient, route, &sla, &marks, priority);
-        self.renderer.email(&route.template, &context, &marks)
+        self.renderer
+            .email(&route.template, &handlebars::Context::from(context), &marks)
     }
 
     fn apply(&self, route: &Route, event: &Event, views: &mut Vec<View>, routing: &mut Routing) {
@@ -292,7 +293,7 @@ impl Engine {
                                 event, view, recipient, route, &sla, &marks, priority,
                             );
                             self.renderer
-                                .email(&route.template, &context, &marks)
+                                .email(&route.template, &handlebars::Context::from(context), &marks)
                                 .map(|parts| Content::Email {
                                     to: recipient.email.clone(),
                                     subject: parts.subject,
@@ -365,20 +366,27 @@ fn template_context(
         .identifiers()
         .map(|(t, v)| (t.to_owned(), Value::String(v.to_owned())))
         .collect();
-    let mut context = json!({
-        "eventId": event.id.as_str(),
-        "eventType": event.event_type.as_str(),
-        "occurredAt": body["occurredAt"],
-        "publishedAt": body["publishedAt"],
-        "person": person,
-        "info": view.info,
-        "recipient": {"id": recipient.id.as_str(), "name": recipient.name, "class": recipient.class.as_str()},
-        "route": &*route.name,
-        "priority": priority,
-        "marks": marks,
-        "urgent": priority == Priority::Urgent,
-        "shortNotice": sla.short_notice(),
-    });
+    let text = |s: &str| Value::String(s.to_owned());
+    let mut context = serde_json::Map::new();
+    context.insert("eventId".into(), text(event.id.as_str()));
+    context.insert("eventType".into(), text(event.event_type.as_str()));
+    context.insert("occurredAt".into(), body["occurredAt"].clone());
+    context.insert("publishedAt".into(), body["publishedAt"].clone());
+    context.insert("person".into(), Value::Object(person));
+    context.insert("info".into(), view.info.clone());
+    context.insert(
+        "recipient".into(),
+        json!({"id": recipient.id.as_str(), "name": recipient.name, "class": recipient.class.as_str()}),
+    );
+    context.insert("route".into(), text(&route.name));
+    context.insert("priority".into(), text(priority.as_str()));
+    context.insert(
+        "marks".into(),
+        Value::Array(marks.iter().map(|m| text(m)).collect()),
+    );
+    context.insert("urgent".into(), Value::Bool(priority == Priority::Urgent));
+    context.insert("shortNotice".into(), Value::Bool(sla.short_notice()));
+    let mut context = Value::Object(context);
     if let Some(d) = sla.deadline() {
         let rule = match sla {
             Sla::Due { rule, .. } => rule.as_str(),
