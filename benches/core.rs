@@ -1,7 +1,7 @@
 //! Validate + route + render per event, on the shipped examples and configuration.
 //!
 //! `cargo bench --bench core`. The target: at most 20 µs per event with two recipients
-//! (`process/court.bail.decided` notifies police and probation, by email and webhook).
+//! (`target/...`: a bail decision for police and probation).
 
 use std::hint::black_box;
 use std::path::Path;
@@ -48,6 +48,53 @@ fn bench(c: &mut Criterion) {
         );
     }
     group.finish();
+
+    // The target's case: two recipients, on the webhook channel only and on both channels.
+    let webhook_only = {
+        let text = std::fs::read_to_string(root.join("routes.toml")).expect("routes.toml");
+        let head = &text[..text.find("[[route]]").expect("routes")];
+        let routes = r#"
+[[route]]
+name = "bail-two-recipients-webhook"
+events = ["court.bail.decided"]
+to = ["police:{offender.homeBcu}", "probation:{offender.pdu}"]
+channels = ["webhook"]
+template = "bail-decided"
+sla = "within 24h"
+"#;
+        let mut config = herald::config::Config::parse(&format!("{head}{routes}")).expect("config");
+        for p in [
+            &mut config.paths.schemas,
+            &mut config.paths.templates,
+            &mut config.paths.examples,
+        ] {
+            *p = root.join(&*p);
+        }
+        config.calendar.bank_holidays = config.calendar.bank_holidays.map(|p| root.join(p));
+        Core::from_config(config, &root.join("routes.toml")).expect("core")
+    };
+    let body = std::fs::read(dir.join("court.bail.decided.json")).expect("example");
+    let id = EventId::new("bench-event");
+    assert_eq!(
+        webhook_only
+            .process(&body, id.clone())
+            .map(|(_, r)| r.notifications.len())
+            .ok(),
+        Some(2)
+    );
+    c.bench_function("target/two recipients, webhook only", |b| {
+        b.iter(|| {
+            webhook_only
+                .process(black_box(&body), id.clone())
+                .map(|(_, r)| r.notifications.len())
+        })
+    });
+    c.bench_function("target/two recipients, email and webhook", |b| {
+        b.iter(|| {
+            core.process(black_box(&body), id.clone())
+                .map(|(_, r)| r.notifications.len())
+        })
+    });
 
     // The parts, for finding what to make faster.
     let body = std::fs::read(dir.join("court.bail.decided.json")).expect("example");

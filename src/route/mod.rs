@@ -7,6 +7,7 @@ mod matcher;
 mod recipient;
 mod redact;
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::sync::Arc;
 
@@ -156,9 +157,9 @@ pub struct Engine {
 }
 
 /// The event's data as one class of recipient may see it.
-struct View {
+struct View<'e> {
     class: RecipientClass,
-    info: Value,
+    info: Cow<'e, Value>,
     withheld: Vec<String>,
 }
 
@@ -224,7 +225,13 @@ impl Engine {
             .email(&route.template, &handlebars::Context::from(context), &marks)
     }
 
-    fn apply(&self, route: &Route, event: &Event, views: &mut Vec<View>, routing: &mut Routing) {
+    fn apply<'e>(
+        &self,
+        route: &Route,
+        event: &'e Event,
+        views: &mut Vec<View<'e>>,
+        routing: &mut Routing,
+    ) {
         let name = route.name.to_string();
         let (sla, marks, priority) = self.facts(route, event);
 
@@ -351,10 +358,11 @@ impl Engine {
 }
 
 /// What a template sees: the redacted event data as `info`, the person's identifiers as
-/// `person.NOMS` etc., and the notification's own facts.
+/// `person.NOMS` etc. (and all of them on one line as `identifiers`), and the notification's
+/// own facts.
 fn template_context(
     event: &Event,
-    view: &View,
+    view: &View<'_>,
     recipient: &Recipient,
     route: &Route,
     sla: &Sla,
@@ -372,8 +380,13 @@ fn template_context(
     context.insert("eventType".into(), text(event.event_type.as_str()));
     context.insert("occurredAt".into(), body["occurredAt"].clone());
     context.insert("publishedAt".into(), body["publishedAt"].clone());
+    let identifiers: Vec<String> = person
+        .iter()
+        .map(|(t, v)| format!("{t} {}", v.as_str().unwrap_or_default()))
+        .collect();
+    context.insert("identifiers".into(), Value::String(identifiers.join(", ")));
     context.insert("person".into(), Value::Object(person));
-    context.insert("info".into(), view.info.clone());
+    context.insert("info".into(), view.info.clone().into_owned());
     context.insert(
         "recipient".into(),
         json!({"id": recipient.id.as_str(), "name": recipient.name, "class": recipient.class.as_str()}),
