@@ -149,6 +149,7 @@ pub enum Content {
 
 /// One message to one recipient on one channel.
 #[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Notification {
     pub key: IdempotencyKey,
     pub event_id: EventId,
@@ -256,6 +257,7 @@ impl fmt::Display for Problem {
 
 /// Everything the engine decided for one event.
 #[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Routing {
     /// Routes whose event types and matchers matched, in order.
     pub matched_routes: Vec<Arc<str>>,

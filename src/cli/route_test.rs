@@ -84,8 +84,8 @@ fn as_value(event: &Event, routing: &Routing, render: bool) -> Value {
             "id": event.id,
             "eventType": event.event_type,
             "version": event.version,
-            "occurredAt": event.occurred_at.to_rfc3339(),
-            "publishedAt": event.published_at.to_rfc3339(),
+            "occurredAt": event.occurred_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            "publishedAt": event.published_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         },
         "matchedRoutes": routing.matched_routes,
         "notifications": notifications,
@@ -162,7 +162,9 @@ fn deadline(sla: &Sla, when: &dyn Fn(&chrono::DateTime<chrono::Utc>) -> String) 
         Sla::Unknown { rule, reason } => format!("{rule}: cannot be computed: {reason}"),
         Sla::Due { rule, deadline } => format!(
             "{} ({}), {rule}{}",
-            deadline.due.to_rfc3339(),
+            deadline
+                .due
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             when(&deadline.due),
             if deadline.short_notice {
                 ", SHORT NOTICE: the event came too late for the notice promised"

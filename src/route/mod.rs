@@ -405,8 +405,7 @@ fn template_context(
             Sla::Due { rule, .. } => rule.as_str(),
             _ => "",
         };
-        context["sla"] =
-            json!({"rule": rule, "due": d.due.to_rfc3339(), "shortNotice": d.short_notice});
+        context["sla"] = json!({"rule": rule, "due": d.due.to_rfc3339_opts(chrono::SecondsFormat::Secs, true), "shortNotice": d.short_notice});
     }
     if let Some(description) = body.get("description") {
         context["description"] = description.clone();

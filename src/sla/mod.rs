@@ -161,7 +161,7 @@ impl SlaRule {
 impl fmt::Display for SlaRule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            SlaRule::Within(d) => write!(f, "within {}", humantime::format_duration(*d)),
+            SlaRule::Within(d) => write!(f, "within {}", Span(*d)),
             SlaRule::WithinWorkingDays(1) => f.write_str("within 1 working day"),
             SlaRule::WithinWorkingDays(n) => write!(f, "within {n} working days"),
             SlaRule::OnTheDayOf(field) => write!(f, "on the day of {field}"),
@@ -169,12 +169,23 @@ impl fmt::Display for SlaRule {
                 write!(f, "before {field}")
             }
             SlaRule::NoticeBefore { notice, field } => {
-                write!(
-                    f,
-                    "{} notice before {field}",
-                    humantime::format_duration(*notice)
-                )
+                write!(f, "{} notice before {field}", Span(*notice))
             }
+        }
+    }
+}
+
+/// A duration as routes.toml would write it: `28d`, `24h`, `90m`, else humantime's form.
+struct Span(StdDuration);
+
+impl fmt::Display for Span {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let secs = self.0.as_secs();
+        match (secs, self.0.subsec_nanos()) {
+            (s, 0) if s > 0 && s % DAY == 0 => write!(f, "{}d", s / DAY),
+            (s, 0) if s > 0 && s % 3600 == 0 => write!(f, "{}h", s / 3600),
+            (s, 0) if s > 0 && s % 60 == 0 => write!(f, "{}m", s / 60),
+            _ => write!(f, "{}", humantime::format_duration(self.0)),
         }
     }
 }

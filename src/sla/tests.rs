@@ -215,6 +215,17 @@ fn missing_or_wrong_fields_and_uncovered_years_are_errors() {
 
 #[test]
 fn rules_parse_and_print_back() {
+    for (text, shown) in [
+        ("within 24 hours", "within 24h"),
+        (
+            "28 days notice before releaseDate",
+            "28d notice before releaseDate",
+        ),
+        ("within 90min", "within 90m"),
+        ("within 1h 30s", "within 1h 30s"),
+    ] {
+        assert_eq!(SlaRule::parse(text).unwrap().to_string(), shown);
+    }
     for text in [
         "within 24h",
         "within 1 working day",
