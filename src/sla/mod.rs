@@ -175,14 +175,15 @@ impl fmt::Display for SlaRule {
     }
 }
 
-/// A duration as routes.toml would write it: `28d`, `24h`, `90m`, else humantime's form.
+/// A duration as routes.toml would write it: `28d`, `24h`, `90m` (a single day as `24h`), else
+/// humantime's form.
 struct Span(StdDuration);
 
 impl fmt::Display for Span {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let secs = self.0.as_secs();
         match (secs, self.0.subsec_nanos()) {
-            (s, 0) if s > 0 && s % DAY == 0 => write!(f, "{}d", s / DAY),
+            (s, 0) if s >= 2 * DAY && s % DAY == 0 => write!(f, "{}d", s / DAY),
             (s, 0) if s > 0 && s % 3600 == 0 => write!(f, "{}h", s / 3600),
             (s, 0) if s > 0 && s % 60 == 0 => write!(f, "{}m", s / 60),
             _ => write!(f, "{}", humantime::format_duration(self.0)),
