@@ -25,6 +25,12 @@ pub struct Config {
     /// Sender details and transport for the email channel.
     #[serde(default)]
     pub email: Email,
+    /// Webhook channel settings.
+    #[serde(default)]
+    pub webhook: WebhookSettings,
+    /// The service's own endpoints and shutdown.
+    #[serde(default)]
+    pub service: ServiceSettings,
     /// Limits applied to incoming events before they are trusted.
     #[serde(default)]
     pub limits: Limits,
@@ -47,7 +53,7 @@ pub struct Config {
 
 /// Locations of the other files Herald reads.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct Paths {
     /// Folder of JSON Schemas (`envelope.schema.json`, `common.schema.json`, `events/*.json`).
     pub schemas: PathBuf,
@@ -69,11 +75,18 @@ impl Default for Paths {
 
 /// Broker settings; `HERALD_AMQP_URL` overrides the URL.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct Amqp {
     pub url: String,
+    /// Topic exchange agencies publish to, routing key = eventType.
     pub exchange: String,
+    /// Quorum queue Herald consumes.
     pub queue: String,
+    /// Where refused events are parked, with their reason.
+    pub rejected_queue: String,
+    /// Where notifications that cannot be delivered are parked, with their reason.
+    pub failed_queue: String,
+    /// Unacknowledged events in flight at once.
     pub prefetch: u16,
 }
 
@@ -83,6 +96,8 @@ impl Default for Amqp {
             url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
             exchange: "herald.events".into(),
             queue: "herald.events".into(),
+            rejected_queue: "herald.rejected".into(),
+            failed_queue: "herald.failed".into(),
             prefetch: 100,
         }
     }
@@ -90,7 +105,7 @@ impl Default for Amqp {
 
 /// Email channel settings; `HERALD_SMTP_URL` overrides the URL.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct Email {
     /// The From header, `Name <address>`.
     pub from: String,
@@ -110,9 +125,46 @@ impl Default for Email {
     }
 }
 
+/// Webhook delivery settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookSettings {
+    /// Time allowed for one request, e.g. `"15s"`.
+    #[serde(with = "humantime_serde")]
+    pub timeout: std::time::Duration,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        WebhookSettings {
+            timeout: std::time::Duration::from_secs(15),
+        }
+    }
+}
+
+/// The service's HTTP endpoints and shutdown.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServiceSettings {
+    /// Address of `/metrics`, `/healthz` and `/readyz`; `HERALD_METRICS_ADDR` overrides.
+    pub metrics_addr: String,
+    /// How long a shutdown waits for events in flight, e.g. `"30s"`.
+    #[serde(with = "humantime_serde")]
+    pub drain: std::time::Duration,
+}
+
+impl Default for ServiceSettings {
+    fn default() -> Self {
+        ServiceSettings {
+            metrics_addr: "127.0.0.1:9464".into(),
+            drain: std::time::Duration::from_secs(30),
+        }
+    }
+}
+
 /// Limits on incoming events.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Largest accepted body, e.g. `"256 KiB"`.
     pub max_event_bytes: bytesize::ByteSize,

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::event::{Event, EventId};
-use crate::intake::{Intake, Rejection, SchemaSet};
+use crate::intake::{Intake, Publishers, Rejection, SchemaSet};
 use crate::notification::Routing;
 use crate::render::Renderer;
 use crate::route::{
@@ -22,6 +22,7 @@ pub struct Core {
     pub config: Config,
     pub config_path: PathBuf,
     pub intake: Intake,
+    pub publishers: Publishers,
     pub engine: Engine,
 }
 
@@ -54,18 +55,8 @@ impl Core {
         let (redaction, red_errors) = Redaction::build(&config.sensitive);
         errors.extend(red_errors.into_iter().map(|e| format!("{file}: {e}")));
 
-        for (login, patterns) in &config.publishers {
-            for p in patterns {
-                let body = p.strip_suffix(".*").unwrap_or(p);
-                if body.is_empty()
-                    || !body.chars().all(|c| {
-                        c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-'
-                    })
-                {
-                    errors.push(format!("{file}: [publishers] {login}: \"{p}\" is not an event type or a prefix ending in .*"));
-                }
-            }
-        }
+        let (publishers, pub_errors) = Publishers::build(&config.publishers);
+        errors.extend(pub_errors.into_iter().map(|e| format!("{file}: {e}")));
 
         let mut routes = Vec::new();
         if let Some(schemas) = &schemas {
@@ -87,6 +78,7 @@ impl Core {
         match (schemas, renderer, calendar) {
             (Some(schemas), Some(renderer), Some(calendar)) if errors.is_empty() => Ok(Core {
                 intake: Intake::new(schemas, &config.limits),
+                publishers,
                 engine: Engine {
                     routes,
                     directory,

@@ -9,10 +9,13 @@
 pub mod cli;
 pub mod config;
 pub mod core;
+pub mod deliver;
 pub mod event;
 pub mod field;
 pub mod intake;
+pub mod metrics;
 pub mod notification;
 pub mod render;
 pub mod route;
+pub mod serve;
 pub mod sla;

@@ -5,5 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    herald::cli::run(herald::cli::Cli::parse())
+    let cli = herald::cli::Cli::parse();
+    herald::cli::init_logging();
+    herald::cli::run(cli)
 }

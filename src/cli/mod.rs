@@ -1,7 +1,11 @@
-//! The command line: `herald check`, `herald validate`, `herald route-test`.
+//! The command line: the offline tools (`check`, `validate`, `route-test`), the service
+//! (`serve`), and the integration aids (`publish`, `receive`).
 
 mod check;
+mod publish;
+mod receive;
 mod route_test;
+mod serve;
 mod validate;
 
 use std::path::PathBuf;
@@ -24,6 +28,35 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the service: consume events from RabbitMQ and deliver notifications.
+    Serve(ConfigArg),
+    /// Publish event files to the events exchange, as an agency system would.
+    Publish {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Log in to RabbitMQ as this user (its password in --password-env); the message's
+        /// user_id is the login. Default: the login in HERALD_AMQP_URL or routes.toml.
+        #[arg(long)]
+        user: Option<String>,
+        /// The environment variable holding --user's password.
+        #[arg(long, default_value = "HERALD_PUBLISH_PASSWORD")]
+        password_env: String,
+        /// The routing key; default: each file's eventType.
+        #[arg(long)]
+        routing_key: Option<String>,
+        /// Event files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Receive webhooks on a loopback address, verify their signatures and print them.
+    Receive {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:9900")]
+        addr: String,
+        /// The environment variable holding the whsec_ signing secret.
+        #[arg(long, default_value = "HERALD_WEBHOOK_SECRET")]
+        secret_env: String,
+    },
     /// Load schemas, routes.toml and templates; render every template against every example.
     Check(ConfigArg),
     /// Validate event files offline against the schemas.
@@ -83,6 +116,29 @@ impl ConfigArg {
 /// Runs a parsed command line; the exit code says whether everything passed.
 pub fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
+        Command::Serve(config) => config.load().map(|core| runtime(serve::run(core))),
+        Command::Publish {
+            config,
+            user,
+            password_env,
+            routing_key,
+            files,
+        } => crate::config::Config::load(&config.config)
+            .map_err(|e| {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            })
+            .map(|c| {
+                runtime(publish::run(publish::Args {
+                    url: std::env::var("HERALD_AMQP_URL").unwrap_or(c.amqp.url),
+                    exchange: c.amqp.exchange,
+                    user,
+                    password_env,
+                    routing_key,
+                    files,
+                }))
+            }),
+        Command::Receive { addr, secret_env } => Ok(runtime(receive::run(&addr, &secret_env))),
         Command::Check(config) => config.load().map(|core| check::run(&core)),
         Command::Validate {
             config,
@@ -100,6 +156,41 @@ pub fn run(cli: Cli) -> ExitCode {
             .map(|core| route_test::run(&core, &file, message_id, render, json)),
     };
     result.unwrap_or_else(|code| code)
+}
+
+/// Runs an async command on a multi-threaded runtime.
+fn runtime(task: impl std::future::Future<Output = ExitCode>) -> ExitCode {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(task),
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs go to stderr: JSON when `HERALD_LOG_FORMAT=json` or stderr is not a terminal
+/// (production), readable text on a terminal. `RUST_LOG` filters (default `info`).
+pub fn init_logging() {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let json = match std::env::var("HERALD_LOG_FORMAT").as_deref() {
+        Ok("json") => true,
+        Ok("text") => false,
+        _ => !std::io::stderr().is_terminal(),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        builder.json().flatten_event(true).try_init()
+    } else {
+        builder.try_init()
+    };
 }
 
 fn passed(ok: bool) -> ExitCode {

@@ -3,6 +3,7 @@
 //! Checks run cheapest first: size, UTF-8, nesting depth, JSON syntax, event type and
 //! version, then the schema. Nothing here panics on any input.
 
+mod publishers;
 mod schema;
 
 use std::fmt;
@@ -10,6 +11,7 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
+pub use publishers::Publishers;
 pub use schema::{SchemaError, SchemaSet, Violation};
 
 use crate::config::Limits;
@@ -26,6 +28,10 @@ pub enum Reason {
     UnknownEventType,
     UnsupportedVersion,
     SchemaViolation,
+    /// No AMQP `message_id`: redelivery could not be recognised.
+    MissingMessageId,
+    /// No AMQP `user_id`, or a login not allowed to publish this event type.
+    UnauthorisedPublisher,
 }
 
 impl Reason {
@@ -38,6 +44,8 @@ impl Reason {
             Reason::UnknownEventType => "unknown-event-type",
             Reason::UnsupportedVersion => "unsupported-version",
             Reason::SchemaViolation => "schema-violation",
+            Reason::MissingMessageId => "missing-message-id",
+            Reason::UnauthorisedPublisher => "unauthorised-publisher",
         }
     }
 }
@@ -59,7 +67,7 @@ pub struct Rejection {
 }
 
 impl Rejection {
-    fn new(reason: Reason, detail: impl Into<String>) -> Rejection {
+    pub fn new(reason: Reason, detail: impl Into<String>) -> Rejection {
         Rejection {
             reason,
             detail: detail.into(),

@@ -172,8 +172,8 @@ impl Directory {
                 err(format!("\"{bad}\" is not an email address"));
             }
             if let Some(w) = &c.webhook {
-                if !(w.url.starts_with("https://") || w.url.starts_with("http://")) {
-                    err(format!("webhook url \"{}\" is not http(s)", w.url));
+                if let Err(e) = check_webhook_url(&w.url) {
+                    err(e);
                 }
                 for name in std::iter::once(&w.secret_env).chain(&w.previous_secret_env) {
                     if name.is_empty()
@@ -229,6 +229,24 @@ impl Directory {
 
     pub fn of_class(&self, class: RecipientClass) -> impl Iterator<Item = &Arc<Recipient>> {
         self.entries.iter().filter(move |r| r.class == class)
+    }
+}
+
+/// HTTPS anywhere; plain HTTP only to a loopback address.
+fn check_webhook_url(url: &str) -> Result<(), String> {
+    let parsed = url::Url::parse(url).map_err(|e| format!("webhook url \"{url}\": {e}"))?;
+    let host = parsed
+        .host()
+        .ok_or_else(|| format!("webhook url \"{url}\" has no host"))?;
+    match parsed.scheme() {
+        "https" => Ok(()),
+        "http" if crate::deliver::is_loopback(&host) => Ok(()),
+        "http" => Err(format!(
+            "webhook url \"{url}\": plain HTTP is allowed only to loopback; use https"
+        )),
+        other => Err(format!(
+            "webhook url \"{url}\": scheme {other} is not https"
+        )),
     }
 }
 

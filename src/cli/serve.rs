@@ -1,0 +1,60 @@
+//! `herald serve`: run the service until SIGTERM or Ctrl-C, then drain and exit 0.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use tracing::{error, info};
+
+use crate::core::Core;
+use crate::serve::{self, Settings};
+
+pub async fn run(core: Core) -> ExitCode {
+    let settings = Settings::new(&core.config, |k| std::env::var(k).ok());
+    let running = match serve::start(Arc::new(core), settings, |k| std::env::var(k).ok()).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let stop = running.shutdown_token();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        info!("shutting down: no new events; finishing those in flight");
+        stop.cancel();
+    });
+    match running.wait().await {
+        Ok(()) => {
+            info!("stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            error!(error = %e, "stopped");
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,0 +1,189 @@
+//! The email channel: lettre over SMTP with pooled connections, or `.eml` files in an outbox
+//! folder when no SMTP server is configured.
+
+use std::path::Path;
+
+use lettre::message::{Mailbox, MultiPart};
+use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+
+use super::Failure;
+use crate::notification::{Content, Notification};
+
+enum Transport {
+    Smtp(AsyncSmtpTransport<Tokio1Executor>),
+    Files(AsyncFileTransport<Tokio1Executor>),
+}
+
+/// Sends the email notifications.
+pub struct EmailSender {
+    transport: Transport,
+    from: Mailbox,
+    /// Right-hand side of every `Message-ID`, from the sender's address.
+    id_domain: String,
+}
+
+/// An SMTP URL or sender that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum EmailSetupError {
+    #[error("email.from \"{0}\" is not a mailbox (Name <address>)")]
+    From(String),
+    #[error("SMTP URL: {0}")]
+    Url(String),
+    #[error("outbox {path}: {source}")]
+    Outbox {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+impl EmailSender {
+    /// `url` in lettre's form; none means `.eml` files in `outbox`.
+    pub fn new(
+        url: Option<&str>,
+        outbox: &Path,
+        from: &str,
+    ) -> Result<EmailSender, EmailSetupError> {
+        let from: Mailbox = from
+            .parse()
+            .map_err(|_| EmailSetupError::From(from.to_owned()))?;
+        let id_domain = from.email.domain().to_owned();
+        let transport = match url {
+            Some(url) => {
+                check_tls(url).map_err(EmailSetupError::Url)?;
+                let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
+                    .map_err(|e| EmailSetupError::Url(e.to_string()))?
+                    .build();
+                Transport::Smtp(transport)
+            }
+            None => {
+                std::fs::create_dir_all(outbox).map_err(|source| EmailSetupError::Outbox {
+                    path: outbox.display().to_string(),
+                    source,
+                })?;
+                Transport::Files(AsyncFileTransport::new(outbox))
+            }
+        };
+        Ok(EmailSender {
+            transport,
+            from,
+            id_domain,
+        })
+    }
+
+    /// Where mail goes, for the start-up log line (no credentials).
+    pub fn describe(&self) -> &'static str {
+        match self.transport {
+            Transport::Smtp(_) => "smtp",
+            Transport::Files(_) => "outbox files",
+        }
+    }
+
+    pub async fn send(&self, n: &Notification) -> Result<(), Failure> {
+        let message = self.message(n)?;
+        match &self.transport {
+            Transport::Smtp(t) => t.send(message).await.map(drop).map_err(|e| {
+                let code = e.status().map(|c| c.to_string());
+                let reason = match &code {
+                    Some(code) => format!("SMTP reply {code}"),
+                    None if e.is_timeout() => "SMTP timeout".into(),
+                    None => "SMTP connection failed".into(),
+                };
+                if e.is_permanent() {
+                    Failure::Permanent { reason }
+                } else {
+                    Failure::Transient {
+                        reason,
+                        retry_after: None,
+                    }
+                }
+            }),
+            Transport::Files(t) => {
+                t.send(message)
+                    .await
+                    .map(drop)
+                    .map_err(|_| Failure::Transient {
+                        reason: "cannot write to the outbox folder".into(),
+                        retry_after: None,
+                    })
+            }
+        }
+    }
+
+    fn message(&self, n: &Notification) -> Result<Message, Failure> {
+        let Content::Email {
+            to,
+            subject,
+            text,
+            html,
+        } = &n.content
+        else {
+            return Err(Failure::Permanent {
+                reason: "not an email notification".into(),
+            });
+        };
+        let mut builder = Message::builder()
+            .from(self.from.clone())
+            .subject(subject.as_str())
+            .message_id(Some(format!("<{}@{}>", n.key, self.id_domain)));
+        for address in to {
+            let mailbox: Mailbox = address.parse().map_err(|_| Failure::Permanent {
+                reason: format!("recipient {} has an invalid email address", n.recipient.id),
+            })?;
+            builder = builder.to(mailbox);
+        }
+        builder
+            .multipart(MultiPart::alternative_plain_html(
+                text.clone(),
+                html.clone(),
+            ))
+            .map_err(|e| Failure::Permanent {
+                reason: format!("cannot build the email: {e}"),
+            })
+    }
+}
+
+/// TLS is required unless the server is on this machine: `smtps://` (implicit TLS) or
+/// `smtp://...?tls=required` (STARTTLS) anywhere; plain `smtp://` only to a loopback host.
+pub fn check_tls(url: &str) -> Result<(), String> {
+    let parsed = url::Url::parse(url).map_err(|e| format!("not a URL: {e}"))?;
+    let tls_required = parsed.scheme() == "smtps"
+        || (parsed.scheme() == "smtp"
+            && parsed
+                .query_pairs()
+                .any(|(k, v)| k == "tls" && v == "required"));
+    if !matches!(parsed.scheme(), "smtp" | "smtps") {
+        return Err(format!(
+            "scheme \"{}\" is not smtp or smtps",
+            parsed.scheme()
+        ));
+    }
+    let host = parsed.host().ok_or("no host")?;
+    if tls_required || super::is_loopback(&host) {
+        Ok(())
+    } else {
+        Err(format!(
+            "plain-text SMTP to {host} is refused; use smtps://{host}:465 or smtp://{host}:587?tls=required"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_tls;
+
+    #[test]
+    fn plain_smtp_only_to_loopback() {
+        assert!(check_tls("smtps://user:pass@mail.example.gov.uk:465").is_ok());
+        assert!(check_tls("smtp://mail.example.gov.uk:587?tls=required").is_ok());
+        assert!(check_tls("smtp://127.0.0.1:2525").is_ok());
+        assert!(check_tls("smtp://localhost:25").is_ok());
+        assert!(check_tls("smtp://[::1]:25").is_ok());
+        assert!(
+            check_tls("smtp://mail.example.gov.uk:25")
+                .unwrap_err()
+                .contains("refused")
+        );
+        assert!(check_tls("smtp://mail.example.gov.uk:587?tls=opportunistic").is_err());
+        assert!(check_tls("http://mail.example.gov.uk").is_err());
+    }
+}

@@ -1,0 +1,69 @@
+//! Delivery: one folder per channel. Each turns a rendered [`Notification`] into a message on
+//! the wire and says whether a failure is worth retrying.
+
+pub mod email;
+pub mod webhook;
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::notification::{Channel, Notification};
+
+/// Why a delivery attempt did not succeed. The reason names a status or an error kind, never a
+/// person or an address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// Worth retrying: the recipient or the network may recover.
+    Transient {
+        reason: String,
+        retry_after: Option<Duration>,
+    },
+    /// Retrying would fail the same way: park it for an operator.
+    Permanent { reason: String },
+}
+
+impl Failure {
+    pub fn reason(&self) -> &str {
+        match self {
+            Failure::Transient { reason, .. } | Failure::Permanent { reason } => reason,
+        }
+    }
+
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Failure::Transient { .. })
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::Transient { reason, .. } => write!(f, "transient: {reason}"),
+            Failure::Permanent { reason } => write!(f, "permanent: {reason}"),
+        }
+    }
+}
+
+/// Both channels.
+pub struct Deliverer {
+    pub email: email::EmailSender,
+    pub webhook: webhook::WebhookSender,
+}
+
+impl Deliverer {
+    pub async fn deliver(&self, n: &Notification) -> Result<(), Failure> {
+        match n.channel {
+            Channel::Email => self.email.send(n).await,
+            Channel::Webhook => self.webhook.send(n).await,
+        }
+    }
+}
+
+/// Whether a URL host is a loopback address (`127.0.0.0/8`, `::1`, `localhost`): the only
+/// place plain-text SMTP and HTTP may go.
+pub fn is_loopback(host: &url::Host<&str>) -> bool {
+    match host {
+        url::Host::Domain(d) => d.eq_ignore_ascii_case("localhost"),
+        url::Host::Ipv4(ip) => ip.is_loopback(),
+        url::Host::Ipv6(ip) => ip.is_loopback(),
+    }
+}

@@ -1,0 +1,278 @@
+//! `herald serve`: consume events from RabbitMQ, route them with the core, deliver by email and
+//! webhook, park what cannot be routed or delivered, and export metrics.
+//!
+//! Each event is acknowledged only after every notification it gives is delivered or parked;
+//! the broker's prefetch bounds how many are in flight, and each is handled in its own task.
+
+mod handler;
+mod http;
+pub mod park;
+mod topology;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection, ConnectionProperties};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::core::Core;
+use crate::deliver::Deliverer;
+use crate::deliver::email::EmailSender;
+use crate::deliver::webhook::WebhookSender;
+use crate::metrics::Metrics;
+
+/// Everything the service needs beyond the core, from routes.toml and the environment.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub amqp_url: String,
+    pub exchange: String,
+    pub queue: String,
+    pub rejected_queue: String,
+    pub failed_queue: String,
+    pub prefetch: u16,
+    pub metrics_addr: String,
+    pub smtp_url: Option<String>,
+    pub outbox: PathBuf,
+    pub from: String,
+    pub webhook_timeout: Duration,
+    pub drain: Duration,
+    /// The AMQP connection name, to find Herald in `rabbitmqctl list_connections`.
+    pub connection_name: String,
+}
+
+impl Settings {
+    /// routes.toml's values, overridden by `HERALD_AMQP_URL`, `HERALD_SMTP_URL` and
+    /// `HERALD_METRICS_ADDR`.
+    pub fn new(config: &Config, env: impl Fn(&str) -> Option<String>) -> Settings {
+        Settings {
+            amqp_url: env("HERALD_AMQP_URL").unwrap_or_else(|| config.amqp.url.clone()),
+            exchange: config.amqp.exchange.clone(),
+            queue: config.amqp.queue.clone(),
+            rejected_queue: config.amqp.rejected_queue.clone(),
+            failed_queue: config.amqp.failed_queue.clone(),
+            prefetch: config.amqp.prefetch,
+            metrics_addr: env("HERALD_METRICS_ADDR")
+                .unwrap_or_else(|| config.service.metrics_addr.clone()),
+            smtp_url: env("HERALD_SMTP_URL").or_else(|| config.email.url.clone()),
+            outbox: config.email.outbox.clone(),
+            from: config.email.from.clone(),
+            webhook_timeout: config.webhook.timeout,
+            drain: config.service.drain,
+            connection_name: "herald".into(),
+        }
+    }
+}
+
+/// Why the service could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(
+        "cannot reach RabbitMQ at {url}: {reason}. Start it (`rabbitmq-server -detached`, or `docker compose up -d rabbitmq`) or set HERALD_AMQP_URL"
+    )]
+    Unreachable { url: String, reason: String },
+    #[error("RabbitMQ at {url}: {reason}")]
+    Broker { url: String, reason: String },
+    #[error("the connection to RabbitMQ was lost: {0}")]
+    Lost(String),
+    #[error("email: {0}")]
+    Email(#[from] crate::deliver::email::EmailSetupError),
+    #[error("webhooks: {0}")]
+    Webhook(String),
+    #[error("metrics endpoint {addr}: {source}")]
+    Metrics {
+        addr: String,
+        source: std::io::Error,
+    },
+}
+
+/// What every event handler shares.
+pub(crate) struct Ctx {
+    core: Arc<Core>,
+    deliverer: Deliverer,
+    metrics: Metrics,
+    /// A channel in confirm mode, for parking.
+    publisher: Channel,
+    settings: Settings,
+}
+
+/// A started service.
+pub struct Running {
+    /// Where `/metrics`, `/healthz` and `/readyz` are served.
+    pub metrics_addr: SocketAddr,
+    pub metrics: Metrics,
+    shutdown: CancellationToken,
+    task: JoinHandle<Result<(), ServeError>>,
+}
+
+impl Running {
+    /// Asks the service to stop and waits for it to drain.
+    pub async fn stop(self) -> Result<(), ServeError> {
+        self.shutdown.cancel();
+        self.wait().await
+    }
+
+    /// Waits for the service to end (after `shutdown` or a lost connection).
+    pub async fn wait(self) -> Result<(), ServeError> {
+        self.task
+            .await
+            .unwrap_or_else(|e| Err(ServeError::Lost(format!("service task ended: {e}"))))
+    }
+
+    /// Cancelling this token starts a graceful shutdown.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+}
+
+/// The URL without its password, for messages.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        Ok(u) => u.to_string(),
+        Err(_) => "(unparseable URL)".into(),
+    }
+}
+
+/// Connects, declares the topology and starts consuming.
+pub async fn start(
+    core: Arc<Core>,
+    settings: Settings,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Running, ServeError> {
+    let email = EmailSender::new(
+        settings.smtp_url.as_deref(),
+        &settings.outbox,
+        &settings.from,
+    )?;
+    let (webhook, warnings) =
+        WebhookSender::new(&core.engine.directory, settings.webhook_timeout, env)
+            .map_err(ServeError::Webhook)?;
+    for w in &warnings {
+        warn!("{w}");
+    }
+    let shutdown = CancellationToken::new();
+    let metrics = Metrics::new();
+    let ready = Arc::new(AtomicBool::new(false));
+    let (metrics_addr, http_task) = http::start(
+        &settings.metrics_addr,
+        metrics.clone(),
+        Arc::clone(&ready),
+        shutdown.clone(),
+    )
+    .await
+    .map_err(|source| ServeError::Metrics {
+        addr: settings.metrics_addr.clone(),
+        source,
+    })?;
+
+    let url = redact_url(&settings.amqp_url);
+    let broker = |e: lapin::Error| ServeError::Broker {
+        url: url.clone(),
+        reason: e.to_string(),
+    };
+    let properties = ConnectionProperties::default()
+        .with_connection_name(settings.connection_name.clone().into());
+    let connection = Connection::connect(&settings.amqp_url, properties)
+        .await
+        .map_err(|e| {
+            shutdown.cancel();
+            ServeError::Unreachable {
+                url: url.clone(),
+                reason: e.to_string(),
+            }
+        })?;
+    let consuming = connection.create_channel().await.map_err(broker)?;
+    let publisher = connection.create_channel().await.map_err(broker)?;
+    publisher
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(broker)?;
+    topology::declare(&consuming, &settings)
+        .await
+        .map_err(broker)?;
+    consuming
+        .basic_qos(settings.prefetch, BasicQosOptions::default())
+        .await
+        .map_err(broker)?;
+    let consumer = consuming
+        .basic_consume(
+            settings.queue.as_str().into(),
+            settings.connection_name.as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(broker)?;
+    ready.store(true, Ordering::Relaxed);
+    info!(
+        amqp = %url,
+        queue = %settings.queue,
+        prefetch = settings.prefetch,
+        email = email.describe(),
+        metrics = %metrics_addr,
+        "herald is consuming"
+    );
+
+    let ctx = Arc::new(Ctx {
+        core,
+        deliverer: Deliverer { email, webhook },
+        metrics: metrics.clone(),
+        publisher,
+        settings,
+    });
+    let stop = shutdown.clone();
+    let task = tokio::spawn(async move {
+        let tracker = TaskTracker::new();
+        let mut consumer = consumer;
+        let result = loop {
+            tokio::select! {
+                _ = stop.cancelled() => break Ok(()),
+                next = consumer.next() => match next {
+                    Some(Ok(delivery)) => {
+                        let ctx = Arc::clone(&ctx);
+                        tracker.spawn(async move { handler::handle(&ctx, delivery).await });
+                    }
+                    Some(Err(e)) => break Err(ServeError::Lost(e.to_string())),
+                    None => break Err(ServeError::Lost("the broker cancelled the consumer".into())),
+                },
+            }
+        };
+        ready.store(false, Ordering::Relaxed);
+        let _ = consuming
+            .basic_cancel(consumer.tag(), BasicCancelOptions::default())
+            .await;
+        tracker.close();
+        let drain = ctx.settings.drain;
+        if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
+            warn!(
+                drain_secs = drain.as_secs(),
+                "events still in flight at the end of the drain; the broker will redeliver them"
+            );
+        }
+        let _ = connection.close(200, "herald shutting down".into()).await;
+        stop.cancel();
+        let _ = http_task.await;
+        result
+    });
+    Ok(Running {
+        metrics_addr,
+        metrics,
+        shutdown,
+        task,
+    })
+}

@@ -1,0 +1,175 @@
+//! Parking: what cannot be routed or delivered goes to a queue an operator can inspect, with
+//! its reason, before the event is acknowledged. Publishing waits for the broker's confirm.
+
+use chrono::Utc;
+use lapin::options::BasicPublishOptions;
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel};
+use serde_json::{Value, json};
+
+use crate::intake::Rejection;
+use crate::notification::{Notification, Problem};
+
+/// Why parking did not happen: the event must not be acknowledged.
+#[derive(Debug, thiserror::Error)]
+pub enum ParkError {
+    #[error("broker: {0}")]
+    Broker(#[from] lapin::Error),
+    #[error("the broker did not confirm the parked message")]
+    NotConfirmed,
+}
+
+fn text(value: impl Into<String>) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(value.into()))
+}
+
+/// Publishes to a queue through the default exchange and waits for the confirm.
+async fn publish(
+    channel: &Channel,
+    queue: &str,
+    body: &[u8],
+    properties: BasicProperties,
+) -> Result<(), ParkError> {
+    let confirm = channel
+        .basic_publish(
+            ShortString::from(""),
+            queue.into(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..BasicPublishOptions::default()
+            },
+            body,
+            properties,
+        )
+        .await?
+        .await?;
+    if confirm.is_ack() && confirm.take_message().is_none() {
+        Ok(())
+    } else {
+        Err(ParkError::NotConfirmed)
+    }
+}
+
+/// Parks a refused event in the rejected queue: the original body and properties, with
+/// `x-herald-reason` and `x-herald-detail`. The publisher's `user_id` moves to a header
+/// (the broker only lets Herald publish as itself).
+pub async fn reject(
+    channel: &Channel,
+    queue: &str,
+    delivery: &lapin::message::Delivery,
+    rejection: &Rejection,
+) -> Result<(), ParkError> {
+    let original = &delivery.properties;
+    let mut headers = original.headers().clone().unwrap_or_default();
+    headers.insert("x-herald-reason".into(), text(rejection.reason.as_str()));
+    headers.insert("x-herald-detail".into(), text(rejection.detail.clone()));
+    headers.insert("x-herald-rejected-at".into(), text(Utc::now().to_rfc3339()));
+    headers.insert(
+        "x-herald-original-exchange".into(),
+        text(delivery.exchange.as_str()),
+    );
+    headers.insert(
+        "x-herald-original-routing-key".into(),
+        text(delivery.routing_key.as_str()),
+    );
+    if let Some(user) = original.user_id() {
+        headers.insert("x-herald-original-user-id".into(), text(user.as_str()));
+    }
+    let mut properties = BasicProperties::default()
+        .with_headers(headers)
+        .with_delivery_mode(2);
+    if let Some(v) = original.content_type() {
+        properties = properties.with_content_type(v.clone());
+    }
+    if let Some(v) = original.content_encoding() {
+        properties = properties.with_content_encoding(v.clone());
+    }
+    if let Some(v) = original.message_id() {
+        properties = properties.with_message_id(v.clone());
+    }
+    if let Some(v) = original.correlation_id() {
+        properties = properties.with_correlation_id(v.clone());
+    }
+    if let Some(v) = original.timestamp() {
+        properties = properties.with_timestamp(*v);
+    }
+    if let Some(v) = original.kind() {
+        properties = properties.with_type(v.clone());
+    }
+    if let Some(v) = original.app_id() {
+        properties = properties.with_app_id(v.clone());
+    }
+    publish(channel, queue, &delivery.data, properties).await
+}
+
+/// Parks a notification that cannot be delivered, with everything needed to send it again.
+pub async fn failed_notification(
+    channel: &Channel,
+    queue: &str,
+    n: &Notification,
+    reason: &str,
+    detail: &str,
+    attempts: u32,
+) -> Result<(), ParkError> {
+    let record = json!({
+        "kind": "notification",
+        "reason": reason,
+        "detail": detail,
+        "attempts": attempts,
+        "parkedAt": Utc::now().to_rfc3339(),
+        "notification": n,
+    });
+    let properties = properties(n.key.as_str(), reason, detail, Some(n));
+    publish(channel, queue, record.to_string().as_bytes(), properties).await
+}
+
+/// Parks a notification the engine could not make (an unknown recipient, a template that
+/// failed), with the event it came from so it can be routed again once the cause is fixed.
+pub async fn problem(
+    channel: &Channel,
+    queue: &str,
+    event: &crate::event::Event,
+    problem: &Problem,
+) -> Result<(), ParkError> {
+    let record = json!({
+        "kind": "problem",
+        "reason": problem.kind(),
+        "detail": problem.to_string(),
+        "parkedAt": Utc::now().to_rfc3339(),
+        "problem": problem,
+        "eventId": event.id,
+        "eventType": event.event_type,
+        "event": event.body,
+    });
+    let id = format!("{}/{}", event.id, problem.route());
+    let properties = properties(&id, problem.kind(), &problem.to_string(), None);
+    publish(channel, queue, record.to_string().as_bytes(), properties).await
+}
+
+fn properties(id: &str, reason: &str, detail: &str, n: Option<&Notification>) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    headers.insert("x-herald-reason".into(), text(reason));
+    headers.insert("x-herald-detail".into(), text(detail));
+    if let Some(n) = n {
+        headers.insert("x-herald-route".into(), text(&*n.route));
+        headers.insert("x-herald-recipient".into(), text(n.recipient.id.as_str()));
+        headers.insert("x-herald-channel".into(), text(n.channel.as_str()));
+    }
+    let mut p = BasicProperties::default()
+        .with_headers(headers)
+        .with_delivery_mode(2)
+        .with_content_type("application/json".into());
+    if let Ok(id) = ShortString::try_new(id) {
+        p = p.with_message_id(id);
+    }
+    p
+}
+
+/// The JSON value of a parked record's header, for tools that read the queues.
+pub fn header_text(headers: &Option<FieldTable>, name: &str) -> Option<String> {
+    match headers.as_ref()?.inner().get(name)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.to_string()),
+        other => Some(Value::String(format!("{other:?}")).to_string()),
+    }
+}
