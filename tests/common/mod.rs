@@ -39,3 +39,5 @@ pub fn accept(doc: &Value) -> Event {
         .accept(&body, EventId::new("evt-test-1"))
         .unwrap_or_else(|r| panic!("rejected: {r}"))
 }
+
+pub mod service;

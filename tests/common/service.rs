@@ -1,0 +1,420 @@
+//! Real parts for the service tests: an SMTP server (Python's aiosmtpd) and an HTTP receiver
+//! that checks Standard Webhooks signatures itself, both on loopback; RabbitMQ on
+//! 127.0.0.1:5672 with names of the test's own; and Herald started as the binary starts it.
+
+use std::collections::BTreeMap;
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, Uri};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use herald::config::Config;
+use herald::core::Core;
+use herald::serve::{self, Running, Settings};
+use hmac::{Hmac, Mac};
+use lapin::options::{
+    BasicGetOptions, ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeleteOptions,
+};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use serde_json::Value;
+use sha2::Sha256;
+
+pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+/// The signing secret every test webhook endpoint shares.
+pub const SECRET: &str = "whsec_dGVzdC1zZWNyZXQtZm9yLWhlcmFsZC10ZXN0cw==";
+
+/// Waits for a condition, checking every 50 ms, failing the test at the deadline.
+pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !check().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// An SMTP server on loopback that stores every message in a maildir.
+pub struct Smtp {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Child,
+}
+
+/// One received email.
+pub struct Mail {
+    pub to: Vec<String>,
+    pub subject: String,
+    pub message_id: String,
+    pub text: String,
+    pub html: String,
+}
+
+impl Smtp {
+    pub fn start() -> Smtp {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let child = Command::new("python3")
+            .args([
+                "-m",
+                "aiosmtpd",
+                "-n",
+                "-l",
+                &format!("127.0.0.1:{port}"),
+                "-c",
+                "aiosmtpd.handlers.Mailbox",
+            ])
+            .arg(dir.path().join("maildir"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 with aiosmtpd (pip install aiosmtpd)");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "aiosmtpd did not start on port {port}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Smtp { port, dir, child }
+    }
+
+    pub fn url(&self) -> String {
+        format!("smtp://127.0.0.1:{}", self.port)
+    }
+
+    pub fn messages(&self) -> Vec<Mail> {
+        let mut out = Vec::new();
+        for sub in ["new", "cur"] {
+            let Ok(entries) = std::fs::read_dir(self.dir.path().join("maildir").join(sub)) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let raw = std::fs::read(entry.path()).unwrap();
+                let parsed = mailparse::parse_mail(&raw).unwrap();
+                let header = |name: &str| {
+                    parsed
+                        .headers
+                        .iter()
+                        .find(|h| h.get_key().eq_ignore_ascii_case(name))
+                        .map(|h| h.get_value())
+                        .unwrap_or_default()
+                };
+                let part = |mime: &str| {
+                    parsed
+                        .subparts
+                        .iter()
+                        .find(|p| p.ctype.mimetype == mime)
+                        .map(|p| p.get_body().unwrap())
+                        .unwrap_or_default()
+                };
+                out.push(Mail {
+                    to: header("To")
+                        .split(',')
+                        .map(|a| a.trim().to_owned())
+                        .filter(|a| !a.is_empty())
+                        .collect(),
+                    subject: header("Subject"),
+                    message_id: header("Message-ID"),
+                    text: part("text/plain"),
+                    html: part("text/html"),
+                });
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Smtp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One webhook as the receiver saw it.
+#[derive(Debug, Clone)]
+pub struct Hook {
+    pub path: String,
+    pub id: String,
+    pub verified: bool,
+    pub body: Value,
+}
+
+/// An HTTP receiver on loopback; answers 204, or the status set for a path.
+#[derive(Clone)]
+pub struct Receiver {
+    pub port: u16,
+    hooks: Arc<Mutex<Vec<Hook>>>,
+    statuses: Arc<Mutex<BTreeMap<String, u16>>>,
+}
+
+impl Receiver {
+    pub async fn start() -> Receiver {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let receiver = Receiver {
+            port: listener.local_addr().unwrap().port(),
+            hooks: Arc::default(),
+            statuses: Arc::default(),
+        };
+        let app = Router::new().fallback(receive).with_state(receiver.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        receiver
+    }
+
+    pub fn answer(&self, path: &str, status: u16) {
+        self.statuses
+            .lock()
+            .unwrap()
+            .insert(path.to_owned(), status);
+    }
+
+    pub fn hooks(&self) -> Vec<Hook> {
+        self.hooks.lock().unwrap().clone()
+    }
+}
+
+/// Checks the signature the way a recipient following Standard Webhooks would.
+fn signature_ok(headers: &HeaderMap, body: &[u8]) -> bool {
+    let h = |n: &str| {
+        headers
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned()
+    };
+    let key = STANDARD
+        .decode(SECRET.trim_start_matches("whsec_"))
+        .unwrap();
+    let mut mac = Hmac::<Sha256>::new_from_slice(&key).unwrap();
+    mac.update(format!("{}.{}.", h("webhook-id"), h("webhook-timestamp")).as_bytes());
+    mac.update(body);
+    let expected = format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()));
+    let fresh = h("webhook-timestamp")
+        .parse::<i64>()
+        .is_ok_and(|t| (chrono::Utc::now().timestamp() - t).abs() < 300);
+    fresh && h("webhook-signature").split(' ').any(|s| s == expected)
+}
+
+async fn receive(
+    State(r): State<Receiver>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
+    let hook = Hook {
+        path: uri.path().to_owned(),
+        id: headers
+            .get("webhook-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned(),
+        verified: signature_ok(&headers, &body),
+        body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+    };
+    let status = r
+        .statuses
+        .lock()
+        .unwrap()
+        .get(&hook.path)
+        .copied()
+        .unwrap_or(204);
+    r.hooks.lock().unwrap().push(hook);
+    StatusCode::from_u16(status).unwrap()
+}
+
+/// Exchange and queue names of one test.
+#[derive(Clone, Debug)]
+pub struct Names {
+    pub exchange: String,
+    pub queue: String,
+    pub rejected: String,
+    pub failed: String,
+}
+
+impl Names {
+    pub fn new(test: &str) -> Names {
+        let tag = format!(
+            "{test}.{}.{}",
+            std::process::id(),
+            chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default()
+        );
+        Names {
+            exchange: format!("herald.test.{tag}.events"),
+            queue: format!("herald.test.{tag}.queue"),
+            rejected: format!("herald.test.{tag}.rejected"),
+            failed: format!("herald.test.{tag}.failed"),
+        }
+    }
+}
+
+/// A channel in confirm mode, logged in as guest.
+pub async fn channel() -> (Connection, Channel) {
+    let conn = Connection::connect(AMQP_URL, ConnectionProperties::default())
+        .await
+        .expect("RabbitMQ on 127.0.0.1:5672 (start it with rabbitmq-server -detached)");
+    let ch = conn.create_channel().await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    (conn, ch)
+}
+
+/// Publishes and waits for the broker's confirm.
+pub async fn publish(
+    ch: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    body: &[u8],
+    properties: BasicProperties,
+) {
+    let confirm = ch
+        .basic_publish(
+            exchange.into(),
+            routing_key.into(),
+            Default::default(),
+            body,
+            properties,
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert!(confirm.is_ack());
+}
+
+/// The properties an agency sets: id, publisher (the login), JSON, persistent.
+pub fn agency(message_id: &str) -> BasicProperties {
+    BasicProperties::default()
+        .with_message_id(message_id.into())
+        .with_user_id("guest".into())
+        .with_content_type("application/json".into())
+        .with_delivery_mode(2)
+}
+
+/// Takes every message now in a queue.
+pub async fn drain(ch: &Channel, queue: &str) -> Vec<lapin::message::Delivery> {
+    let mut out = Vec::new();
+    while let Some(m) = ch
+        .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+    {
+        out.push(m.delivery);
+    }
+    out
+}
+
+pub async fn cleanup(ch: &Channel, names: &Names) {
+    for q in [&names.queue, &names.rejected, &names.failed] {
+        let _ = ch
+            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+            .await;
+    }
+    let _ = ch
+        .exchange_delete(
+            names.exchange.as_str().into(),
+            ExchangeDeleteOptions::default(),
+        )
+        .await;
+}
+
+/// The shipped configuration, with webhooks pointed at the test receiver, and guest allowed
+/// to publish everything but `court.hearing.concluded` (for the spoofing test).
+pub fn config(receiver: &Receiver) -> Config {
+    let root = super::root();
+    let mut config = Config::load(&root.join("routes.toml")).unwrap();
+    for r in &mut config.recipients {
+        if let Some(w) = &mut r.webhook {
+            w.url = w
+                .url
+                .replace("127.0.0.1:9900", &format!("127.0.0.1:{}", receiver.port));
+        }
+    }
+    config.publishers.insert(
+        "guest".into(),
+        vec![
+            "prison.*".into(),
+            "court.bail.decided".into(),
+            "court.warrant.issued".into(),
+            "ppud.*".into(),
+        ],
+    );
+    config
+}
+
+/// Starts Herald in this process, as `herald serve` does.
+pub async fn start(config: Config, names: &Names, smtp: Option<&Smtp>) -> Running {
+    let core = Core::from_config(config, &super::root().join("routes.toml"))
+        .unwrap_or_else(|e| panic!("{e:#?}"));
+    let mut settings = Settings::new(&core.config, |_| None);
+    settings.amqp_url = AMQP_URL.into();
+    settings.exchange = names.exchange.clone();
+    settings.queue = names.queue.clone();
+    settings.rejected_queue = names.rejected.clone();
+    settings.failed_queue = names.failed.clone();
+    settings.prefetch = 20;
+    settings.metrics_addr = "127.0.0.1:0".into();
+    settings.smtp_url = smtp.map(Smtp::url);
+    settings.outbox = outbox();
+    settings.webhook_timeout = Duration::from_secs(5);
+    settings.drain = Duration::from_secs(5);
+    settings.connection_name = names.queue.clone();
+    serve::start(Arc::new(core), settings, |k| {
+        (k == "HERALD_WEBHOOK_SECRET").then(|| SECRET.to_owned())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn outbox() -> PathBuf {
+    std::env::temp_dir().join(format!("herald-test-outbox-{}", std::process::id()))
+}
+
+/// `/metrics` as `name{labels}` -> value.
+pub async fn scrape(running: &Running) -> BTreeMap<String, f64> {
+    let text = reqwest::get(format!("http://{}/metrics", running.metrics_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_owned(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The sum of a metric's series whose labels include all of `labels` (`key="value"`).
+pub fn total(metrics: &BTreeMap<String, f64>, name: &str, labels: &[&str]) -> f64 {
+    metrics
+        .iter()
+        .filter(|(k, _)| k.starts_with(&format!("{name}{{")) || *k == name)
+        .filter(|(k, _)| labels.iter().all(|l| k.contains(l)))
+        .map(|(_, v)| v)
+        .sum()
+}

@@ -1,0 +1,427 @@
+//! `herald serve` against the real RabbitMQ, a real SMTP server and a real HTTP receiver.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::service::{self, Names, Receiver, Smtp, agency, total, wait_until};
+use lapin::BasicProperties;
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn body(name: &str) -> Vec<u8> {
+    serde_json::to_vec(&common::example(name)).unwrap()
+}
+
+fn count<T: Ord + Clone>(items: impl IntoIterator<Item = T>) -> BTreeMap<T, usize> {
+    let mut m = BTreeMap::new();
+    for i in items {
+        *m.entry(i).or_default() += 1;
+    }
+    m
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn day_one_events_reach_exactly_the_right_recipients() {
+    let (smtp, receiver, names) = (Smtp::start(), Receiver::start().await, Names::new("dayone"));
+    let herald = service::start(service::config(&receiver), &names, Some(&smtp)).await;
+    let (_conn, ch) = service::channel().await;
+    for (i, name) in [
+        "prison.prisoner.received.json",
+        "prison.hdc.decided.json",
+        "court.bail.decided.json",
+        "court.warrant.issued.json",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let event_type = name.trim_end_matches(".json");
+        service::publish(
+            &ch,
+            &names.exchange,
+            event_type,
+            &body(name),
+            agency(&format!("evt-dayone-{i}")),
+        )
+        .await;
+    }
+    wait_until("11 notifications delivered", WAIT, || async {
+        total(
+            &service::scrape(&herald).await,
+            "herald_notifications_total",
+            &["outcome=\"delivered\""],
+        ) == 11.0
+    })
+    .await;
+
+    let hooks = receiver.hooks();
+    assert!(
+        hooks.iter().all(|h| h.verified),
+        "every webhook is signed: {hooks:?}"
+    );
+    assert!(
+        hooks
+            .iter()
+            .all(|h| h.id == h.body["data"]["notification"]["id"]),
+        "webhook-id is the notification's key"
+    );
+    let webhooks = count(
+        hooks
+            .iter()
+            .map(|h| (h.body["type"].as_str().unwrap().to_owned(), h.path.clone())),
+    );
+    let expected: BTreeMap<(String, String), usize> = [
+        (("prison.prisoner.received", "/police/WYP-LEEDS"), 1),
+        (("prison.hdc.decided", "/police/WYP-BRADFORD"), 1),
+        (("court.bail.decided", "/police/WYP-LEEDS"), 1),
+        (("court.bail.decided", "/probation/PDU-LEEDS"), 1),
+        (("court.warrant.issued", "/police/WYP-LEEDS"), 1),
+    ]
+    .into_iter()
+    .map(|((t, p), n)| ((t.to_owned(), p.to_owned()), n))
+    .collect();
+    assert_eq!(webhooks, expected);
+
+    let mails = smtp.messages();
+    let to = count(mails.iter().flat_map(|m| m.to.clone()));
+    let expected: BTreeMap<String, usize> = [
+        ("ppo.leeds@westyorkshire.police.example.uk", 3),
+        ("ppo.bradford@westyorkshire.police.example.uk", 1),
+        ("bradford.pdu@probation.example.gov.uk", 1),
+        ("leeds.pdu@probation.example.gov.uk", 1),
+    ]
+    .into_iter()
+    .map(|(a, n)| (a.to_owned(), n))
+    .collect();
+    assert_eq!(to, expected);
+    for m in &mails {
+        assert!(
+            m.message_id.starts_with("<msg_") && m.message_id.ends_with("@notify.example.gov.uk>"),
+            "{}",
+            m.message_id
+        );
+        assert!(
+            !m.text.is_empty() && m.html.contains("<table>"),
+            "multipart text and HTML"
+        );
+    }
+    let warrant = mails
+        .iter()
+        .find(|m| m.subject.contains("Warrant"))
+        .unwrap();
+    assert!(
+        warrant.subject.starts_with("[CAT A] "),
+        "{}",
+        warrant.subject
+    );
+    // The curfew address reaches police and probation with the HDC approval.
+    let hdc = mails
+        .iter()
+        .filter(|m| m.subject.contains("HDC"))
+        .collect::<Vec<_>>();
+    assert_eq!(hdc.len(), 2);
+    assert!(
+        hdc.iter()
+            .all(|m| m.text.contains("Curfew address") && !m.text.contains("withheld"))
+    );
+
+    let metrics = service::scrape(&herald).await;
+    assert_eq!(total(&metrics, "herald_events_received_total", &[]), 4.0);
+    assert_eq!(
+        total(
+            &metrics,
+            "herald_events_received_total",
+            &["event_type=\"court.bail.decided\""]
+        ),
+        1.0
+    );
+    assert_eq!(total(&metrics, "herald_events_rejected_total", &[]), 0.0);
+    assert_eq!(
+        total(
+            &metrics,
+            "herald_notifications_total",
+            &["route=\"ppo-bail-decision\"", "channel=\"webhook\""]
+        ),
+        2.0
+    );
+    assert_eq!(
+        total(
+            &metrics,
+            "herald_delivery_duration_seconds_count",
+            &["channel=\"email\""]
+        ),
+        6.0
+    );
+    assert_eq!(
+        total(&metrics, "herald_notification_latency_seconds_count", &[]),
+        11.0
+    );
+    assert_eq!(total(&metrics, "herald_sla_outcomes_total", &[]), 11.0);
+    for line in metrics.keys() {
+        assert!(
+            !line.contains('@') && !line.contains("Kershaw"),
+            "no address or person in a label: {line}"
+        );
+    }
+    herald.stop().await.unwrap();
+    service::cleanup(&ch, &names).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_judiciary_never_sees_ppo_status() {
+    let (smtp, receiver, names) = (
+        Smtp::start(),
+        Receiver::start().await,
+        Names::new("judiciary"),
+    );
+    let herald = service::start(service::config(&receiver), &names, Some(&smtp)).await;
+    let (_conn, ch) = service::channel().await;
+    service::publish(
+        &ch,
+        &names.exchange,
+        "ppud.document.uploaded",
+        &body("ppud.document.uploaded.json"),
+        agency("evt-ppud-1"),
+    )
+    .await;
+    wait_until("3 notifications delivered", WAIT, || async {
+        total(
+            &service::scrape(&herald).await,
+            "herald_notifications_total",
+            &["outcome=\"delivered\""],
+        ) == 3.0
+    })
+    .await;
+    let hooks = receiver.hooks();
+    assert_eq!(hooks.len(), 1);
+    assert_eq!(hooks[0].path, "/judiciary/PAROLE-BOARD");
+    let offender = &hooks[0].body["data"]["event"]["additionalInformation"]["offender"];
+    assert!(
+        offender.is_object() && offender.get("ppo").is_none(),
+        "{offender}"
+    );
+    assert_eq!(
+        hooks[0].body["data"]["notification"]["withheld"],
+        json!(["offender.ppo"])
+    );
+    let mails = smtp.messages();
+    let panel = mails
+        .iter()
+        .find(|m| m.to.iter().any(|a| a.contains("paroleboard")))
+        .expect("panel email");
+    assert!(
+        !panel.text.contains("PPO")
+            && !panel.html.contains("PPO")
+            && !panel.subject.contains("PPO")
+    );
+    assert!(
+        mails
+            .iter()
+            .any(|m| m.to.iter().any(|a| a.contains("smithandco"))),
+        "the authorised legal representative is told"
+    );
+    herald.stop().await.unwrap();
+    service::cleanup(&ch, &names).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_invalid_and_spoofed_events_are_parked_with_their_reason() {
+    let (receiver, names) = (Receiver::start().await, Names::new("rejects"));
+    let herald = service::start(service::config(&receiver), &names, None).await;
+    let (_conn, ch) = service::channel().await;
+    let mut unsigned = common::example("court.bail.decided.json");
+    unsigned["description"] = json!("published without a user_id");
+    let mut invalid = common::example("prison.hdc.decided.json");
+    invalid["additionalInformation"]
+        .as_object_mut()
+        .unwrap()
+        .remove("releaseDate");
+    let cases: Vec<(&str, Vec<u8>, BasicProperties, &str)> = vec![
+        (
+            "court.warrant.issued",
+            b"{\"eventType\": \"court.warr".to_vec(),
+            agency("bad-1"),
+            "malformed-json",
+        ),
+        (
+            "prison.hdc.decided",
+            serde_json::to_vec(&invalid).unwrap(),
+            agency("bad-2"),
+            "schema-violation",
+        ),
+        (
+            "prison.escaped",
+            serde_json::to_vec(&json!({"eventType": "prison.escaped", "version": 1})).unwrap(),
+            agency("bad-3"),
+            "unknown-event-type",
+        ),
+        (
+            "court.bail.decided",
+            body("court.bail.decided.json"),
+            BasicProperties::default().with_user_id("guest".into()),
+            "missing-message-id",
+        ),
+        (
+            "court.bail.decided",
+            serde_json::to_vec(&unsigned).unwrap(),
+            BasicProperties::default().with_message_id("bad-5".into()),
+            "unauthorised-publisher",
+        ),
+        (
+            "court.hearing.concluded",
+            body("court.hearing.concluded.json"),
+            agency("bad-6"),
+            "unauthorised-publisher",
+        ),
+    ];
+    for (key, payload, props, _) in &cases {
+        service::publish(&ch, &names.exchange, key, payload, props.clone()).await;
+    }
+    wait_until("6 rejections", WAIT, || async {
+        total(
+            &service::scrape(&herald).await,
+            "herald_events_rejected_total",
+            &[],
+        ) == 6.0
+    })
+    .await;
+    let parked = service::drain(&ch, &names.rejected).await;
+    assert_eq!(parked.len(), 6);
+    for (_, payload, _, reason) in &cases {
+        let m = parked
+            .iter()
+            .find(|m| &m.data == payload)
+            .expect("the original body is parked");
+        let headers = m.properties.headers();
+        assert_eq!(
+            herald::serve::park::header_text(headers, "x-herald-reason").as_deref(),
+            Some(*reason)
+        );
+        assert!(
+            herald::serve::park::header_text(headers, "x-herald-detail")
+                .is_some_and(|d| !d.is_empty())
+        );
+    }
+    let metrics = service::scrape(&herald).await;
+    assert_eq!(
+        total(
+            &metrics,
+            "herald_events_rejected_total",
+            &["reason=\"unauthorised-publisher\""]
+        ),
+        2.0
+    );
+    assert_eq!(
+        total(
+            &metrics,
+            "herald_events_rejected_total",
+            &["reason=\"malformed-json\""]
+        ),
+        1.0
+    );
+    assert_eq!(
+        total(&metrics, "herald_notifications_total", &[]),
+        0.0,
+        "nothing was sent"
+    );
+    assert!(receiver.hooks().is_empty());
+    herald.stop().await.unwrap();
+    service::cleanup(&ch, &names).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gone_endpoint_is_parked_not_lost_and_others_still_delivered() {
+    let (receiver, names) = (Receiver::start().await, Names::new("gone"));
+    receiver.answer("/police/WYP-LEEDS", 410);
+    let herald = service::start(service::config(&receiver), &names, None).await;
+    let (_conn, ch) = service::channel().await;
+    service::publish(
+        &ch,
+        &names.exchange,
+        "court.bail.decided",
+        &body("court.bail.decided.json"),
+        agency("evt-gone-1"),
+    )
+    .await;
+    wait_until("one failure parked", WAIT, || async {
+        let m = service::scrape(&herald).await;
+        total(&m, "herald_notifications_total", &["outcome=\"failed\""]) == 1.0
+            && total(&m, "herald_notifications_total", &["outcome=\"delivered\""]) == 3.0
+    })
+    .await;
+    let parked = service::drain(&ch, &names.failed).await;
+    assert_eq!(parked.len(), 1);
+    let record: serde_json::Value = serde_json::from_slice(&parked[0].data).unwrap();
+    assert_eq!(record["notification"]["recipient"], "police:WYP-LEEDS");
+    assert_eq!(record["notification"]["channel"], "webhook");
+    assert!(record["detail"].as_str().unwrap().contains("410"));
+    assert!(
+        receiver
+            .hooks()
+            .iter()
+            .any(|h| h.path == "/probation/PDU-LEEDS")
+    );
+    herald.stop().await.unwrap();
+    service::cleanup(&ch, &names).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_and_readiness_are_served() {
+    let (receiver, names) = (Receiver::start().await, Names::new("health"));
+    let herald = service::start(service::config(&receiver), &names, None).await;
+    let base = format!("http://{}", herald.metrics_addr);
+    assert_eq!(
+        reqwest::get(format!("{base}/healthz"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        reqwest::get(format!("{base}/readyz"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    herald.stop().await.unwrap();
+    assert!(
+        reqwest::get(format!("{base}/healthz")).await.is_err(),
+        "the endpoint stops with the service"
+    );
+    let (_conn, ch) = service::channel().await;
+    service::cleanup(&ch, &names).await;
+}
+
+#[test]
+fn an_unreachable_broker_is_one_clear_line_and_a_failure_exit() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .arg("serve")
+        .current_dir(common::root())
+        .env(
+            "HERALD_AMQP_URL",
+            "amqp://guest:secret-password@127.0.0.1:1/%2f",
+        )
+        .env("HERALD_METRICS_ADDR", "127.0.0.1:0")
+        .env("HERALD_LOG_FORMAT", "json")
+        .env_remove("HERALD_CONFIG")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert!(
+        line.contains("127.0.0.1:1") && line.contains("rabbitmq-server -detached"),
+        "{line}"
+    );
+    assert!(
+        !stderr.contains("secret-password"),
+        "the password is not shown"
+    );
+    assert!(!stderr.contains("panicked") && !stderr.contains("backtrace"));
+}
