@@ -7,10 +7,10 @@ use crate::core::Core;
 pub fn run(core: &Core) -> ExitCode {
     let report = core.check();
     for e in &report.errors {
-        println!("error: {e}");
+        eprintln!("error: {e}");
     }
     for w in &report.warnings {
-        println!("warning: {w}");
+        eprintln!("warning: {w}");
     }
     for n in &report.notes {
         println!("note: {n}");

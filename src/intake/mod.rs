@@ -86,8 +86,15 @@ impl Rejection {
         }
     }
 
-    fn schema(violations: Vec<Violation>) -> Rejection {
+    fn schema(mut violations: Vec<Violation>) -> Rejection {
         const SHOWN: usize = 5;
+        if violations.is_empty() {
+            // Only reached when the envelope passes but the event could still not be read.
+            violations.push(Violation {
+                pointer: String::new(),
+                message: "the event cannot be read as the envelope describes".into(),
+            });
+        }
         let mut detail = format!("{} schema violation(s): ", violations.len());
         let shown: Vec<String> = violations
             .iter()
@@ -183,14 +190,26 @@ impl Intake {
             return Err(envelope_failure(&doc));
         };
         let Some(event_type) = self.schemas.event_type(name) else {
-            let shown: String = name.chars().take(80).collect();
+            // Echo the value only when it looks like an event type: it could be anything.
+            let looks_like_a_type = name.len() <= 80
+                && name.split('.').count() >= 2
+                && name.split('.').all(|p| {
+                    p.starts_with(|c: char| c.is_ascii_lowercase())
+                        && p.chars()
+                            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                });
+            let message = if looks_like_a_type {
+                format!("unknown event type \"{name}\"")
+            } else {
+                "eventType is not an event type Herald knows".to_owned()
+            };
             return Err(Rejection::at(
                 Reason::UnknownEventType,
                 "/eventType",
-                format!("unknown event type \"{shown}\""),
+                message,
             ));
         };
-        let Some(version) = doc.get("version").and_then(Value::as_u64) else {
+        let Some(version) = doc.get("version").and_then(whole_number) else {
             return Err(envelope_failure(&doc));
         };
         let Some(violations) = self.schemas.check_event(event_type, version, &doc) else {
@@ -223,6 +242,14 @@ impl Intake {
             body: doc,
         })
     }
+}
+
+/// A JSON number that is a whole number (`1`, or `1.0` as JSON Schema counts it), as u64.
+fn whole_number(v: &Value) -> Option<u64> {
+    v.as_u64().or_else(|| {
+        let f = v.as_f64()?;
+        (f.fract() == 0.0 && (0.0..=u64::MAX as f64).contains(&f)).then_some(f as u64)
+    })
 }
 
 fn timestamp(doc: &Value, field: &str) -> Result<DateTime<Utc>, Rejection> {

@@ -40,7 +40,15 @@ impl Matcher {
         } else {
             raw.to_owned()
         };
-        let regex = |v: &str| Regex::new(&format!("^(?:{v})$")).map_err(|e| bad(&e.to_string()));
+        let regex = |v: &str| {
+            Regex::new(&format!("^(?:{v})$")).map_err(|e| {
+                bad(&e
+                    .to_string()
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" "))
+            })
+        };
         let op = match op {
             "=" => Op::Equal(value),
             "!=" => Op::NotEqual(value),

@@ -153,6 +153,10 @@ impl SlaRule {
                 }
             }
         };
+        // Past year 9999 an instant has no RFC 3339 form for payloads and templates.
+        if chrono::Datelike::year(&due) > 9999 {
+            return Err(SlaError::OutOfRange);
+        }
         let short_notice = matches!(self, SlaRule::NoticeBefore { .. }) && occurred_at > due;
         Ok(Deadline { due, short_notice })
     }

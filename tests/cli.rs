@@ -1,0 +1,609 @@
+//! The `herald` binary as an operator or a publisher runs it: `check`, `validate` and
+//! `route-test`, their output and their exit codes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use tempfile::TempDir;
+
+const WARRANT: &str = "schemas/examples/valid/court.warrant.issued.json";
+const HDC_NO_DATE: &str = "schemas/examples/invalid/hdc-approved-without-release-date.json";
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// What one run of the binary gave.
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", self.stdout))
+    }
+
+    fn both(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr)
+    }
+}
+
+impl std::fmt::Debug for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+fn herald(args: &[&str]) -> Run {
+    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("HERALD_CONFIG")
+        .output()
+        .expect("the herald binary runs");
+    let run = Run {
+        code: out
+            .status
+            .code()
+            .unwrap_or_else(|| panic!("killed by a signal: {:?}", out.status)),
+        stdout: String::from_utf8(out.stdout).expect("stdout is UTF-8"),
+        stderr: String::from_utf8(out.stderr).expect("stderr is UTF-8"),
+    };
+    assert!(!run.stderr.contains("panicked"), "{run:?}");
+    run
+}
+
+fn names_in(dir: &str) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(root().join(dir))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".json"))
+        .collect();
+    names.sort();
+    assert!(!names.is_empty(), "no examples in {dir}");
+    names
+}
+
+// ---------------------------------------------------------------------------------------
+// A copy of the configuration to break.
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// routes.toml with the schemas, templates and data it names, in a temporary folder.
+struct Sandbox {
+    dir: TempDir,
+}
+
+impl Sandbox {
+    fn new() -> Sandbox {
+        let dir = tempfile::tempdir().unwrap();
+        for sub in ["schemas", "templates", "data"] {
+            copy_dir(&root().join(sub), &dir.path().join(sub));
+        }
+        std::fs::copy(root().join("routes.toml"), dir.path().join("routes.toml")).unwrap();
+        Sandbox { dir }
+    }
+
+    fn config(&self) -> PathBuf {
+        self.dir.path().join("routes.toml")
+    }
+
+    fn config_arg(&self) -> String {
+        self.config().to_str().unwrap().to_owned()
+    }
+
+    /// Sets one field of the named route in the copied routes.toml.
+    fn set_route(&self, route: &str, field: &str, value: toml::Value) {
+        let text = std::fs::read_to_string(self.config()).unwrap();
+        let mut doc: toml::Table = text.parse().unwrap();
+        let routes = doc["route"].as_array_mut().unwrap();
+        let entry = routes
+            .iter_mut()
+            .filter_map(toml::Value::as_table_mut)
+            .find(|r| r["name"].as_str() == Some(route))
+            .unwrap_or_else(|| panic!("routes.toml has no route {route}"));
+        entry.insert(field.to_owned(), value);
+        std::fs::write(self.config(), toml::to_string(&doc).unwrap()).unwrap();
+    }
+
+    /// Rewrites one copied template file.
+    fn edit_template(&self, file: &str, edit: impl FnOnce(String) -> String) {
+        let path = self.dir.path().join("templates").join(file);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let changed = edit(text.clone());
+        assert_ne!(changed, text, "the edit of {file} changed nothing");
+        std::fs::write(path, changed).unwrap();
+    }
+
+    fn check(&self) -> Run {
+        herald(&["check", "--config", &self.config_arg()])
+    }
+}
+
+fn strings(items: &[&str]) -> toml::Value {
+    toml::Value::Array(
+        items
+            .iter()
+            .map(|s| toml::Value::String((*s).to_owned()))
+            .collect(),
+    )
+}
+
+// ---------------------------------------------------------------------------------------
+// herald check
+
+#[test]
+fn check_passes_the_shipped_configuration() {
+    let run = herald(&["check"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stdout.lines().any(|l| l == "routes.toml: ok"),
+        "{run:?}"
+    );
+    assert!(!run.both().contains("error:"), "{run:?}");
+}
+
+#[test]
+fn check_names_every_problem_of_a_broken_configuration_on_its_own_line() {
+    let sandbox = Sandbox::new();
+    sandbox.set_route(
+        "ppo-received-into-custody",
+        "events",
+        strings(&["prison.prisoner.teleported"]),
+    );
+    sandbox.set_route(
+        "ppo-release-determined",
+        "template",
+        toml::Value::String("no-such-template".into()),
+    );
+    sandbox.set_route(
+        "ppo-released",
+        "sla",
+        toml::Value::String("whenever".into()),
+    );
+    sandbox.set_route(
+        "dossier-document-parole-board",
+        "to",
+        strings(&["judiciary:NO-SUCH-PANEL"]),
+    );
+    sandbox.set_route(
+        "ppo-hdc-approved",
+        "matchers",
+        strings(&["offender.ppo = true", "decision ~ approved"]),
+    );
+
+    let run = sandbox.check();
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(!run.stdout.contains(": ok"), "{run:?}");
+    let file = sandbox.config().display().to_string();
+    let errors: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("error:"))
+        .collect();
+    let expected = [
+        (
+            "ppo-received-into-custody",
+            &["events", "prison.prisoner.teleported"][..],
+        ),
+        ("ppo-release-determined", &["template", "no-such-template"]),
+        ("ppo-released", &["sla", "whenever"]),
+        (
+            "dossier-document-parole-board",
+            &["judiciary:NO-SUCH-PANEL"],
+        ),
+        ("ppo-hdc-approved", &["matcher", "decision ~ approved"]),
+    ];
+    for (route, words) in expected {
+        let lines: Vec<&&str> = errors
+            .iter()
+            .filter(|l| l.contains(&format!("route {route}:")))
+            .collect();
+        assert_eq!(lines.len(), 1, "one line for route {route}: {run:?}");
+        let line = lines[0];
+        assert!(line.contains(&file), "{line:?} does not name {file}");
+        for word in words {
+            assert!(line.contains(word), "{line:?} does not mention {word:?}");
+        }
+    }
+    assert_eq!(errors.len(), expected.len(), "{run:?}");
+    assert!(run.stderr.contains("5 problem(s)"), "{run:?}");
+}
+
+#[test]
+fn check_reports_a_bad_regex_matcher_on_one_line() {
+    let sandbox = Sandbox::new();
+    sandbox.set_route(
+        "ppo-hdc-approved",
+        "matchers",
+        strings(&["offender.ppo = true", r#"decision =~ "(""#]),
+    );
+    let run = sandbox.check();
+    assert_eq!(run.code, 2, "{run:?}");
+    let file = sandbox.config().display().to_string();
+    let lines: Vec<&str> = run.stderr.lines().collect();
+    assert_eq!(lines.len(), 2, "one problem line and the summary: {run:?}");
+    assert!(lines[0].starts_with(&format!("error: {file}: route ppo-hdc-approved: matcher")));
+    assert!(lines[1].contains("1 problem(s)"), "{run:?}");
+}
+
+#[test]
+fn check_fails_when_a_template_uses_a_field_the_events_lack() {
+    let sandbox = Sandbox::new();
+    sandbox.edit_template("warrant-issued/text.hbs", |t| {
+        t + "Cell:                   {{info.noSuchField}}\n"
+    });
+    let run = sandbox.check();
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(!run.stdout.contains(": ok"), "{run:?}");
+    let both = run.both();
+    let line = both
+        .lines()
+        .find(|l| l.starts_with("error:") && l.contains("route ppo-fta-warrant:"))
+        .unwrap_or_else(|| panic!("no error for route ppo-fta-warrant: {run:?}"));
+    assert!(line.contains("warrant-issued"), "{line}");
+    assert!(line.contains("noSuchField"), "{line}");
+    assert!(line.contains("court.warrant.issued.json"), "{line}");
+}
+
+#[test]
+fn check_refuses_html_templates_that_do_not_escape() {
+    for unescaped in ["{{{recipient.name}}}", "{{& recipient.name}}"] {
+        let sandbox = Sandbox::new();
+        sandbox.edit_template("warrant-issued/html.hbs", |t| {
+            t.replacen("{{recipient.name}}", unescaped, 1)
+        });
+        let run = sandbox.check();
+        assert_eq!(run.code, 2, "{unescaped}: {run:?}");
+        let line = run
+            .stderr
+            .lines()
+            .find(|l| l.starts_with("error:") && l.contains("html.hbs"))
+            .unwrap_or_else(|| panic!("{unescaped}: no error names html.hbs: {run:?}"));
+        assert!(line.contains("warrant-issued"), "{line}");
+        assert!(line.contains("escape"), "{line}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// herald validate
+
+#[test]
+fn validate_passes_every_valid_example_with_one_ok_line_each() {
+    let files: Vec<String> = names_in("schemas/examples/valid")
+        .iter()
+        .map(|n| format!("schemas/examples/valid/{n}"))
+        .collect();
+    let mut args = vec!["validate"];
+    args.extend(files.iter().map(String::as_str));
+    let run = herald(&args);
+    assert_eq!(run.code, 0, "{run:?}");
+    let ok: Vec<&str> = run.stdout.lines().filter(|l| l.starts_with("ok")).collect();
+    assert_eq!(ok.len(), files.len(), "{run:?}");
+    for file in &files {
+        assert!(
+            ok.iter().any(|l| l.contains(file.as_str())),
+            "no ok line for {file}: {run:?}"
+        );
+    }
+    assert!(!run.stdout.contains("FAIL"), "{run:?}");
+}
+
+#[test]
+fn validate_explains_an_invalid_example_with_its_reason_and_pointer() {
+    let run = herald(&["validate", HDC_NO_DATE]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stdout.contains("FAIL"), "{run:?}");
+    assert!(run.stdout.contains("schema-violation"), "{run:?}");
+    assert!(
+        run.stdout.contains("/additionalInformation/releaseDate"),
+        "{run:?}"
+    );
+}
+
+#[test]
+fn validate_fails_if_any_file_fails() {
+    let run = herald(&["validate", WARRANT, HDC_NO_DATE]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert_eq!(
+        run.stdout.lines().filter(|l| l.starts_with("ok")).count(),
+        1,
+        "{run:?}"
+    );
+    assert_eq!(
+        run.stdout.lines().filter(|l| l.starts_with("FAIL")).count(),
+        1,
+        "{run:?}"
+    );
+}
+
+#[test]
+fn validate_json_gives_reason_and_pointers() {
+    let run = herald(&["validate", "--json", HDC_NO_DATE]);
+    assert_eq!(run.code, 1, "{run:?}");
+    let results = run.json();
+    let results = results.as_array().expect("a JSON array");
+    assert_eq!(results.len(), 1, "{run:?}");
+    let r = &results[0];
+    assert_eq!(r["valid"], false, "{r}");
+    assert_eq!(r["reason"], "schema-violation", "{r}");
+    let pointers: Vec<&str> = r["violations"]
+        .as_array()
+        .expect("violations is an array")
+        .iter()
+        .map(|v| v["pointer"].as_str().expect("each violation has a pointer"))
+        .collect();
+    assert_eq!(pointers, ["/additionalInformation/releaseDate"], "{r}");
+}
+
+#[derive(serde::Deserialize)]
+struct Expected {
+    reason: String,
+    pointer: String,
+}
+
+#[test]
+fn validate_json_rejects_every_invalid_example_for_its_documented_rule() {
+    let text =
+        std::fs::read_to_string(root().join("schemas/examples/invalid/expected.toml")).unwrap();
+    let expected: BTreeMap<String, Expected> = toml::from_str(&text).unwrap();
+    let names = names_in("schemas/examples/invalid");
+    let files: Vec<String> = names
+        .iter()
+        .map(|n| format!("schemas/examples/invalid/{n}"))
+        .collect();
+    let mut args = vec!["validate", "--json"];
+    args.extend(files.iter().map(String::as_str));
+    let run = herald(&args);
+    assert_eq!(run.code, 1, "{run:?}");
+    let results = run.json();
+    let results = results.as_array().expect("a JSON array");
+    assert_eq!(results.len(), files.len());
+    for (name, r) in names.iter().zip(results) {
+        let want = expected
+            .get(name)
+            .unwrap_or_else(|| panic!("{name} is not in expected.toml"));
+        assert!(r["file"].as_str().unwrap().ends_with(name.as_str()), "{r}");
+        assert_eq!(r["valid"], false, "{name}: {r}");
+        assert_eq!(r["reason"], want.reason.as_str(), "{name}: {r}");
+        if want.reason != "malformed-json" {
+            let pointers: Vec<&str> = r["violations"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|v| v["pointer"].as_str())
+                .collect();
+            assert!(
+                pointers.contains(&want.pointer.as_str()),
+                "{name}: expected {}: {r}",
+                want.pointer
+            );
+        }
+    }
+}
+
+#[test]
+fn validate_reports_a_missing_file_instead_of_crashing() {
+    let run = herald(&["validate", "schemas/examples/valid/no-such-event.json"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stdout.contains("no-such-event.json"), "{run:?}");
+    assert!(run.stdout.contains("unreadable"), "{run:?}");
+
+    let run = herald(&[
+        "validate",
+        "--json",
+        WARRANT,
+        "schemas/examples/valid/no-such-event.json",
+    ]);
+    assert_eq!(run.code, 1, "{run:?}");
+    let results = run.json();
+    assert_eq!(results[0]["valid"], true, "{run:?}");
+    assert_eq!(results[1]["valid"], false, "{run:?}");
+    assert_eq!(results[1]["reason"], "unreadable", "{run:?}");
+}
+
+// ---------------------------------------------------------------------------------------
+// herald route-test
+
+fn route_test_json(extra: &[&str]) -> Value {
+    let mut args = vec!["route-test", WARRANT, "--json"];
+    args.extend_from_slice(extra);
+    let run = herald(&args);
+    assert_eq!(run.code, 0, "{run:?}");
+    run.json()
+}
+
+fn notifications(doc: &Value) -> &Vec<Value> {
+    doc["notifications"]
+        .as_array()
+        .expect("notifications is an array")
+}
+
+/// Idempotency key by (recipient, channel).
+fn keys(doc: &Value) -> BTreeMap<(String, String), String> {
+    notifications(doc)
+        .iter()
+        .map(|n| {
+            (
+                (
+                    n["recipient"].as_str().unwrap().to_owned(),
+                    n["channel"].as_str().unwrap().to_owned(),
+                ),
+                n["key"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn instant(text: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(text)
+        .unwrap_or_else(|e| panic!("{text:?} is not RFC 3339: {e}"))
+        .with_timezone(&Utc)
+}
+
+#[test]
+fn route_test_json_shows_who_is_told_how_and_by_when() {
+    let doc = route_test_json(&[]);
+    assert_eq!(doc["matchedRoutes"], serde_json::json!(["ppo-fta-warrant"]));
+    assert_eq!(doc["problems"], serde_json::json!([]), "{doc:#}");
+    let targets: BTreeSet<(String, String)> = keys(&doc).into_keys().collect();
+    let want: BTreeSet<(String, String)> = [
+        ("police:WYP-LEEDS".to_owned(), "email".to_owned()),
+        ("police:WYP-LEEDS".to_owned(), "webhook".to_owned()),
+    ]
+    .into();
+    assert_eq!(targets, want, "{doc:#}");
+
+    // Friday 20 November 2026 15:42Z, within 1 working day: Monday at the same time.
+    let due = instant("2026-11-23T15:42:00+00:00");
+    for n in notifications(&doc) {
+        assert_eq!(n["sla"]["kind"], "due", "{n:#}");
+        assert_eq!(instant(n["sla"]["due"].as_str().unwrap()), due, "{n:#}");
+        assert_eq!(n["sla"]["shortNotice"], false, "{n:#}");
+        assert_eq!(n["priority"], "urgent", "{n:#}");
+        assert!(
+            n["marks"].as_array().unwrap().contains(&"CAT A".into()),
+            "{n:#}"
+        );
+        assert!(n["key"].as_str().unwrap().starts_with("msg_"), "{n:#}");
+        let content = n["content"].as_object().unwrap();
+        assert!(
+            !content.contains_key("subject") && !content.contains_key("body"),
+            "content is shown only with --render: {n:#}"
+        );
+    }
+}
+
+#[test]
+fn route_test_render_shows_the_marked_subject_and_the_webhook_body() {
+    let doc = route_test_json(&["--render"]);
+    let list = notifications(&doc);
+    let email = list
+        .iter()
+        .find(|n| n["channel"] == "email")
+        .expect("an email");
+    let subject = email["content"]["subject"].as_str().expect("a subject");
+    assert!(subject.starts_with("[CAT A] "), "{subject:?}");
+    assert!(!subject.contains('\n'), "{subject:?}");
+    assert!(
+        email["content"]["text"]
+            .as_str()
+            .is_some_and(|t| !t.is_empty()),
+        "{email:#}"
+    );
+    assert!(
+        email["content"]["html"]
+            .as_str()
+            .is_some_and(|t| !t.is_empty()),
+        "{email:#}"
+    );
+
+    let webhook = list
+        .iter()
+        .find(|n| n["channel"] == "webhook")
+        .expect("a webhook");
+    let body = &webhook["content"]["body"];
+    assert_eq!(body["type"], "court.warrant.issued", "{webhook:#}");
+    assert_eq!(
+        body["data"]["notification"]["id"], webhook["key"],
+        "the payload carries the idempotency key: {webhook:#}"
+    );
+}
+
+#[test]
+fn route_test_human_output_names_route_recipient_and_deadline() {
+    let run = herald(&["route-test", WARRANT]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.contains("route ppo-fta-warrant"), "{run:?}");
+    assert!(run.stdout.contains("police:WYP-LEEDS"), "{run:?}");
+    let deadline = run
+        .stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("deadline"))
+        .unwrap_or_else(|| panic!("no deadline line: {run:?}"));
+    assert!(
+        deadline.contains("Monday 23 November 2026, 15:42"),
+        "{deadline}"
+    );
+    assert!(deadline.contains("within 1 working day"), "{deadline}");
+    assert!(run.stdout.contains("CAT A"), "{run:?}");
+    assert!(
+        !run.stdout.contains("Subject:"),
+        "nothing rendered without --render: {run:?}"
+    );
+}
+
+#[test]
+fn route_test_message_id_sets_every_idempotency_key() {
+    let default = keys(&route_test_json(&[]));
+    let x = route_test_json(&["--message-id", "X"]);
+    assert_eq!(x["event"]["id"], "X");
+    let x = keys(&x);
+    let x_again = keys(&route_test_json(&["--message-id", "X"]));
+    let y = keys(&route_test_json(&["--message-id", "Y"]));
+
+    assert_eq!(x.len(), 2);
+    assert_eq!(x, x_again, "the same message id gives the same keys");
+    assert_eq!(
+        x.keys().collect::<Vec<_>>(),
+        default.keys().collect::<Vec<_>>()
+    );
+    for (target, key) in &x {
+        assert_ne!(
+            key, &default[target],
+            "{target:?}: key unchanged by --message-id"
+        );
+        assert_ne!(key, &y[target], "{target:?}: X and Y give the same key");
+    }
+    // Without --message-id the id comes from the file's bytes, so it is stable too.
+    assert_eq!(default, keys(&route_test_json(&[])));
+}
+
+#[test]
+fn route_test_says_rejected_with_the_reason_for_an_invalid_event() {
+    let run = herald(&["route-test", HDC_NO_DATE]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stdout.contains("REJECTED"), "{run:?}");
+    assert!(run.stdout.contains("schema-violation"), "{run:?}");
+    assert!(
+        run.stdout.contains("/additionalInformation/releaseDate"),
+        "{run:?}"
+    );
+
+    let run = herald(&["route-test", HDC_NO_DATE, "--json"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    let doc = run.json();
+    assert_eq!(doc["rejected"]["reason"], "schema-violation", "{doc:#}");
+    assert_eq!(
+        doc["rejected"]["violations"][0]["pointer"], "/additionalInformation/releaseDate",
+        "{doc:#}"
+    );
+}
+
+#[test]
+fn route_test_reports_a_missing_file_instead_of_crashing() {
+    let run = herald(&["route-test", "schemas/examples/valid/no-such-event.json"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("no-such-event.json"), "{run:?}");
+}
