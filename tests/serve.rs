@@ -372,6 +372,7 @@ async fn health_and_readiness_are_served() {
     let (receiver, names) = (Receiver::start().await, Names::new("health"));
     let herald = service::start(service::config(&receiver), &names, None).await;
     let base = format!("http://{}", herald.metrics_addr);
+    service::install_tls();
     assert_eq!(
         reqwest::get(format!("{base}/healthz"))
             .await

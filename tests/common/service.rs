@@ -392,8 +392,14 @@ fn outbox() -> PathBuf {
     std::env::temp_dir().join(format!("herald-test-outbox-{}", std::process::id()))
 }
 
+/// The HTTP client's TLS provider, as Herald installs it.
+pub fn install_tls() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// `/metrics` as `name{labels}` -> value.
 pub async fn scrape(running: &Running) -> BTreeMap<String, f64> {
+    install_tls();
     let text = reqwest::get(format!("http://{}/metrics", running.metrics_addr))
         .await
         .unwrap()
