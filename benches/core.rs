@@ -62,15 +62,8 @@ channels = ["webhook"]
 template = "bail-decided"
 sla = "within 24h"
 "#;
-        let mut config = herald::config::Config::parse(&format!("{head}{routes}")).expect("config");
-        for p in [
-            &mut config.paths.schemas,
-            &mut config.paths.templates,
-            &mut config.paths.examples,
-        ] {
-            *p = root.join(&*p);
-        }
-        config.calendar.bank_holidays = config.calendar.bank_holidays.map(|p| root.join(p));
+        let config =
+            herald::config::Config::parse_in(&format!("{head}{routes}"), root).expect("config");
         Core::from_config(config, &root.join("routes.toml")).expect("core")
     };
     let body = std::fs::read(dir.join("court.bail.decided.json")).expect("example");

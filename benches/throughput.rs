@@ -55,15 +55,7 @@ channels = ["webhook"]
 template = "bail-decided"
 sla = "within 24h"
 "#;
-    let mut config = Config::parse(&format!("{head}{routes}")).expect("config");
-    for p in [
-        &mut config.paths.schemas,
-        &mut config.paths.templates,
-        &mut config.paths.examples,
-    ] {
-        *p = root.join(&*p);
-    }
-    config.calendar.bank_holidays = config.calendar.bank_holidays.map(|p| root.join(p));
+    let mut config = Config::parse_in(&format!("{head}{routes}"), root).expect("config");
     config
         .publishers
         .insert("guest".into(), vec!["court.*".into()]);

@@ -285,11 +285,17 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        let mut config = Config::parse(&text).map_err(|message| ConfigError::Parse {
-            path: path.to_owned(),
-            message,
-        })?;
-        let base = path.parent().unwrap_or(Path::new(""));
+        Config::parse_in(&text, path.parent().unwrap_or(Path::new(""))).map_err(|message| {
+            ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            }
+        })
+    }
+
+    /// Parses TOML text as if it were a file in `base`: its paths are resolved against `base`.
+    pub fn parse_in(text: &str, base: &Path) -> Result<Config, String> {
+        let mut config = Config::parse(text)?;
         config.paths.schemas = base.join(&config.paths.schemas);
         config.paths.templates = base.join(&config.paths.templates);
         config.paths.examples = base.join(&config.paths.examples);

@@ -396,19 +396,7 @@ fn legal_representatives_hear_only_about_people_they_act_for() {
 fn core_with_routes(routes: &str) -> Core {
     let text = std::fs::read_to_string(common::root().join("routes.toml")).unwrap();
     let head = &text[..text.find("[[route]]").unwrap()];
-    let config = Config::parse(&format!("{head}\n{routes}")).unwrap();
-    let mut config = config;
-    for p in [
-        &mut config.paths.schemas,
-        &mut config.paths.templates,
-        &mut config.paths.examples,
-    ] {
-        *p = common::root().join(&*p);
-    }
-    config.calendar.bank_holidays = config
-        .calendar
-        .bank_holidays
-        .map(|p| common::root().join(p));
+    let config = Config::parse_in(&format!("{head}\n{routes}"), common::root()).unwrap();
     Core::from_config(config, &common::root().join("routes.toml"))
         .unwrap_or_else(|e| panic!("{e:#?}"))
 }

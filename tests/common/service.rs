@@ -70,14 +70,25 @@ pub struct Mail {
     pub html: String,
 }
 
+fn has_aiosmtpd() -> bool {
+    Command::new("python3")
+        .args(["-c", "import aiosmtpd"])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 /// Installs aiosmtpd from PyPI the first time a test needs it and it is missing.
 fn ensure_aiosmtpd() {
     static READY: std::sync::OnceLock<()> = std::sync::OnceLock::new();
     READY.get_or_init(|| {
-        let present = |_: ()| Command::new("python3").args(["-c", "import aiosmtpd"]).status().is_ok_and(|s| s.success());
-        if !present(()) {
-            let _ = Command::new("python3").args(["-m", "pip", "install", "--quiet", "aiosmtpd"]).status();
-            assert!(present(()), "the SMTP test server needs Python 3 with aiosmtpd: python3 -m pip install aiosmtpd");
+        if !has_aiosmtpd() {
+            let _ = Command::new("python3")
+                .args(["-m", "pip", "install", "--quiet", "aiosmtpd"])
+                .status();
+            assert!(
+                has_aiosmtpd(),
+                "the SMTP test server needs Python 3 with aiosmtpd: python3 -m pip install aiosmtpd"
+            );
         }
     });
 }
