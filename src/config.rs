@@ -31,6 +31,9 @@ pub struct Config {
     /// The service's own endpoints and shutdown.
     #[serde(default)]
     pub service: ServiceSettings,
+    /// When failed deliveries are tried again.
+    #[serde(default)]
+    pub retry: RetrySettings,
     /// Limits applied to incoming events before they are trusted.
     #[serde(default)]
     pub limits: Limits,
@@ -138,6 +141,37 @@ impl Default for WebhookSettings {
     fn default() -> Self {
         WebhookSettings {
             timeout: std::time::Duration::from_secs(15),
+        }
+    }
+}
+
+/// The retry schedule for notifications that fail transiently.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetrySettings {
+    /// Waits before each retry, e.g. `["5s", "5m", "30m"]`; one delay queue per distinct wait.
+    #[serde(deserialize_with = "durations")]
+    pub schedule: Vec<std::time::Duration>,
+    /// After this long since the first failure a notification is parked, whatever is left of
+    /// the schedule.
+    #[serde(with = "humantime_serde")]
+    pub max_age: std::time::Duration,
+}
+
+impl Default for RetrySettings {
+    fn default() -> Self {
+        let h = |n: u64| std::time::Duration::from_secs(n * 3600);
+        RetrySettings {
+            schedule: vec![
+                std::time::Duration::from_secs(5),
+                std::time::Duration::from_secs(5 * 60),
+                std::time::Duration::from_secs(30 * 60),
+                h(2),
+                h(5),
+                h(10),
+                h(10),
+            ],
+            max_age: h(48),
         }
     }
 }
@@ -260,6 +294,15 @@ pub struct RouteConfig {
     /// Keep trying later routes after this one matched.
     #[serde(default, rename = "continue")]
     pub continue_matching: bool,
+}
+
+/// A list of durations written as text (`"5m"`).
+fn durations<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<std::time::Duration>, D::Error> {
+    let list: Vec<humantime_serde::Serde<std::time::Duration>> = Deserialize::deserialize(d)?;
+    Ok(list
+        .into_iter()
+        .map(humantime_serde::Serde::into_inner)
+        .collect())
 }
 
 fn default_channels() -> Vec<String> {

@@ -4,14 +4,14 @@
 use std::fmt;
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::event::{EventId, EventType};
 use crate::route::Recipient;
 use crate::sla::Deadline;
 
 /// How a notification travels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Channel {
     Email,
@@ -101,7 +101,7 @@ impl fmt::Display for IdempotencyKey {
 }
 
 /// The deadline of a notification, or the lack of one.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum Sla {
     /// The route promises nothing: delivery is counted as untracked.
@@ -131,7 +131,7 @@ impl Sla {
 }
 
 /// Rendered content for one channel.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "channel", rename_all = "lowercase")]
 pub enum Content {
     Email {
@@ -145,6 +145,15 @@ pub enum Content {
         /// The exact JSON bytes to send (and sign).
         body: String,
     },
+}
+
+impl Content {
+    pub fn channel(&self) -> Channel {
+        match self {
+            Content::Email { .. } => Channel::Email,
+            Content::Webhook { .. } => Channel::Webhook,
+        }
+    }
 }
 
 /// One message to one recipient on one channel.

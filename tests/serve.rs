@@ -355,13 +355,126 @@ async fn a_gone_endpoint_is_parked_not_lost_and_others_still_delivered() {
     assert_eq!(parked.len(), 1);
     let record: serde_json::Value = serde_json::from_slice(&parked[0].data).unwrap();
     assert_eq!(record["notification"]["recipient"], "police:WYP-LEEDS");
-    assert_eq!(record["notification"]["channel"], "webhook");
+    assert_eq!(record["channel"], "webhook");
     assert!(record["detail"].as_str().unwrap().contains("410"));
     assert!(
         receiver
             .hooks()
             .iter()
             .any(|h| h.path == "/probation/PDU-LEEDS")
+    );
+    herald.stop().await.unwrap();
+    service::cleanup(&ch, &names).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_receiver_is_retried_durably_and_delays_no_one_else() {
+    let (receiver, names) = (Receiver::start().await, Names::new("retry"));
+    receiver.fail("/police/WYP-LEEDS", 503, 2);
+    let herald = service::start(service::config(&receiver), &names, None).await;
+    let (_conn, ch) = service::channel().await;
+    service::publish(
+        &ch,
+        &names.exchange,
+        "court.bail.decided",
+        &body("court.bail.decided.json"),
+        agency("evt-retry-1"),
+    )
+    .await;
+    wait_until(
+        "the police webhook delivered on its third attempt",
+        WAIT,
+        || async {
+            total(
+                &service::scrape(&herald).await,
+                "herald_notifications_total",
+                &["outcome=\"delivered\""],
+            ) == 4.0
+        },
+    )
+    .await;
+    let hooks = receiver.hooks();
+    let police: Vec<_> = hooks
+        .iter()
+        .filter(|h| h.path == "/police/WYP-LEEDS")
+        .collect();
+    assert_eq!(
+        police.iter().map(|h| h.status).collect::<Vec<_>>(),
+        [503, 503, 204]
+    );
+    assert!(
+        police.iter().all(|h| h.id == police[0].id && h.verified),
+        "every attempt carries the same webhook-id"
+    );
+    for pair in police.windows(2) {
+        assert!(
+            pair[1].at - pair[0].at >= Duration::from_millis(900),
+            "retries wait their turn in the delay queue"
+        );
+    }
+    let probation = hooks
+        .iter()
+        .find(|h| h.path == "/probation/PDU-LEEDS")
+        .expect("probation told");
+    assert!(
+        probation.at < police[1].at,
+        "the other recipient is not held up by the retries"
+    );
+    let metrics = service::scrape(&herald).await;
+    assert_eq!(
+        total(
+            &metrics,
+            "herald_notifications_total",
+            &["outcome=\"retrying\""]
+        ),
+        2.0
+    );
+    assert_eq!(
+        total(
+            &metrics,
+            "herald_notifications_total",
+            &["outcome=\"failed\""]
+        ),
+        0.0
+    );
+    assert!(service::drain(&ch, &names.failed).await.is_empty());
+    herald.stop().await.unwrap();
+    service::cleanup(&ch, &names).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retries_that_run_out_are_parked_with_their_attempts() {
+    let (receiver, names) = (Receiver::start().await, Names::new("exhausted"));
+    receiver.answer("/police/WYP-LEEDS", 503);
+    let herald = service::start(service::config(&receiver), &names, None).await;
+    let (_conn, ch) = service::channel().await;
+    service::publish(
+        &ch,
+        &names.exchange,
+        "court.warrant.issued",
+        &body("court.warrant.issued.json"),
+        agency("evt-exhausted-1"),
+    )
+    .await;
+    wait_until("the webhook parked", WAIT, || async {
+        total(
+            &service::scrape(&herald).await,
+            "herald_notifications_total",
+            &["outcome=\"failed\""],
+        ) == 1.0
+    })
+    .await;
+    assert_eq!(receiver.hooks().len(), 1 + service::RETRY_SCHEDULE.len());
+    let parked = service::drain(&ch, &names.failed).await;
+    assert_eq!(parked.len(), 1);
+    let record: serde_json::Value = serde_json::from_slice(&parked[0].data).unwrap();
+    assert_eq!(record["reason"], "retries-exhausted");
+    assert_eq!(record["attempts"], 3);
+    assert_eq!(record["detail"], "HTTP 503");
+    assert_eq!(
+        herald::serve::park::header_text(parked[0].properties.headers(), "x-herald-reason")
+            .as_deref(),
+        Some("retries-exhausted")
     );
     herald.stop().await.unwrap();
     service::cleanup(&ch, &names).await;

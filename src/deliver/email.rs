@@ -6,8 +6,8 @@ use std::path::Path;
 use lettre::message::{Mailbox, MultiPart};
 use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
-use super::Failure;
-use crate::notification::{Content, Notification};
+use super::{Failure, Outgoing};
+use crate::notification::Content;
 
 enum Transport {
     Smtp(AsyncSmtpTransport<Tokio1Executor>),
@@ -78,8 +78,8 @@ impl EmailSender {
         }
     }
 
-    pub async fn send(&self, n: &Notification) -> Result<(), Failure> {
-        let message = self.message(n)?;
+    pub async fn send(&self, out: Outgoing<'_>) -> Result<(), Failure> {
+        let message = self.message(out)?;
         match &self.transport {
             Transport::Smtp(t) => t.send(message).await.map(drop).map_err(|e| {
                 let code = e.status().map(|c| c.to_string());
@@ -109,13 +109,13 @@ impl EmailSender {
         }
     }
 
-    fn message(&self, n: &Notification) -> Result<Message, Failure> {
+    fn message(&self, out: Outgoing<'_>) -> Result<Message, Failure> {
         let Content::Email {
             to,
             subject,
             text,
             html,
-        } = &n.content
+        } = out.content
         else {
             return Err(Failure::Permanent {
                 reason: "not an email notification".into(),
@@ -124,10 +124,10 @@ impl EmailSender {
         let mut builder = Message::builder()
             .from(self.from.clone())
             .subject(subject.as_str())
-            .message_id(Some(format!("<{}@{}>", n.key, self.id_domain)));
+            .message_id(Some(format!("<{}@{}>", out.key, self.id_domain)));
         for address in to {
             let mailbox: Mailbox = address.parse().map_err(|_| Failure::Permanent {
-                reason: format!("recipient {} has an invalid email address", n.recipient.id),
+                reason: format!("recipient {} has an invalid email address", out.recipient),
             })?;
             builder = builder.to(mailbox);
         }

@@ -1,4 +1,4 @@
-//! Delivery: one folder per channel. Each turns a rendered [`Notification`] into a message on
+//! Delivery: one folder per channel. Each turns a rendered notification into a message on
 //! the wire and says whether a failure is worth retrying.
 
 pub mod email;
@@ -7,7 +7,7 @@ pub mod webhook;
 use std::fmt;
 use std::time::Duration;
 
-use crate::notification::{Channel, Notification};
+use crate::notification::{Content, Notification};
 
 /// Why a delivery attempt did not succeed. The reason names a status or an error kind, never a
 /// person or an address.
@@ -43,6 +43,27 @@ impl fmt::Display for Failure {
     }
 }
 
+/// What a channel needs to send one notification: the same on the first attempt and on every
+/// retry.
+#[derive(Debug, Clone, Copy)]
+pub struct Outgoing<'a> {
+    /// The idempotency key (`webhook-id`, the email `Message-ID`).
+    pub key: &'a str,
+    /// The recipient's directory id (its webhook secret is looked up by it).
+    pub recipient: &'a str,
+    pub content: &'a Content,
+}
+
+impl<'a> From<&'a Notification> for Outgoing<'a> {
+    fn from(n: &'a Notification) -> Self {
+        Outgoing {
+            key: n.key.as_str(),
+            recipient: n.recipient.id.as_str(),
+            content: &n.content,
+        }
+    }
+}
+
 /// Both channels.
 pub struct Deliverer {
     pub email: email::EmailSender,
@@ -50,10 +71,10 @@ pub struct Deliverer {
 }
 
 impl Deliverer {
-    pub async fn deliver(&self, n: &Notification) -> Result<(), Failure> {
-        match n.channel {
-            Channel::Email => self.email.send(n).await,
-            Channel::Webhook => self.webhook.send(n).await,
+    pub async fn deliver(&self, out: Outgoing<'_>) -> Result<(), Failure> {
+        match out.content {
+            Content::Email { .. } => self.email.send(out).await,
+            Content::Webhook { .. } => self.webhook.send(out).await,
         }
     }
 }

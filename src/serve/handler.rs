@@ -9,22 +9,22 @@ use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use tracing::{error, info, warn};
 
+use super::retry::{self, Pending};
 use super::{Ctx, park};
 use crate::deliver::Failure;
 use crate::event::{Event, EventId};
 use crate::intake::{Reason, Rejection};
 use crate::notification::{Notification, Sla};
 
-/// Attempts within one handling before the event goes back to the queue.
-const ATTEMPTS: u32 = 3;
-
 /// How one notification ended in this handling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Outcome {
     Delivered,
-    /// Permanently failed and parked.
+    /// Failed transiently; a retry is durably scheduled.
+    Scheduled,
+    /// Failed permanently, or retries are spent; parked.
     Parked,
-    /// Still failing transiently, or could not be parked: the event must come back.
+    /// Could neither be scheduled nor parked: the message must come back.
     Retry,
 }
 
@@ -145,79 +145,118 @@ async fn route_and_deliver(ctx: &Ctx, event: &Event) -> bool {
 }
 
 async fn deliver(ctx: &Ctx, n: &Notification, event: &Event) -> Outcome {
-    let channel = n.channel.as_str();
-    let mut attempt = 0;
-    let failure = loop {
-        attempt += 1;
-        let started = Instant::now();
-        let result = ctx.deliverer.deliver(n).await;
-        ctx.metrics
-            .delivery_duration
-            .with_label_values(&[channel])
-            .observe(started.elapsed().as_secs_f64());
-        match result {
-            Ok(()) => {
-                delivered(ctx, n, event);
-                return Outcome::Delivered;
-            }
-            Err(f @ Failure::Transient { .. }) if attempt < ATTEMPTS => {
-                let wait = match &f {
-                    Failure::Transient {
-                        retry_after: Some(after),
-                        ..
-                    } => (*after).min(Duration::from_secs(30)),
-                    _ => Duration::from_secs(1 << (attempt - 1)),
-                };
-                warn!(event_id = %event.id, route = %n.route, recipient = %n.recipient.id, channel, attempt, reason = f.reason(), "delivery failed; retrying");
-                tokio::time::sleep(wait).await;
-            }
-            Err(f) => break f,
+    attempt(ctx, Pending::new(n, event)).await
+}
+
+/// A due retry from the deliveries queue: one more attempt, then acknowledged unless it could
+/// neither be delivered, rescheduled nor parked.
+pub async fn handle_retry(ctx: &Ctx, delivery: Delivery) {
+    let done = match serde_json::from_slice::<Pending>(&delivery.data) {
+        Ok(pending) => attempt(ctx, pending).await != Outcome::Retry,
+        Err(e) => {
+            error!(error = %e, "a retry message cannot be read; parking it");
+            park::unreadable(
+                &ctx.publisher,
+                &ctx.settings.failed_queue,
+                &delivery.data,
+                &e.to_string(),
+            )
+            .await
+            .is_ok()
         }
     };
-    if failure.is_transient() {
-        ctx.metrics
-            .notifications
-            .with_label_values(&[&n.route, channel, "retrying"])
-            .inc();
-        warn!(event_id = %event.id, route = %n.route, recipient = %n.recipient.id, channel, attempts = attempt, reason = failure.reason(), "delivery failing; the event goes back to the queue");
-        return Outcome::Retry;
+    settle(&delivery, done).await;
+}
+
+/// One delivery attempt. A transient failure is scheduled for a later attempt (or parked when
+/// the schedule is spent); a permanent one is parked.
+async fn attempt(ctx: &Ctx, mut p: Pending) -> Outcome {
+    let channel = p.channel().as_str();
+    let started = Instant::now();
+    let result = ctx.deliverer.deliver(p.outgoing()).await;
+    ctx.metrics
+        .delivery_duration
+        .with_label_values(&[channel])
+        .observe(started.elapsed().as_secs_f64());
+    p.attempts += 1;
+    let failure = match result {
+        Ok(()) => {
+            delivered(ctx, &p);
+            return Outcome::Delivered;
+        }
+        Err(f) => f,
+    };
+    let now = Utc::now();
+    p.first_failure.get_or_insert(now);
+    p.last_error = Some(failure.reason().to_owned());
+    let (reason, wait) = match &failure {
+        Failure::Transient { retry_after, .. } => {
+            match retry::next_wait(&ctx.settings, &p, *retry_after, now) {
+                Some(wait) => ("retrying", Some(wait)),
+                None => ("retries-exhausted", None),
+            }
+        }
+        Failure::Permanent { .. } => ("delivery-failed", None),
+    };
+    if let Some(wait) = wait {
+        return match retry::schedule(&ctx.publisher, &ctx.settings, &p, wait).await {
+            Ok(()) => {
+                ctx.metrics
+                    .notifications
+                    .with_label_values(&[&p.route, channel, "retrying"])
+                    .inc();
+                warn!(
+                    event_id = %p.event_id, route = %p.route, recipient = %p.recipient, channel, key = %p.key,
+                    attempts = p.attempts, reason = failure.reason(), retry_in_secs = wait.as_secs(),
+                    "delivery failed; retry scheduled"
+                );
+                Outcome::Scheduled
+            }
+            Err(e) => {
+                error!(event_id = %p.event_id, error = %e, "cannot schedule a retry; the message stays on its queue");
+                Outcome::Retry
+            }
+        };
     }
     ctx.metrics
         .notifications
-        .with_label_values(&[&n.route, channel, "failed"])
+        .with_label_values(&[&p.route, channel, "failed"])
         .inc();
-    warn!(event_id = %event.id, route = %n.route, recipient = %n.recipient.id, channel, reason = failure.reason(), "delivery failed permanently; parked");
+    warn!(
+        event_id = %p.event_id, route = %p.route, recipient = %p.recipient, channel, key = %p.key,
+        attempts = p.attempts, reason = failure.reason(), outcome = reason, "delivery failed; parked"
+    );
     match park::failed_notification(
         &ctx.publisher,
         &ctx.settings.failed_queue,
-        n,
-        "delivery-failed",
+        &p,
+        reason,
         failure.reason(),
-        attempt,
     )
     .await
     {
         Ok(()) => Outcome::Parked,
         Err(e) => {
-            error!(event_id = %event.id, error = %e, "cannot park a failed notification; the event stays on the queue");
+            error!(event_id = %p.event_id, error = %e, "cannot park a failed notification; the message stays on its queue");
             Outcome::Retry
         }
     }
 }
 
-fn delivered(ctx: &Ctx, n: &Notification, event: &Event) {
+fn delivered(ctx: &Ctx, p: &Pending) {
     let now = Utc::now();
-    let route = &*n.route;
+    let route = p.route.as_str();
+    let channel = p.channel().as_str();
     ctx.metrics
         .notifications
-        .with_label_values(&[route, n.channel.as_str(), "delivered"])
+        .with_label_values(&[route, channel, "delivered"])
         .inc();
-    let latency = (now - event.occurred_at).num_milliseconds().max(0) as f64 / 1000.0;
+    let latency = (now - p.occurred_at).num_milliseconds().max(0) as f64 / 1000.0;
     ctx.metrics
         .notification_latency
         .with_label_values(&[route])
         .observe(latency);
-    let (outcome, due) = match &n.sla {
+    let (outcome, due) = match &p.sla {
         Sla::Due { deadline, .. } if deadline.short_notice => ("short_notice", Some(deadline.due)),
         Sla::Due { deadline, .. } if now <= deadline.due => ("met", Some(deadline.due)),
         Sla::Due { deadline, .. } => ("breached", Some(deadline.due)),
@@ -228,12 +267,13 @@ fn delivered(ctx: &Ctx, n: &Notification, event: &Event) {
         .with_label_values(&[route, outcome])
         .inc();
     info!(
-        event_id = %event.id,
-        event_type = %event.event_type,
+        event_id = %p.event_id,
+        event_type = %p.event_type,
         route,
-        recipient = %n.recipient.id,
-        channel = n.channel.as_str(),
-        key = %n.key,
+        recipient = %p.recipient,
+        channel,
+        key = %p.key,
+        attempts = p.attempts,
         outcome = "delivered",
         sla = outcome,
         deadline = due.map(|d| d.to_rfc3339()).unwrap_or_default(),

@@ -7,6 +7,7 @@
 mod handler;
 mod http;
 pub mod park;
+pub mod retry;
 mod topology;
 
 use std::net::SocketAddr;
@@ -48,6 +49,10 @@ pub struct Settings {
     pub from: String,
     pub webhook_timeout: Duration,
     pub drain: Duration,
+    /// Waits before each retry of a transiently failing notification.
+    pub retry_schedule: Vec<Duration>,
+    /// Age after the first failure at which a notification is parked.
+    pub retry_max_age: Duration,
     /// The AMQP connection name, to find Herald in `rabbitmqctl list_connections`.
     pub connection_name: String,
 }
@@ -70,6 +75,8 @@ impl Settings {
             from: config.email.from.clone(),
             webhook_timeout: config.webhook.timeout,
             drain: config.service.drain,
+            retry_schedule: config.retry.schedule.clone(),
+            retry_max_age: config.retry.max_age,
             connection_name: "herald".into(),
         }
     }
@@ -205,6 +212,9 @@ pub async fn start(
     topology::declare(&consuming, &settings)
         .await
         .map_err(broker)?;
+    retry::declare(&consuming, &settings)
+        .await
+        .map_err(broker)?;
     consuming
         .basic_qos(settings.prefetch, BasicQosOptions::default())
         .await
@@ -213,6 +223,24 @@ pub async fn start(
         .basic_consume(
             settings.queue.as_str().into(),
             settings.connection_name.as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(broker)?;
+    // Due retries come on their own channel, so a burst of them cannot take the prefetch
+    // slots new events need, and the other way round.
+    let retrying = connection.create_channel().await.map_err(broker)?;
+    retrying
+        .basic_qos(settings.prefetch, BasicQosOptions::default())
+        .await
+        .map_err(broker)?;
+    let retries = retrying
+        .basic_consume(
+            retry::deliveries_queue(&settings).as_str().into(),
+            format!("{}-retries", settings.connection_name)
+                .as_str()
+                .into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
         )
@@ -238,7 +266,11 @@ pub async fn start(
     let stop = shutdown.clone();
     let task = tokio::spawn(async move {
         let tracker = TaskTracker::new();
-        let mut consumer = consumer;
+        let (mut consumer, mut retries) = (consumer, retries);
+        let lost = |next: Option<Result<_, lapin::Error>>| match next {
+            Some(Err(e)) => ServeError::Lost(e.to_string()),
+            _ => ServeError::Lost("the broker cancelled the consumer".into()),
+        };
         let result = loop {
             tokio::select! {
                 _ = stop.cancelled() => break Ok(()),
@@ -247,14 +279,23 @@ pub async fn start(
                         let ctx = Arc::clone(&ctx);
                         tracker.spawn(async move { handler::handle(&ctx, delivery).await });
                     }
-                    Some(Err(e)) => break Err(ServeError::Lost(e.to_string())),
-                    None => break Err(ServeError::Lost("the broker cancelled the consumer".into())),
+                    other => break Err(lost(other.map(|r| r.map(drop)))),
+                },
+                next = retries.next() => match next {
+                    Some(Ok(delivery)) => {
+                        let ctx = Arc::clone(&ctx);
+                        tracker.spawn(async move { handler::handle_retry(&ctx, delivery).await });
+                    }
+                    other => break Err(lost(other.map(|r| r.map(drop)))),
                 },
             }
         };
         ready.store(false, Ordering::Relaxed);
         let _ = consuming
             .basic_cancel(consumer.tag(), BasicCancelOptions::default())
+            .await;
+        let _ = retrying
+            .basic_cancel(retries.tag(), BasicCancelOptions::default())
             .await;
         tracker.close();
         let drain = ctx.settings.drain;

@@ -7,8 +7,9 @@ use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel};
 use serde_json::{Value, json};
 
+use super::retry::Pending;
 use crate::intake::Rejection;
-use crate::notification::{Notification, Problem};
+use crate::notification::Problem;
 
 /// Why parking did not happen: the event must not be acknowledged.
 #[derive(Debug, thiserror::Error)]
@@ -106,21 +107,32 @@ pub async fn reject(
 pub async fn failed_notification(
     channel: &Channel,
     queue: &str,
-    n: &Notification,
+    p: &Pending,
     reason: &str,
     detail: &str,
-    attempts: u32,
 ) -> Result<(), ParkError> {
     let record = json!({
         "kind": "notification",
         "reason": reason,
         "detail": detail,
-        "attempts": attempts,
+        "attempts": p.attempts,
+        "channel": p.channel(),
         "parkedAt": Utc::now().to_rfc3339(),
-        "notification": n,
+        "notification": p,
     });
-    let properties = properties(n.key.as_str(), reason, detail, Some(n));
+    let properties = properties(&p.key, reason, detail, Some(p));
     publish(channel, queue, record.to_string().as_bytes(), properties).await
+}
+
+/// Parks a message Herald cannot read back (a retry written by an incompatible version).
+pub async fn unreadable(
+    channel: &Channel,
+    queue: &str,
+    body: &[u8],
+    detail: &str,
+) -> Result<(), ParkError> {
+    let properties = properties("unreadable", "unreadable", detail, None);
+    publish(channel, queue, body, properties).await
 }
 
 /// Parks a notification the engine could not make (an unknown recipient, a template that
@@ -146,14 +158,18 @@ pub async fn problem(
     publish(channel, queue, record.to_string().as_bytes(), properties).await
 }
 
-fn properties(id: &str, reason: &str, detail: &str, n: Option<&Notification>) -> BasicProperties {
+fn properties(id: &str, reason: &str, detail: &str, p: Option<&Pending>) -> BasicProperties {
     let mut headers = FieldTable::default();
     headers.insert("x-herald-reason".into(), text(reason));
     headers.insert("x-herald-detail".into(), text(detail));
-    if let Some(n) = n {
-        headers.insert("x-herald-route".into(), text(&*n.route));
-        headers.insert("x-herald-recipient".into(), text(n.recipient.id.as_str()));
-        headers.insert("x-herald-channel".into(), text(n.channel.as_str()));
+    if let Some(p) = p {
+        headers.insert("x-herald-route".into(), text(p.route.as_str()));
+        headers.insert("x-herald-recipient".into(), text(p.recipient.as_str()));
+        headers.insert("x-herald-channel".into(), text(p.channel().as_str()));
+        headers.insert(
+            "x-herald-attempts".into(),
+            AMQPValue::LongLongInt(i64::from(p.attempts)),
+        );
     }
     let mut p = BasicProperties::default()
         .with_headers(headers)

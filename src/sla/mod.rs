@@ -35,7 +35,7 @@ pub enum SlaRule {
 }
 
 /// A computed deadline for one notification.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Deadline {
     /// Delivered at or before this instant is on time.
@@ -177,6 +177,11 @@ impl fmt::Display for SlaRule {
             }
         }
     }
+}
+
+/// A duration as routes.toml writes it (`5m`), for names and messages.
+pub fn format_span(d: StdDuration) -> String {
+    Span(d).to_string()
 }
 
 /// A duration as routes.toml would write it: `28d`, `24h`, `90m` (a single day as `24h`), else

@@ -184,6 +184,9 @@ pub struct Hook {
     pub id: String,
     pub verified: bool,
     pub body: Value,
+    pub at: Instant,
+    /// The status the receiver answered.
+    pub status: u16,
 }
 
 /// An HTTP receiver on loopback; answers 204, or the status set for a path.
@@ -192,6 +195,8 @@ pub struct Receiver {
     pub port: u16,
     hooks: Arc<Mutex<Vec<Hook>>>,
     statuses: Arc<Mutex<BTreeMap<String, u16>>>,
+    /// Path -> (status, how many more requests get it before 204).
+    failures: Arc<Mutex<BTreeMap<String, (u16, usize)>>>,
 }
 
 impl Receiver {
@@ -201,6 +206,7 @@ impl Receiver {
             port: listener.local_addr().unwrap().port(),
             hooks: Arc::default(),
             statuses: Arc::default(),
+            failures: Arc::default(),
         };
         let app = Router::new().fallback(receive).with_state(receiver.clone());
         tokio::spawn(async move { axum::serve(listener, app).await });
@@ -212,6 +218,14 @@ impl Receiver {
             .lock()
             .unwrap()
             .insert(path.to_owned(), status);
+    }
+
+    /// Answers `status` to the next `times` requests for `path`, then 204.
+    pub fn fail(&self, path: &str, status: u16, times: usize) {
+        self.failures
+            .lock()
+            .unwrap()
+            .insert(path.to_owned(), (status, times));
     }
 
     pub fn hooks(&self) -> Vec<Hook> {
@@ -247,8 +261,22 @@ async fn receive(
     headers: HeaderMap,
     body: Bytes,
 ) -> StatusCode {
+    let path = uri.path().to_owned();
+    let failing = r
+        .failures
+        .lock()
+        .unwrap()
+        .get_mut(&path)
+        .filter(|(_, n)| *n > 0)
+        .map(|(status, n)| {
+            *n -= 1;
+            *status
+        });
+    let status = failing
+        .or_else(|| r.statuses.lock().unwrap().get(&path).copied())
+        .unwrap_or(204);
     let hook = Hook {
-        path: uri.path().to_owned(),
+        path,
         id: headers
             .get("webhook-id")
             .and_then(|v| v.to_str().ok())
@@ -256,14 +284,9 @@ async fn receive(
             .to_owned(),
         verified: signature_ok(&headers, &body),
         body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+        at: Instant::now(),
+        status,
     };
-    let status = r
-        .statuses
-        .lock()
-        .unwrap()
-        .get(&hook.path)
-        .copied()
-        .unwrap_or(204);
     r.hooks.lock().unwrap().push(hook);
     StatusCode::from_u16(status).unwrap()
 }
@@ -350,8 +373,18 @@ pub async fn drain(ch: &Channel, queue: &str) -> Vec<lapin::message::Delivery> {
     out
 }
 
+/// The retry waits the tests use: two quick retries.
+pub const RETRY_SCHEDULE: [Duration; 2] = [Duration::from_secs(1), Duration::from_secs(1)];
+
 pub async fn cleanup(ch: &Channel, names: &Names) {
-    for q in [&names.queue, &names.rejected, &names.failed] {
+    let retry = [
+        format!("{}.deliveries", names.queue),
+        format!("{}.retry.1s", names.queue),
+    ];
+    for q in [&names.queue, &names.rejected, &names.failed]
+        .into_iter()
+        .chain(&retry)
+    {
         let _ = ch
             .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
             .await;
@@ -404,6 +437,8 @@ pub async fn start(config: Config, names: &Names, smtp: Option<&Smtp>) -> Runnin
     settings.outbox = outbox();
     settings.webhook_timeout = Duration::from_secs(5);
     settings.drain = Duration::from_secs(5);
+    settings.retry_schedule = RETRY_SCHEDULE.to_vec();
+    settings.retry_max_age = Duration::from_secs(60);
     settings.connection_name = names.queue.clone();
     serve::start(Arc::new(core), settings, |k| {
         (k == "HERALD_WEBHOOK_SECRET").then(|| SECRET.to_owned())

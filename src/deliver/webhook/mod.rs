@@ -11,8 +11,8 @@ use reqwest::header::{CONTENT_TYPE, HeaderMap, RETRY_AFTER};
 
 pub use signature::Secret;
 
-use super::Failure;
-use crate::notification::{Content, Notification};
+use super::{Failure, Outgoing};
+use crate::notification::Content;
 use crate::route::Directory;
 
 /// Sends the webhook notifications.
@@ -76,23 +76,23 @@ impl WebhookSender {
         ))
     }
 
-    pub async fn send(&self, n: &Notification) -> Result<(), Failure> {
-        let Content::Webhook { url, body } = &n.content else {
+    pub async fn send(&self, out: Outgoing<'_>) -> Result<(), Failure> {
+        let Content::Webhook { url, body } = out.content else {
             return Err(Failure::Permanent {
                 reason: "not a webhook notification".into(),
             });
         };
-        let Some(secrets) = self.secrets.get(n.recipient.id.as_str()) else {
+        let Some(secrets) = self.secrets.get(out.recipient) else {
             let var = self
                 .missing
-                .get(n.recipient.id.as_str())
+                .get(out.recipient)
                 .map_or("its secret variable", String::as_str);
             return Err(Failure::Permanent {
                 reason: format!("no signing secret: set {var}"),
             });
         };
         let timestamp = chrono::Utc::now().timestamp();
-        let id = n.key.as_str();
+        let id = out.key;
         let signatures: Vec<String> = secrets
             .iter()
             .map(|s| s.sign(id, timestamp, body.as_bytes()))

@@ -1,0 +1,292 @@
+//! Durable retries. A notification that fails transiently is published, with its attempt count
+//! and first-failure time, to a delay queue: one queue per distinct wait in the schedule, each
+//! with a fixed message TTL that dead-letters into the deliveries queue Herald consumes. Each
+//! retry is a new message (never the same one cycling through dead-lettering, which the broker
+//! would drop). The event it came from is acknowledged once the retry is confirmed, so one
+//! failing recipient delays no one else.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel};
+use serde::{Deserialize, Serialize};
+
+use super::Settings;
+use super::park::ParkError;
+use crate::deliver::Outgoing;
+use crate::event::Event;
+use crate::notification::{Channel as Medium, Content, Notification, Sla};
+use crate::sla::format_span;
+
+/// A notification on its way: everything a later attempt needs, carried by the retry message.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Pending {
+    pub key: String,
+    pub event_id: String,
+    pub event_type: String,
+    pub route: String,
+    pub recipient: String,
+    pub occurred_at: DateTime<Utc>,
+    pub sla: Sla,
+    pub content: Content,
+    /// Attempts made so far.
+    pub attempts: u32,
+    pub first_failure: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+}
+
+impl Pending {
+    pub fn new(n: &Notification, event: &Event) -> Pending {
+        Pending {
+            key: n.key.to_string(),
+            event_id: event.id.to_string(),
+            event_type: event.event_type.to_string(),
+            route: n.route.to_string(),
+            recipient: n.recipient.id.to_string(),
+            occurred_at: event.occurred_at,
+            sla: n.sla.clone(),
+            content: n.content.clone(),
+            attempts: 0,
+            first_failure: None,
+            last_error: None,
+        }
+    }
+
+    pub fn outgoing(&self) -> Outgoing<'_> {
+        Outgoing {
+            key: &self.key,
+            recipient: &self.recipient,
+            content: &self.content,
+        }
+    }
+
+    pub fn channel(&self) -> Medium {
+        self.content.channel()
+    }
+}
+
+/// The deliveries queue: where due retries arrive.
+pub fn deliveries_queue(s: &Settings) -> String {
+    format!("{}.deliveries", s.queue)
+}
+
+/// The delay queue for one wait.
+pub fn delay_queue(s: &Settings, wait: Duration) -> String {
+    format!("{}.retry.{}", s.queue, format_span(wait))
+}
+
+/// Every queue name the retries use, for tests and operators.
+pub fn queues(s: &Settings) -> Vec<String> {
+    let mut names = vec![deliveries_queue(s)];
+    for wait in &s.retry_schedule {
+        let name = delay_queue(s, *wait);
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    names
+}
+
+fn quorum(extra: &[(&str, AMQPValue)]) -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert(
+        ShortString::from("x-queue-type"),
+        AMQPValue::LongString("quorum".into()),
+    );
+    for (k, v) in extra {
+        args.insert(ShortString::from(*k), v.clone());
+    }
+    args
+}
+
+/// Declares the deliveries queue and one delay queue per distinct wait. Dead-lettering is
+/// at-least-once (quorum queues, `reject-publish` overflow), so a due retry is never dropped.
+pub async fn declare(channel: &Channel, s: &Settings) -> Result<(), lapin::Error> {
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    let deliveries = deliveries_queue(s);
+    channel
+        .queue_declare(deliveries.as_str().into(), durable, quorum(&[]))
+        .await?;
+    for wait in &s.retry_schedule {
+        let ttl = i64::try_from(wait.as_millis()).unwrap_or(i64::MAX);
+        let args = quorum(&[
+            ("x-message-ttl", AMQPValue::LongLongInt(ttl)),
+            ("x-dead-letter-exchange", AMQPValue::LongString("".into())),
+            (
+                "x-dead-letter-routing-key",
+                AMQPValue::LongString(deliveries.as_str().into()),
+            ),
+            (
+                "x-dead-letter-strategy",
+                AMQPValue::LongString("at-least-once".into()),
+            ),
+            ("x-overflow", AMQPValue::LongString("reject-publish".into())),
+        ]);
+        channel
+            .queue_declare(delay_queue(s, *wait).as_str().into(), durable, args)
+            .await?;
+    }
+    Ok(())
+}
+
+/// The wait before the next attempt, or `None` when the schedule or the maximum age is spent.
+/// A receiver's `Retry-After` moves the retry to the first wait at least that long.
+pub fn next_wait(
+    s: &Settings,
+    p: &Pending,
+    retry_after: Option<Duration>,
+    now: DateTime<Utc>,
+) -> Option<Duration> {
+    let index = usize::try_from(p.attempts).ok()?.checked_sub(1)?;
+    let mut wait = *s.retry_schedule.get(index)?;
+    if let Some(after) = retry_after {
+        wait = s.retry_schedule[index..]
+            .iter()
+            .copied()
+            .find(|w| *w >= after)
+            .unwrap_or_else(|| s.retry_schedule.iter().copied().max().unwrap_or(wait));
+    }
+    let first = p.first_failure.unwrap_or(now);
+    let age = (now - first).to_std().unwrap_or_default();
+    (age + wait <= s.retry_max_age).then_some(wait)
+}
+
+/// Publishes the pending notification to the delay queue for `wait` and waits for the confirm.
+pub async fn schedule(
+    channel: &Channel,
+    s: &Settings,
+    p: &Pending,
+    wait: Duration,
+) -> Result<(), ParkError> {
+    let body = serde_json::to_vec(p).unwrap_or_default();
+    let mut headers = FieldTable::default();
+    headers.insert(
+        "x-herald-attempts".into(),
+        AMQPValue::LongLongInt(i64::from(p.attempts)),
+    );
+    if let Some(first) = p.first_failure {
+        headers.insert(
+            "x-herald-first-failure".into(),
+            AMQPValue::LongString(LongString::from(first.to_rfc3339())),
+        );
+    }
+    let mut properties = BasicProperties::default()
+        .with_headers(headers)
+        .with_delivery_mode(2)
+        .with_content_type("application/json".into());
+    if let Ok(id) = ShortString::try_new(p.key.clone()) {
+        properties = properties.with_message_id(id);
+    }
+    let confirm = channel
+        .basic_publish(
+            ShortString::from(""),
+            delay_queue(s, wait).as_str().into(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..BasicPublishOptions::default()
+            },
+            &body,
+            properties,
+        )
+        .await?
+        .await?;
+    if confirm.is_ack() && confirm.take_message().is_none() {
+        Ok(())
+    } else {
+        Err(ParkError::NotConfirmed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(schedule: &[u64], max_age: u64) -> Settings {
+        let config = crate::config::Config::parse("").unwrap();
+        let mut s = Settings::new(&config, |_| None);
+        s.retry_schedule = schedule.iter().map(|n| Duration::from_secs(*n)).collect();
+        s.retry_max_age = Duration::from_secs(max_age);
+        s
+    }
+
+    fn pending(attempts: u32, failed_secs_ago: i64, now: DateTime<Utc>) -> Pending {
+        Pending {
+            key: "msg_1".into(),
+            event_id: "e".into(),
+            event_type: "t".into(),
+            route: "r".into(),
+            recipient: "police:X".into(),
+            occurred_at: now,
+            sla: Sla::Untracked,
+            content: Content::Webhook {
+                url: "https://x.example".into(),
+                body: "{}".into(),
+            },
+            attempts,
+            first_failure: Some(now - chrono::Duration::seconds(failed_secs_ago)),
+            last_error: None,
+        }
+    }
+
+    #[test]
+    fn waits_follow_the_schedule_then_stop() {
+        let s = settings(&[5, 300, 1800], 86_400);
+        let now = Utc::now();
+        assert_eq!(
+            next_wait(&s, &pending(1, 0, now), None, now),
+            Some(Duration::from_secs(5))
+        );
+        assert_eq!(
+            next_wait(&s, &pending(3, 400, now), None, now),
+            Some(Duration::from_secs(1800))
+        );
+        assert_eq!(
+            next_wait(&s, &pending(4, 2500, now), None, now),
+            None,
+            "schedule spent"
+        );
+    }
+
+    #[test]
+    fn retry_after_and_maximum_age_are_honoured() {
+        let s = settings(&[5, 300, 1800], 86_400);
+        let now = Utc::now();
+        let after = |secs| Some(Duration::from_secs(secs));
+        assert_eq!(
+            next_wait(&s, &pending(1, 0, now), after(120), now),
+            after(300)
+        );
+        assert_eq!(
+            next_wait(&s, &pending(1, 0, now), after(7200), now),
+            after(1800),
+            "the longest wait there is"
+        );
+        let s = settings(&[5, 300, 1800], 1000);
+        assert_eq!(
+            next_wait(&s, &pending(2, 800, now), None, now),
+            None,
+            "800 s + 300 s is past the maximum age"
+        );
+        assert_eq!(next_wait(&s, &pending(2, 600, now), None, now), after(300));
+    }
+
+    #[test]
+    fn one_delay_queue_per_distinct_wait() {
+        let s = settings(&[5, 300, 36_000, 36_000], 86_400);
+        assert_eq!(
+            queues(&s),
+            [
+                "herald.events.deliveries",
+                "herald.events.retry.5s",
+                "herald.events.retry.5m",
+                "herald.events.retry.10h"
+            ]
+        );
+    }
+}
