@@ -91,6 +91,8 @@ pub struct Amqp {
     pub failed_queue: String,
     /// Unacknowledged events in flight at once.
     pub prefetch: u16,
+    /// Deliveries of one event before the broker parks it in the rejected queue as poison.
+    pub delivery_limit: u16,
 }
 
 impl Default for Amqp {
@@ -102,6 +104,7 @@ impl Default for Amqp {
             rejected_queue: "herald.rejected".into(),
             failed_queue: "herald.failed".into(),
             prefetch: 100,
+            delivery_limit: 10,
         }
     }
 }
@@ -185,6 +188,9 @@ pub struct ServiceSettings {
     /// How long a shutdown waits for events in flight, e.g. `"30s"`.
     #[serde(with = "humantime_serde")]
     pub drain: std::time::Duration,
+    /// An event id handled within this long is not routed again by the same process.
+    #[serde(with = "humantime_serde")]
+    pub dedup_window: std::time::Duration,
 }
 
 impl Default for ServiceSettings {
@@ -192,6 +198,7 @@ impl Default for ServiceSettings {
         ServiceSettings {
             metrics_addr: "127.0.0.1:9464".into(),
             drain: std::time::Duration::from_secs(30),
+            dedup_window: std::time::Duration::from_secs(600),
         }
     }
 }

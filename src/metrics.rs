@@ -37,6 +37,8 @@ pub struct Metrics {
     registry: Registry,
     /// Every message taken from the events queue, by event type (`unknown` when it has none).
     pub events_received: IntCounterVec,
+    /// Events not routed again because this process handled the same id within the window.
+    pub events_duplicate: IntCounterVec,
     /// Events refused, by reason.
     pub events_rejected: IntCounterVec,
     /// Notifications by route, channel and outcome (`delivered`, `failed`, and the engine's
@@ -76,6 +78,11 @@ impl Metrics {
             events_received: counter(
                 "herald_events_received_total",
                 "Events taken from the events queue.",
+                &["event_type"],
+            ),
+            events_duplicate: counter(
+                "herald_events_duplicate_total",
+                "Events already handled under the same id within the window, acknowledged without routing.",
                 &["event_type"],
             ),
             events_rejected: counter(

@@ -481,6 +481,105 @@ async fn retries_that_run_out_are_parked_with_their_attempts() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn an_event_published_twice_is_routed_once() {
+    let (receiver, names) = (Receiver::start().await, Names::new("dedup"));
+    let herald = service::start(service::config(&receiver), &names, None).await;
+    let (_conn, ch) = service::channel().await;
+    for _ in 0..2 {
+        service::publish(
+            &ch,
+            &names.exchange,
+            "court.warrant.issued",
+            &body("court.warrant.issued.json"),
+            agency("evt-twice"),
+        )
+        .await;
+    }
+    wait_until("both copies handled", WAIT, || async {
+        let m = service::scrape(&herald).await;
+        total(&m, "herald_events_received_total", &[]) == 2.0
+            && total(&m, "herald_events_duplicate_total", &[]) == 1.0
+    })
+    .await;
+    assert_eq!(receiver.hooks().len(), 1, "the police webhook is sent once");
+    herald.stop().await.unwrap();
+    service::cleanup(&ch, &names).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_event_that_keeps_coming_back_is_parked_by_the_broker() {
+    let (receiver, names) = (Receiver::start().await, Names::new("poison"));
+    // Herald declares the topology, then stops; the test plays a consumer that never finishes.
+    let herald = service::start_with(service::config(&receiver), &names, None, |s| {
+        s.delivery_limit = 2
+    })
+    .await;
+    herald.stop().await.unwrap();
+    let (_conn, ch) = service::channel().await;
+    service::publish(
+        &ch,
+        &names.exchange,
+        "court.warrant.issued",
+        &body("court.warrant.issued.json"),
+        agency("evt-poison"),
+    )
+    .await;
+    for _ in 0..3 {
+        let got = ch
+            .basic_get(
+                names.queue.as_str().into(),
+                lapin::options::BasicGetOptions { no_ack: false },
+            )
+            .await
+            .unwrap()
+            .expect("the event is still on the queue");
+        got.delivery
+            .nack(lapin::options::BasicNackOptions {
+                requeue: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    let parked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    wait_until(
+        "the event dead-lettered to the rejected queue",
+        WAIT,
+        || {
+            let (ch, queue, parked) = (ch.clone(), names.rejected.clone(), parked.clone());
+            async move {
+                let got = service::drain(&ch, &queue).await;
+                let mut parked = parked.lock().unwrap();
+                parked.extend(got);
+                !parked.is_empty()
+            }
+        },
+    )
+    .await;
+    let headers = parked.lock().unwrap()[0]
+        .properties
+        .headers()
+        .clone()
+        .unwrap_or_default();
+    use lapin::types::AMQPValue;
+    let reason = match headers.inner().get("x-death") {
+        Some(AMQPValue::FieldArray(deaths)) => match deaths.as_slice().first() {
+            Some(AMQPValue::FieldTable(death)) => match death.inner().get("reason") {
+                Some(AMQPValue::LongString(r)) => {
+                    String::from_utf8_lossy(r.as_bytes()).into_owned()
+                }
+                other => format!("{other:?}"),
+            },
+            other => format!("{other:?}"),
+        },
+        other => format!("{other:?}"),
+    };
+    assert_eq!(reason, "delivery_limit");
+    assert!(service::drain(&ch, &names.queue).await.is_empty());
+    service::cleanup(&ch, &names).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn health_and_readiness_are_served() {
     let (receiver, names) = (Receiver::start().await, Names::new("health"));
     let herald = service::start(service::config(&receiver), &names, None).await;

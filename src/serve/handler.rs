@@ -78,7 +78,17 @@ pub async fn handle(ctx: &Ctx, delivery: Delivery) {
                 .events_received
                 .with_label_values(&[event.event_type.as_str()])
                 .inc();
+            if !ctx.recent.claim(&event.id, Instant::now()) {
+                ctx.metrics
+                    .events_duplicate
+                    .with_label_values(&[event.event_type.as_str()])
+                    .inc();
+                info!(event_id = %event.id, event_type = %event.event_type, "event already handled or in flight; not routed again");
+                settle(&delivery, true).await;
+                return;
+            }
             let done = route_and_deliver(ctx, &event).await;
+            ctx.recent.finish(event.id.clone(), done, Instant::now());
             settle(&delivery, done).await;
         }
     }

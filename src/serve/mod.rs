@@ -4,6 +4,7 @@
 //! Each event is acknowledged only after every notification it gives is delivered or parked;
 //! the broker's prefetch bounds how many are in flight, and each is handled in its own task.
 
+mod dedup;
 mod handler;
 mod http;
 pub mod park;
@@ -43,12 +44,16 @@ pub struct Settings {
     pub rejected_queue: String,
     pub failed_queue: String,
     pub prefetch: u16,
+    /// Deliveries of one event before the broker parks it as poison.
+    pub delivery_limit: u16,
     pub metrics_addr: String,
     pub smtp_url: Option<String>,
     pub outbox: PathBuf,
     pub from: String,
     pub webhook_timeout: Duration,
     pub drain: Duration,
+    /// An event id handled within this window is not routed again (zero: no check).
+    pub dedup_window: Duration,
     /// Waits before each retry of a transiently failing notification.
     pub retry_schedule: Vec<Duration>,
     /// Age after the first failure at which a notification is parked.
@@ -68,6 +73,7 @@ impl Settings {
             rejected_queue: config.amqp.rejected_queue.clone(),
             failed_queue: config.amqp.failed_queue.clone(),
             prefetch: config.amqp.prefetch,
+            delivery_limit: config.amqp.delivery_limit,
             metrics_addr: env("HERALD_METRICS_ADDR")
                 .unwrap_or_else(|| config.service.metrics_addr.clone()),
             smtp_url: env("HERALD_SMTP_URL").or_else(|| config.email.url.clone()),
@@ -75,6 +81,7 @@ impl Settings {
             from: config.email.from.clone(),
             webhook_timeout: config.webhook.timeout,
             drain: config.service.drain,
+            dedup_window: config.service.dedup_window,
             retry_schedule: config.retry.schedule.clone(),
             retry_max_age: config.retry.max_age,
             connection_name: "herald".into(),
@@ -112,6 +119,8 @@ pub(crate) struct Ctx {
     /// A channel in confirm mode, for parking.
     publisher: Channel,
     settings: Settings,
+    /// Event ids handled recently.
+    recent: dedup::Recent,
 }
 
 /// A started service.
@@ -261,6 +270,7 @@ pub async fn start(
         deliverer: Deliverer { email, webhook },
         metrics: metrics.clone(),
         publisher,
+        recent: dedup::Recent::new(settings.dedup_window),
         settings,
     });
     let stop = shutdown.clone();

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Settings;
 use super::park::ParkError;
+use super::topology::{dead_letter_to, quorum};
 use crate::deliver::Outgoing;
 use crate::event::Event;
 use crate::notification::{Channel as Medium, Content, Notification, Sla};
@@ -90,18 +91,6 @@ pub fn queues(s: &Settings) -> Vec<String> {
     names
 }
 
-fn quorum(extra: &[(&str, AMQPValue)]) -> FieldTable {
-    let mut args = FieldTable::default();
-    args.insert(
-        ShortString::from("x-queue-type"),
-        AMQPValue::LongString("quorum".into()),
-    );
-    for (k, v) in extra {
-        args.insert(ShortString::from(*k), v.clone());
-    }
-    args
-}
-
 /// Declares the deliveries queue and one delay queue per distinct wait. Dead-lettering is
 /// at-least-once (quorum queues, `reject-publish` overflow), so a due retry is never dropped.
 pub async fn declare(channel: &Channel, s: &Settings) -> Result<(), lapin::Error> {
@@ -115,19 +104,9 @@ pub async fn declare(channel: &Channel, s: &Settings) -> Result<(), lapin::Error
         .await?;
     for wait in &s.retry_schedule {
         let ttl = i64::try_from(wait.as_millis()).unwrap_or(i64::MAX);
-        let args = quorum(&[
-            ("x-message-ttl", AMQPValue::LongLongInt(ttl)),
-            ("x-dead-letter-exchange", AMQPValue::LongString("".into())),
-            (
-                "x-dead-letter-routing-key",
-                AMQPValue::LongString(deliveries.as_str().into()),
-            ),
-            (
-                "x-dead-letter-strategy",
-                AMQPValue::LongString("at-least-once".into()),
-            ),
-            ("x-overflow", AMQPValue::LongString("reject-publish".into())),
-        ]);
+        let mut args = vec![("x-message-ttl", AMQPValue::LongLongInt(ttl))];
+        args.extend(dead_letter_to(&deliveries));
+        let args = quorum(&args);
         channel
             .queue_declare(delay_queue(s, *wait).as_str().into(), durable, args)
             .await?;

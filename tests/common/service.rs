@@ -423,6 +423,16 @@ pub fn config(receiver: &Receiver) -> Config {
 
 /// Starts Herald in this process, as `herald serve` does.
 pub async fn start(config: Config, names: &Names, smtp: Option<&Smtp>) -> Running {
+    start_with(config, names, smtp, |_| {}).await
+}
+
+/// Starts Herald with settings adjusted by `adjust`.
+pub async fn start_with(
+    config: Config,
+    names: &Names,
+    smtp: Option<&Smtp>,
+    adjust: impl FnOnce(&mut Settings),
+) -> Running {
     let core = Core::from_config(config, &super::root().join("routes.toml"))
         .unwrap_or_else(|e| panic!("{e:#?}"));
     let mut settings = Settings::new(&core.config, |_| None);
@@ -439,6 +449,7 @@ pub async fn start(config: Config, names: &Names, smtp: Option<&Smtp>) -> Runnin
     settings.drain = Duration::from_secs(5);
     settings.retry_schedule = RETRY_SCHEDULE.to_vec();
     settings.retry_max_age = Duration::from_secs(60);
+    adjust(&mut settings);
     settings.connection_name = names.queue.clone();
     serve::start(Arc::new(core), settings, |k| {
         (k == "HERALD_WEBHOOK_SECRET").then(|| SECRET.to_owned())
