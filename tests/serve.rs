@@ -580,6 +580,66 @@ async fn an_event_that_keeps_coming_back_is_parked_by_the_broker() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn herald_reconnects_after_losing_the_broker_and_carries_on() {
+    let (receiver, names) = (Receiver::start().await, Names::new("reconnect"));
+    let herald = service::start(service::config(&receiver), &names, None).await;
+    service::install_tls();
+    let readyz = format!("http://{}/readyz", herald.metrics_addr);
+    let status = || async {
+        reqwest::get(&readyz)
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0)
+    };
+    assert_eq!(status().await, 200);
+    let (_conn, ch) = service::channel().await;
+    service::publish(
+        &ch,
+        &names.exchange,
+        "court.warrant.issued",
+        &body("court.warrant.issued.json"),
+        agency("evt-before"),
+    )
+    .await;
+    wait_until("the first event delivered", WAIT, || async {
+        receiver.hooks().len() == 1
+    })
+    .await;
+
+    assert!(
+        service::close_connection(&names.queue) >= 1,
+        "Herald's connection was found by its name"
+    );
+    wait_until("not ready while disconnected", WAIT, || async {
+        status().await == 503
+    })
+    .await;
+    wait_until("ready again after reconnecting", WAIT, || async {
+        status().await == 200
+    })
+    .await;
+
+    let mut later = common::example("court.warrant.issued.json");
+    later["additionalInformation"]["warrantId"] = json!("LEEDSMC-W-2026-009999");
+    service::publish(
+        &ch,
+        &names.exchange,
+        "court.warrant.issued",
+        &serde_json::to_vec(&later).unwrap(),
+        agency("evt-after"),
+    )
+    .await;
+    wait_until(
+        "the event published after the reconnection delivered",
+        WAIT,
+        || async { receiver.hooks().len() == 2 },
+    )
+    .await;
+    herald.stop().await.unwrap();
+    service::cleanup(&ch, &names).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn health_and_readiness_are_served() {
     let (receiver, names) = (Receiver::start().await, Names::new("health"));
     let herald = service::start(service::config(&receiver), &names, None).await;

@@ -59,7 +59,7 @@ pub async fn handle(ctx: &Ctx, delivery: Delivery) {
                 "event rejected"
             );
             match park::reject(
-                &ctx.publisher,
+                &ctx.publisher(),
                 &ctx.settings.rejected_queue,
                 &delivery,
                 &rejection,
@@ -145,7 +145,8 @@ async fn route_and_deliver(ctx: &Ctx, event: &Event) -> bool {
             .with_label_values(&[p.route(), "none", p.kind()])
             .inc();
         warn!(event_id = %event.id, event_type = %event.event_type, route = p.route(), outcome = p.kind(), detail = %p, "notification not made");
-        if let Err(e) = park::problem(&ctx.publisher, &ctx.settings.failed_queue, event, p).await {
+        if let Err(e) = park::problem(&ctx.publisher(), &ctx.settings.failed_queue, event, p).await
+        {
             error!(event_id = %event.id, error = %e, "cannot park a routing problem; the event stays on the queue");
             done = false;
         }
@@ -166,7 +167,7 @@ pub async fn handle_retry(ctx: &Ctx, delivery: Delivery) {
         Err(e) => {
             error!(error = %e, "a retry message cannot be read; parking it");
             park::unreadable(
-                &ctx.publisher,
+                &ctx.publisher(),
                 &ctx.settings.failed_queue,
                 &delivery.data,
                 &e.to_string(),
@@ -209,7 +210,7 @@ async fn attempt(ctx: &Ctx, mut p: Pending) -> Outcome {
         Failure::Permanent { .. } => ("delivery-failed", None),
     };
     if let Some(wait) = wait {
-        return match retry::schedule(&ctx.publisher, &ctx.settings, &p, wait).await {
+        return match retry::schedule(&ctx.publisher(), &ctx.settings, &p, wait).await {
             Ok(()) => {
                 ctx.metrics
                     .notifications
@@ -237,7 +238,7 @@ async fn attempt(ctx: &Ctx, mut p: Pending) -> Outcome {
         attempts = p.attempts, reason = failure.reason(), outcome = reason, "delivery failed; parked"
     );
     match park::failed_notification(
-        &ctx.publisher,
+        &ctx.publisher(),
         &ctx.settings.failed_queue,
         &p,
         reason,

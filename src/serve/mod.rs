@@ -13,8 +13,8 @@ mod topology;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -116,11 +116,21 @@ pub(crate) struct Ctx {
     core: Arc<Core>,
     deliverer: Deliverer,
     metrics: Metrics,
-    /// A channel in confirm mode, for parking.
-    publisher: Channel,
+    /// A channel in confirm mode, for parking; replaced when Herald reconnects.
+    publisher: RwLock<Channel>,
     settings: Settings,
     /// Event ids handled recently.
     recent: dedup::Recent,
+}
+
+impl Ctx {
+    /// The current confirm-mode channel.
+    fn publisher(&self) -> Channel {
+        self.publisher
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
 }
 
 /// A started service.
@@ -149,6 +159,150 @@ impl Running {
     /// Cancelling this token starts a graceful shutdown.
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
+    }
+}
+
+/// One connection to the broker, with its channels and consumers.
+struct Link {
+    connection: Connection,
+    consuming: Channel,
+    /// In confirm mode, for parking and scheduling retries.
+    publisher: Channel,
+    retrying: Channel,
+    consumer: lapin::Consumer,
+    retries: lapin::Consumer,
+}
+
+impl Link {
+    /// Connects, declares the topology (idempotently) and starts both consumers.
+    async fn open(settings: &Settings) -> Result<Link, ServeError> {
+        let url = redact_url(&settings.amqp_url);
+        let broker = |e: lapin::Error| ServeError::Broker {
+            url: url.clone(),
+            reason: e.to_string(),
+        };
+        let properties = ConnectionProperties::default()
+            .with_connection_name(settings.connection_name.clone().into());
+        let connection = Connection::connect(&settings.amqp_url, properties)
+            .await
+            .map_err(|e| ServeError::Unreachable {
+                url: url.clone(),
+                reason: e.to_string(),
+            })?;
+        let consuming = connection.create_channel().await.map_err(broker)?;
+        let publisher = connection.create_channel().await.map_err(broker)?;
+        publisher
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(broker)?;
+        topology::declare(&consuming, settings)
+            .await
+            .map_err(broker)?;
+        retry::declare(&consuming, settings).await.map_err(broker)?;
+        consuming
+            .basic_qos(settings.prefetch, BasicQosOptions::default())
+            .await
+            .map_err(broker)?;
+        let consumer = consuming
+            .basic_consume(
+                settings.queue.as_str().into(),
+                settings.connection_name.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(broker)?;
+        // Due retries come on their own channel, so a burst of them cannot take the prefetch
+        // slots new events need, and the other way round.
+        let retrying = connection.create_channel().await.map_err(broker)?;
+        retrying
+            .basic_qos(settings.prefetch, BasicQosOptions::default())
+            .await
+            .map_err(broker)?;
+        let retries = retrying
+            .basic_consume(
+                retry::deliveries_queue(settings).as_str().into(),
+                format!("{}-retries", settings.connection_name)
+                    .as_str()
+                    .into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(broker)?;
+        Ok(Link {
+            connection,
+            consuming,
+            publisher,
+            retrying,
+            consumer,
+            retries,
+        })
+    }
+
+    /// Hands each delivery to a task until `stop` (Ok) or the connection is lost (Err).
+    async fn consume(
+        &mut self,
+        ctx: &Arc<Ctx>,
+        tracker: &TaskTracker,
+        stop: &CancellationToken,
+    ) -> Result<(), ServeError> {
+        let lost = |next: Option<Result<(), lapin::Error>>| match next {
+            Some(Err(e)) => ServeError::Lost(e.to_string()),
+            _ => ServeError::Lost("the broker cancelled the consumer".into()),
+        };
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return Ok(()),
+                next = self.consumer.next() => match next {
+                    Some(Ok(delivery)) => {
+                        let ctx = Arc::clone(ctx);
+                        tracker.spawn(async move { handler::handle(&ctx, delivery).await });
+                    }
+                    other => return Err(lost(other.map(|r| r.map(drop)))),
+                },
+                next = self.retries.next() => match next {
+                    Some(Ok(delivery)) => {
+                        let ctx = Arc::clone(ctx);
+                        tracker.spawn(async move { handler::handle_retry(&ctx, delivery).await });
+                    }
+                    other => return Err(lost(other.map(|r| r.map(drop)))),
+                },
+            }
+        }
+    }
+
+    /// Stops taking new deliveries.
+    async fn cancel(&self) {
+        let _ = self
+            .consuming
+            .basic_cancel(self.consumer.tag(), BasicCancelOptions::default())
+            .await;
+        let _ = self
+            .retrying
+            .basic_cancel(self.retries.tag(), BasicCancelOptions::default())
+            .await;
+    }
+}
+
+/// Reconnects with exponential backoff (1 s doubling to 30 s) until it succeeds or `stop`.
+async fn reconnect(ctx: &Ctx, stop: &CancellationToken) -> Option<Link> {
+    let mut wait = Duration::from_secs(1);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return None,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        match Link::open(&ctx.settings).await {
+            Ok(link) => {
+                *ctx.publisher.write().unwrap_or_else(|e| e.into_inner()) = link.publisher.clone();
+                return Some(link);
+            }
+            Err(e) => {
+                warn!(error = %e, retry_in_secs = wait.as_secs(), "cannot reconnect yet");
+                wait = (wait * 2).min(Duration::from_secs(30));
+            }
+        }
     }
 }
 
@@ -197,64 +351,9 @@ pub async fn start(
     })?;
 
     let url = redact_url(&settings.amqp_url);
-    let broker = |e: lapin::Error| ServeError::Broker {
-        url: url.clone(),
-        reason: e.to_string(),
-    };
-    let properties = ConnectionProperties::default()
-        .with_connection_name(settings.connection_name.clone().into());
-    let connection = Connection::connect(&settings.amqp_url, properties)
+    let link = Link::open(&settings)
         .await
-        .map_err(|e| {
-            shutdown.cancel();
-            ServeError::Unreachable {
-                url: url.clone(),
-                reason: e.to_string(),
-            }
-        })?;
-    let consuming = connection.create_channel().await.map_err(broker)?;
-    let publisher = connection.create_channel().await.map_err(broker)?;
-    publisher
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .map_err(broker)?;
-    topology::declare(&consuming, &settings)
-        .await
-        .map_err(broker)?;
-    retry::declare(&consuming, &settings)
-        .await
-        .map_err(broker)?;
-    consuming
-        .basic_qos(settings.prefetch, BasicQosOptions::default())
-        .await
-        .map_err(broker)?;
-    let consumer = consuming
-        .basic_consume(
-            settings.queue.as_str().into(),
-            settings.connection_name.as_str().into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .map_err(broker)?;
-    // Due retries come on their own channel, so a burst of them cannot take the prefetch
-    // slots new events need, and the other way round.
-    let retrying = connection.create_channel().await.map_err(broker)?;
-    retrying
-        .basic_qos(settings.prefetch, BasicQosOptions::default())
-        .await
-        .map_err(broker)?;
-    let retries = retrying
-        .basic_consume(
-            retry::deliveries_queue(&settings).as_str().into(),
-            format!("{}-retries", settings.connection_name)
-                .as_str()
-                .into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .map_err(broker)?;
+        .inspect_err(|_| shutdown.cancel())?;
     ready.store(true, Ordering::Relaxed);
     info!(
         amqp = %url,
@@ -269,44 +368,29 @@ pub async fn start(
         core,
         deliverer: Deliverer { email, webhook },
         metrics: metrics.clone(),
-        publisher,
+        publisher: RwLock::new(link.publisher.clone()),
         recent: dedup::Recent::new(settings.dedup_window),
         settings,
     });
     let stop = shutdown.clone();
     let task = tokio::spawn(async move {
         let tracker = TaskTracker::new();
-        let (mut consumer, mut retries) = (consumer, retries);
-        let lost = |next: Option<Result<_, lapin::Error>>| match next {
-            Some(Err(e)) => ServeError::Lost(e.to_string()),
-            _ => ServeError::Lost("the broker cancelled the consumer".into()),
-        };
-        let result = loop {
-            tokio::select! {
-                _ = stop.cancelled() => break Ok(()),
-                next = consumer.next() => match next {
-                    Some(Ok(delivery)) => {
-                        let ctx = Arc::clone(&ctx);
-                        tracker.spawn(async move { handler::handle(&ctx, delivery).await });
-                    }
-                    other => break Err(lost(other.map(|r| r.map(drop)))),
-                },
-                next = retries.next() => match next {
-                    Some(Ok(delivery)) => {
-                        let ctx = Arc::clone(&ctx);
-                        tracker.spawn(async move { handler::handle_retry(&ctx, delivery).await });
-                    }
-                    other => break Err(lost(other.map(|r| r.map(drop)))),
-                },
+        let mut link = link;
+        loop {
+            let lost = link.consume(&ctx, &tracker, &stop).await;
+            ready.store(false, Ordering::Relaxed);
+            let Err(lost) = lost else { break };
+            warn!(error = %lost, "lost the broker; reconnecting (events in flight return to the queue)");
+            match reconnect(&ctx, &stop).await {
+                Some(new) => {
+                    link = new;
+                    ready.store(true, Ordering::Relaxed);
+                    info!(amqp = %url, "reconnected; consuming again");
+                }
+                None => break,
             }
-        };
-        ready.store(false, Ordering::Relaxed);
-        let _ = consuming
-            .basic_cancel(consumer.tag(), BasicCancelOptions::default())
-            .await;
-        let _ = retrying
-            .basic_cancel(retries.tag(), BasicCancelOptions::default())
-            .await;
+        }
+        link.cancel().await;
         tracker.close();
         let drain = ctx.settings.drain;
         if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
@@ -315,10 +399,13 @@ pub async fn start(
                 "events still in flight at the end of the drain; the broker will redeliver them"
             );
         }
-        let _ = connection.close(200, "herald shutting down".into()).await;
+        let _ = link
+            .connection
+            .close(200, "herald shutting down".into())
+            .await;
         stop.cancel();
         let _ = http_task.await;
-        result
+        Ok(())
     });
     Ok(Running {
         metrics_addr,

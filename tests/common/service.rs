@@ -373,6 +373,30 @@ pub async fn drain(ch: &Channel, queue: &str) -> Vec<lapin::message::Delivery> {
     out
 }
 
+/// Closes Herald's broker connection from the broker's side, as a broker restart or a network
+/// cut would. Returns how many connections were closed.
+pub fn close_connection(name: &str) -> usize {
+    let out = Command::new("rabbitmqctl")
+        .args(["list_connections", "pid", "client_properties", "-q"])
+        .output()
+        .expect("rabbitmqctl");
+    let listing = String::from_utf8_lossy(&out.stdout);
+    let pids: Vec<&str> = listing
+        .lines()
+        .filter(|l| l.contains(&format!("{{\"connection_name\",\"{name}\"}}")))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    for pid in &pids {
+        let status = Command::new("rabbitmqctl")
+            .args(["close_connection", pid, "closed by a test"])
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    pids.len()
+}
+
 /// The retry waits the tests use: two quick retries.
 pub const RETRY_SCHEDULE: [Duration; 2] = [Duration::from_secs(1), Duration::from_secs(1)];
 
