@@ -698,3 +698,166 @@ fn an_unreachable_broker_is_one_clear_line_and_a_failure_exit() {
     );
     assert!(!stderr.contains("panicked") && !stderr.contains("backtrace"));
 }
+
+/// A routes.toml for the `herald` binary naming this test's queues and receiver.
+fn config_file(
+    dir: &std::path::Path,
+    names: &Names,
+    receiver: &Receiver,
+    guest_may: &str,
+) -> std::path::PathBuf {
+    let root = common::root().display().to_string();
+    let text = std::fs::read_to_string(common::root().join("routes.toml"))
+        .unwrap()
+        .replace(
+            "exchange = \"herald.events\"",
+            &format!("exchange = \"{}\"", names.exchange),
+        )
+        .replace(
+            "queue = \"herald.events\"",
+            &format!(
+                "queue = \"{}\"\nrejected_queue = \"{}\"\nfailed_queue = \"{}\"",
+                names.queue, names.rejected, names.failed
+            ),
+        )
+        .replace(
+            "schemas = \"schemas\"",
+            &format!("schemas = \"{root}/schemas\""),
+        )
+        .replace(
+            "templates = \"templates\"",
+            &format!("templates = \"{root}/templates\""),
+        )
+        .replace(
+            "examples = \"schemas/examples/valid\"",
+            &format!("examples = \"{root}/schemas/examples/valid\""),
+        )
+        .replace(
+            "bank_holidays = \"data/bank-holidays.json\"",
+            &format!("bank_holidays = \"{root}/data/bank-holidays.json\""),
+        )
+        .replace("127.0.0.1:9900", &format!("127.0.0.1:{}", receiver.port))
+        .replace(
+            "[publishers]\n",
+            &format!("[publishers]\nguest = [{guest_may}]\n"),
+        );
+    let path = dir.join("routes.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn dlq(config: &std::path::Path, args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .arg("dlq")
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env("HERALD_AMQP_URL", service::AMQP_URL)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn parked_messages_are_listed_replayed_once_fixed_and_purged() {
+    let (receiver, names) = (Receiver::start().await, Names::new("dlq"));
+    receiver.answer("/police/WYP-LEEDS", 410);
+    let herald = service::start(service::config(&receiver), &names, None).await;
+    let (_conn, ch) = service::channel().await;
+    service::publish(
+        &ch,
+        &names.exchange,
+        "court.warrant.issued",
+        &body("court.warrant.issued.json"),
+        agency("evt-dlq-1"),
+    )
+    .await;
+    // guest may not publish hearing outcomes in this configuration: rejected.
+    service::publish(
+        &ch,
+        &names.exchange,
+        "court.hearing.concluded",
+        &body("court.hearing.concluded.json"),
+        agency("evt-dlq-2"),
+    )
+    .await;
+    wait_until("one parked failure and one rejection", WAIT, || async {
+        let m = service::scrape(&herald).await;
+        total(&m, "herald_notifications_total", &["outcome=\"failed\""]) == 1.0
+            && total(&m, "herald_events_rejected_total", &[]) == 1.0
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let strict = config_file(dir.path(), &names, &receiver, "\"court.warrant.issued\"");
+
+    let (ok, out) = dlq(&strict, &["list", "failed"]);
+    assert!(
+        ok && out.contains("delivery-failed")
+            && out.contains("police:WYP-LEEDS")
+            && out.contains("410"),
+        "{out}"
+    );
+    let (ok, out) = dlq(&strict, &["list", "rejected"]);
+    assert!(
+        ok && out.contains("unauthorised-publisher") && out.contains("court.hearing.concluded"),
+        "{out}"
+    );
+    let (ok, out) = dlq(&strict, &["show", "failed", "1"]);
+    assert!(
+        ok && out.contains("x-herald-reason: delivery-failed") && out.contains("\"notification\""),
+        "{out}"
+    );
+
+    // The endpoint is back: the parked webhook goes again, with the same webhook-id.
+    receiver.answer("/police/WYP-LEEDS", 204);
+    let (ok, out) = dlq(&strict, &["replay", "failed"]);
+    assert!(ok && out.contains("replayed: 1"), "{out}");
+    wait_until("the replayed webhook delivered", WAIT, || async {
+        receiver
+            .hooks()
+            .iter()
+            .filter(|h| h.path == "/police/WYP-LEEDS")
+            .count()
+            == 2
+    })
+    .await;
+    let police: Vec<_> = receiver
+        .hooks()
+        .into_iter()
+        .filter(|h| h.path == "/police/WYP-LEEDS")
+        .collect();
+    assert_eq!(police[0].id, police[1].id);
+    assert_eq!(police[1].status, 204);
+
+    // Still not allowed: the rejected event stays parked.
+    let (ok, out) = dlq(&strict, &["replay", "rejected"]);
+    assert!(
+        !ok && out.contains("kept") && out.contains("may not publish"),
+        "{out}"
+    );
+    // Allowed now: replaying routes it and the police hear about the hearing.
+    let relaxed = config_file(dir.path(), &names, &receiver, "\"court.*\"");
+    let (ok, out) = dlq(&relaxed, &["replay", "rejected"]);
+    assert!(ok && out.contains("replayed: 2"), "{out}");
+    wait_until("the hearing outcome delivered", WAIT, || async {
+        receiver
+            .hooks()
+            .iter()
+            .any(|h| h.body["type"] == "court.hearing.concluded")
+    })
+    .await;
+
+    let (ok, out) = dlq(&relaxed, &["purge", "failed"]);
+    assert!(!ok && out.contains("--yes"), "{out}");
+    let (ok, out) = dlq(&relaxed, &["purge", "rejected", "--yes"]);
+    assert!(ok && out.contains("purged 0"), "{out}");
+    herald.stop().await.unwrap();
+    service::cleanup(&ch, &names).await;
+}

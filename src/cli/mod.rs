@@ -2,6 +2,7 @@
 //! (`serve`), and the integration aids (`publish`, `receive`).
 
 mod check;
+mod dlq;
 mod publish;
 mod receive;
 mod route_test;
@@ -47,6 +48,13 @@ pub enum Command {
         /// Event files.
         #[arg(required = true)]
         files: Vec<PathBuf>,
+    },
+    /// Inspect, replay or purge the parked messages (herald.rejected, herald.failed).
+    Dlq {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(subcommand)]
+        action: dlq::Action,
     },
     /// Receive webhooks on a loopback address, verify their signatures and print them.
     Receive {
@@ -138,6 +146,9 @@ pub fn run(cli: Cli) -> ExitCode {
                     files,
                 }))
             }),
+        Command::Dlq { config, action } => {
+            config.load().map(|core| runtime(dlq::run(core, action)))
+        }
         Command::Receive { addr, secret_env } => Ok(runtime(receive::run(&addr, &secret_env))),
         Command::Check(config) => config.load().map(|core| check::run(&core)),
         Command::Validate {

@@ -25,7 +25,7 @@ fn text(value: impl Into<String>) -> AMQPValue {
 }
 
 /// Publishes to a queue through the default exchange and waits for the confirm.
-async fn publish(
+pub(crate) async fn publish(
     channel: &Channel,
     queue: &str,
     body: &[u8],

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
+use lapin::options::QueueDeclareOptions;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel};
 use serde::{Deserialize, Serialize};
@@ -143,6 +143,12 @@ pub async fn schedule(
     p: &Pending,
     wait: Duration,
 ) -> Result<(), ParkError> {
+    enqueue(channel, &delay_queue(s, wait), p).await
+}
+
+/// Publishes a pending notification to a queue (a delay queue, or the deliveries queue for an
+/// attempt now) and waits for the confirm.
+pub async fn enqueue(channel: &Channel, queue: &str, p: &Pending) -> Result<(), ParkError> {
     let body = serde_json::to_vec(p).unwrap_or_default();
     let mut headers = FieldTable::default();
     headers.insert(
@@ -162,24 +168,7 @@ pub async fn schedule(
     if let Ok(id) = ShortString::try_new(p.key.clone()) {
         properties = properties.with_message_id(id);
     }
-    let confirm = channel
-        .basic_publish(
-            ShortString::from(""),
-            delay_queue(s, wait).as_str().into(),
-            BasicPublishOptions {
-                mandatory: true,
-                ..BasicPublishOptions::default()
-            },
-            &body,
-            properties,
-        )
-        .await?
-        .await?;
-    if confirm.is_ack() && confirm.take_message().is_none() {
-        Ok(())
-    } else {
-        Err(ParkError::NotConfirmed)
-    }
+    super::park::publish(channel, queue, &body, properties).await
 }
 
 #[cfg(test)]
