@@ -138,12 +138,21 @@ pub struct WebhookSettings {
     /// Time allowed for one request, e.g. `"15s"`.
     #[serde(with = "humantime_serde")]
     pub timeout: std::time::Duration,
+    /// Requests in flight to one endpoint (a recipient on a channel) at once.
+    pub concurrency_per_endpoint: usize,
+    /// Consecutive transient failures after which an endpoint is left alone for `circuit_open_for`.
+    pub circuit_failures: u32,
+    #[serde(with = "humantime_serde")]
+    pub circuit_open_for: std::time::Duration,
 }
 
 impl Default for WebhookSettings {
     fn default() -> Self {
         WebhookSettings {
             timeout: std::time::Duration::from_secs(15),
+            concurrency_per_endpoint: 8,
+            circuit_failures: 5,
+            circuit_open_for: std::time::Duration::from_secs(30),
         }
     }
 }

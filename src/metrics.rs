@@ -3,7 +3,7 @@
 //! never a person, an address or an error message.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Buckets for the time from `occurredAt` to delivery: seconds to the 28 days of a release notice.
@@ -50,6 +50,9 @@ pub struct Metrics {
     pub notification_latency: HistogramVec,
     /// Each delivered notification against its deadline: `met`, `breached`, `short_notice`, `untracked`.
     pub sla_outcomes: IntCounterVec,
+    /// Per endpoint (a directory recipient id and a channel): 0 sending, 1 circuit open
+    /// (failing; left alone for a while), 2 disabled after 410 Gone.
+    pub endpoint_state: IntGaugeVec,
 }
 
 impl Metrics {
@@ -112,6 +115,20 @@ impl Metrics {
                 "Delivered notifications against their deadline.",
                 &["route", "outcome"],
             ),
+            endpoint_state: {
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "herald_endpoint_state",
+                        "Per endpoint: 0 sending, 1 circuit open, 2 disabled after 410 Gone.",
+                    ),
+                    &["recipient", "channel"],
+                )
+                .expect("valid metric definition");
+                registry
+                    .register(Box::new(g.clone()))
+                    .expect("metric registered once");
+                g
+            },
             registry,
         }
     }

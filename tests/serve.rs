@@ -351,8 +351,45 @@ async fn a_gone_endpoint_is_parked_not_lost_and_others_still_delivered() {
             && total(&m, "herald_notifications_total", &["outcome=\"delivered\""]) == 3.0
     })
     .await;
+    // The endpoint is now disabled: the next notification for it is parked without a request.
+    let mut second = common::example("court.bail.decided.json");
+    second["description"] = json!("a second bail decision");
+    service::publish(
+        &ch,
+        &names.exchange,
+        "court.bail.decided",
+        &serde_json::to_vec(&second).unwrap(),
+        agency("evt-gone-2"),
+    )
+    .await;
+    wait_until("the second one parked", WAIT, || async {
+        total(
+            &service::scrape(&herald).await,
+            "herald_notifications_total",
+            &["outcome=\"failed\""],
+        ) == 2.0
+    })
+    .await;
+    assert_eq!(
+        receiver
+            .hooks()
+            .iter()
+            .filter(|h| h.path == "/police/WYP-LEEDS")
+            .count(),
+        1,
+        "never sent to again"
+    );
+    let metrics = service::scrape(&herald).await;
+    assert_eq!(
+        total(
+            &metrics,
+            "herald_endpoint_state",
+            &["recipient=\"police:WYP-LEEDS\"", "channel=\"webhook\""]
+        ),
+        2.0
+    );
     let parked = service::drain(&ch, &names.failed).await;
-    assert_eq!(parked.len(), 1);
+    assert_eq!(parked.len(), 2);
     let record: serde_json::Value = serde_json::from_slice(&parked[0].data).unwrap();
     assert_eq!(record["notification"]["recipient"], "police:WYP-LEEDS");
     assert_eq!(record["channel"], "webhook");
@@ -635,6 +672,73 @@ async fn herald_reconnects_after_losing_the_broker_and_carries_on() {
         || async { receiver.hooks().len() == 2 },
     )
     .await;
+    herald.stop().await.unwrap();
+    service::cleanup(&ch, &names).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_recipient_is_left_alone_while_the_others_are_served() {
+    let (receiver, names) = (Receiver::start().await, Names::new("circuit"));
+    receiver.answer("/police/WYP-LEEDS", 503);
+    let herald = service::start_with(service::config(&receiver), &names, None, |s| {
+        s.retry_schedule = vec![Duration::from_secs(30)];
+    })
+    .await;
+    let (_conn, ch) = service::channel().await;
+    for i in 0..5 {
+        let mut doc = common::example("court.bail.decided.json");
+        doc["description"] = json!(format!("bail decision {i}"));
+        service::publish(
+            &ch,
+            &names.exchange,
+            "court.bail.decided",
+            &serde_json::to_vec(&doc).unwrap(),
+            agency(&format!("evt-circuit-{i}")),
+        )
+        .await;
+        wait_until("the event handled", WAIT, || async {
+            total(
+                &service::scrape(&herald).await,
+                "herald_notifications_total",
+                &["outcome=\"retrying\""],
+            ) == f64::from(i + 1)
+        })
+        .await;
+    }
+    let hooks = receiver.hooks();
+    assert_eq!(
+        hooks
+            .iter()
+            .filter(|h| h.path == "/probation/PDU-LEEDS")
+            .count(),
+        5,
+        "the other recipient is served"
+    );
+    assert_eq!(
+        hooks
+            .iter()
+            .filter(|h| h.path == "/police/WYP-LEEDS")
+            .count(),
+        3,
+        "after three failures in a row the circuit opens and no more requests go to the dead endpoint"
+    );
+    let metrics = service::scrape(&herald).await;
+    assert_eq!(
+        total(
+            &metrics,
+            "herald_endpoint_state",
+            &["recipient=\"police:WYP-LEEDS\"", "channel=\"webhook\""]
+        ),
+        1.0
+    );
+    assert_eq!(
+        total(
+            &metrics,
+            "herald_endpoint_state",
+            &["recipient=\"probation:PDU-LEEDS\"", "channel=\"webhook\""]
+        ),
+        0.0
+    );
     herald.stop().await.unwrap();
     service::cleanup(&ch, &names).await;
 }

@@ -263,6 +263,7 @@ async fn replay(
                 p.attempts = 0;
                 p.first_failure = None;
                 p.last_error = None;
+                p.replay = true;
                 retry::enqueue(ch, &deliveries, &p)
                     .await
                     .map_err(|e| e.to_string())?;

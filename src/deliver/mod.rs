@@ -2,6 +2,7 @@
 //! the wire and says whether a failure is worth retrying.
 
 pub mod email;
+pub mod guard;
 pub mod webhook;
 
 use std::fmt;
@@ -64,18 +65,34 @@ impl<'a> From<&'a Notification> for Outgoing<'a> {
     }
 }
 
-/// Both channels.
+/// Both channels, behind the per-endpoint guard.
 pub struct Deliverer {
     pub email: email::EmailSender,
     pub webhook: webhook::WebhookSender,
+    pub guard: guard::Guard,
 }
 
 impl Deliverer {
-    pub async fn deliver(&self, out: Outgoing<'_>) -> Result<(), Failure> {
-        match out.content {
-            Content::Email { .. } => self.email.send(out).await,
-            Content::Webhook { .. } => self.webhook.send(out).await,
+    /// One attempt; the state is that of the endpoint (recipient and channel) afterwards.
+    /// `fresh` first clears the endpoint's circuit and 410 stop (an operator's replay).
+    pub async fn deliver(
+        &self,
+        out: Outgoing<'_>,
+        fresh: bool,
+    ) -> (Result<(), Failure>, guard::State) {
+        let endpoint = format!("{}/{}", out.recipient, out.content.channel());
+        if fresh {
+            self.guard.reset(&endpoint);
         }
+        let result = match self.guard.enter(&endpoint).await {
+            Err(refused) => return (Err(refused), self.guard.state(&endpoint)),
+            Ok(_pass) => match out.content {
+                Content::Email { .. } => self.email.send(out).await,
+                Content::Webhook { .. } => self.webhook.send(out).await,
+            },
+        };
+        let state = self.guard.record(&endpoint, &result);
+        (result, state)
     }
 }
 

@@ -184,7 +184,12 @@ pub async fn handle_retry(ctx: &Ctx, delivery: Delivery) {
 async fn attempt(ctx: &Ctx, mut p: Pending) -> Outcome {
     let channel = p.channel().as_str();
     let started = Instant::now();
-    let result = ctx.deliverer.deliver(p.outgoing()).await;
+    let (result, state) = ctx.deliverer.deliver(p.outgoing(), p.replay).await;
+    p.replay = false;
+    ctx.metrics
+        .endpoint_state
+        .with_label_values(&[p.recipient.as_str(), channel])
+        .set(state as i64);
     ctx.metrics
         .delivery_duration
         .with_label_values(&[channel])

@@ -32,6 +32,7 @@ use crate::config::Config;
 use crate::core::Core;
 use crate::deliver::Deliverer;
 use crate::deliver::email::EmailSender;
+use crate::deliver::guard::{Guard, Limits as GuardLimits};
 use crate::deliver::webhook::WebhookSender;
 use crate::metrics::Metrics;
 
@@ -51,6 +52,11 @@ pub struct Settings {
     pub outbox: PathBuf,
     pub from: String,
     pub webhook_timeout: Duration,
+    /// Requests in flight to one endpoint at once.
+    pub concurrency_per_endpoint: usize,
+    /// Consecutive transient failures that open an endpoint's circuit, and for how long.
+    pub circuit_failures: u32,
+    pub circuit_open_for: Duration,
     pub drain: Duration,
     /// An event id handled within this window is not routed again (zero: no check).
     pub dedup_window: Duration,
@@ -80,6 +86,9 @@ impl Settings {
             outbox: config.email.outbox.clone(),
             from: config.email.from.clone(),
             webhook_timeout: config.webhook.timeout,
+            concurrency_per_endpoint: config.webhook.concurrency_per_endpoint,
+            circuit_failures: config.webhook.circuit_failures,
+            circuit_open_for: config.webhook.circuit_open_for,
             drain: config.service.drain,
             dedup_window: config.service.dedup_window,
             retry_schedule: config.retry.schedule.clone(),
@@ -366,7 +375,16 @@ pub async fn start(
 
     let ctx = Arc::new(Ctx {
         core,
-        deliverer: Deliverer { email, webhook },
+        deliverer: Deliverer {
+            email,
+            webhook,
+            guard: Guard::new(GuardLimits {
+                concurrency: settings.concurrency_per_endpoint,
+                queue_wait: settings.webhook_timeout,
+                failures_to_open: settings.circuit_failures,
+                open_for: settings.circuit_open_for,
+            }),
+        },
         metrics: metrics.clone(),
         publisher: RwLock::new(link.publisher.clone()),
         recent: dedup::Recent::new(settings.dedup_window),

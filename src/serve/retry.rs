@@ -37,6 +37,10 @@ pub struct Pending {
     pub attempts: u32,
     pub first_failure: Option<DateTime<Utc>>,
     pub last_error: Option<String>,
+    /// Sent again by an operator (`herald dlq replay`): the endpoint is given another chance
+    /// even if it was disabled or its circuit is open.
+    #[serde(default)]
+    pub replay: bool,
 }
 
 impl Pending {
@@ -53,6 +57,7 @@ impl Pending {
             attempts: 0,
             first_failure: None,
             last_error: None,
+            replay: false,
         }
     }
 
@@ -199,6 +204,7 @@ mod tests {
             attempts,
             first_failure: Some(now - chrono::Duration::seconds(failed_secs_ago)),
             last_error: None,
+            replay: false,
         }
     }
 

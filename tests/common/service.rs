@@ -473,6 +473,8 @@ pub async fn start_with(
     settings.drain = Duration::from_secs(5);
     settings.retry_schedule = RETRY_SCHEDULE.to_vec();
     settings.retry_max_age = Duration::from_secs(60);
+    settings.circuit_failures = 3;
+    settings.circuit_open_for = Duration::from_secs(60);
     adjust(&mut settings);
     settings.connection_name = names.queue.clone();
     serve::start(Arc::new(core), settings, |k| {

@@ -1,0 +1,198 @@
+//! Isolation per endpoint (a recipient on a channel): at most a few requests at once, a circuit
+//! breaker that stops sending to an endpoint that keeps failing, and a stop after 410 Gone. A
+//! dead or slow recipient then costs the others nothing: its notifications wait in the delay
+//! queues instead of holding workers.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::Failure;
+
+/// The limits, from routes.toml's `[webhook]` section.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Requests in flight to one endpoint.
+    pub concurrency: usize,
+    /// How long a notification waits for a free slot before it is retried later instead.
+    pub queue_wait: Duration,
+    /// Consecutive transient failures that open the circuit.
+    pub failures_to_open: u32,
+    /// How long an open circuit refuses to send before letting one attempt through.
+    pub open_for: Duration,
+}
+
+/// What an endpoint is doing, for the `herald_endpoint_state` gauge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Closed = 0,
+    Open = 1,
+    Disabled = 2,
+}
+
+struct Endpoint {
+    slots: Arc<Semaphore>,
+    failures: u32,
+    open_until: Option<Instant>,
+    disabled: bool,
+}
+
+pub struct Guard {
+    limits: Limits,
+    endpoints: Mutex<HashMap<String, Endpoint>>,
+}
+
+/// Leave to send, held for the length of one attempt.
+pub struct Pass {
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Guard {
+    pub fn new(limits: Limits) -> Guard {
+        Guard {
+            limits,
+            endpoints: Mutex::default(),
+        }
+    }
+
+    fn with<T>(&self, endpoint: &str, f: impl FnOnce(&mut Endpoint) -> T) -> T {
+        let mut map = self.endpoints.lock().unwrap_or_else(|e| e.into_inner());
+        let e = map.entry(endpoint.to_owned()).or_insert_with(|| Endpoint {
+            slots: Arc::new(Semaphore::new(self.limits.concurrency.max(1))),
+            failures: 0,
+            open_until: None,
+            disabled: false,
+        });
+        f(e)
+    }
+
+    /// Asks to send to `endpoint`; the failure says why not (a disabled endpoint is permanent,
+    /// an open circuit or a full endpoint is transient).
+    pub async fn enter(&self, endpoint: &str) -> Result<Pass, Failure> {
+        let now = Instant::now();
+        let slots = self.with(endpoint, |e| {
+            if e.disabled {
+                return Err(Failure::Permanent {
+                    reason: "endpoint disabled after HTTP 410 Gone".into(),
+                });
+            }
+            match e.open_until {
+                Some(until) if now < until => Err(Failure::Transient {
+                    reason: "circuit open: the endpoint keeps failing".into(),
+                    retry_after: Some(until - now),
+                }),
+                _ => Ok(Arc::clone(&e.slots)),
+            }
+        })?;
+        match tokio::time::timeout(self.limits.queue_wait, slots.acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(Pass { _permit: permit }),
+            _ => Err(Failure::Transient {
+                reason: "endpoint at its limit of requests in flight".into(),
+                retry_after: None,
+            }),
+        }
+    }
+
+    /// Gives an endpoint a fresh start (an operator replayed something to it).
+    pub fn reset(&self, endpoint: &str) {
+        self.with(endpoint, |e| {
+            e.failures = 0;
+            e.open_until = None;
+            e.disabled = false;
+        });
+    }
+
+    /// The endpoint's state now.
+    pub fn state(&self, endpoint: &str) -> State {
+        self.with(endpoint, |e| e.state())
+    }
+
+    /// Records how an attempt ended; returns the endpoint's state after it.
+    pub fn record(&self, endpoint: &str, result: &Result<(), Failure>) -> State {
+        let limits = self.limits;
+        self.with(endpoint, |e| {
+            match result {
+                Ok(()) => {
+                    e.failures = 0;
+                    e.open_until = None;
+                }
+                Err(Failure::Permanent { reason }) if reason.starts_with("HTTP 410") => {
+                    e.disabled = true
+                }
+                Err(Failure::Permanent { .. }) => {}
+                Err(Failure::Transient { .. }) => {
+                    e.failures += 1;
+                    if e.failures >= limits.failures_to_open {
+                        e.open_until = Some(Instant::now() + limits.open_for);
+                    }
+                }
+            }
+            e.state()
+        })
+    }
+}
+
+impl Endpoint {
+    fn state(&self) -> State {
+        if self.disabled {
+            State::Disabled
+        } else if self.open_until.is_some_and(|u| Instant::now() < u) {
+            State::Open
+        } else {
+            State::Closed
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn guard() -> Guard {
+        Guard::new(Limits {
+            concurrency: 1,
+            queue_wait: Duration::from_millis(20),
+            failures_to_open: 2,
+            open_for: Duration::from_secs(60),
+        })
+    }
+
+    fn transient() -> Result<(), Failure> {
+        Err(Failure::Transient {
+            reason: "HTTP 503".into(),
+            retry_after: None,
+        })
+    }
+
+    #[tokio::test]
+    async fn repeated_failures_open_the_circuit_and_success_closes_it() {
+        let g = guard();
+        assert_eq!(g.record("a", &transient()), State::Closed);
+        assert_eq!(g.record("a", &transient()), State::Open);
+        let refused = g.enter("a").await.err().expect("open circuit");
+        assert!(refused.is_transient() && refused.reason().starts_with("circuit open"));
+        assert!(
+            g.enter("b").await.is_ok(),
+            "other endpoints are not affected"
+        );
+        assert_eq!(g.record("a", &Ok(())), State::Closed);
+        assert!(g.enter("a").await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn gone_disables_and_a_busy_endpoint_defers() {
+        let g = guard();
+        let gone = Err(Failure::Permanent {
+            reason: "HTTP 410 Gone: the endpoint asked not to be sent to again".into(),
+        });
+        assert_eq!(g.record("a", &gone), State::Disabled);
+        assert!(!g.enter("a").await.err().expect("disabled").is_transient());
+        let held = g.enter("b").await.expect("a free slot");
+        let busy = g.enter("b").await.err().expect("no slot");
+        assert!(busy.is_transient());
+        drop(held);
+        assert!(g.enter("b").await.is_ok());
+    }
+}
