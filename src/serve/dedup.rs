@@ -1,7 +1,8 @@
 //! Event ids this process is handling or has handled recently. A copy of an event (published or
-//! delivered again with the same id) that arrives while the first is in flight, or within the
-//! window after it was handled, is acknowledged without being routed a second time. If the
-//! first copy could not be handled it goes back to the queue and its id is released.
+//! delivered again with the same id) that arrives within the window after the first was handled
+//! is acknowledged without being routed a second time. A copy that arrives while the first is
+//! still in flight goes back to the queue, to be judged once the first is done: if the first
+//! could not be handled its id is released and the copy is handled then.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -11,6 +12,17 @@ use crate::event::EventId;
 
 /// Most handled ids remembered, whatever the window, so memory stays bounded.
 const CAPACITY: usize = 100_000;
+
+/// What [`Recent::claim`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// Handle it.
+    Claimed,
+    /// A copy was handled within the window: acknowledge without routing.
+    Handled,
+    /// A copy is being handled now: put this one back until that is done.
+    InFlight,
+}
 
 pub struct Recent {
     window: Duration,
@@ -32,15 +44,15 @@ impl Recent {
         }
     }
 
-    /// Takes `id` for handling; false if it is in flight or was handled within the window.
-    pub fn claim(&self, id: &EventId, now: Instant) -> bool {
+    /// Takes `id` for handling, unless a copy is in flight or was handled within the window.
+    pub fn claim(&self, id: &EventId, now: Instant) -> Claim {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         match inner.ids.get(id) {
-            Some(None) => false,
-            Some(Some(at)) if now.duration_since(*at) < self.window => false,
+            Some(None) => Claim::InFlight,
+            Some(Some(at)) if now.duration_since(*at) < self.window => Claim::Handled,
             _ => {
                 inner.ids.insert(id.clone(), None);
-                true
+                Claim::Claimed
             }
         }
     }
@@ -71,16 +83,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_copy_is_refused_while_in_flight_and_within_the_window() {
+    fn a_copy_waits_while_in_flight_and_is_dropped_within_the_window() {
         let recent = Recent::new(Duration::from_secs(60));
         let t0 = Instant::now();
         let id = EventId::new("evt-1");
-        assert!(recent.claim(&id, t0));
-        assert!(!recent.claim(&id, t0), "in flight");
+        assert_eq!(recent.claim(&id, t0), Claim::Claimed);
+        assert_eq!(recent.claim(&id, t0), Claim::InFlight);
         recent.finish(id.clone(), true, t0);
-        assert!(!recent.claim(&id, t0 + Duration::from_secs(59)));
-        assert!(
+        assert_eq!(
+            recent.claim(&id, t0 + Duration::from_secs(59)),
+            Claim::Handled
+        );
+        assert_eq!(
             recent.claim(&id, t0 + Duration::from_secs(61)),
+            Claim::Claimed,
             "the window has passed"
         );
     }
@@ -90,9 +106,13 @@ mod tests {
         let recent = Recent::new(Duration::from_secs(60));
         let t0 = Instant::now();
         let id = EventId::new("evt-2");
-        assert!(recent.claim(&id, t0));
+        assert_eq!(recent.claim(&id, t0), Claim::Claimed);
         recent.finish(id.clone(), false, t0);
-        assert!(recent.claim(&id, t0), "the requeued copy is handled");
+        assert_eq!(
+            recent.claim(&id, t0),
+            Claim::Claimed,
+            "the requeued copy is handled"
+        );
     }
 
     #[test]
@@ -101,7 +121,7 @@ mod tests {
         let t0 = Instant::now();
         for (i, at) in [(1, t0), (2, t0 + Duration::from_secs(61))] {
             let id = EventId::new(format!("evt-{i}"));
-            assert!(recent.claim(&id, at));
+            assert_eq!(recent.claim(&id, at), Claim::Claimed);
             recent.finish(id, true, at);
         }
         assert_eq!(recent.inner.lock().unwrap().ids.len(), 1);

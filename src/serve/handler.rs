@@ -9,9 +9,11 @@ use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use tracing::{error, info, warn};
 
+use super::dedup::Claim;
 use super::retry::{self, Pending};
 use super::{Ctx, park};
 use crate::deliver::Failure;
+use crate::deliver::guard::State;
 use crate::event::{Event, EventId};
 use crate::intake::{Reason, Rejection};
 use crate::notification::{Notification, Sla};
@@ -42,10 +44,6 @@ pub async fn handle(ctx: &Ctx, delivery: Delivery) {
                 .events_received
                 .with_label_values(&[&label])
                 .inc();
-            ctx.metrics
-                .events_rejected
-                .with_label_values(&[rejection.reason.as_str()])
-                .inc();
             let message_id = delivery
                 .properties
                 .message_id()
@@ -66,7 +64,13 @@ pub async fn handle(ctx: &Ctx, delivery: Delivery) {
             )
             .await
             {
-                Ok(()) => settle(&delivery, true).await,
+                Ok(()) => {
+                    ctx.metrics
+                        .events_rejected
+                        .with_label_values(&[rejection.reason.as_str()])
+                        .inc();
+                    settle(&delivery, true).await;
+                }
                 Err(e) => {
                     error!(error = %e, "cannot park a rejected event; it stays on the queue");
                     settle(&delivery, false).await;
@@ -78,14 +82,22 @@ pub async fn handle(ctx: &Ctx, delivery: Delivery) {
                 .events_received
                 .with_label_values(&[event.event_type.as_str()])
                 .inc();
-            if !ctx.recent.claim(&event.id, Instant::now()) {
-                ctx.metrics
-                    .events_duplicate
-                    .with_label_values(&[event.event_type.as_str()])
-                    .inc();
-                info!(event_id = %event.id, event_type = %event.event_type, "event already handled or in flight; not routed again");
-                settle(&delivery, true).await;
-                return;
+            match ctx.recent.claim(&event.id, Instant::now()) {
+                Claim::Claimed => {}
+                Claim::Handled => {
+                    ctx.metrics
+                        .events_duplicate
+                        .with_label_values(&[event.event_type.as_str()])
+                        .inc();
+                    info!(event_id = %event.id, event_type = %event.event_type, "event already handled; not routed again");
+                    settle(&delivery, true).await;
+                    return;
+                }
+                Claim::InFlight => {
+                    info!(event_id = %event.id, event_type = %event.event_type, "a copy of this event is in flight; this one waits on the queue");
+                    settle(&delivery, false).await;
+                    return;
+                }
             }
             let done = route_and_deliver(ctx, &event).await;
             ctx.recent.finish(event.id.clone(), done, Instant::now());
@@ -140,15 +152,17 @@ async fn route_and_deliver(ctx: &Ctx, event: &Event) -> bool {
     );
     let mut done = true;
     for p in &routing.problems {
-        ctx.metrics
-            .notifications
-            .with_label_values(&[p.route(), "none", p.kind()])
-            .inc();
         warn!(event_id = %event.id, event_type = %event.event_type, route = p.route(), outcome = p.kind(), detail = %p, "notification not made");
-        if let Err(e) = park::problem(&ctx.publisher(), &ctx.settings.failed_queue, event, p).await
-        {
-            error!(event_id = %event.id, error = %e, "cannot park a routing problem; the event stays on the queue");
-            done = false;
+        match park::problem(&ctx.publisher(), &ctx.settings.failed_queue, event, p).await {
+            Ok(()) => ctx
+                .metrics
+                .notifications
+                .with_label_values(&[p.route(), "none", p.kind()])
+                .inc(),
+            Err(e) => {
+                error!(event_id = %event.id, error = %e, "cannot park a routing problem; the event stays on the queue");
+                done = false;
+            }
         }
     }
     let outcomes = join_all(routing.notifications.iter().map(|n| deliver(ctx, n, event))).await;
@@ -186,10 +200,22 @@ async fn attempt(ctx: &Ctx, mut p: Pending) -> Outcome {
     let started = Instant::now();
     let (result, state) = ctx.deliverer.deliver(p.outgoing(), p.replay).await;
     p.replay = false;
-    ctx.metrics
+    let gauge = ctx
+        .metrics
         .endpoint_state
-        .with_label_values(&[p.recipient.as_str(), channel])
-        .set(state as i64);
+        .with_label_values(&[p.recipient.as_str(), channel]);
+    if gauge.get() != state as i64 {
+        match state {
+            State::Disabled => {
+                error!(recipient = %p.recipient, channel, "endpoint disabled after HTTP 410 Gone; its notifications are parked until a replay")
+            }
+            State::Open => {
+                warn!(recipient = %p.recipient, channel, "endpoint keeps failing; circuit open, its notifications wait in the delay queues")
+            }
+            State::Closed => info!(recipient = %p.recipient, channel, "endpoint accepting again"),
+        }
+    }
+    gauge.set(state as i64);
     ctx.metrics
         .delivery_duration
         .with_label_values(&[channel])
@@ -234,14 +260,6 @@ async fn attempt(ctx: &Ctx, mut p: Pending) -> Outcome {
             }
         };
     }
-    ctx.metrics
-        .notifications
-        .with_label_values(&[&p.route, channel, "failed"])
-        .inc();
-    warn!(
-        event_id = %p.event_id, route = %p.route, recipient = %p.recipient, channel, key = %p.key,
-        attempts = p.attempts, reason = failure.reason(), outcome = reason, "delivery failed; parked"
-    );
     match park::failed_notification(
         &ctx.publisher(),
         &ctx.settings.failed_queue,
@@ -251,7 +269,17 @@ async fn attempt(ctx: &Ctx, mut p: Pending) -> Outcome {
     )
     .await
     {
-        Ok(()) => Outcome::Parked,
+        Ok(()) => {
+            ctx.metrics
+                .notifications
+                .with_label_values(&[&p.route, channel, "failed"])
+                .inc();
+            warn!(
+                event_id = %p.event_id, route = %p.route, recipient = %p.recipient, channel, key = %p.key,
+                attempts = p.attempts, reason = failure.reason(), outcome = reason, "delivery failed; parked"
+            );
+            Outcome::Parked
+        }
         Err(e) => {
             error!(event_id = %p.event_id, error = %e, "cannot park a failed notification; the message stays on its queue");
             Outcome::Retry
