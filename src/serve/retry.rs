@@ -141,19 +141,47 @@ pub fn next_wait(
     (age + wait <= s.retry_max_age).then_some(wait)
 }
 
+/// The share of a wait that jitter may take off it.
+const JITTER: f64 = 0.2;
+
+/// The wait shortened by up to a fifth, by an amount drawn from the notification's key and
+/// attempt count: notifications that failed together (an endpoint that went down) come back
+/// spread over the last fifth of the wait, not all at once, and the same attempt of the same
+/// notification always gets the same wait.
+pub fn jittered(wait: Duration, key: &str, attempts: u32) -> Duration {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (key, attempts).hash(&mut h);
+    // The top 53 bits make a uniform fraction in [0, 1).
+    let fraction = (h.finish() >> 11) as f64 / (1u64 << 53) as f64;
+    wait.mul_f64(1.0 - JITTER * fraction)
+}
+
 /// Publishes the pending notification to the delay queue for `wait` and waits for the confirm.
+/// The message's own expiration is the jittered wait; the queue's TTL (the whole wait) bounds
+/// it, so a message behind a later-expiring one still leaves by the end of the wait.
 pub async fn schedule(
     channel: &Channel,
     s: &Settings,
     p: &Pending,
     wait: Duration,
 ) -> Result<(), ParkError> {
-    enqueue(channel, &delay_queue(s, wait), p).await
+    let expiration = jittered(wait, &p.key, p.attempts).as_millis().to_string();
+    enqueue_with(channel, &delay_queue(s, wait), p, Some(expiration)).await
 }
 
 /// Publishes a pending notification to a queue (a delay queue, or the deliveries queue for an
 /// attempt now) and waits for the confirm.
 pub async fn enqueue(channel: &Channel, queue: &str, p: &Pending) -> Result<(), ParkError> {
+    enqueue_with(channel, queue, p, None).await
+}
+
+async fn enqueue_with(
+    channel: &Channel,
+    queue: &str,
+    p: &Pending,
+    expiration: Option<String>,
+) -> Result<(), ParkError> {
     let body = serde_json::to_vec(p).unwrap_or_default();
     let mut headers = FieldTable::default();
     headers.insert(
@@ -172,6 +200,9 @@ pub async fn enqueue(channel: &Channel, queue: &str, p: &Pending) -> Result<(), 
         .with_content_type("application/json".into());
     if let Ok(id) = ShortString::try_new(p.key.clone()) {
         properties = properties.with_message_id(id);
+    }
+    if let Some(expiration) = expiration.and_then(|e| ShortString::try_new(e).ok()) {
+        properties = properties.with_expiration(expiration);
     }
     super::park::publish(channel, queue, &body, properties).await
 }
@@ -248,6 +279,19 @@ mod tests {
             "800 s + 300 s is past the maximum age"
         );
         assert_eq!(next_wait(&s, &pending(2, 600, now), None, now), after(300));
+    }
+
+    #[test]
+    fn jitter_takes_at_most_a_fifth_and_spreads_notifications() {
+        let wait = Duration::from_secs(300);
+        let waits: Vec<Duration> = (0..200)
+            .map(|i| jittered(wait, &format!("msg_{i:032x}"), 1))
+            .collect();
+        assert!(waits.iter().all(|w| *w <= wait && *w >= wait.mul_f64(0.8)));
+        let (min, max) = (waits.iter().min().unwrap(), waits.iter().max().unwrap());
+        assert!(*max - *min > Duration::from_secs(50), "{min:?}..{max:?}");
+        // The same attempt of the same notification always waits the same.
+        assert_eq!(jittered(wait, "msg_a", 2), jittered(wait, "msg_a", 2));
     }
 
     #[test]
