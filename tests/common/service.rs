@@ -38,12 +38,51 @@ where
 {
     let deadline = Instant::now() + timeout;
     while !check().await {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
+        if Instant::now() >= deadline {
+            panic!(
+                "timed out after {timeout:?} waiting for {what}; Herald's queues on the broker:\n{}",
+                queue_depths()
+            );
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The names of the broker's queues that start with `prefix`.
+fn queues_named(prefix: &str) -> Vec<String> {
+    Command::new("rabbitmqctl")
+        .args(["list_queues", "name", "-q"])
+        .output()
+        .map(|out| {
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|name| name.starts_with(prefix))
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Every `herald.` queue on the broker with its ready and unacknowledged counts, for the
+/// message of a test that timed out.
+fn queue_depths() -> String {
+    Command::new("rabbitmqctl")
+        .args([
+            "list_queues",
+            "name",
+            "messages_ready",
+            "messages_unacknowledged",
+            "-q",
+        ])
+        .output()
+        .map(|out| {
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|l| l.starts_with("herald."))
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .unwrap_or_else(|e| format!("rabbitmqctl failed: {e}"))
 }
 
 fn free_port() -> u16 {
@@ -95,9 +134,16 @@ fn ensure_aiosmtpd() {
 
 impl Smtp {
     pub fn start() -> Smtp {
+        Smtp::start_on(free_port(), tempfile::tempdir().unwrap())
+    }
+
+    /// A port for a server started later (to play an SMTP server that is down for a while).
+    pub fn reserve() -> (u16, tempfile::TempDir) {
+        (free_port(), tempfile::tempdir().unwrap())
+    }
+
+    pub fn start_on(port: u16, dir: tempfile::TempDir) -> Smtp {
         ensure_aiosmtpd();
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
         let child = Command::new("python3")
             .args([
                 "-m",
@@ -197,6 +243,8 @@ pub struct Receiver {
     statuses: Arc<Mutex<BTreeMap<String, u16>>>,
     /// Path -> (status, how many more requests get it before 204).
     failures: Arc<Mutex<BTreeMap<String, (u16, usize)>>>,
+    /// Flaky paths -> requests seen.
+    flaky: Arc<Mutex<BTreeMap<String, usize>>>,
 }
 
 impl Receiver {
@@ -207,6 +255,7 @@ impl Receiver {
             hooks: Arc::default(),
             statuses: Arc::default(),
             failures: Arc::default(),
+            flaky: Arc::default(),
         };
         let app = Router::new().fallback(receive).with_state(receiver.clone());
         tokio::spawn(async move { axum::serve(listener, app).await });
@@ -218,6 +267,12 @@ impl Receiver {
             .lock()
             .unwrap()
             .insert(path.to_owned(), status);
+    }
+
+    /// Makes `path` flaky: every other request answers 503, and every fifth hangs for two
+    /// seconds before answering 204 (past a short client timeout).
+    pub fn flaky(&self, path: &str) {
+        self.flaky.lock().unwrap().insert(path.to_owned(), 0);
     }
 
     /// Answers `status` to the next `times` requests for `path`, then 204.
@@ -262,6 +317,29 @@ async fn receive(
     body: Bytes,
 ) -> StatusCode {
     let path = uri.path().to_owned();
+    let flaky = r.flaky.lock().unwrap().get_mut(&path).map(|n| {
+        *n += 1;
+        *n
+    });
+    match flaky {
+        Some(n) if n % 5 == 0 => tokio::time::sleep(Duration::from_secs(2)).await,
+        Some(n) if n % 2 == 0 => {
+            r.hooks.lock().unwrap().push(Hook {
+                path,
+                id: headers
+                    .get("webhook-id")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_owned(),
+                verified: signature_ok(&headers, &body),
+                body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+                at: Instant::now(),
+                status: 503,
+            });
+            return StatusCode::SERVICE_UNAVAILABLE;
+        }
+        _ => {}
+    }
     let failing = r
         .failures
         .lock()
@@ -336,19 +414,37 @@ pub async fn publish(
     body: &[u8],
     properties: BasicProperties,
 ) {
-    let confirm = ch
-        .basic_publish(
-            exchange.into(),
-            routing_key.into(),
-            Default::default(),
-            body,
-            properties,
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    assert!(confirm.is_ack());
+    // Mandatory, so a message published before Herald has bound its queue comes back instead
+    // of vanishing; it is sent again until the binding exists.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let confirm = ch
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                lapin::options::BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                body,
+                properties.clone(),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        match confirm {
+            lapin::Confirmation::Ack(None) => return,
+            lapin::Confirmation::Ack(Some(_)) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "{routing_key} is still unroutable on {exchange} after 30s"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => panic!("the broker did not accept the message: {other:?}"),
+        }
+    }
 }
 
 /// The properties an agency sets: id, publisher (the login), JSON, persistent.
@@ -401,14 +497,10 @@ pub fn close_connection(name: &str) -> usize {
 pub const RETRY_SCHEDULE: [Duration; 2] = [Duration::from_secs(1), Duration::from_secs(1)];
 
 pub async fn cleanup(ch: &Channel, names: &Names) {
-    let retry = [
-        format!("{}.deliveries", names.queue),
-        format!("{}.retry.1s", names.queue),
-    ];
-    for q in [&names.queue, &names.rejected, &names.failed]
-        .into_iter()
-        .chain(&retry)
-    {
+    // Every queue of the test shares the prefix of its events queue: the retry tiers and the
+    // deliveries queue Herald declares, and the rejected and failed queues.
+    let prefix = names.queue.trim_end_matches("queue");
+    for q in queues_named(prefix) {
         let _ = ch
             .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
             .await;
@@ -519,4 +611,63 @@ pub fn total(metrics: &BTreeMap<String, f64>, name: &str, labels: &[&str]) -> f6
         .filter(|(k, _)| labels.iter().all(|l| k.contains(l)))
         .map(|(_, v)| v)
         .sum()
+}
+
+/// A routes.toml for the `herald` binary naming this test's queues and receiver.
+pub fn config_file(
+    dir: &std::path::Path,
+    names: &Names,
+    receiver: &Receiver,
+    guest_may: &str,
+) -> std::path::PathBuf {
+    config_file_with(dir, names, receiver, guest_may, "")
+}
+
+/// The same, with `extra` TOML appended (a `[retry]` table, say).
+pub fn config_file_with(
+    dir: &std::path::Path,
+    names: &Names,
+    receiver: &Receiver,
+    guest_may: &str,
+    extra: &str,
+) -> std::path::PathBuf {
+    let root = super::root().display().to_string();
+    let text = std::fs::read_to_string(super::root().join("routes.toml"))
+        .unwrap()
+        .replace(
+            "exchange = \"herald.events\"",
+            &format!("exchange = \"{}\"", names.exchange),
+        )
+        .replace(
+            "queue = \"herald.events\"",
+            &format!(
+                "queue = \"{}\"\nrejected_queue = \"{}\"\nfailed_queue = \"{}\"",
+                names.queue, names.rejected, names.failed
+            ),
+        )
+        .replace(
+            "schemas = \"schemas\"",
+            &format!("schemas = \"{root}/schemas\""),
+        )
+        .replace(
+            "templates = \"templates\"",
+            &format!("templates = \"{root}/templates\""),
+        )
+        .replace(
+            "examples = \"schemas/examples/valid\"",
+            &format!("examples = \"{root}/schemas/examples/valid\""),
+        )
+        .replace(
+            "bank_holidays = \"data/bank-holidays.json\"",
+            &format!("bank_holidays = \"{root}/data/bank-holidays.json\""),
+        )
+        .replace("127.0.0.1:9900", &format!("127.0.0.1:{}", receiver.port))
+        .replace(
+            "[publishers]\n",
+            &format!("[publishers]\nguest = [{guest_may}]\n"),
+        );
+    let path = dir.join("routes.toml");
+    let text = format!("{text}\n{extra}\n");
+    std::fs::write(&path, text).unwrap();
+    path
 }

@@ -1,0 +1,435 @@
+//! Fault injection against the real broker and real receivers: Herald killed with SIGKILL
+//! while events flow, its broker connection closed mid-stream, a flaky and hanging receiver,
+//! an SMTP server that is down for a while. Each prints one line: events, expected
+//! notifications, delivered, duplicates, lost. Lost must be zero.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::service::{self, Names, Receiver, Smtp, agency, total, wait_until};
+use serde_json::json;
+
+/// Warrant events with distinct ids and bodies; each gives one police webhook and one email.
+fn warrant(i: usize) -> Vec<u8> {
+    let mut doc = common::example("court.warrant.issued.json");
+    doc["additionalInformation"]["warrantId"] = json!(format!("LEEDSMC-W-2026-{i:06}"));
+    serde_json::to_vec(&doc).unwrap()
+}
+
+/// Prints the summary line and checks nothing was lost.
+fn summary(test: &str, events: usize, expected: usize, ids: &[String]) {
+    let distinct: BTreeSet<&String> = ids.iter().collect();
+    let lost = expected.saturating_sub(distinct.len());
+    println!(
+        "{test}: events {events}, expected notifications {expected}, delivered {}, duplicates {}, lost {lost}",
+        distinct.len(),
+        ids.len() - distinct.len()
+    );
+    assert_eq!(lost, 0);
+    assert_eq!(distinct.len(), expected, "nothing unexpected was delivered");
+}
+
+/// A running `herald serve`, killed when the test ends, however it ends.
+struct Herald(Child);
+
+impl std::ops::Deref for Herald {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Herald {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Herald {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(config: &std::path::Path) -> Herald {
+    Herald(
+        Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args(["serve", "--config"])
+            .arg(config)
+            .env("HERALD_AMQP_URL", service::AMQP_URL)
+            .env("HERALD_METRICS_ADDR", "127.0.0.1:0")
+            .env("HERALD_WEBHOOK_SECRET", service::SECRET)
+            .env("HERALD_LOG_FORMAT", "json")
+            .env(
+                "RUST_LOG",
+                std::env::var("HERALD_TEST_RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(Stdio::null())
+            .stderr(match std::env::var_os("HERALD_TEST_LOG") {
+                Some(path) => Stdio::from(
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(path)
+                        .unwrap(),
+                ),
+                None => Stdio::null(),
+            })
+            .spawn()
+            .unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_while_2000_events_flow_loses_nothing() {
+    const EVENTS: usize = 2000;
+    let (receiver, names) = (Receiver::start().await, Names::new("sigkill"));
+    let dir = tempfile::tempdir().unwrap();
+    let config = service::config_file_with(
+        dir.path(),
+        &names,
+        &receiver,
+        "\"court.*\"",
+        "[retry]\nschedule = [\"1s\", \"1s\", \"2s\"]\n",
+    );
+    // The first start declares the topology, so publishing can begin.
+    let mut herald = spawn(&config);
+    let (_conn, ch) = service::channel().await;
+    wait_until("the topology declared", Duration::from_secs(30), || async {
+        // A failed passive declare closes its channel, so each check has its own.
+        let (_conn, ch) = service::channel().await;
+        ch.queue_declare(
+            names.queue.as_str().into(),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            Default::default(),
+        )
+        .await
+        .is_ok()
+    })
+    .await;
+    let publisher = {
+        let exchange = names.exchange.clone();
+        tokio::spawn(async move {
+            let (_conn, ch) = service::channel().await;
+            for i in 0..EVENTS {
+                service::publish(
+                    &ch,
+                    &exchange,
+                    "court.warrant.issued",
+                    &warrant(i),
+                    agency(&format!("evt-kill-{i}")),
+                )
+                .await;
+            }
+        })
+    };
+    let started = Instant::now();
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        herald.kill().unwrap(); // SIGKILL
+        herald.wait().unwrap();
+        herald = spawn(&config);
+    }
+    publisher.await.unwrap();
+    wait_until(
+        "every webhook delivered",
+        Duration::from_secs(180),
+        || async {
+            receiver
+                .hooks()
+                .iter()
+                .map(|h| h.id.clone())
+                .collect::<BTreeSet<_>>()
+                .len()
+                >= EVENTS
+        },
+    )
+    .await;
+    herald.kill().unwrap();
+    herald.wait().unwrap();
+    let hooks = receiver.hooks();
+    assert!(hooks.iter().all(|h| h.verified));
+    // A repeat carries the same key as the first: at most one distinct key per event.
+    let ids: Vec<String> = hooks.iter().map(|h| h.id.clone()).collect();
+    let per_event: BTreeSet<String> = hooks
+        .iter()
+        .map(|h| h.body["data"]["event"]["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(per_event.len(), EVENTS);
+    println!("sigkill: 4 kills in {:?}", started.elapsed());
+    summary("sigkill", EVENTS, EVENTS, &ids);
+    service::cleanup(&ch, &names).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_drains_and_exits_cleanly_and_nothing_is_lost() {
+    const EVENTS: usize = 300;
+    let (receiver, names) = (Receiver::start().await, Names::new("sigterm"));
+    let dir = tempfile::tempdir().unwrap();
+    let config = service::config_file_with(
+        dir.path(),
+        &names,
+        &receiver,
+        "\"court.*\"",
+        "[retry]\nschedule = [\"1s\", \"1s\", \"2s\"]\n",
+    );
+    let mut herald = spawn(&config);
+    let (_conn, ch) = service::channel().await;
+    wait_until("the topology declared", Duration::from_secs(30), || async {
+        let (_conn, ch) = service::channel().await;
+        ch.queue_declare(
+            names.queue.as_str().into(),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            Default::default(),
+        )
+        .await
+        .is_ok()
+    })
+    .await;
+    for i in 0..EVENTS {
+        service::publish(
+            &ch,
+            &names.exchange,
+            "court.warrant.issued",
+            &warrant(i),
+            agency(&format!("evt-term-{i}")),
+        )
+        .await;
+    }
+    let term = Command::new("kill")
+        .args(["-TERM", &herald.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let stopped = Instant::now();
+    let status = loop {
+        if let Some(status) = herald.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            stopped.elapsed() < Duration::from_secs(60),
+            "Herald did not stop after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "a drained shutdown exits 0: {status:?}");
+    // What was not finished is still on the queue; a new Herald finishes it.
+    let mut herald = spawn(&config);
+    wait_until(
+        "every webhook delivered",
+        Duration::from_secs(120),
+        || async {
+            receiver
+                .hooks()
+                .iter()
+                .map(|h| h.id.clone())
+                .collect::<BTreeSet<_>>()
+                .len()
+                >= EVENTS
+        },
+    )
+    .await;
+    herald.kill().unwrap();
+    herald.wait().unwrap();
+    let ids: Vec<String> = receiver.hooks().iter().map(|h| h.id.clone()).collect();
+    summary("sigterm", EVENTS, EVENTS, &ids);
+    service::cleanup(&ch, &names).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn closing_the_broker_connection_mid_stream_loses_nothing() {
+    const EVENTS: usize = 300;
+    let (receiver, names) = (Receiver::start().await, Names::new("closeconn"));
+    let herald = service::start(service::config(&receiver), &names, None).await;
+    let (_conn, ch) = service::channel().await;
+    for i in 0..EVENTS {
+        service::publish(
+            &ch,
+            &names.exchange,
+            "court.warrant.issued",
+            &warrant(i),
+            agency(&format!("evt-close-{i}")),
+        )
+        .await;
+        if i == EVENTS / 3 || i == 2 * EVENTS / 3 {
+            // Wait for Herald to be connected (again), then cut it off.
+            let queue = names.queue.clone();
+            wait_until("Herald connected", Duration::from_secs(30), || {
+                let queue = queue.clone();
+                async move { service::close_connection(&queue) >= 1 }
+            })
+            .await;
+        }
+    }
+    wait_until(
+        "every webhook delivered",
+        Duration::from_secs(120),
+        || async {
+            receiver
+                .hooks()
+                .iter()
+                .map(|h| h.id.clone())
+                .collect::<BTreeSet<_>>()
+                .len()
+                >= EVENTS
+        },
+    )
+    .await;
+    let ids: Vec<String> = receiver.hooks().iter().map(|h| h.id.clone()).collect();
+    summary("connection closed", EVENTS, EVENTS, &ids);
+    herald.stop().await.unwrap();
+    service::cleanup(&ch, &names).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flaky_hanging_receiver_gets_everything_and_slows_no_one_else() {
+    const EVENTS: usize = 40;
+    let (receiver, names) = (Receiver::start().await, Names::new("flaky"));
+    receiver.flaky("/police/WYP-LEEDS");
+    let herald = service::start_with(service::config(&receiver), &names, None, |s| {
+        s.webhook_timeout = Duration::from_millis(500);
+        // Four requests in ten succeed, so a notification may need many tries; thirty make
+        // running out of them (0.6^31) practically impossible, as the test means to prove
+        // delivery, not the length of the schedule.
+        s.retry_schedule = vec![Duration::from_secs(1); 30];
+        s.circuit_failures = 1000;
+    })
+    .await;
+    let (_conn, ch) = service::channel().await;
+    let published = Instant::now();
+    for i in 0..EVENTS {
+        let mut doc = common::example("court.bail.decided.json");
+        doc["description"] = json!(format!("bail decision {i}"));
+        service::publish(
+            &ch,
+            &names.exchange,
+            "court.bail.decided",
+            &serde_json::to_vec(&doc).unwrap(),
+            agency(&format!("evt-flaky-{i}")),
+        )
+        .await;
+    }
+    wait_until(
+        "probation told of every decision",
+        Duration::from_secs(60),
+        || async {
+            receiver
+                .hooks()
+                .iter()
+                .filter(|h| h.path == "/probation/PDU-LEEDS")
+                .count()
+                >= EVENTS
+        },
+    )
+    .await;
+    let probation_done = published.elapsed();
+    wait_until(
+        "police told of every decision",
+        Duration::from_secs(120),
+        || async {
+            receiver
+                .hooks()
+                .iter()
+                .filter(|h| h.path == "/police/WYP-LEEDS" && h.status == 204)
+                .map(|h| h.id.clone())
+                .collect::<BTreeSet<_>>()
+                .len()
+                >= EVENTS
+        },
+    )
+    .await;
+    let police_done = published.elapsed();
+    assert!(
+        probation_done < police_done,
+        "the flaky recipient's retries did not hold up the other one"
+    );
+    let hooks = receiver.hooks();
+    let ok_ids: Vec<String> = hooks
+        .iter()
+        .filter(|h| h.path == "/police/WYP-LEEDS" && h.status == 204)
+        .map(|h| h.id.clone())
+        .collect();
+    println!("flaky: probation all told after {probation_done:?}, police after {police_done:?}");
+    summary("flaky receiver (police)", EVENTS, EVENTS, &ok_ids);
+    let metrics = service::scrape(&herald).await;
+    assert!(
+        total(
+            &metrics,
+            "herald_notifications_total",
+            &["outcome=\"retrying\""]
+        ) > 0.0
+    );
+    assert_eq!(
+        total(
+            &metrics,
+            "herald_notifications_total",
+            &["outcome=\"failed\""]
+        ),
+        0.0
+    );
+    herald.stop().await.unwrap();
+    service::cleanup(&ch, &names).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn emails_wait_for_an_smtp_server_that_is_down_then_all_arrive() {
+    const EVENTS: usize = 10;
+    let (receiver, names) = (Receiver::start().await, Names::new("smtpdown"));
+    let (port, maildir) = Smtp::reserve();
+    let mut config = service::config(&receiver);
+    config.email.url = None;
+    let herald = service::start_with(config, &names, None, |s| {
+        s.smtp_url = Some(format!("smtp://127.0.0.1:{port}"));
+        s.retry_schedule = vec![Duration::from_secs(1); 10];
+        s.circuit_failures = 1000;
+    })
+    .await;
+    let (_conn, ch) = service::channel().await;
+    for i in 0..EVENTS {
+        service::publish(
+            &ch,
+            &names.exchange,
+            "court.warrant.issued",
+            &warrant(i),
+            agency(&format!("evt-smtp-{i}")),
+        )
+        .await;
+    }
+    wait_until(
+        "the emails failing and scheduled for retry",
+        WAIT_LONG,
+        || async {
+            total(
+                &service::scrape(&herald).await,
+                "herald_notifications_total",
+                &["channel=\"email\"", "outcome=\"retrying\""],
+            ) >= EVENTS as f64
+        },
+    )
+    .await;
+    let smtp = Smtp::start_on(port, maildir);
+    wait_until("every email delivered", WAIT_LONG, || async {
+        smtp.messages().len() >= EVENTS
+    })
+    .await;
+    let ids: Vec<String> = smtp
+        .messages()
+        .iter()
+        .map(|m| m.message_id.clone())
+        .collect();
+    summary("smtp down then up", EVENTS, EVENTS, &ids);
+    herald.stop().await.unwrap();
+    service::cleanup(&ch, &names).await;
+}
+
+const WAIT_LONG: Duration = Duration::from_secs(60);
