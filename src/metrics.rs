@@ -2,9 +2,24 @@
 //! catalogue, route names from routes.toml, channels, and fixed outcome and reason words;
 //! never a person, an address or an error message.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Utc};
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
+
+/// Every SLA outcome, so each route's series exist from the start (at zero) and a first breach
+/// shows as a rise.
+pub const SLA_OUTCOMES: [&str; 5] = [
+    "met",
+    "breached",
+    "late_on_arrival",
+    "short_notice",
+    "untracked",
+];
 
 /// Buckets for the time from `occurredAt` to delivery: seconds to the 28 days of a release notice.
 const LATENCY_BUCKETS: [f64; 16] = [
@@ -48,8 +63,20 @@ pub struct Metrics {
     pub delivery_duration: HistogramVec,
     /// From `occurredAt` to delivery, by route.
     pub notification_latency: HistogramVec,
-    /// Each delivered notification against its deadline: `met`, `breached`, `short_notice`, `untracked`.
+    /// Each delivered notification against its deadline: `met`, `breached` (Herald was late),
+    /// `late_on_arrival` (the deadline had passed when the publisher published the event),
+    /// `short_notice`, `untracked`.
     pub sla_outcomes: IntCounterVec,
+    /// 1 while connected to the broker and consuming.
+    pub ready: IntGauge,
+    /// Messages ready in Herald's queues on the broker, by role: `events`, `deliveries`,
+    /// `retrying` (all delay queues), `rejected`, `failed`.
+    pub queue_messages: IntGaugeVec,
+    /// Notifications waiting for a retry, by route.
+    pub waiting: Waiting,
+    waiting_count: IntGaugeVec,
+    waiting_oldest: GaugeVec,
+    waiting_remaining: GaugeVec,
     /// Per endpoint (a directory recipient id and a channel): 0 sending, 1 circuit open
     /// (failing; left alone for a while), 2 disabled after 410 Gone.
     pub endpoint_state: IntGaugeVec,
@@ -76,6 +103,21 @@ impl Metrics {
                 .register(Box::new(h.clone()))
                 .expect("metric registered once");
             h
+        };
+        let int_gauge = |name: &str, help: &str, labels: &[&str]| {
+            let g =
+                IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric definition");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("metric registered once");
+            g
+        };
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            let g = GaugeVec::new(Opts::new(name, help), labels).expect("valid metric definition");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("metric registered once");
+            g
         };
         Metrics {
             events_received: counter(
@@ -115,13 +157,15 @@ impl Metrics {
                 "Delivered notifications against their deadline.",
                 &["route", "outcome"],
             ),
-            endpoint_state: {
-                let g = IntGaugeVec::new(
-                    Opts::new(
-                        "herald_endpoint_state",
-                        "Per endpoint: 0 sending, 1 circuit open, 2 disabled after 410 Gone.",
-                    ),
-                    &["recipient", "channel"],
+            endpoint_state: int_gauge(
+                "herald_endpoint_state",
+                "Per endpoint: 0 sending, 1 circuit open, 2 disabled after 410 Gone.",
+                &["recipient", "channel"],
+            ),
+            ready: {
+                let g = IntGauge::new(
+                    "herald_ready",
+                    "1 while Herald is connected to the broker and consuming, else 0.",
                 )
                 .expect("valid metric definition");
                 registry
@@ -129,12 +173,48 @@ impl Metrics {
                     .expect("metric registered once");
                 g
             },
+            queue_messages: int_gauge(
+                "herald_queue_messages",
+                "Messages ready in Herald's queues on the broker, by role (events, deliveries, retrying, rejected, failed).",
+                &["queue"],
+            ),
+            waiting: Waiting::default(),
+            waiting_count: int_gauge(
+                "herald_waiting_notifications",
+                "Notifications waiting for a retry, by route.",
+                &["route"],
+            ),
+            waiting_oldest: gauge(
+                "herald_waiting_oldest_age_seconds",
+                "Per route, how long the oldest notification waiting for a retry has been failing.",
+                &["route"],
+            ),
+            waiting_remaining: gauge(
+                "herald_waiting_deadline_remaining_seconds",
+                "Per route, the least time left before the deadline of a notification waiting for a retry; negative once past.",
+                &["route"],
+            ),
             registry,
+        }
+    }
+
+    /// Creates every route's SLA outcome series at zero.
+    pub fn expect_routes<'a>(&self, routes: impl IntoIterator<Item = &'a str>) {
+        for route in routes {
+            for outcome in SLA_OUTCOMES {
+                self.sla_outcomes.with_label_values(&[route, outcome]);
+            }
         }
     }
 
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
+        self.waiting.export(
+            Utc::now(),
+            &self.waiting_count,
+            &self.waiting_oldest,
+            &self.waiting_remaining,
+        );
         let mut out = Vec::new();
         // Encoding gathered families into a Vec cannot fail.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
@@ -145,5 +225,112 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
+    }
+}
+
+/// Notifications waiting for a retry, tracked from the moment a retry is scheduled until the
+/// notification is delivered or parked, so the gauges can show a breach coming. A restart
+/// forgets them until their retries come due again.
+#[derive(Clone, Default)]
+pub struct Waiting {
+    inner: Arc<Mutex<HashMap<String, Wait>>>,
+}
+
+struct Wait {
+    route: String,
+    since: DateTime<Utc>,
+    due: Option<DateTime<Utc>>,
+}
+
+impl Waiting {
+    /// A retry of the notification `key` is scheduled.
+    pub fn start(&self, key: &str, route: &str, since: DateTime<Utc>, due: Option<DateTime<Utc>>) {
+        let mut map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        map.insert(
+            key.to_owned(),
+            Wait {
+                route: route.to_owned(),
+                since,
+                due,
+            },
+        );
+    }
+
+    /// The notification `key` is delivered or parked.
+    pub fn end(&self, key: &str) {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
+    }
+
+    /// Per route: how many wait, the age of the oldest, the least time left before a deadline.
+    pub fn summary(&self, now: DateTime<Utc>) -> HashMap<String, (i64, f64, Option<f64>)> {
+        let map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out: HashMap<String, (i64, f64, Option<f64>)> = HashMap::new();
+        for w in map.values() {
+            let age = (now - w.since).num_milliseconds() as f64 / 1000.0;
+            let left = w.due.map(|d| (d - now).num_milliseconds() as f64 / 1000.0);
+            let entry = out.entry(w.route.clone()).or_insert((0, age, left));
+            entry.0 += 1;
+            entry.1 = entry.1.max(age);
+            entry.2 = match (entry.2, left) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        out
+    }
+
+    fn export(&self, now: DateTime<Utc>, count: &IntGaugeVec, oldest: &GaugeVec, left: &GaugeVec) {
+        count.reset();
+        oldest.reset();
+        left.reset();
+        for (route, (n, age, remaining)) in self.summary(now) {
+            count.with_label_values(&[&route]).set(n);
+            oldest.with_label_values(&[&route]).set(age);
+            if let Some(remaining) = remaining {
+                left.with_label_values(&[&route]).set(remaining);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn waiting_gauges_show_the_oldest_and_the_nearest_deadline_per_route() {
+        let m = Metrics::new();
+        let now = at("2026-11-23T12:00:00Z");
+        m.waiting.start(
+            "k1",
+            "release",
+            at("2026-11-23T11:00:00Z"),
+            Some(at("2026-11-23T13:00:00Z")),
+        );
+        m.waiting.start(
+            "k2",
+            "release",
+            at("2026-11-23T11:30:00Z"),
+            Some(at("2026-11-23T12:10:00Z")),
+        );
+        m.waiting
+            .start("k3", "hearing", at("2026-11-23T11:59:00Z"), None);
+        let s = m.waiting.summary(now);
+        assert_eq!(s["release"], (2, 3600.0, Some(600.0)));
+        assert_eq!(s["hearing"], (1, 60.0, None));
+        m.waiting.end("k2");
+        assert_eq!(m.waiting.summary(now)["release"], (1, 3600.0, Some(3600.0)));
+        m.waiting.end("k1");
+        m.waiting.end("k3");
+        assert!(m.waiting.summary(now).is_empty());
+        // Nothing waiting: no series, so no alert can fire on a stale value.
+        assert!(!m.render().contains("herald_waiting_notifications{"));
     }
 }

@@ -921,3 +921,109 @@ async fn parked_messages_are_listed_replayed_once_fixed_and_purged() {
     herald.stop().await.unwrap();
     service::cleanup(&ch, &names).await;
 }
+
+/// A failure-to-appear warrant for a PPO (route `ppo-fta-warrant`: police, email and webhook,
+/// within one working day) with its own id and the given times.
+fn warrant_at(id: &str, occurred: &str, published: &str) -> Vec<u8> {
+    let mut doc = common::example("court.warrant.issued.json");
+    doc["occurredAt"] = json!(occurred);
+    doc["publishedAt"] = json!(published);
+    doc["additionalInformation"]["warrantId"] = json!(id);
+    serde_json::to_vec(&doc).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_late_publisher_is_told_apart_from_a_late_delivery_and_a_wait_shows_its_deadline() {
+    const ROUTE: &str = "route=\"ppo-fta-warrant\"";
+    let (receiver, names) = (Receiver::start().await, Names::new("sla"));
+    let herald = service::start_with(service::config(&receiver), &names, None, |s| {
+        s.queue_poll = Duration::from_millis(200);
+        s.retry_schedule = vec![Duration::from_secs(3)];
+    })
+    .await;
+    let (_conn, ch) = service::channel().await;
+    let outcome = |m: &BTreeMap<String, f64>, o: &str| {
+        total(
+            m,
+            "herald_sla_outcomes_total",
+            &[ROUTE, &format!("outcome=\"{o}\"")],
+        )
+    };
+    let metrics = service::scrape(&herald).await;
+    assert_eq!(total(&metrics, "herald_ready", &[]), 1.0);
+    for o in ["met", "breached", "late_on_arrival", "short_notice"] {
+        assert!(
+            metrics
+                .keys()
+                .any(|k| k.starts_with("herald_sla_outcomes_total{")
+                    && k.contains(ROUTE)
+                    && k.contains(&format!("outcome=\"{o}\""))),
+            "{o} is exported at zero before anything happens"
+        );
+    }
+
+    // Due Tuesday 6 January 2026, 10:00. Published two days after that: the publisher's delay.
+    let late = warrant_at("W-LATE-1", "2026-01-05T10:00:00Z", "2026-01-08T10:00:00Z");
+    // Published a minute after the warrant: delivered now, so Herald's breach.
+    let breach = warrant_at("W-LATE-2", "2026-01-05T10:00:00Z", "2026-01-05T10:01:00Z");
+    for (id, body) in [("evt-sla-late", &late), ("evt-sla-breach", &breach)] {
+        service::publish(
+            &ch,
+            &names.exchange,
+            "court.warrant.issued",
+            body,
+            agency(id),
+        )
+        .await;
+    }
+    wait_until("both warrants delivered", WAIT, || async {
+        let m = service::scrape(&herald).await;
+        outcome(&m, "late_on_arrival") == 2.0 && outcome(&m, "breached") == 2.0
+    })
+    .await;
+
+    // A warrant on time whose police webhook fails once: it waits for its retry, and the
+    // gauges show it and how long is left before its deadline.
+    receiver.fail("/police/WYP-LEEDS", 503, 1);
+    let now = chrono::Utc::now();
+    let on_time = warrant_at(
+        "W-ON-TIME",
+        &(now - chrono::Duration::minutes(5)).to_rfc3339(),
+        &now.to_rfc3339(),
+    );
+    service::publish(
+        &ch,
+        &names.exchange,
+        "court.warrant.issued",
+        &on_time,
+        agency("evt-sla-on-time"),
+    )
+    .await;
+    wait_until("the webhook waiting for its retry", WAIT, || async {
+        let m = service::scrape(&herald).await;
+        total(&m, "herald_waiting_notifications", &[ROUTE]) == 1.0
+            && total(&m, "herald_queue_messages", &["queue=\"retrying\""]) == 1.0
+    })
+    .await;
+    let m = service::scrape(&herald).await;
+    let left = total(&m, "herald_waiting_deadline_remaining_seconds", &[ROUTE]);
+    // One working day less the five minutes since the warrant, at least (a weekend or a bank
+    // holiday makes it longer).
+    assert!(left > 86_400.0 - 400.0, "time left {left}");
+    assert!(total(&m, "herald_waiting_oldest_age_seconds", &[ROUTE]) < 60.0);
+    wait_until("the retry delivered", WAIT, || async {
+        let m = service::scrape(&herald).await;
+        outcome(&m, "met") == 2.0
+    })
+    .await;
+    let m = service::scrape(&herald).await;
+    assert!(
+        !m.keys()
+            .any(|k| k.starts_with("herald_waiting_notifications{")),
+        "nothing waits any more"
+    );
+    assert_eq!(outcome(&m, "late_on_arrival"), 2.0);
+    assert_eq!(outcome(&m, "breached"), 2.0);
+    herald.stop().await.unwrap();
+    service::cleanup(&ch, &names).await;
+}

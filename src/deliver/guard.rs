@@ -2,6 +2,10 @@
 //! breaker that stops sending to an endpoint that keeps failing, and a stop after 410 Gone. A
 //! dead or slow recipient then costs the others nothing: its notifications wait in the delay
 //! queues instead of holding workers.
+//!
+//! Urgent notifications (short-notice releases, a PPO's failure-to-appear warrant) have a fast
+//! lane to each endpoint: slots of their own, as many as the routine lane has, so however much
+//! routine traffic is queued for an endpoint, an urgent notification goes next.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -34,6 +38,7 @@ pub enum State {
 
 struct Endpoint {
     slots: Arc<Semaphore>,
+    urgent_slots: Arc<Semaphore>,
     failures: u32,
     open_until: Option<Instant>,
     disabled: bool,
@@ -61,6 +66,7 @@ impl Guard {
         let mut map = self.endpoints.lock().unwrap_or_else(|e| e.into_inner());
         let e = map.entry(endpoint.to_owned()).or_insert_with(|| Endpoint {
             slots: Arc::new(Semaphore::new(self.limits.concurrency.max(1))),
+            urgent_slots: Arc::new(Semaphore::new(self.limits.concurrency.max(1))),
             failures: 0,
             open_until: None,
             disabled: false,
@@ -70,7 +76,7 @@ impl Guard {
 
     /// Asks to send to `endpoint`; the failure says why not (a disabled endpoint is permanent,
     /// an open circuit or a full endpoint is transient).
-    pub async fn enter(&self, endpoint: &str) -> Result<Pass, Failure> {
+    pub async fn enter(&self, endpoint: &str, urgent: bool) -> Result<Pass, Failure> {
         let now = Instant::now();
         let slots = self.with(endpoint, |e| {
             if e.disabled {
@@ -83,6 +89,7 @@ impl Guard {
                     reason: "circuit open: the endpoint keeps failing".into(),
                     retry_after: Some(until - now),
                 }),
+                _ if urgent => Ok(Arc::clone(&e.urgent_slots)),
                 _ => Ok(Arc::clone(&e.slots)),
             }
         })?;
@@ -171,14 +178,14 @@ mod tests {
         let g = guard();
         assert_eq!(g.record("a", &transient()), State::Closed);
         assert_eq!(g.record("a", &transient()), State::Open);
-        let refused = g.enter("a").await.err().expect("open circuit");
+        let refused = g.enter("a", false).await.err().expect("open circuit");
         assert!(refused.is_transient() && refused.reason().starts_with("circuit open"));
         assert!(
-            g.enter("b").await.is_ok(),
+            g.enter("b", false).await.is_ok(),
             "other endpoints are not affected"
         );
         assert_eq!(g.record("a", &Ok(())), State::Closed);
-        assert!(g.enter("a").await.is_ok());
+        assert!(g.enter("a", false).await.is_ok());
     }
 
     #[tokio::test]
@@ -188,11 +195,34 @@ mod tests {
             reason: "HTTP 410 Gone: the endpoint asked not to be sent to again".into(),
         });
         assert_eq!(g.record("a", &gone), State::Disabled);
-        assert!(!g.enter("a").await.err().expect("disabled").is_transient());
-        let held = g.enter("b").await.expect("a free slot");
-        let busy = g.enter("b").await.err().expect("no slot");
+        assert!(
+            !g.enter("a", false)
+                .await
+                .err()
+                .expect("disabled")
+                .is_transient()
+        );
+        let held = g.enter("b", false).await.expect("a free slot");
+        let busy = g.enter("b", false).await.err().expect("no slot");
         assert!(busy.is_transient());
         drop(held);
-        assert!(g.enter("b").await.is_ok());
+        assert!(g.enter("b", false).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn urgent_notifications_do_not_wait_behind_routine_ones() {
+        let g = guard();
+        let _routine = g.enter("a", false).await.expect("the routine slot");
+        assert!(
+            g.enter("a", false).await.is_err(),
+            "routine traffic is at the endpoint's limit"
+        );
+        let urgent = g.enter("a", true).await.expect("the fast lane is free");
+        assert!(
+            g.enter("a", true).await.is_err(),
+            "the fast lane has limits too"
+        );
+        drop(urgent);
+        assert!(g.enter("a", true).await.is_ok());
     }
 }

@@ -53,6 +53,9 @@ pub struct Outgoing<'a> {
     /// The recipient's directory id (its webhook secret is looked up by it).
     pub recipient: &'a str,
     pub content: &'a Content,
+    /// Urgent notifications (short notice, a PPO's failure-to-appear warrant) take the
+    /// endpoint's fast lane, so routine traffic queued for the endpoint cannot hold them up.
+    pub urgent: bool,
 }
 
 impl<'a> From<&'a Notification> for Outgoing<'a> {
@@ -60,6 +63,7 @@ impl<'a> From<&'a Notification> for Outgoing<'a> {
         Outgoing {
             key: n.key.as_str(),
             recipient: n.recipient.id.as_str(),
+            urgent: n.priority == crate::notification::Priority::Urgent,
             content: &n.content,
         }
     }
@@ -84,7 +88,7 @@ impl Deliverer {
         if fresh {
             self.guard.reset(&endpoint);
         }
-        let result = match self.guard.enter(&endpoint).await {
+        let result = match self.guard.enter(&endpoint, out.urgent).await {
             Err(refused) => return (Err(refused), self.guard.state(&endpoint)),
             Ok(_pass) => match out.content {
                 Content::Email { .. } => self.email.send(out).await,

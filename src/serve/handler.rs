@@ -16,7 +16,7 @@ use crate::deliver::Failure;
 use crate::deliver::guard::State;
 use crate::event::{Event, EventId};
 use crate::intake::{Reason, Rejection};
-use crate::notification::{Notification, Sla};
+use crate::notification::Notification;
 
 /// How one notification ended in this handling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -247,9 +247,17 @@ async fn attempt(ctx: &Ctx, mut p: Pending) -> Outcome {
                     .notifications
                     .with_label_values(&[&p.route, channel, "retrying"])
                     .inc();
+                ctx.metrics.waiting.start(
+                    &p.key,
+                    &p.route,
+                    p.first_failure.unwrap_or(now),
+                    p.due(),
+                );
                 warn!(
-                    event_id = %p.event_id, route = %p.route, recipient = %p.recipient, channel, key = %p.key,
-                    attempts = p.attempts, reason = failure.reason(), retry_in_secs = wait.as_secs(),
+                    event_id = %p.event_id, event_type = %p.event_type, route = %p.route, recipient = %p.recipient,
+                    channel, key = %p.key, attempts = p.attempts, outcome = "retrying", reason = failure.reason(),
+                    retry_in_secs = wait.as_secs(),
+                    deadline = p.due().map(|d| d.to_rfc3339()).unwrap_or_default(),
                     "delivery failed; retry scheduled"
                 );
                 Outcome::Scheduled
@@ -274,9 +282,12 @@ async fn attempt(ctx: &Ctx, mut p: Pending) -> Outcome {
                 .notifications
                 .with_label_values(&[&p.route, channel, "failed"])
                 .inc();
+            ctx.metrics.waiting.end(&p.key);
             warn!(
-                event_id = %p.event_id, route = %p.route, recipient = %p.recipient, channel, key = %p.key,
-                attempts = p.attempts, reason = failure.reason(), outcome = reason, "delivery failed; parked"
+                event_id = %p.event_id, event_type = %p.event_type, route = %p.route, recipient = %p.recipient,
+                channel, key = %p.key, attempts = p.attempts, reason = failure.reason(), outcome = reason,
+                deadline = p.due().map(|d| d.to_rfc3339()).unwrap_or_default(),
+                "delivery failed; parked"
             );
             Outcome::Parked
         }
@@ -300,12 +311,8 @@ fn delivered(ctx: &Ctx, p: &Pending) {
         .notification_latency
         .with_label_values(&[route])
         .observe(latency);
-    let (outcome, due) = match &p.sla {
-        Sla::Due { deadline, .. } if deadline.short_notice => ("short_notice", Some(deadline.due)),
-        Sla::Due { deadline, .. } if now <= deadline.due => ("met", Some(deadline.due)),
-        Sla::Due { deadline, .. } => ("breached", Some(deadline.due)),
-        Sla::Untracked | Sla::Unknown { .. } => ("untracked", None),
-    };
+    ctx.metrics.waiting.end(&p.key);
+    let (outcome, due) = (p.sla_outcome(now), p.due());
     ctx.metrics
         .sla_outcomes
         .with_label_values(&[route, outcome])

@@ -47,6 +47,9 @@ pub async fn start(
 }
 
 async fn metrics_text(State(s): State<Shared>) -> impl IntoResponse {
+    s.metrics
+        .ready
+        .set(i64::from(s.ready.load(Ordering::Relaxed)));
     (
         [(
             header::CONTENT_TYPE,

@@ -20,13 +20,14 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use lapin::options::{
     BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions,
+    QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::Config;
 use crate::core::Core;
@@ -66,6 +67,8 @@ pub struct Settings {
     pub retry_max_age: Duration,
     /// The AMQP connection name, to find Herald in `rabbitmqctl list_connections`.
     pub connection_name: String,
+    /// How often the depth of Herald's queues is read for `herald_queue_messages`.
+    pub queue_poll: Duration,
 }
 
 impl Settings {
@@ -94,6 +97,7 @@ impl Settings {
             retry_schedule: config.retry.schedule.clone(),
             retry_max_age: config.retry.max_age,
             connection_name: "herald".into(),
+            queue_poll: Duration::from_secs(5),
         }
     }
 }
@@ -178,6 +182,8 @@ struct Link {
     /// In confirm mode, for parking and scheduling retries.
     publisher: Channel,
     retrying: Channel,
+    /// For reading queue depths (a passive declare of a missing queue closes its channel).
+    watching: Channel,
     consumer: lapin::Consumer,
     retries: lapin::Consumer,
 }
@@ -239,11 +245,13 @@ impl Link {
             )
             .await
             .map_err(broker)?;
+        let watching = connection.create_channel().await.map_err(broker)?;
         Ok(Link {
             connection,
             consuming,
             publisher,
             retrying,
+            watching,
             consumer,
             retries,
         })
@@ -260,9 +268,21 @@ impl Link {
             Some(Err(e)) => ServeError::Lost(e.to_string()),
             _ => ServeError::Lost("the broker cancelled the consumer".into()),
         };
+        let mut poll = tokio::time::interval(ctx.settings.queue_poll);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return Ok(()),
+                _ = poll.tick() => {
+                    if !self.watching.status().connected() {
+                        match self.connection.create_channel().await {
+                            Ok(ch) => self.watching = ch,
+                            Err(e) => return Err(ServeError::Lost(e.to_string())),
+                        }
+                    }
+                    let (ch, ctx) = (self.watching.clone(), Arc::clone(ctx));
+                    tokio::spawn(async move { watch_queues(&ch, &ctx).await });
+                }
                 next = self.consumer.next() => match next {
                     Some(Ok(delivery)) => {
                         let ctx = Arc::clone(ctx);
@@ -292,6 +312,51 @@ impl Link {
             .basic_cancel(self.retries.tag(), BasicCancelOptions::default())
             .await;
     }
+}
+
+/// Reads the depth of each of Herald's queues into `herald_queue_messages`, labelled by role.
+async fn watch_queues(channel: &Channel, ctx: &Ctx) {
+    let s = &ctx.settings;
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    let depth = |queue: String| async move {
+        channel
+            .queue_declare(queue.as_str().into(), passive, FieldTable::default())
+            .await
+            .map(|q| i64::from(q.message_count()))
+    };
+    let mut retrying = 0;
+    // The first is the deliveries queue, read below; the rest are the delay queues.
+    for queue in retry::queues(s).into_iter().skip(1) {
+        match depth(queue).await {
+            Ok(n) => retrying += n,
+            Err(e) => {
+                debug!(error = %e, "cannot read a delay queue's depth");
+                return;
+            }
+        }
+    }
+    let roles = [
+        ("events", s.queue.clone()),
+        ("deliveries", retry::deliveries_queue(s)),
+        ("rejected", s.rejected_queue.clone()),
+        ("failed", s.failed_queue.clone()),
+    ];
+    for (role, queue) in roles {
+        match depth(queue).await {
+            Ok(n) => ctx.metrics.queue_messages.with_label_values(&[role]).set(n),
+            Err(e) => {
+                debug!(error = %e, queue = role, "cannot read a queue's depth");
+                return;
+            }
+        }
+    }
+    ctx.metrics
+        .queue_messages
+        .with_label_values(&["retrying"])
+        .set(retrying);
 }
 
 /// Reconnects with exponential backoff (1 s doubling to 30 s) until it succeeds or `stop`.
@@ -346,6 +411,7 @@ pub async fn start(
     }
     let shutdown = CancellationToken::new();
     let metrics = Metrics::new();
+    metrics.expect_routes(core.engine.routes.iter().map(|r| &*r.name));
     let ready = Arc::new(AtomicBool::new(false));
     let (metrics_addr, http_task) = http::start(
         &settings.metrics_addr,

@@ -18,7 +18,7 @@ use super::park::ParkError;
 use super::topology::{dead_letter_to, quorum};
 use crate::deliver::Outgoing;
 use crate::event::Event;
-use crate::notification::{Channel as Medium, Content, Notification, Sla};
+use crate::notification::{Channel as Medium, Content, Notification, Priority, Sla};
 use crate::sla::format_span;
 
 /// A notification on its way: everything a later attempt needs, carried by the retry message.
@@ -31,7 +31,14 @@ pub struct Pending {
     pub route: String,
     pub recipient: String,
     pub occurred_at: DateTime<Utc>,
+    /// When the publisher says it published the event: a deadline already past then is the
+    /// publisher's lateness, not Herald's.
+    #[serde(default)]
+    pub published_at: Option<DateTime<Utc>>,
     pub sla: Sla,
+    /// Urgent notifications have their own lane to each endpoint.
+    #[serde(default)]
+    pub priority: Priority,
     pub content: Content,
     /// Attempts made so far.
     pub attempts: u32,
@@ -52,7 +59,9 @@ impl Pending {
             route: n.route.to_string(),
             recipient: n.recipient.id.to_string(),
             occurred_at: event.occurred_at,
+            published_at: Some(event.published_at),
             sla: n.sla.clone(),
+            priority: n.priority,
             content: n.content.clone(),
             attempts: 0,
             first_failure: None,
@@ -66,11 +75,35 @@ impl Pending {
             key: &self.key,
             recipient: &self.recipient,
             content: &self.content,
+            urgent: self.priority == Priority::Urgent,
         }
     }
 
     pub fn channel(&self) -> Medium {
         self.content.channel()
+    }
+
+    /// The deadline, when the notification has one.
+    pub fn due(&self) -> Option<DateTime<Utc>> {
+        match &self.sla {
+            Sla::Due { deadline, .. } => Some(deadline.due),
+            Sla::Untracked | Sla::Unknown { .. } => None,
+        }
+    }
+
+    /// How a delivery at `now` stands against the deadline. Short notice is the brief's own
+    /// outcome; a deadline that had already passed when the publisher published the event is
+    /// the publisher's lateness (`late_on_arrival`), not a breach of Herald's.
+    pub fn sla_outcome(&self, now: DateTime<Utc>) -> &'static str {
+        match &self.sla {
+            Sla::Due { deadline, .. } if deadline.short_notice => "short_notice",
+            Sla::Due { deadline, .. } if now <= deadline.due => "met",
+            Sla::Due { deadline, .. } if self.published_at.is_some_and(|at| at > deadline.due) => {
+                "late_on_arrival"
+            }
+            Sla::Due { .. } => "breached",
+            Sla::Untracked | Sla::Unknown { .. } => "untracked",
+        }
     }
 }
 
@@ -227,7 +260,9 @@ mod tests {
             route: "r".into(),
             recipient: "police:X".into(),
             occurred_at: now,
+            published_at: Some(now),
             sla: Sla::Untracked,
+            priority: Priority::Routine,
             content: Content::Webhook {
                 url: "https://x.example".into(),
                 body: "{}".into(),
@@ -279,6 +314,29 @@ mod tests {
             "800 s + 300 s is past the maximum age"
         );
         assert_eq!(next_wait(&s, &pending(2, 600, now), None, now), after(300));
+    }
+
+    #[test]
+    fn each_delivery_ends_as_exactly_one_outcome() {
+        let now = Utc::now();
+        let hour = chrono::Duration::hours(1);
+        let due_in = |offset: chrono::Duration, short_notice: bool, published: DateTime<Utc>| {
+            let mut p = pending(0, 0, now);
+            p.published_at = Some(published);
+            p.sla = Sla::Due {
+                rule: "within 24h".into(),
+                deadline: crate::sla::Deadline {
+                    due: now + offset,
+                    short_notice,
+                },
+            };
+            p.sla_outcome(now)
+        };
+        assert_eq!(due_in(hour, false, now - hour), "met");
+        assert_eq!(due_in(-hour, false, now - hour * 2), "breached");
+        assert_eq!(due_in(-hour * 2, false, now - hour), "late_on_arrival");
+        assert_eq!(due_in(-hour, true, now - hour * 2), "short_notice");
+        assert_eq!(pending(0, 0, now).sla_outcome(now), "untracked");
     }
 
     #[test]
