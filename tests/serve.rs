@@ -1027,3 +1027,77 @@ async fn a_late_publisher_is_told_apart_from_a_late_delivery_and_a_wait_shows_it
     herald.stop().await.unwrap();
     service::cleanup(&ch, &names).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_urgent_warrant_overtakes_routine_notifications_queued_for_the_same_force() {
+    const ROUTINE: usize = 12;
+    let (receiver, names) = (Receiver::start().await, Names::new("priority"));
+    // One request at a time to the force, each taking 300 ms: routine bail decisions queue up.
+    receiver.slow("/police/WYP-LEEDS", Duration::from_millis(300));
+    let herald = service::start_with(service::config(&receiver), &names, None, |s| {
+        s.concurrency_per_endpoint = 1;
+        s.webhook_timeout = Duration::from_secs(20);
+    })
+    .await;
+    let (_conn, ch) = service::channel().await;
+    for i in 0..ROUTINE {
+        let mut doc = common::example("court.bail.decided.json");
+        doc["description"] = json!(format!("bail decision {i}"));
+        service::publish(
+            &ch,
+            &names.exchange,
+            "court.bail.decided",
+            &serde_json::to_vec(&doc).unwrap(),
+            agency(&format!("evt-routine-{i}")),
+        )
+        .await;
+    }
+    // A PPO's failure-to-appear warrant (Cat A, urgent) for the same force.
+    service::publish(
+        &ch,
+        &names.exchange,
+        "court.warrant.issued",
+        &body("court.warrant.issued.json"),
+        agency("evt-urgent"),
+    )
+    .await;
+    let police = || {
+        let mut hooks: Vec<_> = receiver
+            .hooks()
+            .into_iter()
+            .filter(|h| h.path == "/police/WYP-LEEDS")
+            .collect();
+        hooks.sort_by_key(|h| h.at);
+        hooks
+    };
+    wait_until("the force told of everything", WAIT, || async {
+        police().len() == ROUTINE + 1
+    })
+    .await;
+    let order: Vec<String> = police()
+        .iter()
+        .map(|h| {
+            h.body["data"]["event"]["id"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned()
+        })
+        .collect();
+    let position = order.iter().position(|id| id == "evt-urgent").unwrap();
+    println!(
+        "priority: the urgent warrant arrived {} of {}",
+        position + 1,
+        order.len()
+    );
+    assert!(
+        position <= 2,
+        "the warrant went ahead of the routine queue: {order:?}"
+    );
+    assert_eq!(
+        police()[position].body["data"]["notification"]["priority"],
+        "urgent",
+        "and says so in its payload"
+    );
+    herald.stop().await.unwrap();
+    service::cleanup(&ch, &names).await;
+}

@@ -245,6 +245,8 @@ pub struct Receiver {
     failures: Arc<Mutex<BTreeMap<String, (u16, usize)>>>,
     /// Flaky paths -> requests seen.
     flaky: Arc<Mutex<BTreeMap<String, usize>>>,
+    /// Slow paths -> how long each request takes.
+    slow: Arc<Mutex<BTreeMap<String, Duration>>>,
 }
 
 impl Receiver {
@@ -256,6 +258,7 @@ impl Receiver {
             statuses: Arc::default(),
             failures: Arc::default(),
             flaky: Arc::default(),
+            slow: Arc::default(),
         };
         let app = Router::new().fallback(receive).with_state(receiver.clone());
         tokio::spawn(async move { axum::serve(listener, app).await });
@@ -273,6 +276,11 @@ impl Receiver {
     /// seconds before answering 204 (past a short client timeout).
     pub fn flaky(&self, path: &str) {
         self.flaky.lock().unwrap().insert(path.to_owned(), 0);
+    }
+
+    /// Makes every request for `path` take `time` before it is answered.
+    pub fn slow(&self, path: &str, time: Duration) {
+        self.slow.lock().unwrap().insert(path.to_owned(), time);
     }
 
     /// Answers `status` to the next `times` requests for `path`, then 204.
@@ -317,6 +325,10 @@ async fn receive(
     body: Bytes,
 ) -> StatusCode {
     let path = uri.path().to_owned();
+    let slow = r.slow.lock().unwrap().get(&path).copied();
+    if let Some(time) = slow {
+        tokio::time::sleep(time).await;
+    }
     let flaky = r.flaky.lock().unwrap().get_mut(&path).map(|n| {
         *n += 1;
         *n
