@@ -99,21 +99,7 @@ async fn sigkill_while_2000_events_flow_loses_nothing() {
     // The first start declares the topology, so publishing can begin.
     let mut herald = spawn(&config);
     let (_conn, ch) = service::channel().await;
-    wait_until("the topology declared", Duration::from_secs(30), || async {
-        // A failed passive declare closes its channel, so each check has its own.
-        let (_conn, ch) = service::channel().await;
-        ch.queue_declare(
-            names.queue.as_str().into(),
-            lapin::options::QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            Default::default(),
-        )
-        .await
-        .is_ok()
-    })
-    .await;
+    service::wait_for_queue(&names.queue).await;
     let publisher = {
         let exchange = names.exchange.clone();
         tokio::spawn(async move {
@@ -182,20 +168,7 @@ async fn sigterm_drains_and_exits_cleanly_and_nothing_is_lost() {
     );
     let mut herald = spawn(&config);
     let (_conn, ch) = service::channel().await;
-    wait_until("the topology declared", Duration::from_secs(30), || async {
-        let (_conn, ch) = service::channel().await;
-        ch.queue_declare(
-            names.queue.as_str().into(),
-            lapin::options::QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            Default::default(),
-        )
-        .await
-        .is_ok()
-    })
-    .await;
+    service::wait_for_queue(&names.queue).await;
     for i in 0..EVENTS {
         service::publish(
             &ch,
@@ -307,18 +280,7 @@ async fn a_flaky_hanging_receiver_gets_everything_and_slows_no_one_else() {
     .await;
     let (_conn, ch) = service::channel().await;
     let published = Instant::now();
-    for i in 0..EVENTS {
-        let mut doc = common::example("court.bail.decided.json");
-        doc["description"] = json!(format!("bail decision {i}"));
-        service::publish(
-            &ch,
-            &names.exchange,
-            "court.bail.decided",
-            &serde_json::to_vec(&doc).unwrap(),
-            agency(&format!("evt-flaky-{i}")),
-        )
-        .await;
-    }
+    service::bail_decisions(&ch, &names.exchange, "evt-flaky", EVENTS).await;
     wait_until(
         "probation told of every decision",
         Duration::from_secs(60),

@@ -1040,18 +1040,7 @@ async fn an_urgent_warrant_overtakes_routine_notifications_queued_for_the_same_f
     })
     .await;
     let (_conn, ch) = service::channel().await;
-    for i in 0..ROUTINE {
-        let mut doc = common::example("court.bail.decided.json");
-        doc["description"] = json!(format!("bail decision {i}"));
-        service::publish(
-            &ch,
-            &names.exchange,
-            "court.bail.decided",
-            &serde_json::to_vec(&doc).unwrap(),
-            agency(&format!("evt-routine-{i}")),
-        )
-        .await;
-    }
+    service::bail_decisions(&ch, &names.exchange, "evt-routine", ROUTINE).await;
     // A PPO's failure-to-appear warrant (Cat A, urgent) for the same force.
     service::publish(
         &ch,

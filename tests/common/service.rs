@@ -20,7 +20,8 @@ use herald::core::Core;
 use herald::serve::{self, Running, Settings};
 use hmac::{Hmac, Mac};
 use lapin::options::{
-    BasicGetOptions, ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeleteOptions,
+    BasicGetOptions, ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
 };
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use serde_json::Value;
@@ -335,21 +336,7 @@ async fn receive(
     });
     match flaky {
         Some(n) if n % 5 == 0 => tokio::time::sleep(Duration::from_secs(2)).await,
-        Some(n) if n % 2 == 0 => {
-            r.hooks.lock().unwrap().push(Hook {
-                path,
-                id: headers
-                    .get("webhook-id")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("")
-                    .to_owned(),
-                verified: signature_ok(&headers, &body),
-                body: serde_json::from_slice(&body).unwrap_or(Value::Null),
-                at: Instant::now(),
-                status: 503,
-            });
-            return StatusCode::SERVICE_UNAVAILABLE;
-        }
+        Some(n) if n % 2 == 0 => return record(&r, path, &headers, &body, 503),
         _ => {}
     }
     let failing = r
@@ -365,20 +352,60 @@ async fn receive(
     let status = failing
         .or_else(|| r.statuses.lock().unwrap().get(&path).copied())
         .unwrap_or(204);
-    let hook = Hook {
+    record(&r, path, &headers, &body, status)
+}
+
+/// Keeps a request as a `Hook` and answers it with `status`.
+fn record(r: &Receiver, path: String, headers: &HeaderMap, body: &[u8], status: u16) -> StatusCode {
+    r.hooks.lock().unwrap().push(Hook {
         path,
         id: headers
             .get("webhook-id")
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_owned(),
-        verified: signature_ok(&headers, &body),
-        body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+        verified: signature_ok(headers, body),
+        body: serde_json::from_slice(body).unwrap_or(Value::Null),
         at: Instant::now(),
         status,
-    };
-    r.hooks.lock().unwrap().push(hook);
+    });
     StatusCode::from_u16(status).unwrap()
+}
+
+/// Publishes `n` bail decisions (police and probation are told of each), made distinct by
+/// their description, with message ids `{prefix}-{i}`.
+pub async fn bail_decisions(ch: &Channel, exchange: &str, prefix: &str, n: usize) {
+    for i in 0..n {
+        let mut doc = super::example("court.bail.decided.json");
+        doc["description"] = serde_json::json!(format!("bail decision {i}"));
+        publish(
+            ch,
+            exchange,
+            "court.bail.decided",
+            &serde_json::to_vec(&doc).unwrap(),
+            agency(&format!("{prefix}-{i}")),
+        )
+        .await;
+    }
+}
+
+/// Waits until a queue exists on the broker (a process being started declares it).
+pub async fn wait_for_queue(queue: &str) {
+    wait_until("the topology declared", Duration::from_secs(30), || async {
+        // A failed passive declare closes its channel, so each check has its own.
+        let (_conn, ch) = channel().await;
+        ch.queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            Default::default(),
+        )
+        .await
+        .is_ok()
+    })
+    .await;
 }
 
 /// Exchange and queue names of one test.
