@@ -390,6 +390,24 @@ async fn a_gone_endpoint_is_parked_not_lost_and_others_still_delivered() {
     );
     let parked = service::drain(&ch, &names.failed).await;
     assert_eq!(parked.len(), 2);
+    // Each event makes two webhooks: police (the gone endpoint: parked) and probation.
+    let probation = || {
+        receiver
+            .hooks()
+            .iter()
+            .filter(|h| h.path == "/probation/PDU-LEEDS")
+            .count()
+    };
+    wait_until("probation told of both", WAIT, || async {
+        probation() == 2
+    })
+    .await;
+    println!(
+        "gone endpoint: events 2, expected webhooks 4, delivered {}, parked {}, requests to the gone endpoint 1, lost {}",
+        probation(),
+        parked.len(),
+        4 - probation() - parked.len()
+    );
     let record: serde_json::Value = serde_json::from_slice(&parked[0].data).unwrap();
     assert_eq!(record["notification"]["recipient"], "police:WYP-LEEDS");
     assert_eq!(record["channel"], "webhook");
