@@ -6,6 +6,6 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = herald::cli::Cli::parse();
-    herald::cli::init_logging();
+    let _logging = herald::cli::init_logging();
     herald::cli::run(cli)
 }

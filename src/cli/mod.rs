@@ -185,7 +185,13 @@ fn runtime(task: impl std::future::Future<Output = ExitCode>) -> ExitCode {
 
 /// Logs go to stderr: JSON when `HERALD_LOG_FORMAT=json` or stderr is not a terminal
 /// (production), readable text on a terminal. `RUST_LOG` filters (default `info`).
-pub fn init_logging() {
+///
+/// Lines are written by a thread of their own through a buffer flushed whenever it has nothing
+/// more to write, so a busy service makes one write for many lines instead of one each, and
+/// never waits on stderr. Nothing is dropped: when the thread falls behind, the caller waits.
+/// Keep the returned guard until the end of `main`: dropping it writes out what is left.
+#[must_use]
+pub fn init_logging() -> tracing_appender::non_blocking::WorkerGuard {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -194,14 +200,19 @@ pub fn init_logging() {
         Ok("text") => false,
         _ => !std::io::stderr().is_terminal(),
     };
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .finish(std::io::BufWriter::new(std::io::stderr()));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_ansi(!json && std::io::stderr().is_terminal())
+        .with_writer(writer);
     let _ = if json {
         builder.json().flatten_event(true).try_init()
     } else {
         builder.try_init()
     };
+    guard
 }
 
 fn passed(ok: bool) -> ExitCode {
