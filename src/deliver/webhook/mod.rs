@@ -117,7 +117,21 @@ impl WebhookSender {
                 },
                 retry_after: None,
             })?;
-        classify(response.status(), response.headers())
+        let outcome = classify(response.status(), response.headers());
+        drain(response).await;
+        outcome
+    }
+}
+
+/// Reads what is left of a response (up to 64 KiB; an answer's body means nothing to Herald),
+/// so its keep-alive connection can carry the next request instead of being closed.
+async fn drain(mut response: reqwest::Response) {
+    let mut read = 0;
+    while let Ok(Some(chunk)) = response.chunk().await {
+        read += chunk.len();
+        if read > 64 * 1024 {
+            break;
+        }
     }
 }
 
