@@ -190,7 +190,6 @@ fn runtime(task: impl std::future::Future<Output = ExitCode>) -> ExitCode {
 /// more to write, so a busy service makes one write for many lines instead of one each, and
 /// never waits on stderr. Nothing is dropped: when the thread falls behind, the caller waits.
 /// Keep the returned guard until the end of `main`: dropping it writes out what is left.
-#[must_use]
 pub fn init_logging() -> tracing_appender::non_blocking::WorkerGuard {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
