@@ -1,0 +1,2135 @@
+//! End-to-end benchmark of `herald serve` against a raw baseline, on this machine's RabbitMQ.
+//!
+//! Herald runs as its release binary, a child process with a configuration of its own (queue
+//! and exchange names unique to the run, deleted at the end). Events are published with
+//! publisher confirms from a thread of their own; a webhook receiver (axum, in this process)
+//! answers 204 and records when each notification arrives, and for the mixed scenario an SMTP
+//! server (Python's aiosmtpd, a child process) reports each message it takes. Latency is
+//! arrival minus publish, per notification.
+//!
+//! The baseline is this binary started again with `--baseline-consumer`: a bare lapin consumer
+//! with Herald's prefetch, on a quorum queue of its own, that sends the raw event body to the
+//! same endpoints (as many requests and emails per event as Herald makes notifications, with
+//! Herald's per-endpoint concurrency) and then acknowledges. No validation, routing, rendering,
+//! signing, logging or metrics. CPU (utime + stime) and peak RSS (VmHWM) are read from /proc
+//! for both child processes the same way.
+//!
+//! Scenarios (run all, or name some: `cargo bench --locked --bench e2e -- throughput latency`):
+//!
+//! * `throughput`: as fast as possible, bail decisions to two recipients by webhook
+//!   (`E2E_EVENTS`, default 20,000);
+//! * `mixed`: the same route with channels email and webhook: 2 emails + 2 webhooks per event
+//!   (`E2E_MIXED_EVENTS`, default 3,000);
+//! * `latency`: a fixed rate (`E2E_RATE`, default 1,000 events/s) for `E2E_RATE_SECS` (15);
+//! * `backlog`: `E2E_BACKLOG` events (default 200,000) published while the consumer is not
+//!   running, then drained; `E2E_BACKLOG_BASELINE=0` skips the baseline's run, as does a run
+//!   that has already taken `E2E_BUDGET_SECS` (default 300) when it would start.
+//!
+//! Herald's tuning: `E2E_PREFETCH` (default: routes.toml's `amqp.prefetch`),
+//! `E2E_CONCURRENCY` (webhook `concurrency_per_endpoint`, default Herald's 8), `E2E_HERALD_LOG`
+//! (its `RUST_LOG`, default `info`, as in production). `E2E_STALL_SECS` (default 30): a
+//! scenario fails when no notification arrives for that long. Each measurement first waits up
+//! to `E2E_QUIET_SECS` (default 10) for the machine to be idle, and the CPU used by other
+//! processes meanwhile is reported.
+//!
+//! `E2E_HERALD_TOML` adds tables to Herald's configuration (`[service]\ndedup_window = "0s"`,
+//! say; a literal `\n` is a line break). `E2E_BASELINE=0` runs Herald alone (to try a setting
+//! quickly). `E2E_PERF_DIR=dir` records a `perf` profile of each consumer's measured run there.
+//!
+//! Needs RabbitMQ on 127.0.0.1:5672 (guest/guest) and, for `mixed`, Python 3 with aiosmtpd.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, Uri};
+use herald::event::EventId;
+use herald::notification::{Channel as Medium, IdempotencyKey};
+use lapin::options::{
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions,
+    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Confirmation, Connection, ConnectionProperties, ExchangeKind};
+use serde::Deserialize;
+
+const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+const SECRET: &str = "whsec_ZTJlLWJlbmNobWFyay1zaWduaW5nLXNlY3JldC1rZXk=";
+const EVENT_TYPE: &str = "court.bail.decided";
+const ROUTE: &str = "bail-two-recipients";
+/// Herald's `[email] from` domain, the right-hand side of its Message-IDs.
+const MAIL_DOMAIN: &str = "notify.example.gov.uk";
+/// The two recipients: directory id, webhook path, email address (as in routes.toml).
+const RECIPIENTS: [(&str, &str, &str); 2] = [
+    (
+        "police:WYP-LEEDS",
+        "/police/WYP-LEEDS",
+        "ppo.leeds@westyorkshire.police.example.uk",
+    ),
+    (
+        "probation:PDU-LEEDS",
+        "/probation/PDU-LEEDS",
+        "leeds.pdu@probation.example.gov.uk",
+    ),
+];
+/// Unconfirmed publishes in flight at once when publishing as fast as possible.
+const WINDOW: usize = 1000;
+/// Events published and delivered before each measured run, so connections are warm: a tenth
+/// of the run, at most this many.
+const WARMUP: usize = 1000;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--baseline-consumer") {
+        baseline::main();
+        return;
+    }
+    // cargo bench passes `--bench`; anything else not starting with `-` names a scenario.
+    let wanted: Vec<String> = args.into_iter().filter(|a| !a.starts_with('-')).collect();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("receiver")
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let ok = runtime.block_on(run(wanted));
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    if !ok {
+        std::process::exit(1);
+    }
+}
+
+/// What one run of the benchmark is asked to do.
+#[derive(Clone)]
+struct Opts {
+    events: usize,
+    mixed_events: usize,
+    rate: f64,
+    rate_secs: f64,
+    backlog: usize,
+    backlog_baseline: bool,
+    prefetch: u16,
+    concurrency: usize,
+    herald_log: String,
+    stall: Duration,
+    quiet: Duration,
+    budget_secs: u64,
+    baseline: bool,
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    match std::env::var(name) {
+        Ok(v) => v
+            .trim()
+            .replace('_', "")
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={v} is not a valid value")),
+        Err(_) => default,
+    }
+}
+
+impl Opts {
+    fn from_env() -> Opts {
+        let config = herald::config::Config::load(&root().join("routes.toml"))
+            .unwrap_or_else(|e| panic!("routes.toml: {e:#?}"));
+        Opts {
+            events: env_or("E2E_EVENTS", 20_000),
+            mixed_events: env_or("E2E_MIXED_EVENTS", 3_000),
+            rate: env_or("E2E_RATE", 1000.0),
+            rate_secs: env_or("E2E_RATE_SECS", 15.0),
+            backlog: env_or("E2E_BACKLOG", 200_000),
+            backlog_baseline: env_or("E2E_BACKLOG_BASELINE", 1u8) != 0,
+            prefetch: env_or("E2E_PREFETCH", config.amqp.prefetch),
+            concurrency: env_or("E2E_CONCURRENCY", config.webhook.concurrency_per_endpoint),
+            herald_log: std::env::var("E2E_HERALD_LOG").unwrap_or_else(|_| "info".into()),
+            stall: Duration::from_secs(env_or("E2E_STALL_SECS", 30)),
+            quiet: Duration::from_secs(env_or("E2E_QUIET_SECS", 10)),
+            budget_secs: env_or("E2E_BUDGET_SECS", 300),
+            baseline: env_or("E2E_BASELINE", 1u8) != 0,
+        }
+    }
+}
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// What the receivers saw.
+
+/// One notification as it arrived: the event's index, which of the four notifications
+/// (0, 1: webhooks; 2, 3: emails), and when (ns since the run's base instant).
+#[derive(Clone, Copy)]
+struct Arrival {
+    event: u32,
+    slot: u8,
+    at: u64,
+}
+
+/// The notifications of one measured (or warm-up) publication.
+struct Phase {
+    id: u32,
+    /// Bit per slot, per event: which notifications have arrived at least once.
+    seen: Vec<AtomicU8>,
+    unique: AtomicUsize,
+    total: AtomicUsize,
+    arrivals: Mutex<Vec<Arrival>>,
+    /// Herald's email Message-IDs -> (event, slot); the baseline's carry the event id.
+    email_keys: HashMap<String, (u32, u8)>,
+}
+
+impl Phase {
+    fn new(id: u32, events: usize, herald_emails: bool) -> Phase {
+        let mut email_keys = HashMap::new();
+        if herald_emails {
+            for i in 0..events {
+                let event = EventId::new(event_id(id, i));
+                for (slot, (recipient, _, _)) in RECIPIENTS.iter().enumerate() {
+                    let key = IdempotencyKey::derive(&event, ROUTE, recipient, Medium::Email);
+                    email_keys.insert(format!("<{key}@{MAIL_DOMAIN}>"), (i as u32, 2 + slot as u8));
+                }
+            }
+        }
+        Phase {
+            id,
+            seen: (0..events).map(|_| AtomicU8::new(0)).collect(),
+            unique: AtomicUsize::new(0),
+            total: AtomicUsize::new(0),
+            arrivals: Mutex::new(Vec::with_capacity(events * 2)),
+            email_keys,
+        }
+    }
+
+    fn record(&self, event: u32, slot: u8, at: u64) {
+        let Some(seen) = self.seen.get(event as usize) else {
+            return;
+        };
+        self.total.fetch_add(1, Ordering::Relaxed);
+        if seen.fetch_or(1 << slot, Ordering::Relaxed) & (1 << slot) == 0 {
+            self.unique.fetch_add(1, Ordering::Relaxed);
+        }
+        self.arrivals
+            .lock()
+            .unwrap()
+            .push(Arrival { event, slot, at });
+    }
+}
+
+/// Shared by the webhook receiver and the SMTP reader.
+struct Sink {
+    base: Instant,
+    phase: RwLock<Option<Arc<Phase>>>,
+}
+
+impl Sink {
+    fn now(&self) -> u64 {
+        self.base.elapsed().as_nanos() as u64
+    }
+
+    fn current(&self) -> Option<Arc<Phase>> {
+        self.phase.read().unwrap().clone()
+    }
+
+    fn begin(&self, phase: Phase) -> Arc<Phase> {
+        let phase = Arc::new(phase);
+        *self.phase.write().unwrap() = Some(Arc::clone(&phase));
+        phase
+    }
+
+    fn webhook(&self, at: u64, path: &str, id: &str) {
+        let Some(phase) = self.current() else { return };
+        let Some(slot) = RECIPIENTS.iter().position(|(_, p, _)| *p == path) else {
+            return;
+        };
+        if let Some((p, i)) = parse_event_id(id)
+            && p == phase.id
+        {
+            phase.record(i, slot as u8, at);
+        }
+    }
+
+    fn email(&self, at: u64, message_id: &str) {
+        let Some(phase) = self.current() else { return };
+        // The baseline's: <e2e-PHASE-INDEX.SLOT@bench.invalid>
+        let found = match message_id
+            .strip_prefix('<')
+            .and_then(|m| m.split_once('@'))
+            .and_then(|(local, _)| local.rsplit_once('.'))
+        {
+            Some((id, slot)) if id.starts_with("e2e-") => parse_event_id(id)
+                .filter(|(p, _)| *p == phase.id)
+                .and_then(|(_, i)| Some((i, slot.parse::<u8>().ok()?))),
+            _ => phase.email_keys.get(message_id).copied(),
+        };
+        if let Some((i, slot)) = found {
+            phase.record(i, slot, at);
+        }
+    }
+}
+
+fn event_id(phase: u32, i: usize) -> String {
+    format!("e2e-{phase}-{i}")
+}
+
+fn parse_event_id(id: &str) -> Option<(u32, u32)> {
+    let (phase, i) = id.strip_prefix("e2e-")?.split_once('-')?;
+    Some((phase.parse().ok()?, i.parse().ok()?))
+}
+
+/// The part of Herald's webhook body that names the event.
+#[derive(Deserialize)]
+struct HookBody {
+    data: Option<HookData>,
+}
+
+#[derive(Deserialize)]
+struct HookData {
+    event: HookEvent,
+}
+
+#[derive(Deserialize)]
+struct HookEvent {
+    id: String,
+}
+
+/// Herald's `data.event.id`: found by a plain search (Herald writes `data.notification`, then
+/// `data.event` with `id` first), or by parsing the body if its layout changes. Cheap either
+/// way, so the receiver costs both consumers about the same.
+fn herald_event_id(body: &[u8]) -> Option<String> {
+    const MARK: &str = "\"event\":{\"id\":\"";
+    let text = std::str::from_utf8(body).ok()?;
+    if let Some(at) = text.find(MARK) {
+        let rest = &text[at + MARK.len()..];
+        return Some(rest[..rest.find('"')?].to_owned());
+    }
+    serde_json::from_slice::<HookBody>(body)
+        .ok()?
+        .data
+        .map(|d| d.event.id)
+}
+
+/// Answers 204 to every POST and records it: the event id is Herald's `data.event.id`, or the
+/// baseline's `x-event-id` header (its body is the raw event).
+async fn receive(
+    State(sink): State<Arc<Sink>>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
+    let at = sink.now();
+    let id = match headers.get("x-event-id").and_then(|v| v.to_str().ok()) {
+        Some(id) => id.to_owned(),
+        None => herald_event_id(&body).unwrap_or_default(),
+    };
+    sink.webhook(at, uri.path(), &id);
+    StatusCode::NO_CONTENT
+}
+
+async fn start_receiver(sink: Arc<Sink>) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the webhook receiver");
+    let port = listener.local_addr().expect("receiver address").port();
+    let app = Router::new().fallback(receive).with_state(sink);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    port
+}
+
+// ---------------------------------------------------------------------------------------------
+// The SMTP server.
+
+/// aiosmtpd with a handler that prints each message's Message-ID, flushed, as it is taken.
+const SMTP_SERVER: &str = r#"
+import asyncio, re, sys
+from aiosmtpd.smtp import SMTP
+
+MID = re.compile(rb"^message-id:[ \t]*(\S+)", re.I | re.M)
+
+class Handler:
+    async def handle_DATA(self, server, session, envelope):
+        head = envelope.content.split(b"\r\n\r\n", 1)[0]
+        m = MID.search(head)
+        sys.stdout.write((m.group(1).decode() if m else "-") + "\n")
+        sys.stdout.flush()
+        return "250 OK"
+
+async def main():
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: SMTP(Handler(), hostname="localhost"), "127.0.0.1", int(sys.argv[1]))
+    print("ready", flush=True)
+    await server.serve_forever()
+
+asyncio.run(main())
+"#;
+
+struct Smtp {
+    port: u16,
+    child: Managed,
+}
+
+impl Smtp {
+    fn start(sink: Arc<Sink>) -> Result<Smtp, String> {
+        let has = Command::new("python3")
+            .args(["-c", "import aiosmtpd"])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !has {
+            // As the service tests do: install it the first time it is missing.
+            let _ = Command::new("python3")
+                .args(["-m", "pip", "install", "--quiet", "aiosmtpd"])
+                .status();
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| format!("no free port: {e}"))?
+            .port();
+        let mut child = Command::new("python3")
+            .args(["-c", SMTP_SERVER, &port.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start python3: {e}"))?;
+        let stdout = child.stdout.take().expect("piped stdout");
+        let child = Managed::new("smtp", child);
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("smtp-reader".into())
+            .spawn(move || {
+                let mut lines = BufReader::new(stdout).lines();
+                if let Some(Ok(first)) = lines.next() {
+                    let _ = ready_tx.send(first == "ready");
+                }
+                for line in lines.map_while(Result::ok) {
+                    sink.email(sink.now(), line.trim());
+                }
+            })
+            .expect("smtp reader thread");
+        match ready_rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(true) => Ok(Smtp { port, child }),
+            _ => Err(
+                "the SMTP server (python3 with aiosmtpd) did not start; install it with `python3 -m pip install aiosmtpd`"
+                    .into(),
+            ),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("smtp://127.0.0.1:{}", self.port)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Child processes and /proc.
+
+/// A child process killed (SIGKILL) when dropped, whatever happened.
+struct Managed {
+    name: &'static str,
+    child: Child,
+}
+
+impl Managed {
+    fn new(name: &'static str, child: Child) -> Managed {
+        Managed { name, child }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// None while it runs; what it exited with otherwise.
+    fn exited(&mut self) -> Option<String> {
+        match self.child.try_wait() {
+            Ok(Some(status)) => Some(format!("{} exited: {status}", self.name)),
+            Ok(None) => None,
+            Err(e) => Some(format!("{}: {e}", self.name)),
+        }
+    }
+
+    /// SIGTERM, then up to `wait` for it to exit (SIGKILL after that).
+    fn stop(self, wait: Duration) -> Result<(), String> {
+        self.signal("-TERM", wait)
+    }
+
+    /// Sends `signal`, then waits up to `wait` for it to exit (SIGKILL after that).
+    fn signal(mut self, signal: &str, wait: Duration) -> Result<(), String> {
+        let _ = Command::new("kill")
+            .args([signal, &self.pid().to_string()])
+            .status();
+        let deadline = Instant::now() + wait;
+        loop {
+            match self.child.try_wait() {
+                // The baseline has no signal handler: SIGTERM ends it, as asked.
+                Ok(Some(status)) if status.success() || matches!(status.signal(), Some(2 | 15)) => {
+                    return Ok(());
+                }
+                Ok(Some(status)) => return Err(format!("{} exited with {status}", self.name)),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                _ => {
+                    return Err(format!(
+                        "{} did not stop within {wait:?} of SIGTERM; killed",
+                        self.name
+                    ));
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Managed {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+fn clock_ticks() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}
+
+/// utime + stime in clock ticks, from a `stat` file of /proc.
+fn stat_ticks(path: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let rest = &text[text.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+fn process_ticks(pid: u32) -> u64 {
+    stat_ticks(Path::new(&format!("/proc/{pid}/stat"))).unwrap_or(0)
+}
+
+/// CPU ticks of a process's threads, by thread name.
+fn thread_ticks(pid: u32) -> HashMap<String, u64> {
+    let mut out = HashMap::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for task in tasks.flatten() {
+        let name = std::fs::read_to_string(task.path().join("comm"))
+            .map(|n| n.trim().to_owned())
+            .unwrap_or_default();
+        if let Some(t) = stat_ticks(&task.path().join("stat")) {
+            *out.entry(name).or_default() += t;
+        }
+    }
+    out
+}
+
+/// Peak resident set size (VmHWM) in KiB.
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = text.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Resident set size now (VmRSS) in KiB.
+fn resident_kib(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = text.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The RabbitMQ server's process (beam.smp), if it runs on this machine.
+fn broker_pid() -> Option<u32> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .find(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim() == "beam.smp")
+        })
+}
+
+/// Busy and total ticks of the whole machine.
+fn machine_ticks() -> (u64, u64) {
+    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(cpu) = text.lines().next() else {
+        return (0, 0);
+    };
+    let v: Vec<u64> = cpu
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is inside user).
+    let total: u64 = v.iter().take(8).sum();
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    (total - idle, total)
+}
+
+/// Waits, up to `max`, for a second in which the machine is nearly idle (under 0.3 cores
+/// busy), so a build or test run elsewhere does not distort the measurement.
+async fn wait_quiet(max: Duration) {
+    let deadline = Instant::now() + max;
+    let mut said = false;
+    loop {
+        let before = machine_ticks();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let busy = machine_ticks().0.saturating_sub(before.0) as f64 / clock_ticks();
+        if busy < 0.3 {
+            return;
+        }
+        if Instant::now() > deadline {
+            println!(
+                "  the machine is still busy ({busy:.2} cores used by others); measuring anyway"
+            );
+            return;
+        }
+        if !said {
+            println!("  waiting for the machine to be quiet ({busy:.2} cores busy)...");
+            said = true;
+        }
+    }
+}
+
+/// With `E2E_PERF_DIR` set, `perf record` (software clock, DWARF call graphs) on the consumer
+/// for the measured part of each scenario, into `<dir>/<scenario>-<consumer>.data`. For finding
+/// where the time goes, not for the figures: perf's own cost disturbs them.
+fn start_profile(pid: u32, name: &str) -> Option<Managed> {
+    let dir = PathBuf::from(std::env::var_os("E2E_PERF_DIR")?);
+    let _ = std::fs::create_dir_all(&dir);
+    let child = Command::new("perf")
+        .args([
+            "record",
+            "-e",
+            "cpu-clock",
+            "-F",
+            "499",
+            "--call-graph",
+            "dwarf",
+            "-p",
+        ])
+        .arg(pid.to_string())
+        .arg("-o")
+        .arg(dir.join(format!("{name}.data")))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| eprintln!("  cannot start perf: {e}"))
+        .ok()?;
+    Some(Managed::new("perf", child))
+}
+
+fn stop_profile(perf: Option<Managed>) {
+    if let Some(perf) = perf
+        && let Err(e) = perf.signal("-INT", Duration::from_secs(60))
+    {
+        eprintln!("  {e}");
+    }
+}
+
+/// Where the machine's CPU went between two instants.
+struct CpuProbe {
+    consumer: u32,
+    smtp: Option<u32>,
+    broker: Option<u32>,
+    at: Instant,
+    machine: (u64, u64),
+    consumer_ticks: u64,
+    consumer_threads: HashMap<String, u64>,
+    bench_threads: HashMap<String, u64>,
+    bench_ticks: u64,
+    smtp_ticks: u64,
+    broker_ticks: u64,
+}
+
+/// CPU used between two probes: seconds per process, and cores (seconds per second).
+struct CpuUse {
+    wall: f64,
+    consumer_secs: f64,
+    consumer_threads: Vec<(String, f64)>,
+    /// The bench's threads; threads that ended meanwhile (the publisher's) as one entry.
+    bench_threads: Vec<(String, f64)>,
+    bench_secs: f64,
+    smtp_secs: f64,
+    broker_secs: f64,
+    machine_busy_secs: f64,
+    machine_cores: f64,
+}
+
+impl CpuProbe {
+    fn start(consumer: u32, smtp: Option<u32>) -> CpuProbe {
+        let broker = broker_pid();
+        CpuProbe {
+            consumer,
+            smtp,
+            broker,
+            at: Instant::now(),
+            machine: machine_ticks(),
+            consumer_ticks: process_ticks(consumer),
+            consumer_threads: thread_ticks(consumer),
+            bench_threads: thread_ticks(std::process::id()),
+            bench_ticks: process_ticks(std::process::id()),
+            smtp_ticks: smtp.map_or(0, process_ticks),
+            broker_ticks: broker.map_or(0, process_ticks),
+        }
+    }
+
+    fn finish(&self) -> CpuUse {
+        let hz = clock_ticks();
+        let secs = |after: u64, before: u64| after.saturating_sub(before) as f64 / hz;
+        let split = |after: HashMap<String, u64>, before: &HashMap<String, u64>| {
+            let mut v: Vec<(String, f64)> = after
+                .into_iter()
+                .map(|(name, t)| {
+                    let b = before.get(&name).copied().unwrap_or(0);
+                    (name, secs(t, b))
+                })
+                .filter(|(_, s)| *s > 0.0)
+                .collect();
+            v.sort_by(|a, b| b.1.total_cmp(&a.1));
+            v
+        };
+        let machine = machine_ticks();
+        let total = machine.1.saturating_sub(self.machine.1) as f64;
+        let wall = self.at.elapsed().as_secs_f64();
+        // A process's times include its threads that have ended; the publisher's have.
+        let bench_secs = secs(process_ticks(std::process::id()), self.bench_ticks);
+        let mut bench_threads = split(thread_ticks(std::process::id()), &self.bench_threads);
+        let ended = bench_secs - bench_threads.iter().map(|(_, s)| s).sum::<f64>();
+        if ended > 0.0 {
+            bench_threads.push(("publisher (ended)".into(), ended));
+            bench_threads.sort_by(|a, b| b.1.total_cmp(&a.1));
+        }
+        CpuUse {
+            wall,
+            consumer_secs: secs(process_ticks(self.consumer), self.consumer_ticks),
+            consumer_threads: split(thread_ticks(self.consumer), &self.consumer_threads),
+            bench_threads,
+            bench_secs,
+            smtp_secs: self
+                .smtp
+                .map_or(0.0, |p| secs(process_ticks(p), self.smtp_ticks)),
+            broker_secs: self
+                .broker
+                .map_or(0.0, |p| secs(process_ticks(p), self.broker_ticks)),
+            machine_busy_secs: secs(machine.0, self.machine.0),
+            machine_cores: if wall > 0.0 { total / hz / wall } else { 0.0 },
+        }
+    }
+}
+
+impl CpuUse {
+    /// Cores used by processes that are not part of the benchmark (a build, say).
+    fn other_cores(&self) -> f64 {
+        let known = self.consumer_secs + self.bench_secs + self.smtp_secs + self.broker_secs;
+        (self.machine_busy_secs - known).max(0.0) / self.wall.max(1e-9)
+    }
+
+    /// One line: each party's share in cores (CPU seconds per second).
+    fn describe(&self, consumer: &str) -> String {
+        let c = |s: f64| s / self.wall.max(1e-9);
+        let threads = |v: &[(String, f64)]| {
+            v.iter()
+                .take(4)
+                .map(|(n, s)| format!("{n} {:.2}", c(*s)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let bench = self.bench_secs;
+        let mut line = format!(
+            "cores used: {consumer} {:.2} ({}), beam.smp {:.2}, bench {:.2} ({})",
+            c(self.consumer_secs),
+            threads(&self.consumer_threads),
+            c(self.broker_secs),
+            c(bench),
+            threads(&self.bench_threads),
+        );
+        if self.smtp_secs > 0.0 {
+            let _ = write!(line, ", smtp {:.2}", c(self.smtp_secs));
+        }
+        let _ = write!(
+            line,
+            ", other {:.2}; machine busy {:.2} of {:.0}",
+            self.other_cores(),
+            c(self.machine_busy_secs),
+            self.machine_cores
+        );
+        line
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The broker.
+
+/// Exchange and queue names of one run of one consumer.
+#[derive(Clone)]
+struct Names {
+    exchange: String,
+    queue: String,
+    rejected: String,
+    failed: String,
+}
+
+/// Every name of this run starts with this.
+fn run_prefix() -> String {
+    format!("herald.e2e.{}.", std::process::id())
+}
+
+impl Names {
+    fn new(scenario: &str, system: &str) -> Names {
+        let tag = format!("{}{scenario}.{system}", run_prefix());
+        Names {
+            exchange: format!("{tag}.events"),
+            queue: format!("{tag}.queue"),
+            rejected: format!("{tag}.rejected"),
+            failed: format!("{tag}.failed"),
+        }
+    }
+
+    /// Every queue of this run shares this prefix (retry tiers and the deliveries queue too).
+    fn prefix(&self) -> &str {
+        self.queue.trim_end_matches("queue")
+    }
+}
+
+fn rabbitmqctl_names(what: &str) -> Vec<String> {
+    Command::new("rabbitmqctl")
+        .args([what, "name", "-q"])
+        .stderr(Stdio::null())
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .map(|l| l.trim().to_owned())
+                .filter(|l| l.starts_with("herald.e2e."))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Deletes the queues (and the exchange) whose names start with `prefix`.
+async fn delete_named(conn: &Connection, prefix: &str) {
+    let Ok(ch) = conn.create_channel().await else {
+        return;
+    };
+    for q in rabbitmqctl_names("list_queues") {
+        if q.starts_with(prefix) {
+            let _ = ch
+                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                .await;
+        }
+    }
+    for x in rabbitmqctl_names("list_exchanges") {
+        if x.starts_with(prefix) {
+            let _ = ch
+                .exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default())
+                .await;
+        }
+    }
+    let _ = ch.close(200, "done".into()).await;
+}
+
+/// Queues and exchanges left by an earlier run that did not finish (its process is gone).
+async fn delete_stale(conn: &Connection) {
+    let mut stale: Vec<String> = Vec::new();
+    for name in rabbitmqctl_names("list_queues")
+        .into_iter()
+        .chain(rabbitmqctl_names("list_exchanges"))
+    {
+        let pid = name.split('.').nth(2).unwrap_or_default();
+        let prefix = format!("herald.e2e.{pid}.");
+        if pid != std::process::id().to_string()
+            && !Path::new(&format!("/proc/{pid}")).exists()
+            && !stale.contains(&prefix)
+        {
+            stale.push(prefix);
+        }
+    }
+    for prefix in stale {
+        println!("removing queues left by an earlier run: {prefix}*");
+        delete_named(conn, &prefix).await;
+    }
+}
+
+/// Ready messages and consumers of a queue, or None if it does not exist (yet).
+async fn queue_state(conn: &Connection, queue: &str) -> Option<(u32, u32)> {
+    let ch = conn.create_channel().await.ok()?;
+    let q = ch
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .ok();
+    // A failed passive declare has closed the channel already.
+    let _ = ch.close(200, "done".into()).await;
+    q.map(|q| (q.message_count(), q.consumer_count()))
+}
+
+/// The depths of the consumer's queues, for an error message.
+async fn depths(conn: &Connection, names: &Names) -> String {
+    let mut out = Vec::new();
+    for q in [&names.queue, &names.rejected, &names.failed] {
+        let what = match queue_state(conn, q).await {
+            Some((m, c)) => format!("{m} ready, {c} consumers"),
+            None => "absent".into(),
+        };
+        out.push(format!("{}: {what}", q.trim_start_matches(names.prefix())));
+    }
+    out.join("; ")
+}
+
+/// Waits until `queue` exists and has a consumer.
+async fn wait_consuming(
+    conn: &Connection,
+    queue: &str,
+    child: &mut Managed,
+    log: Option<&Path>,
+) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(exit) = child.exited() {
+            return Err(format!("{exit}{}", log_tail(log)));
+        }
+        if queue_state(conn, queue).await.is_some_and(|(_, c)| c >= 1) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "{} is not consuming {queue} after 30 s{}",
+                child.name,
+                log_tail(log)
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The last lines of Herald's log, for an error message.
+fn log_tail(log: Option<&Path>) -> String {
+    let Some(text) = log.and_then(|p| std::fs::read_to_string(p).ok()) else {
+        return String::new();
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    let tail = lines[lines.len().saturating_sub(8)..].join("\n  ");
+    format!("\n  last lines of its log:\n  {tail}")
+}
+
+/// The events exchange and queue the baseline consumes, shaped like Herald's (a durable topic
+/// exchange, a durable quorum queue with a delivery limit, bound to every key).
+async fn declare_baseline(conn: &Connection, names: &Names) -> Result<(), String> {
+    let ch = conn.create_channel().await.map_err(|e| e.to_string())?;
+    ch.exchange_declare(
+        names.exchange.as_str().into(),
+        ExchangeKind::Topic,
+        ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let mut args = FieldTable::default();
+    args.insert(
+        ShortString::from("x-queue-type"),
+        AMQPValue::LongString("quorum".into()),
+    );
+    args.insert(
+        ShortString::from("x-delivery-limit"),
+        AMQPValue::LongInt(10),
+    );
+    ch.queue_declare(
+        names.queue.as_str().into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        args,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    ch.queue_bind(
+        names.queue.as_str().into(),
+        names.exchange.as_str().into(),
+        "#".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let _ = ch.close(200, "done".into()).await;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The publisher.
+
+struct PublishJob {
+    exchange: String,
+    phase: u32,
+    events: usize,
+    /// Events per second; None: as fast as the broker confirms.
+    rate: Option<f64>,
+    window: usize,
+    body: Arc<Vec<u8>>,
+    base: Instant,
+}
+
+struct Published {
+    /// When each event was published (ns since the base instant).
+    sent: Vec<u64>,
+    /// When the last confirm arrived.
+    confirmed: u64,
+}
+
+/// The publisher's thread while it runs, then what it did.
+#[derive(Default)]
+struct Publisher {
+    running: Option<std::thread::JoinHandle<Result<Published, String>>>,
+    done: Option<Published>,
+}
+
+impl Publisher {
+    fn start(job: PublishJob) -> Publisher {
+        Publisher {
+            running: Some(spawn_publisher(job)),
+            done: None,
+        }
+    }
+}
+
+/// Publishes on a thread of its own (with its own single-threaded runtime), so its CPU can be
+/// told apart from the receiver's.
+fn spawn_publisher(job: PublishJob) -> std::thread::JoinHandle<Result<Published, String>> {
+    std::thread::Builder::new()
+        .name("publisher".into())
+        .spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?
+                .block_on(publish(job))
+        })
+        .expect("publisher thread")
+}
+
+async fn publish(job: PublishJob) -> Result<Published, String> {
+    let conn = Connection::connect(
+        AMQP,
+        ConnectionProperties::default().with_connection_name("herald-e2e-publisher".into()),
+    )
+    .await
+    .map_err(|e| format!("publisher cannot connect: {e}"))?;
+    let ch = conn.create_channel().await.map_err(|e| e.to_string())?;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    let check = |c: lapin::Result<Confirmation>| match c {
+        Ok(Confirmation::Ack(None)) => Ok(()),
+        Ok(Confirmation::Ack(Some(_))) => {
+            Err("a publish was unroutable (is the queue bound?)".to_owned())
+        }
+        Ok(other) => Err(format!("the broker did not accept a publish: {other:?}")),
+        Err(e) => Err(format!("publish confirm: {e}")),
+    };
+    let mut sent = Vec::with_capacity(job.events);
+    let mut pending = VecDeque::with_capacity(job.window);
+    let start = tokio::time::Instant::now();
+    for i in 0..job.events {
+        if let Some(rate) = job.rate {
+            tokio::time::sleep_until(start + Duration::from_secs_f64(i as f64 / rate)).await;
+        }
+        let props = BasicProperties::default()
+            .with_message_id(event_id(job.phase, i).into())
+            .with_user_id("guest".into())
+            .with_content_type("application/json".into())
+            .with_delivery_mode(2);
+        sent.push(job.base.elapsed().as_nanos() as u64);
+        let confirm = ch
+            .basic_publish(
+                job.exchange.as_str().into(),
+                EVENT_TYPE.into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                &job.body,
+                props,
+            )
+            .await
+            .map_err(|e| format!("publish: {e}"))?;
+        pending.push_back(confirm);
+        while pending.len() >= job.window {
+            check(pending.pop_front().expect("pending").await)?;
+        }
+    }
+    while let Some(c) = pending.pop_front() {
+        check(c.await)?;
+    }
+    let confirmed = job.base.elapsed().as_nanos() as u64;
+    let _ = conn.close(200, "published".into()).await;
+    Ok(Published { sent, confirmed })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Consumers: Herald and the baseline.
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum System {
+    Herald,
+    Baseline,
+}
+
+impl System {
+    fn name(self) -> &'static str {
+        match self {
+            System::Herald => "herald",
+            System::Baseline => "baseline",
+        }
+    }
+}
+
+/// How a consumer is started, for the scenario at hand.
+struct Setup {
+    opts: Opts,
+    names: Names,
+    receiver_port: u16,
+    smtp: Option<String>,
+    dir: PathBuf,
+}
+
+impl Setup {
+    fn log(&self) -> PathBuf {
+        self.dir.join("herald.log")
+    }
+
+    /// routes.toml's head (everything before the first route) with this run's names, the
+    /// receiver's port and guest allowed to publish court events, then the benchmark's route.
+    fn herald_config(&self) -> Result<PathBuf, String> {
+        let text =
+            std::fs::read_to_string(root().join("routes.toml")).map_err(|e| e.to_string())?;
+        let mut head = text[..text.find("[[route]]").ok_or("routes.toml has no route")?].to_owned();
+        let r = root().display();
+        let n = &self.names;
+        let out = self.dir.join("outbox");
+        let swaps = [
+            (
+                "exchange = \"herald.events\"".to_owned(),
+                format!("exchange = \"{}\"", n.exchange),
+            ),
+            (
+                "queue = \"herald.events\"".to_owned(),
+                format!(
+                    "queue = \"{}\"\nrejected_queue = \"{}\"\nfailed_queue = \"{}\"",
+                    n.queue, n.rejected, n.failed
+                ),
+            ),
+            (
+                "schemas = \"schemas\"".to_owned(),
+                format!("schemas = \"{r}/schemas\""),
+            ),
+            (
+                "templates = \"templates\"".to_owned(),
+                format!("templates = \"{r}/templates\""),
+            ),
+            (
+                "examples = \"schemas/examples/valid\"".to_owned(),
+                format!("examples = \"{r}/schemas/examples/valid\""),
+            ),
+            (
+                "bank_holidays = \"data/bank-holidays.json\"".to_owned(),
+                format!("bank_holidays = \"{r}/data/bank-holidays.json\""),
+            ),
+            (
+                "outbox = \"outbox\"".to_owned(),
+                format!("outbox = \"{}\"", out.display()),
+            ),
+            (
+                "[publishers]\n".to_owned(),
+                "[publishers]\nguest = [\"court.*\"]\n".to_owned(),
+            ),
+        ];
+        for (from, to) in swaps {
+            if !head.contains(&from) {
+                return Err(format!(
+                    "routes.toml no longer contains `{}`; update benches/e2e.rs",
+                    from.trim()
+                ));
+            }
+            head = head.replacen(&from, &to, 1);
+        }
+        head = head.replace(
+            "127.0.0.1:9900",
+            &format!("127.0.0.1:{}", self.receiver_port),
+        );
+        let prefetch = set_prefetch(&head, self.opts.prefetch)?;
+        let channels = if self.smtp.is_some() {
+            r#"["email", "webhook"]"#
+        } else {
+            r#"["webhook"]"#
+        };
+        let mut webhook = if prefetch.contains("\n[webhook]") {
+            String::new()
+        } else {
+            format!(
+                "[webhook]\nconcurrency_per_endpoint = {}\n\n",
+                self.opts.concurrency
+            )
+        };
+        if let Ok(extra) = std::env::var("E2E_HERALD_TOML") {
+            webhook.push_str(&extra.replace("\\n", "\n"));
+            webhook.push_str("\n\n");
+        }
+        let config = format!(
+            "{prefetch}\n{webhook}[[route]]\nname = \"{ROUTE}\"\nevents = [\"{EVENT_TYPE}\"]\nto = [\"{}\", \"{}\"]\nchannels = {channels}\ntemplate = \"bail-decided\"\nsla = \"within 24h\"\n",
+            RECIPIENTS[0].0, RECIPIENTS[1].0
+        );
+        let path = self.dir.join("routes.toml");
+        std::fs::write(&path, config).map_err(|e| e.to_string())?;
+        Ok(path)
+    }
+
+    fn spawn(&self, system: System) -> Result<Managed, String> {
+        match system {
+            System::Herald => {
+                let config = self.herald_config()?;
+                let log = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(self.log())
+                    .map_err(|e| e.to_string())?;
+                let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
+                cmd.args(["serve", "--config"])
+                    .arg(config)
+                    .env("HERALD_AMQP_URL", AMQP)
+                    .env("HERALD_METRICS_ADDR", "127.0.0.1:0")
+                    .env("HERALD_WEBHOOK_SECRET", SECRET)
+                    .env("HERALD_LOG_FORMAT", "json")
+                    .env("RUST_LOG", &self.opts.herald_log)
+                    .env_remove("HERALD_SMTP_URL")
+                    .stdout(Stdio::null())
+                    .stderr(log);
+                if let Some(url) = &self.smtp {
+                    cmd.env("HERALD_SMTP_URL", url);
+                }
+                let child = cmd
+                    .spawn()
+                    .map_err(|e| format!("cannot start herald: {e}"))?;
+                Ok(Managed::new("herald", child))
+            }
+            System::Baseline => {
+                let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+                let urls: Vec<String> = RECIPIENTS
+                    .iter()
+                    .map(|(_, p, _)| format!("http://127.0.0.1:{}{p}", self.receiver_port))
+                    .collect();
+                let mut cmd = Command::new(exe);
+                cmd.arg("--baseline-consumer")
+                    .env("BASELINE_QUEUE", &self.names.queue)
+                    .env("BASELINE_PREFETCH", self.opts.prefetch.to_string())
+                    .env("BASELINE_CONCURRENCY", self.opts.concurrency.to_string())
+                    .env("BASELINE_URLS", urls.join(","))
+                    .env_remove("BASELINE_SMTP")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::inherit());
+                if let Some(url) = &self.smtp {
+                    let to: Vec<&str> = RECIPIENTS.iter().map(|(_, _, a)| *a).collect();
+                    cmd.env("BASELINE_SMTP", url)
+                        .env("BASELINE_EMAILS", to.join(","));
+                }
+                let child = cmd
+                    .spawn()
+                    .map_err(|e| format!("cannot start the baseline consumer: {e}"))?;
+                Ok(Managed::new("baseline", child))
+            }
+        }
+    }
+}
+
+/// routes.toml's `prefetch = N` line set to `prefetch`.
+fn set_prefetch(head: &str, prefetch: u16) -> Result<String, String> {
+    let mut found = false;
+    let out: Vec<String> = head
+        .lines()
+        .map(|l| {
+            if !found && l.trim_start().starts_with("prefetch") && l.contains('=') {
+                found = true;
+                format!("prefetch = {prefetch}")
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect();
+    if found {
+        Ok(out.join("\n") + "\n")
+    } else {
+        Err("routes.toml has no `prefetch =` line in [amqp]; update benches/e2e.rs".into())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// One measured run.
+
+/// What one consumer achieved in one scenario.
+#[derive(Clone, Default)]
+struct Figures {
+    events: usize,
+    notifications: usize,
+    secs: f64,
+    events_per_sec: f64,
+    notifications_per_sec: f64,
+    /// p50, p95, p99 in ms (None when latency means nothing, as in the backlog).
+    latency: Option<[f64; 3]>,
+    /// p99 of webhooks and of emails apart, in ms (the mixed scenario).
+    p99_by_channel: Option<[f64; 2]>,
+    cpu_per_1000: f64,
+    peak_rss_mib: f64,
+    /// Publishing rate achieved (events/s).
+    published_per_sec: f64,
+    /// Cores other processes used meanwhile.
+    other_cores: f64,
+}
+
+fn percentile(sorted: &[u64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1] as f64 / 1e6
+}
+
+struct Bench {
+    opts: Opts,
+    sink: Arc<Sink>,
+    receiver_port: u16,
+    conn: Connection,
+    body: Arc<Vec<u8>>,
+    next_phase: u32,
+    tmp: tempfile::TempDir,
+}
+
+struct Scenario {
+    key: &'static str,
+    events: usize,
+    rate: Option<f64>,
+    mixed: bool,
+}
+
+impl Bench {
+    fn phase(&mut self, events: usize, herald_emails: bool) -> Arc<Phase> {
+        self.next_phase += 1;
+        self.sink
+            .begin(Phase::new(self.next_phase, events, herald_emails))
+    }
+
+    fn setup(&self, key: &str, system: System, smtp: Option<&Smtp>) -> Result<Setup, String> {
+        let dir = self.tmp.path().join(format!("{key}-{}", system.name()));
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        Ok(Setup {
+            opts: self.opts.clone(),
+            names: Names::new(key, system.name()),
+            receiver_port: self.receiver_port,
+            smtp: smtp.map(Smtp::url),
+            dir,
+        })
+    }
+
+    /// Waits until `expected` distinct notifications of `phase` have arrived. Fails when none
+    /// arrives for the stall time, the consumer exits, the publisher fails or `limit` passes.
+    async fn await_phase(
+        &self,
+        phase: &Phase,
+        expected: usize,
+        child: &mut Managed,
+        publisher: &mut Publisher,
+        setup: &Setup,
+        limit: Duration,
+    ) -> Result<Vec<(usize, u64)>, String> {
+        let started = Instant::now();
+        let mut last = (0usize, Instant::now());
+        let log = (child.name == "herald").then(|| setup.log());
+        // (notifications delivered, the consumer's resident set in KiB), twice a second.
+        let mut rss = Vec::new();
+        let mut sampled = Instant::now();
+        loop {
+            if let Some(handle) = publisher.running.take_if(|h| h.is_finished()) {
+                publisher.done = Some(
+                    handle
+                        .join()
+                        .map_err(|_| "the publisher panicked".to_owned())??,
+                );
+            }
+            let got = phase.unique.load(Ordering::Relaxed);
+            if got >= expected && publisher.running.is_none() {
+                return Ok(rss);
+            }
+            if sampled.elapsed() >= Duration::from_millis(500) {
+                sampled = Instant::now();
+                if let Some(kib) = resident_kib(child.pid()) {
+                    rss.push((got, kib));
+                }
+            }
+            if let Some(exit) = child.exited() {
+                return Err(format!(
+                    "{exit} with {got} of {expected} notifications delivered{}",
+                    log_tail(log.as_deref())
+                ));
+            }
+            if got > last.0 {
+                last = (got, Instant::now());
+            }
+            let stalled = last.1.elapsed() > self.opts.stall;
+            if stalled || started.elapsed() > limit {
+                let why = if stalled {
+                    format!("no notification arrived for {:?}", self.opts.stall)
+                } else {
+                    format!("not done within {limit:?}")
+                };
+                return Err(format!(
+                    "deliveries stopped: {why}; {got} of {expected} notifications delivered; queues: {}{}",
+                    depths(&self.conn, &setup.names).await,
+                    log_tail(log.as_deref())
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Publish-and-deliver while the consumer runs: a warm-up, then the measured publication.
+    async fn live(
+        &mut self,
+        sc: &Scenario,
+        system: System,
+        smtp: Option<&Smtp>,
+    ) -> Result<Figures, String> {
+        let setup = self.setup(sc.key, system, smtp)?;
+        let per_event = if sc.mixed { 4 } else { 2 };
+        if system == System::Baseline {
+            declare_baseline(&self.conn, &setup.names).await?;
+        }
+        let mut child = setup.spawn(system)?;
+        let log = (system == System::Herald).then(|| setup.log());
+        wait_consuming(&self.conn, &setup.names.queue, &mut child, log.as_deref()).await?;
+        let herald_emails = sc.mixed && system == System::Herald;
+
+        let warmup = (sc.events / 10).clamp(1, WARMUP);
+        let warm = self.phase(warmup, herald_emails);
+        let mut publisher = Publisher::start(PublishJob {
+            exchange: setup.names.exchange.clone(),
+            phase: warm.id,
+            events: warmup,
+            rate: sc.rate,
+            window: WINDOW,
+            body: Arc::clone(&self.body),
+            base: self.sink.base,
+        });
+        self.await_phase(
+            &warm,
+            warmup * per_event,
+            &mut child,
+            &mut publisher,
+            &setup,
+            Duration::from_secs(120),
+        )
+        .await
+        .map_err(|e| format!("warm-up: {e}"))?;
+
+        wait_quiet(self.opts.quiet).await;
+        let phase = self.phase(sc.events, herald_emails);
+        let probe = CpuProbe::start(child.pid(), smtp.map(|s| s.child.pid()));
+        let perf = start_profile(child.pid(), &format!("{}-{}", sc.key, system.name()));
+        let mut publisher = Publisher::start(PublishJob {
+            exchange: setup.names.exchange.clone(),
+            phase: phase.id,
+            events: sc.events,
+            rate: sc.rate,
+            window: WINDOW,
+            body: Arc::clone(&self.body),
+            base: self.sink.base,
+        });
+        let expected = sc.events * per_event;
+        self.await_phase(
+            &phase,
+            expected,
+            &mut child,
+            &mut publisher,
+            &setup,
+            Duration::from_secs(240),
+        )
+        .await?;
+        let cpu = probe.finish();
+        stop_profile(perf);
+        let rss = peak_rss_kib(child.pid()).unwrap_or(0);
+        let stopped = child.stop(Duration::from_secs(40));
+        delete_named(&self.conn, setup.names.prefix()).await;
+        stopped?;
+        let published = publisher.done.ok_or("no publisher result")?;
+
+        let arrivals = phase.arrivals.lock().unwrap().clone();
+        let mut latencies: Vec<u64> = arrivals
+            .iter()
+            .map(|a| a.at.saturating_sub(published.sent[a.event as usize]))
+            .collect();
+        latencies.sort_unstable();
+        let p99_of = |email: bool| {
+            let mut v: Vec<u64> = arrivals
+                .iter()
+                .filter(|a| (a.slot >= 2) == email)
+                .map(|a| a.at.saturating_sub(published.sent[a.event as usize]))
+                .collect();
+            v.sort_unstable();
+            percentile(&v, 0.99)
+        };
+        let p99_by_channel = sc.mixed.then(|| [p99_of(false), p99_of(true)]);
+        let first = published.sent.first().copied().unwrap_or(0);
+        let end = arrivals.iter().map(|a| a.at).max().unwrap_or(first);
+        let secs = (end - first) as f64 / 1e9;
+        let pub_secs = (published.confirmed - first) as f64 / 1e9;
+        let f = Figures {
+            events: sc.events,
+            notifications: expected,
+            secs,
+            events_per_sec: sc.events as f64 / secs,
+            notifications_per_sec: expected as f64 / secs,
+            latency: Some([
+                percentile(&latencies, 0.50),
+                percentile(&latencies, 0.95),
+                percentile(&latencies, 0.99),
+            ]),
+            p99_by_channel,
+            cpu_per_1000: cpu.consumer_secs / expected as f64 * 1000.0,
+            peak_rss_mib: rss as f64 / 1024.0,
+            published_per_sec: sc.events as f64 / pub_secs,
+            other_cores: cpu.other_cores(),
+        };
+        report(
+            sc.key,
+            system,
+            &f,
+            &cpu,
+            phase.total.load(Ordering::Relaxed),
+        );
+        Ok(f)
+    }
+
+    /// The backlog: publish while no consumer runs, then start it and time the drain.
+    async fn backlog(&mut self, events: usize, system: System) -> Result<Figures, String> {
+        let key = "backlog";
+        let setup = self.setup(key, system, None)?;
+        match system {
+            System::Herald => {
+                // Herald declares its own topology: start it once, then stop it.
+                let mut child = setup.spawn(system)?;
+                wait_consuming(
+                    &self.conn,
+                    &setup.names.queue,
+                    &mut child,
+                    Some(&setup.log()),
+                )
+                .await?;
+                child.stop(Duration::from_secs(40))?;
+            }
+            System::Baseline => declare_baseline(&self.conn, &setup.names).await?,
+        }
+        let phase = self.phase(events, false);
+        println!(
+            "[{key}] {}: publishing {events} events with no consumer running...",
+            system.name()
+        );
+        let published = spawn_publisher(PublishJob {
+            exchange: setup.names.exchange.clone(),
+            phase: phase.id,
+            events,
+            rate: None,
+            window: WINDOW * 4,
+            body: Arc::clone(&self.body),
+            base: self.sink.base,
+        })
+        .join()
+        .map_err(|_| "the publisher panicked".to_owned())??;
+        let first = published.sent.first().copied().unwrap_or(0);
+        let pub_rate = events as f64 / ((published.confirmed - first) as f64 / 1e9);
+        let ready = queue_state(&self.conn, &setup.names.queue)
+            .await
+            .map_or(0, |(m, _)| m);
+        println!(
+            "[{key}] {}: {ready} events waiting ({pub_rate:.0} events/s published with confirms); starting the consumer",
+            system.name()
+        );
+
+        wait_quiet(self.opts.quiet).await;
+        let start = self.sink.now();
+        let mut child = setup.spawn(system)?;
+        let probe = CpuProbe::start(child.pid(), None);
+        let perf = start_profile(child.pid(), &format!("{key}-{}", system.name()));
+        let expected = events * 2;
+        let samples = self
+            .await_phase(
+                &phase,
+                expected,
+                &mut child,
+                &mut Publisher::default(),
+                &setup,
+                Duration::from_secs(360),
+            )
+            .await?;
+        let cpu = probe.finish();
+        stop_profile(perf);
+        let rss = peak_rss_kib(child.pid()).unwrap_or(0);
+        let stopped = child.stop(Duration::from_secs(40));
+        delete_named(&self.conn, setup.names.prefix()).await;
+        stopped?;
+        let end = phase
+            .arrivals
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|a| a.at)
+            .max()
+            .unwrap_or(start);
+        let secs = (end - start) as f64 / 1e9;
+        let f = Figures {
+            events,
+            notifications: expected,
+            secs,
+            events_per_sec: events as f64 / secs,
+            notifications_per_sec: expected as f64 / secs,
+            latency: None,
+            p99_by_channel: None,
+            cpu_per_1000: cpu.consumer_secs / expected as f64 * 1000.0,
+            peak_rss_mib: rss as f64 / 1024.0,
+            published_per_sec: pub_rate,
+            other_cores: cpu.other_cores(),
+        };
+        report(key, system, &f, &cpu, phase.total.load(Ordering::Relaxed));
+        // The resident set as the drain goes on: flat when memory is bounded by the prefetch.
+        let mut curve = Vec::new();
+        for quarter in 1..=4 {
+            let done = expected * quarter / 4;
+            if let Some((_, kib)) = samples.iter().rev().find(|(got, _)| *got <= done) {
+                curve.push(format!(
+                    "{:.1} MiB at {}%",
+                    *kib as f64 / 1024.0,
+                    quarter * 25
+                ));
+            }
+        }
+        println!(
+            "[{key}] {}: resident set while draining: {}",
+            system.name(),
+            curve.join(", ")
+        );
+        Ok(f)
+    }
+}
+
+fn report(key: &str, system: System, f: &Figures, cpu: &CpuUse, total: usize) {
+    let mut line = format!(
+        "[{key}] {}: {} events, {} notifications in {:.2} s: {:.0} events/s, {:.0} notifications/s",
+        system.name(),
+        f.events,
+        f.notifications,
+        f.secs,
+        f.events_per_sec,
+        f.notifications_per_sec
+    );
+    if let Some([p50, p95, p99]) = f.latency {
+        let _ = write!(
+            line,
+            "; latency p50 {p50:.1} ms, p95 {p95:.1} ms, p99 {p99:.1} ms"
+        );
+    }
+    if let Some([web, mail]) = f.p99_by_channel {
+        let _ = write!(line, " (p99 webhooks {web:.1} ms, emails {mail:.1} ms)");
+    }
+    let _ = write!(
+        line,
+        "; CPU {:.3} s per 1,000 notifications; peak RSS {:.1} MiB",
+        f.cpu_per_1000, f.peak_rss_mib
+    );
+    if total > f.notifications {
+        let _ = write!(line, "; {} repeated", total - f.notifications);
+    }
+    let _ = write!(line, "; published at {:.0} events/s", f.published_per_sec);
+    println!("{line}");
+    println!("[{key}] {}: {}", system.name(), cpu.describe(system.name()));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The run and the results table.
+
+type Row = (
+    &'static str,
+    String,
+    Result<Figures, String>,
+    Option<Result<Figures, String>>,
+);
+
+async fn run(wanted: Vec<String>) -> bool {
+    let opts = Opts::from_env();
+    let all = ["throughput", "mixed", "latency", "backlog"];
+    for w in &wanted {
+        if !all.contains(&w.as_str()) {
+            eprintln!("unknown scenario {w}: choose from {}", all.join(", "));
+            return false;
+        }
+    }
+    let selected = |s: &str| wanted.is_empty() || wanted.iter().any(|w| w == s);
+    let conn = match Connection::connect(AMQP, ConnectionProperties::default()).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!(
+                "error: cannot reach RabbitMQ at 127.0.0.1:5672 ({e}); start it with `rabbitmq-server -detached`"
+            );
+            return false;
+        }
+    };
+    delete_stale(&conn).await;
+    let sink = Arc::new(Sink {
+        base: Instant::now(),
+        phase: RwLock::new(None),
+    });
+    let receiver_port = start_receiver(Arc::clone(&sink)).await;
+    let body = std::fs::read(root().join("schemas/examples/valid/court.bail.decided.json"))
+        .expect("the court.bail.decided example");
+    let mut bench = Bench {
+        opts,
+        sink: Arc::clone(&sink),
+        receiver_port,
+        conn,
+        body: Arc::new(body),
+        next_phase: 0,
+        tmp: tempfile::tempdir().expect("temp dir"),
+    };
+    print_machine(&bench.opts);
+    let started = Instant::now();
+    let mut rows: Vec<Row> = Vec::new();
+
+    let live = [
+        (
+            "throughput",
+            Scenario {
+                key: "throughput",
+                events: bench.opts.events,
+                rate: None,
+                mixed: false,
+            },
+            "max throughput, 2 webhooks/event",
+        ),
+        (
+            "mixed",
+            Scenario {
+                key: "mixed",
+                events: bench.opts.mixed_events,
+                rate: None,
+                mixed: true,
+            },
+            "mixed, 2 emails + 2 webhooks/event",
+        ),
+        (
+            "latency",
+            Scenario {
+                key: "latency",
+                events: (bench.opts.rate * bench.opts.rate_secs).round() as usize,
+                rate: Some(bench.opts.rate),
+                mixed: false,
+            },
+            "fixed rate, 2 webhooks/event",
+        ),
+    ];
+    for (name, sc, title) in &live {
+        if !selected(name) {
+            continue;
+        }
+        let smtp = if sc.mixed {
+            match Smtp::start(Arc::clone(&sink)) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    eprintln!("[{name}] error: {e}");
+                    rows.push((name, title.to_string(), Err(e), None));
+                    continue;
+                }
+            }
+        } else {
+            None
+        };
+        let title = match sc.rate {
+            Some(r) => format!("{title} at {r:.0} events/s"),
+            None => title.to_string(),
+        };
+        println!("\n[{name}] {title}: {} events", sc.events);
+        let herald = bench.live(sc, System::Herald, smtp.as_ref()).await;
+        if let Err(e) = &herald {
+            eprintln!("[{name}] herald: error: {e}");
+        }
+        let baseline = if bench.opts.baseline {
+            let b = bench.live(sc, System::Baseline, smtp.as_ref()).await;
+            if let Err(e) = &b {
+                eprintln!("[{name}] baseline: error: {e}");
+            }
+            Some(b)
+        } else {
+            None
+        };
+        rows.push((name, title, herald, baseline));
+    }
+    if selected("backlog") {
+        let n = bench.opts.backlog;
+        let title = format!("backlog of {n} published with Herald stopped, then drained");
+        println!("\n[backlog] {title}");
+        let herald = bench.backlog(n, System::Herald).await;
+        if let Err(e) = &herald {
+            eprintln!("[backlog] herald: error: {e}");
+        }
+        let over = started.elapsed() > Duration::from_secs(bench.opts.budget_secs);
+        if bench.opts.baseline && bench.opts.backlog_baseline && over {
+            println!(
+                "[backlog] baseline skipped: the run has taken more than E2E_BUDGET_SECS ({} s)",
+                bench.opts.budget_secs
+            );
+        }
+        let baseline = if bench.opts.baseline && bench.opts.backlog_baseline && !over {
+            let b = bench.backlog(n, System::Baseline).await;
+            if let Err(e) = &b {
+                eprintln!("[backlog] baseline: error: {e}");
+            }
+            Some(b)
+        } else {
+            None
+        };
+        rows.push(("backlog", title, herald, baseline));
+    }
+    delete_named(&bench.conn, &run_prefix()).await;
+    let _ = bench.conn.close(200, "done".into()).await;
+    println!(
+        "\nfinished in {:.0} s\n\n{}",
+        started.elapsed().as_secs_f64(),
+        table(&rows, &bench.opts)
+    );
+    rows.iter()
+        .all(|(_, _, h, b)| h.is_ok() && b.as_ref().is_none_or(|b| b.is_ok()))
+}
+
+fn print_machine(opts: &Opts) {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map_or("unknown", |(_, m)| m.trim());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .arg("-C")
+            .arg(root())
+            .args(args)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default()
+    };
+    let commit = match git(&["rev-parse", "--short", "HEAD"]) {
+        c if c.is_empty() => "an unknown commit".to_owned(),
+        c => c,
+    };
+    let changed = git(&[
+        "status",
+        "--porcelain",
+        "--",
+        "src",
+        "Cargo.toml",
+        "Cargo.lock",
+    ]);
+    println!(
+        "machine: {model}, {cores} cores; Herald at {commit}{}; prefetch {}, webhook concurrency per endpoint {}, RUST_LOG={}",
+        if changed.is_empty() {
+            ""
+        } else {
+            " with uncommitted changes"
+        },
+        opts.prefetch,
+        opts.concurrency,
+        opts.herald_log
+    );
+}
+
+fn table(rows: &[Row], opts: &Opts) -> String {
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "| scenario | consumer | events | events/s | notifications/s | p50 ms | p95 ms | p99 ms | CPU s / 1,000 notifications | peak RSS MiB |"
+    );
+    let _ = writeln!(t, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let lat = |f: &Figures, i: usize| f.latency.map_or("-".into(), |l| format!("{:.1}", l[i]));
+    let line = |t: &mut String, title: &str, who: &str, f: &Result<Figures, String>| match f {
+        Ok(f) => {
+            let _ = writeln!(
+                t,
+                "| {title} | {who} | {} | {:.0} | {:.0} | {} | {} | {} | {:.3} | {:.1} |",
+                f.events,
+                f.events_per_sec,
+                f.notifications_per_sec,
+                lat(f, 0),
+                lat(f, 1),
+                lat(f, 2),
+                f.cpu_per_1000,
+                f.peak_rss_mib
+            );
+        }
+        Err(e) => {
+            let short: String = e
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .chars()
+                .take(80)
+                .collect();
+            let _ = writeln!(t, "| {title} | {who} | failed: {short} | | | | | | | |");
+        }
+    };
+    for (_, title, herald, baseline) in rows {
+        line(&mut t, title, "Herald", herald);
+        if let Some(b) = baseline {
+            line(&mut t, title, "baseline", b);
+            if let (Ok(h), Ok(b)) = (herald, b) {
+                let r = |x: f64, y: f64| format!("{:.2}", x / y);
+                let lr = |i: usize| match (h.latency, b.latency) {
+                    (Some(x), Some(y)) => r(x[i], y[i]),
+                    _ => "-".into(),
+                };
+                let _ = writeln!(
+                    t,
+                    "| {title} | **Herald ÷ baseline** | | **{}** | {} | {} | {} | **{}** | {} | {} |",
+                    r(h.events_per_sec, b.events_per_sec),
+                    r(h.notifications_per_sec, b.notifications_per_sec),
+                    lr(0),
+                    lr(1),
+                    lr(2),
+                    r(h.cpu_per_1000, b.cpu_per_1000),
+                    r(h.peak_rss_mib, b.peak_rss_mib)
+                );
+            }
+        }
+    }
+    let mut targets = String::new();
+    for (key, _, herald, baseline) in rows {
+        let (Ok(h), Some(Ok(b))) = (herald, baseline) else {
+            continue;
+        };
+        if *key == "throughput" || *key == "mixed" {
+            let ratio = h.events_per_sec / b.events_per_sec;
+            let _ = writeln!(
+                targets,
+                "- {key}: throughput {ratio:.2} of the baseline (target ≥ 0.85): {}",
+                if ratio >= 0.85 { "met" } else { "not met" }
+            );
+        }
+    }
+    for (key, _, herald, _) in rows {
+        let Ok(h) = herald else { continue };
+        if *key == "latency"
+            && let Some(l) = h.latency
+        {
+            let _ = writeln!(
+                targets,
+                "- latency: Herald p99 {:.1} ms at {:.0} events/s (target ≤ 25 ms): {}",
+                l[2],
+                opts.rate,
+                if l[2] <= 25.0 { "met" } else { "not met" }
+            );
+        }
+        if *key == "backlog" {
+            let _ = writeln!(
+                targets,
+                "- backlog: Herald peak RSS {:.1} MiB draining {} events (target ≤ 64 MiB): {}",
+                h.peak_rss_mib,
+                h.events,
+                if h.peak_rss_mib <= 64.0 {
+                    "met"
+                } else {
+                    "not met"
+                }
+            );
+        }
+    }
+    for (_, title, herald, baseline) in rows {
+        for (who, f) in [("Herald", Some(herald)), ("baseline", baseline.as_ref())] {
+            if let Some(Ok(f)) = f
+                && f.other_cores > 0.2
+            {
+                let _ = writeln!(
+                    targets,
+                    "- note: {title}, {who}: other processes used {:.2} cores meanwhile",
+                    f.other_cores
+                );
+            }
+        }
+    }
+    if !targets.is_empty() {
+        let _ = write!(t, "\n{targets}");
+    }
+    t
+}
+
+// ---------------------------------------------------------------------------------------------
+// The baseline consumer, run as a child process of the benchmark.
+
+mod baseline {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use futures_util::StreamExt;
+    use futures_util::future::join_all;
+    use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+    use lapin::types::FieldTable;
+    use lapin::{Connection, ConnectionProperties};
+    use lettre::message::Mailbox;
+    use lettre::message::header::ContentType;
+    use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+    use tokio::sync::Semaphore;
+
+    struct Target {
+        client: reqwest::Client,
+        /// URL and its slots (as Herald's per-endpoint concurrency).
+        urls: Vec<(String, Semaphore)>,
+        smtp: Option<AsyncSmtpTransport<Tokio1Executor>>,
+        emails: Vec<(Mailbox, Semaphore)>,
+        from: Mailbox,
+    }
+
+    fn var(name: &str) -> String {
+        std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set"))
+    }
+
+    #[tokio::main]
+    pub async fn main() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let queue = var("BASELINE_QUEUE");
+        let prefetch: u16 = var("BASELINE_PREFETCH").parse().expect("prefetch");
+        let concurrency: usize = var("BASELINE_CONCURRENCY").parse().expect("concurrency");
+        let slots = || Semaphore::new(concurrency.max(1));
+        let smtp = std::env::var("BASELINE_SMTP").ok().map(|url| {
+            AsyncSmtpTransport::<Tokio1Executor>::from_url(&url)
+                .expect("SMTP URL")
+                .build()
+        });
+        let emails = std::env::var("BASELINE_EMAILS")
+            .map(|v| {
+                v.split(',')
+                    .map(|a| (a.parse().expect("address"), slots()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let target = Arc::new(Target {
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(15))
+                .pool_idle_timeout(Duration::from_secs(90))
+                .build()
+                .expect("HTTP client"),
+            urls: var("BASELINE_URLS")
+                .split(',')
+                .map(|u| (u.to_owned(), slots()))
+                .collect(),
+            smtp,
+            emails,
+            from: "Baseline <baseline@bench.invalid>".parse().expect("from"),
+        });
+        let conn = Connection::connect(
+            super::AMQP,
+            ConnectionProperties::default().with_connection_name("herald-e2e-baseline".into()),
+        )
+        .await
+        .expect("RabbitMQ");
+        let ch = conn.create_channel().await.expect("channel");
+        ch.basic_qos(prefetch, BasicQosOptions::default())
+            .await
+            .expect("qos");
+        let mut consumer = ch
+            .basic_consume(
+                queue.as_str().into(),
+                "baseline".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("consume");
+        while let Some(delivery) = consumer.next().await {
+            let Ok(delivery) = delivery else { break };
+            let target = Arc::clone(&target);
+            tokio::spawn(async move {
+                let id = delivery
+                    .properties
+                    .message_id()
+                    .as_ref()
+                    .map(|m| m.to_string())
+                    .unwrap_or_default();
+                let ok = target.send(&id, &delivery.data).await;
+                let _ = if ok {
+                    delivery.ack(BasicAckOptions::default()).await
+                } else {
+                    delivery
+                        .nack(BasicNackOptions {
+                            requeue: true,
+                            ..Default::default()
+                        })
+                        .await
+                };
+            });
+        }
+    }
+
+    impl Target {
+        /// The raw body to every URL and every address, concurrently; true if all took it.
+        async fn send(&self, id: &str, body: &[u8]) -> bool {
+            let posts = self.urls.iter().map(|(url, slots)| async move {
+                let _slot = slots.acquire().await.ok()?;
+                let r = self
+                    .client
+                    .post(url)
+                    .header("content-type", "application/json")
+                    .header("x-event-id", id)
+                    .body(body.to_vec())
+                    .send()
+                    .await
+                    .ok()?;
+                r.status().is_success().then_some(())
+            });
+            let mails = self.emails.iter().enumerate().map(|(n, (to, slots))| {
+                let smtp = self.smtp.as_ref();
+                async move {
+                    let _slot = slots.acquire().await.ok()?;
+                    let message = Message::builder()
+                        .from(self.from.clone())
+                        .to(to.clone())
+                        .subject("court.bail.decided")
+                        .message_id(Some(format!("<{id}.{}@bench.invalid>", n + 2)))
+                        .header(ContentType::TEXT_PLAIN)
+                        .body(String::from_utf8_lossy(body).into_owned())
+                        .ok()?;
+                    smtp?.send(message).await.ok().map(drop)
+                }
+            });
+            let (a, b) = futures_util::join!(join_all(posts), join_all(mails));
+            a.iter().chain(&b).all(Option::is_some)
+        }
+    }
+}
