@@ -311,7 +311,10 @@ fn delivered(ctx: &Ctx, p: &Pending) {
         .notification_latency
         .with_label_values(&[route])
         .observe(latency);
-    ctx.metrics.waiting.end(&p.key);
+    // Only a notification that has failed before can be waiting for a retry.
+    if p.first_failure.is_some() {
+        ctx.metrics.waiting.end(&p.key);
+    }
     let (outcome, due) = (p.sla_outcome(now), p.due());
     ctx.metrics
         .sla_outcomes
