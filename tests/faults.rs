@@ -84,22 +84,47 @@ fn spawn(config: &std::path::Path) -> Herald {
     )
 }
 
+/// Writes a configuration for `herald serve` as a child process (guest may publish court
+/// events; retries after 1 s, 1 s and 2 s), starts it and waits until it has declared its
+/// queue, so publishing can begin.
+async fn start_child(
+    dir: &std::path::Path,
+    names: &Names,
+    receiver: &Receiver,
+) -> (std::path::PathBuf, Herald) {
+    let config = service::config_file_with(
+        dir,
+        names,
+        receiver,
+        "\"court.*\"",
+        "[retry]\nschedule = [\"1s\", \"1s\", \"2s\"]\n",
+    );
+    let herald = spawn(&config);
+    service::wait_for_queue(&names.queue).await;
+    (config, herald)
+}
+
+/// Waits until the receiver has seen `expected` distinct webhook ids.
+async fn every_webhook_delivered(receiver: &Receiver, expected: usize, timeout: Duration) {
+    wait_until("every webhook delivered", timeout, || async {
+        receiver
+            .hooks()
+            .iter()
+            .map(|h| h.id.clone())
+            .collect::<BTreeSet<_>>()
+            .len()
+            >= expected
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sigkill_while_2000_events_flow_loses_nothing() {
     const EVENTS: usize = 2000;
     let (receiver, names) = (Receiver::start().await, Names::new("sigkill"));
     let dir = tempfile::tempdir().unwrap();
-    let config = service::config_file_with(
-        dir.path(),
-        &names,
-        &receiver,
-        "\"court.*\"",
-        "[retry]\nschedule = [\"1s\", \"1s\", \"2s\"]\n",
-    );
-    // The first start declares the topology, so publishing can begin.
-    let mut herald = spawn(&config);
+    let (config, mut herald) = start_child(dir.path(), &names, &receiver).await;
     let (_conn, ch) = service::channel().await;
-    service::wait_for_queue(&names.queue).await;
     let publisher = {
         let exchange = names.exchange.clone();
         tokio::spawn(async move {
@@ -124,20 +149,7 @@ async fn sigkill_while_2000_events_flow_loses_nothing() {
         herald = spawn(&config);
     }
     publisher.await.unwrap();
-    wait_until(
-        "every webhook delivered",
-        Duration::from_secs(180),
-        || async {
-            receiver
-                .hooks()
-                .iter()
-                .map(|h| h.id.clone())
-                .collect::<BTreeSet<_>>()
-                .len()
-                >= EVENTS
-        },
-    )
-    .await;
+    every_webhook_delivered(&receiver, EVENTS, Duration::from_secs(180)).await;
     herald.kill().unwrap();
     herald.wait().unwrap();
     let hooks = receiver.hooks();
@@ -159,16 +171,8 @@ async fn sigterm_drains_and_exits_cleanly_and_nothing_is_lost() {
     const EVENTS: usize = 300;
     let (receiver, names) = (Receiver::start().await, Names::new("sigterm"));
     let dir = tempfile::tempdir().unwrap();
-    let config = service::config_file_with(
-        dir.path(),
-        &names,
-        &receiver,
-        "\"court.*\"",
-        "[retry]\nschedule = [\"1s\", \"1s\", \"2s\"]\n",
-    );
-    let mut herald = spawn(&config);
+    let (config, mut herald) = start_child(dir.path(), &names, &receiver).await;
     let (_conn, ch) = service::channel().await;
-    service::wait_for_queue(&names.queue).await;
     for i in 0..EVENTS {
         service::publish(
             &ch,
@@ -198,20 +202,7 @@ async fn sigterm_drains_and_exits_cleanly_and_nothing_is_lost() {
     assert!(status.success(), "a drained shutdown exits 0: {status:?}");
     // What was not finished is still on the queue; a new Herald finishes it.
     let mut herald = spawn(&config);
-    wait_until(
-        "every webhook delivered",
-        Duration::from_secs(120),
-        || async {
-            receiver
-                .hooks()
-                .iter()
-                .map(|h| h.id.clone())
-                .collect::<BTreeSet<_>>()
-                .len()
-                >= EVENTS
-        },
-    )
-    .await;
+    every_webhook_delivered(&receiver, EVENTS, Duration::from_secs(120)).await;
     herald.kill().unwrap();
     herald.wait().unwrap();
     let ids: Vec<String> = receiver.hooks().iter().map(|h| h.id.clone()).collect();
@@ -244,20 +235,7 @@ async fn closing_the_broker_connection_mid_stream_loses_nothing() {
             .await;
         }
     }
-    wait_until(
-        "every webhook delivered",
-        Duration::from_secs(120),
-        || async {
-            receiver
-                .hooks()
-                .iter()
-                .map(|h| h.id.clone())
-                .collect::<BTreeSet<_>>()
-                .len()
-                >= EVENTS
-        },
-    )
-    .await;
+    every_webhook_delivered(&receiver, EVENTS, Duration::from_secs(120)).await;
     let ids: Vec<String> = receiver.hooks().iter().map(|h| h.id.clone()).collect();
     summary("connection closed", EVENTS, EVENTS, &ids);
     herald.stop().await.unwrap();
