@@ -279,28 +279,36 @@ fn describe_json_error(e: &serde_json::Error) -> &'static str {
 /// Brackets inside strings do not count.
 fn too_deep(bytes: &[u8], max: usize) -> Option<usize> {
     let mut depth = 0usize;
-    let mut in_string = false;
-    let mut escaped = false;
-    for (offset, &b) in bytes.iter().enumerate() {
-        if in_string {
-            match (escaped, b) {
-                (true, _) => escaped = false,
-                (false, b'\\') => escaped = true,
-                (false, b'"') => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
-        match b {
-            b'"' => in_string = true,
+    let mut at = 0;
+    // Outside strings: the next quote or bracket. Inside: skip to the closing quote, past
+    // escaped characters. Most of an event is inside strings, so most bytes are skipped by
+    // memchr rather than looked at one by one.
+    while let Some(i) = bytes[at..]
+        .iter()
+        .position(|&b| matches!(b, b'"' | b'{' | b'[' | b'}' | b']'))
+    {
+        let offset = at + i;
+        at = offset + 1;
+        match bytes[offset] {
+            b'"' => loop {
+                let found = at + memchr::memchr2(b'"', b'\\', &bytes[at..])?;
+                if bytes[found] == b'\\' {
+                    at = found + 2;
+                    if at > bytes.len() {
+                        return None;
+                    }
+                } else {
+                    at = found + 1;
+                    break;
+                }
+            },
             b'{' | b'[' => {
                 depth += 1;
                 if depth > max {
                     return Some(offset);
                 }
             }
-            b'}' | b']' => depth = depth.saturating_sub(1),
-            _ => {}
+            _ => depth = depth.saturating_sub(1),
         }
     }
     None
@@ -309,11 +317,57 @@ fn too_deep(bytes: &[u8], max: usize) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::too_deep;
+    use proptest::prelude::*;
+
+    /// Byte by byte: what `too_deep` must agree with.
+    fn too_deep_slowly(bytes: &[u8], max: usize) -> Option<usize> {
+        let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+        for (offset, &b) in bytes.iter().enumerate() {
+            if in_string {
+                match (escaped, b) {
+                    (true, _) => escaped = false,
+                    (false, b'\\') => escaped = true,
+                    (false, b'"') => in_string = false,
+                    _ => {}
+                }
+                continue;
+            }
+            match b {
+                b'"' => in_string = true,
+                b'{' | b'[' => {
+                    depth += 1;
+                    if depth > max {
+                        return Some(offset);
+                    }
+                }
+                b'}' | b']' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+        None
+    }
+
+    proptest! {
+        #[test]
+        fn skipping_strings_finds_what_reading_every_byte_finds(
+            parts in prop::collection::vec(prop_oneof![
+                Just(&b"{"[..]), Just(&b"}"[..]), Just(&b"["[..]), Just(&b"]"[..]),
+                Just(&b"\""[..]), Just(&b"\\"[..]), Just(&b"a"[..]), Just(&b","[..]),
+            ], 0..60),
+            max in 0usize..6,
+        ) {
+            let bytes = parts.concat();
+            prop_assert_eq!(too_deep(&bytes, max), too_deep_slowly(&bytes, max));
+        }
+    }
 
     #[test]
     fn depth_counts_brackets_outside_strings_only() {
         assert_eq!(too_deep(br#"{"a":[{"b":1}]}"#, 3), None);
         assert_eq!(too_deep(br#"{"a":[{"b":[1]}]}"#, 3), Some(11));
         assert_eq!(too_deep(br#"{"a":"[[[[[[\"[[["}"#, 1), None);
+        assert_eq!(too_deep(br#"{"a":"\\", "b":[[1]]}"#, 2), Some(16));
+        assert_eq!(too_deep(br#"{"a":"unterminated \"#, 1), None);
+        assert_eq!(too_deep(br#"{"a":"\\\"[[["}"#, 1), None);
     }
 }

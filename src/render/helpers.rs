@@ -4,9 +4,10 @@
 
 use std::sync::LazyLock;
 
-use chrono::format::{Item, StrftimeItems};
-use chrono::{DateTime, NaiveDate};
+use chrono::format::{Item, Parsed, StrftimeItems};
+use chrono::{DateTime, Datelike, NaiveDate, Timelike};
 use chrono_tz::Europe::London;
+use chrono_tz::OffsetName;
 use handlebars::{
     Context, Handlebars, Helper, HelperDef, RenderContext, RenderError, RenderErrorReason,
     ScopedJson,
@@ -40,30 +41,75 @@ fn text_param<'a>(h: &'a Helper<'_>, helper: &str) -> Result<&'a str, RenderErro
         .ok_or_else(|| fail(format!("{helper}: field {name} is not a date")))
 }
 
-/// Parsed once: the formats are fixed and parsing them is most of the cost of formatting.
-static DATE: LazyLock<Vec<Item<'static>>> =
-    LazyLock::new(|| StrftimeItems::new("%A %-d %B %Y").collect());
-static DATE_TIME: LazyLock<Vec<Item<'static>>> =
-    LazyLock::new(|| StrftimeItems::new("%A %-d %B %Y, %H:%M %Z").collect());
+/// Parsed once: the format is fixed and parsing it is most of the cost of reading a date.
+static ISO_DATE: LazyLock<Vec<Item<'static>>> =
+    LazyLock::new(|| StrftimeItems::new("%Y-%m-%d").collect());
+
+const WEEKDAYS: [&str; 7] = [
+    "Monday",
+    "Tuesday",
+    "Wednesday",
+    "Thursday",
+    "Friday",
+    "Saturday",
+    "Sunday",
+];
+const MONTHS: [&str; 12] = [
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+];
+
+/// `Tuesday 15 December 2026` (chrono's `%A %-d %B %Y`, written directly: this runs for
+/// every date in every email).
+fn write_date(date: NaiveDate, out: &mut String) {
+    use std::fmt::Write;
+    let weekday = WEEKDAYS[date.weekday().num_days_from_monday() as usize];
+    let month = MONTHS[date.month0() as usize];
+    let _ = match date.year() {
+        year @ 0..=9999 => write!(out, "{weekday} {} {month} {year}", date.day()),
+        year => write!(out, "{weekday} {} {month} {year:+05}", date.day()),
+    };
+}
 
 /// `2026-12-15` -> `Tuesday 15 December 2026`; a date-time gives its London date.
 pub fn uk_date(text: &str) -> Option<String> {
-    let date = match NaiveDate::parse_from_str(text, "%Y-%m-%d") {
-        Ok(d) => d,
-        Err(_) => DateTime::parse_from_rfc3339(text)
+    let mut parsed = Parsed::new();
+    let date = match chrono::format::parse(&mut parsed, text, ISO_DATE.iter())
+        .ok()
+        .and_then(|()| parsed.to_naive_date().ok())
+    {
+        Some(d) => d,
+        None => DateTime::parse_from_rfc3339(text)
             .ok()?
             .with_timezone(&London)
             .date_naive(),
     };
-    Some(date.format_with_items(DATE.iter()).to_string())
+    let mut out = String::with_capacity(32);
+    write_date(date, &mut out);
+    Some(out)
 }
 
 /// `2026-11-20T15:42:00Z` -> `Friday 20 November 2026, 15:42 GMT`.
 pub fn uk_datetime(text: &str) -> Option<String> {
+    use std::fmt::Write;
     let t = DateTime::parse_from_rfc3339(text)
         .ok()?
         .with_timezone(&London);
-    Some(t.format_with_items(DATE_TIME.iter()).to_string())
+    let mut out = String::with_capacity(40);
+    write_date(t.date_naive(), &mut out);
+    let zone = t.offset().abbreviation().unwrap_or("");
+    let _ = write!(out, ", {:02}:{:02} {zone}", t.hour(), t.minute());
+    Some(out)
 }
 
 struct UkDate;
@@ -152,5 +198,34 @@ mod tests {
             Some("Wednesday 1 July 2026, 09:00 BST")
         );
         assert_eq!(uk_date("next week"), None);
+    }
+
+    #[test]
+    fn dates_read_as_chrono_formats_them() {
+        let mut day = NaiveDate::from_ymd_opt(2024, 1, 1).unwrap();
+        let mut at = DateTime::parse_from_rfc3339("2024-01-01T00:00:00Z").unwrap();
+        while day.year() < 2029 {
+            let text = day.format("%Y-%m-%d").to_string();
+            assert_eq!(
+                uk_date(&text).unwrap(),
+                day.format("%A %-d %B %Y").to_string()
+            );
+            let rfc = at.to_rfc3339();
+            assert_eq!(
+                uk_datetime(&rfc).unwrap(),
+                at.with_timezone(&London)
+                    .format("%A %-d %B %Y, %H:%M %Z")
+                    .to_string(),
+                "{rfc}"
+            );
+            day = day.succ_opt().unwrap();
+            at += chrono::Duration::minutes(397);
+        }
+        for year in [-1, 10000] {
+            let date = NaiveDate::from_ymd_opt(year, 1, 1).unwrap();
+            let mut out = String::new();
+            write_date(date, &mut out);
+            assert_eq!(out, date.format("%A %-d %B %Y").to_string());
+        }
     }
 }

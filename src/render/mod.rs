@@ -5,6 +5,7 @@
 //! so a field the event lacks is an error, never an empty string. HTML templates escape every
 //! value and may not use the unescaped forms `{{{ }}}` or `{{& }}`.
 
+mod compiled;
 mod helpers;
 pub mod payload;
 
@@ -16,7 +17,10 @@ use std::path::{Path, PathBuf};
 
 use handlebars::{Context, Handlebars};
 
+pub use compiled::Data;
 pub use helpers::{uk_date, uk_datetime};
+
+use compiled::Compiled;
 
 /// The three parts of an email.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +46,11 @@ pub struct Renderer {
     /// No escaping: subject and plain text.
     plain: Handlebars<'static>,
     names: BTreeSet<String>,
+    /// Subject, text and HTML of each template, compiled where they keep to the steps
+    /// `compiled` covers; `None` renders through the registry.
+    compiled: HashMap<String, [Option<Compiled>; 3]>,
+    /// Render everything through the Handlebars registry (to compare the two).
+    handlebars_only: bool,
 }
 
 impl std::fmt::Debug for Renderer {
@@ -127,7 +136,29 @@ impl Renderer {
             names.insert(name);
         }
         if errors.is_empty() {
-            Ok(Renderer { html, plain, names })
+            let compiled = names
+                .iter()
+                .map(|name| {
+                    let part = |registry: &Handlebars<'static>, part: &str, escape: bool| {
+                        registry
+                            .get_template(&format!("{name}/{part}"))
+                            .and_then(|t| Compiled::new(t, escape))
+                    };
+                    let parts = [
+                        part(&plain, "subject", false),
+                        part(&plain, "text", false),
+                        part(&html, "html", true),
+                    ];
+                    (name.clone(), parts)
+                })
+                .collect();
+            Ok(Renderer {
+                html,
+                plain,
+                names,
+                compiled,
+                handlebars_only: false,
+            })
         } else {
             Err(errors)
         }
@@ -142,20 +173,43 @@ impl Renderer {
         self.names.iter().map(String::as_str)
     }
 
-    /// Renders the email parts of `template` with `context`. The subject is put on one line,
+    /// Renders every template through the Handlebars registry alone, or (the default) each
+    /// compiled part by its compiled steps. Both give the same text; this is for comparing.
+    pub fn set_handlebars_only(&mut self, on: bool) {
+        self.handlebars_only = on;
+    }
+
+    /// How many template parts render by compiled steps rather than through the registry.
+    pub fn compiled_parts(&self) -> usize {
+        self.compiled.values().flatten().flatten().count()
+    }
+
+    /// Renders the email parts of `template` with `data`. The subject is put on one line,
     /// prefixed with the markings (`[CAT A]`).
     pub fn email(
         &self,
         template: &str,
-        context: &Context,
+        data: &Data<'_>,
         marks: &[String],
     ) -> Result<EmailParts, String> {
-        let render = |registry: &Handlebars<'static>, part: &str| {
+        let compiled = self
+            .compiled
+            .get(template)
+            .filter(|_| !self.handlebars_only);
+        let mut context: Option<Context> = None;
+        let mut render = |registry: &Handlebars<'static>, index: usize| {
+            let part = PARTS[index];
+            if let Some(Some(steps)) = compiled.map(|c| &c[index]) {
+                return steps
+                    .render(data)
+                    .map_err(|e| format!("{template}/{part}: {e}"));
+            }
+            let context = context.get_or_insert_with(|| Context::from(data.to_value()));
             registry
                 .render_with_context(&format!("{template}/{part}"), context)
                 .map_err(|e| e.to_string())
         };
-        let subject = render(&self.plain, "subject")?;
+        let subject = render(&self.plain, 0)?;
         let mut line = String::new();
         for mark in marks {
             line.push('[');
@@ -165,8 +219,8 @@ impl Renderer {
         line.push_str(&one_line(&subject));
         Ok(EmailParts {
             subject: line,
-            text: render(&self.plain, "text")?,
-            html: render(&self.html, "html")?,
+            text: render(&self.plain, 1)?,
+            html: render(&self.html, 2)?,
         })
     }
 }

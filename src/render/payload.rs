@@ -92,6 +92,9 @@ pub fn webhook_body(event: &Event, view: &WebhookView<'_>) -> String {
             },
         },
     };
-    // Serialising plain JSON values and strings to a String cannot fail.
-    serde_json::to_string(&payload).unwrap_or_default()
+    // Sized for a typical body so it is not copied as it grows. Serialising plain JSON values
+    // and strings cannot fail, and serde_json writes only UTF-8.
+    let mut out = Vec::with_capacity(2048);
+    let _ = serde_json::to_writer(&mut out, &payload);
+    String::from_utf8(out).unwrap_or_default()
 }

@@ -25,8 +25,8 @@ use crate::intake::SchemaSet;
 use crate::notification::{
     Channel, Content, IdempotencyKey, Notification, Priority, Problem, Routing, Sla,
 };
-use crate::render::Renderer;
 use crate::render::payload::{WebhookView, webhook_body};
+use crate::render::{Data, Renderer};
 use crate::sla::{Calendar, SlaRule};
 
 /// The marking added to short-notice notifications.
@@ -220,9 +220,13 @@ impl Engine {
             info,
             withheld,
         };
-        let context = template_context(event, &view, recipient, route, &sla, &marks, priority);
-        self.renderer
-            .email(&route.template, &handlebars::Context::from(context), &marks)
+        let facts = template_facts(event, route, &sla, &marks, priority);
+        let data = Data {
+            facts: &facts,
+            recipient: &recipient_data(recipient),
+            info: &view.info,
+        };
+        self.renderer.email(&route.template, &data, &marks)
     }
 
     fn apply<'e>(
@@ -234,6 +238,8 @@ impl Engine {
     ) {
         let name = route.name.to_string();
         let (sla, marks, priority) = self.facts(route, event);
+        // Built at the first email of the route: the same for each of its recipients.
+        let mut facts = None;
 
         let mut seen = HashSet::new();
         for selector in &route.to {
@@ -296,11 +302,16 @@ impl Engine {
                         IdempotencyKey::derive(&event.id, &name, recipient.id.as_str(), channel);
                     let content = match channel {
                         Channel::Email => {
-                            let context = template_context(
-                                event, view, recipient, route, &sla, &marks, priority,
-                            );
+                            let facts = facts.get_or_insert_with(|| {
+                                template_facts(event, route, &sla, &marks, priority)
+                            });
+                            let data = Data {
+                                facts,
+                                recipient: &recipient_data(recipient),
+                                info: &view.info,
+                            };
                             self.renderer
-                                .email(&route.template, &handlebars::Context::from(context), &marks)
+                                .email(&route.template, &data, &marks)
                                 .map(|parts| Content::Email {
                                     to: recipient.email.clone(),
                                     subject: parts.subject,
@@ -357,58 +368,58 @@ impl Engine {
     }
 }
 
-/// What a template sees: the redacted event data as `info`, the person's identifiers as
-/// `person.NOMS` etc. (and all of them on one line as `identifiers`), and the notification's
-/// own facts.
-fn template_context(
+/// What a template sees besides the event data (`info`, from the recipient's view) and the
+/// recipient (`recipient.id`, `.name`, `.class`): the person's identifiers as `person.NOMS`
+/// etc. (and all of them on one line as `identifiers`), and the notification's own facts. The
+/// same for every recipient of a route.
+fn template_facts(
     event: &Event,
-    view: &View<'_>,
-    recipient: &Recipient,
     route: &Route,
     sla: &Sla,
     marks: &[String],
     priority: Priority,
-) -> Value {
+) -> serde_json::Map<String, Value> {
     let body = &event.body;
     let person: serde_json::Map<String, Value> = event
         .identifiers()
         .map(|(t, v)| (t.to_owned(), Value::String(v.to_owned())))
         .collect();
     let text = |s: &str| Value::String(s.to_owned());
-    let mut context = serde_json::Map::new();
-    context.insert("eventId".into(), text(event.id.as_str()));
-    context.insert("eventType".into(), text(event.event_type.as_str()));
-    context.insert("occurredAt".into(), body["occurredAt"].clone());
-    context.insert("publishedAt".into(), body["publishedAt"].clone());
+    let mut facts = serde_json::Map::new();
+    facts.insert("eventId".into(), text(event.id.as_str()));
+    facts.insert("eventType".into(), text(event.event_type.as_str()));
+    facts.insert("occurredAt".into(), body["occurredAt"].clone());
+    facts.insert("publishedAt".into(), body["publishedAt"].clone());
     let identifiers: Vec<String> = person
         .iter()
         .map(|(t, v)| format!("{t} {}", v.as_str().unwrap_or_default()))
         .collect();
-    context.insert("identifiers".into(), Value::String(identifiers.join(", ")));
-    context.insert("person".into(), Value::Object(person));
-    context.insert("info".into(), view.info.clone().into_owned());
-    context.insert(
-        "recipient".into(),
-        json!({"id": recipient.id.as_str(), "name": recipient.name, "class": recipient.class.as_str()}),
-    );
-    context.insert("route".into(), text(&route.name));
-    context.insert("priority".into(), text(priority.as_str()));
-    context.insert(
+    facts.insert("identifiers".into(), Value::String(identifiers.join(", ")));
+    facts.insert("person".into(), Value::Object(person));
+    facts.insert("route".into(), text(&route.name));
+    facts.insert("priority".into(), text(priority.as_str()));
+    facts.insert(
         "marks".into(),
         Value::Array(marks.iter().map(|m| text(m)).collect()),
     );
-    context.insert("urgent".into(), Value::Bool(priority == Priority::Urgent));
-    context.insert("shortNotice".into(), Value::Bool(sla.short_notice()));
-    let mut context = Value::Object(context);
+    facts.insert("urgent".into(), Value::Bool(priority == Priority::Urgent));
+    facts.insert("shortNotice".into(), Value::Bool(sla.short_notice()));
     if let Some(d) = sla.deadline() {
         let rule = match sla {
             Sla::Due { rule, .. } => rule.as_str(),
             _ => "",
         };
-        context["sla"] = json!({"rule": rule, "due": d.due.to_rfc3339_opts(chrono::SecondsFormat::Secs, true), "shortNotice": d.short_notice});
+        facts.insert(
+            "sla".into(),
+            json!({"rule": rule, "due": d.due.to_rfc3339_opts(chrono::SecondsFormat::Secs, true), "shortNotice": d.short_notice}),
+        );
     }
     if let Some(description) = body.get("description") {
-        context["description"] = description.clone();
+        facts.insert("description".into(), description.clone());
     }
-    context
+    facts
+}
+
+fn recipient_data(recipient: &Recipient) -> Value {
+    json!({"id": recipient.id.as_str(), "name": recipient.name, "class": recipient.class.as_str()})
 }

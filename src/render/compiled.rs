@@ -1,0 +1,701 @@
+//! Templates turned into a short list of steps when they load, for rendering without the
+//! Handlebars interpreter.
+//!
+//! Handlebars parses every template. When a parsed template keeps to text, values
+//! (`{{info.court.name}}`, `{{{raw}}}`), Herald's helpers (`uk_date`, `uk_datetime`, `join`)
+//! with path or literal arguments, `#if`/`#unless`/`else`, and `#each` over `this`-relative
+//! paths, it is also compiled here into [`Compiled`], and rendering walks those steps against
+//! the template data directly: no copy of the data, no path parsing, no block context. Anything
+//! else (`@index`, `../`, `@root`, subexpressions, hash arguments, other helpers, decorators)
+//! leaves the template to the Handlebars registry. Both give the same text in strict mode:
+//! tests render every shipped template both ways on every example and on altered events.
+
+use handlebars::template::{HelperTemplate, Parameter, Template, TemplateElement};
+use handlebars::{Path, PathSeg};
+use std::borrow::Cow;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use serde_json::{Map, Value};
+
+use super::helpers::{uk_date, uk_datetime};
+
+/// What a template sees. `info` and `recipient` are looked up here; every other top-level
+/// name in `facts`.
+#[derive(Debug, Clone, Copy)]
+pub struct Data<'a> {
+    pub facts: &'a Map<String, Value>,
+    pub recipient: &'a Value,
+    pub info: &'a Value,
+}
+
+impl Data<'_> {
+    fn get(&self, name: &str) -> Option<&Value> {
+        match name {
+            "info" => Some(self.info),
+            "recipient" => Some(self.recipient),
+            _ => self.facts.get(name),
+        }
+    }
+
+    /// The same data as one JSON object, for the Handlebars registry.
+    pub fn to_value(&self) -> Value {
+        let mut all = self.facts.clone();
+        all.insert("info".into(), self.info.clone());
+        all.insert("recipient".into(), self.recipient.clone());
+        Value::Object(all)
+    }
+}
+
+/// Names Handlebars would call as helpers when written alone (`{{len}}`): such an expression
+/// is not a value lookup, so a template using one is left to the registry.
+const HELPER_NAMES: &[&str] = &[
+    "if",
+    "unless",
+    "each",
+    "with",
+    "lookup",
+    "raw",
+    "log",
+    "eq",
+    "ne",
+    "gt",
+    "gte",
+    "lt",
+    "lte",
+    "and",
+    "or",
+    "not",
+    "len",
+    "uk_date",
+    "uk_datetime",
+    "join",
+];
+
+/// A compiled template.
+#[derive(Debug)]
+pub struct Compiled {
+    steps: Vec<Step>,
+    /// The longest output so far (a guess from the template at first): the output is
+    /// allocated once at this size instead of growing step by step.
+    size: AtomicUsize,
+}
+
+#[derive(Debug)]
+enum Step {
+    Text(String),
+    Value {
+        at: Lookup,
+        escape: bool,
+    },
+    Call {
+        helper: HelperName,
+        args: Vec<Arg>,
+        escape: bool,
+    },
+    If {
+        at: Arg,
+        /// `false` for `#unless`.
+        when: bool,
+        then: Vec<Step>,
+        otherwise: Vec<Step>,
+    },
+    Each {
+        at: Lookup,
+        body: Vec<Step>,
+        otherwise: Option<Vec<Step>>,
+    },
+}
+
+#[derive(Debug, Clone, Copy)]
+enum HelperName {
+    UkDate,
+    UkDateTime,
+    Join,
+}
+
+impl HelperName {
+    fn as_str(self) -> &'static str {
+        match self {
+            HelperName::UkDate => "uk_date",
+            HelperName::UkDateTime => "uk_datetime",
+            HelperName::Join => "join",
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Arg {
+    Path(Lookup),
+    Literal(Value),
+}
+
+/// A path relative to the current value (the template data at the top, the item inside
+/// `#each`), or one of `#each`'s own values: `@index`, `@first`, `@last`, `@key`.
+#[derive(Debug)]
+struct Lookup {
+    segments: Vec<String>,
+    local: Option<Local>,
+    raw: String,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Local {
+    Index,
+    First,
+    Last,
+    Key,
+}
+
+/// The item `#each` is on.
+#[derive(Debug, Clone, Copy)]
+struct Item<'a> {
+    value: &'a Value,
+    index: usize,
+    len: usize,
+    key: Option<&'a str>,
+}
+
+impl Compiled {
+    /// Compiles a parsed template; `None` when it uses something only Handlebars renders.
+    /// `escape` is whether `{{ }}` escapes for HTML in this template's registry.
+    pub fn new(template: &Template, escape: bool) -> Option<Compiled> {
+        let steps = steps(template, escape, false)?;
+        let text: usize = template
+            .elements
+            .iter()
+            .map(|e| match e {
+                TemplateElement::RawString(s) => s.len(),
+                _ => 16,
+            })
+            .sum();
+        Some(Compiled {
+            steps,
+            size: AtomicUsize::new(text + text / 4 + 64),
+        })
+    }
+
+    /// Renders with `data`; an error names the field a strict render could not find.
+    pub fn render(&self, data: &Data<'_>) -> Result<String, String> {
+        let mut out = String::with_capacity(self.size.load(Ordering::Relaxed));
+        render(&self.steps, data, None, &mut out)?;
+        self.size.fetch_max(out.len(), Ordering::Relaxed);
+        Ok(out)
+    }
+}
+
+fn steps(template: &Template, escape: bool, in_each: bool) -> Option<Vec<Step>> {
+    let mut steps = Vec::with_capacity(template.elements.len());
+    for element in &template.elements {
+        match element {
+            TemplateElement::RawString(text) => steps.push(Step::Text(text.clone())),
+            TemplateElement::Comment(_) => {}
+            TemplateElement::Expression(h) => steps.push(expression(h, escape, in_each)?),
+            TemplateElement::HtmlExpression(h) => steps.push(expression(h, false, in_each)?),
+            TemplateElement::HelperBlock(h) => steps.push(block(h, escape, in_each)?),
+            _ => return None,
+        }
+    }
+    Some(steps)
+}
+
+fn expression(h: &HelperTemplate, escape: bool, in_each: bool) -> Option<Step> {
+    if !h.hash.is_empty() || h.block_param.is_some() || h.block {
+        return None;
+    }
+    if h.params.is_empty() {
+        let Parameter::Path(path) = &h.name else {
+            return None;
+        };
+        let at = lookup(path, in_each)?;
+        if at.segments.len() == 1 && HELPER_NAMES.contains(&at.segments[0].as_str()) {
+            return None;
+        }
+        return Some(Step::Value { at, escape });
+    }
+    let helper = match name(&h.name)? {
+        "uk_date" => HelperName::UkDate,
+        "uk_datetime" => HelperName::UkDateTime,
+        "join" => HelperName::Join,
+        _ => return None,
+    };
+    let args = h
+        .params
+        .iter()
+        .map(|p| arg(p, in_each))
+        .collect::<Option<Vec<_>>>()?;
+    Some(Step::Call {
+        helper,
+        args,
+        escape,
+    })
+}
+
+fn block(h: &HelperTemplate, escape: bool, in_each: bool) -> Option<Step> {
+    if !h.hash.is_empty() || h.block_param.is_some() || h.params.len() != 1 {
+        return None;
+    }
+    let inner = |t: &Option<Template>, in_each| match t {
+        Some(t) => steps(t, escape, in_each),
+        None => Some(Vec::new()),
+    };
+    match name(&h.name)? {
+        name @ ("if" | "unless") => Some(Step::If {
+            at: arg(&h.params[0], in_each)?,
+            when: name == "if",
+            then: inner(&h.template, in_each)?,
+            otherwise: inner(&h.inverse, in_each)?,
+        }),
+        "each" => {
+            let Parameter::Path(path) = &h.params[0] else {
+                return None;
+            };
+            Some(Step::Each {
+                at: lookup(path, in_each)?,
+                body: inner(&h.template, true)?,
+                otherwise: match &h.inverse {
+                    Some(t) => Some(steps(t, escape, in_each)?),
+                    None => None,
+                },
+            })
+        }
+        _ => None,
+    }
+}
+
+fn name(p: &Parameter) -> Option<&str> {
+    match p {
+        Parameter::Name(n) => Some(n),
+        Parameter::Path(Path::Relative((segments, raw))) if segments.len() == 1 => Some(raw),
+        _ => None,
+    }
+}
+
+fn arg(p: &Parameter, in_each: bool) -> Option<Arg> {
+    match p {
+        Parameter::Path(path) => lookup(path, in_each).map(Arg::Path),
+        Parameter::Literal(v) => Some(Arg::Literal(v.clone())),
+        _ => None,
+    }
+}
+
+/// Plain names (`a.b.c`, `this`, `this.a`) and, inside `#each`, its `@index`, `@first`,
+/// `@last` and `@key`: `../`, `@root` and the like are left to Handlebars. `this` alone is only
+/// meaningful inside `#each` here.
+fn lookup(path: &Path, in_each: bool) -> Option<Lookup> {
+    let (segments, raw) = match path {
+        Path::Relative((segments, raw)) => (segments, raw),
+        Path::Local((0, name, raw)) if in_each => {
+            let local = match name.as_str() {
+                "index" => Local::Index,
+                "first" => Local::First,
+                "last" => Local::Last,
+                "key" => Local::Key,
+                _ => return None,
+            };
+            return Some(Lookup {
+                segments: Vec::new(),
+                local: Some(local),
+                raw: raw.clone(),
+            });
+        }
+        Path::Local(_) => return None,
+    };
+    let segments = segments
+        .iter()
+        .map(|s| match s {
+            PathSeg::Named(n) => Some(n.clone()),
+            _ => None,
+        })
+        .collect::<Option<Vec<_>>>()?;
+    if segments.is_empty() && !in_each {
+        return None;
+    }
+    Some(Lookup {
+        segments,
+        local: None,
+        raw: raw.clone(),
+    })
+}
+
+/// Looks a path up from the current item, or from the data at the top. `Ok(None)` is a
+/// missing value; an error is a name used as an index into a list, as Handlebars reports it.
+fn find<'a>(
+    at: &Lookup,
+    data: &'a Data<'a>,
+    item: Option<Item<'a>>,
+) -> Result<Option<Cow<'a, Value>>, String> {
+    if let Some(local) = at.local {
+        let Some(item) = item else {
+            return Ok(None);
+        };
+        return Ok(match local {
+            Local::Index => Some(Cow::Owned(Value::from(item.index))),
+            Local::First => Some(Cow::Owned(Value::Bool(item.index == 0))),
+            Local::Last => Some(Cow::Owned(Value::Bool(item.index + 1 == item.len))),
+            Local::Key => item.key.map(|k| Cow::Owned(Value::String(k.to_owned()))),
+        });
+    }
+    let mut segments = at.segments.iter();
+    let mut value = match item {
+        Some(item) => item.value,
+        None => match segments.next().and_then(|first| data.get(first)) {
+            Some(v) => v,
+            None => return Ok(None),
+        },
+    };
+    for segment in segments {
+        value = match value {
+            Value::Object(map) => match map.get(segment) {
+                Some(v) => v,
+                None => return Ok(None),
+            },
+            Value::Array(list) => match segment.parse::<usize>() {
+                Ok(i) => match list.get(i) {
+                    Some(v) => v,
+                    None => return Ok(None),
+                },
+                Err(_) => return Err(format!("{}: \"{segment}\" is not a list index", at.raw)),
+            },
+            _ => return Ok(None),
+        };
+    }
+    Ok(Some(Cow::Borrowed(value)))
+}
+
+fn render<'a>(
+    steps: &'a [Step],
+    data: &'a Data<'a>,
+    item: Option<Item<'a>>,
+    out: &mut String,
+) -> Result<(), String> {
+    for step in steps {
+        match step {
+            Step::Text(text) => out.push_str(text),
+            Step::Value { at, escape } => match find(at, data, item)? {
+                Some(v) => write_value(&v, *escape, out),
+                None => return Err(format!("field {} is missing from the event", at.raw)),
+            },
+            Step::Call {
+                helper,
+                args,
+                escape,
+            } => {
+                let text = call(*helper, args, data, item)?;
+                write(&text, *escape, out);
+            }
+            Step::If {
+                at,
+                when,
+                then,
+                otherwise,
+            } => {
+                let truthy = match at {
+                    Arg::Path(at) => find(at, data, item)?.is_some_and(|v| truthy(&v)),
+                    Arg::Literal(v) => truthy(v),
+                };
+                let branch = if truthy == *when { then } else { otherwise };
+                render(branch, data, item, out)?;
+            }
+            Step::Each {
+                at,
+                body,
+                otherwise,
+            } => {
+                let found = find(at, data, item)?;
+                let each =
+                    |list: &mut dyn ExactSizeIterator<Item = (Option<&'a str>, &'a Value)>,
+                     out: &mut String| {
+                        let len = list.len();
+                        for (index, (key, value)) in list.enumerate() {
+                            let item = Item {
+                                value,
+                                index,
+                                len,
+                                key,
+                            };
+                            render(body, data, Some(item), out)?;
+                        }
+                        Ok::<(), String>(())
+                    };
+                match (found, otherwise) {
+                    (Some(Cow::Borrowed(Value::Array(list))), otherwise)
+                        if !list.is_empty() || otherwise.is_none() =>
+                    {
+                        each(&mut list.iter().map(|v| (None, v)), out)?;
+                    }
+                    (Some(Cow::Borrowed(Value::Object(map))), otherwise)
+                        if !map.is_empty() || otherwise.is_none() =>
+                    {
+                        each(&mut map.iter().map(|(k, v)| (Some(k.as_str()), v)), out)?;
+                    }
+                    (_, Some(otherwise)) => render(otherwise, data, item, out)?,
+                    (_, None) => {
+                        return Err(format!("field {} is missing or not a list", at.raw));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Herald's helpers, with the same answers and the same errors as their Handlebars forms.
+fn call<'a>(
+    helper: HelperName,
+    args: &'a [Arg],
+    data: &'a Data<'a>,
+    item: Option<Item<'a>>,
+) -> Result<String, String> {
+    let name = helper.as_str();
+    let Some(first) = args.first() else {
+        return Err(match helper {
+            HelperName::Join => "join needs a list".to_owned(),
+            _ => format!("{name} needs a field"),
+        });
+    };
+    let (value, field) = match first {
+        Arg::Path(at) => (find(at, data, item)?, at.raw.as_str()),
+        Arg::Literal(v) => (Some(Cow::Borrowed(v)), "the field"),
+    };
+    let Some(value) = value else {
+        return Err(format!("{name}: field {field} is missing from the event"));
+    };
+    match helper {
+        HelperName::UkDate => {
+            let text = value
+                .as_str()
+                .ok_or_else(|| format!("uk_date: field {field} is not a date"))?;
+            uk_date(text).ok_or_else(|| "uk_date: not a date or date-time".to_owned())
+        }
+        HelperName::UkDateTime => {
+            let text = value
+                .as_str()
+                .ok_or_else(|| format!("uk_datetime: field {field} is not a date"))?;
+            uk_datetime(text).ok_or_else(|| "uk_datetime: not a date-time".to_owned())
+        }
+        HelperName::Join => {
+            let items = value
+                .as_array()
+                .ok_or_else(|| format!("join: field {field} is not a list"))?;
+            let separator = match args.get(1) {
+                Some(Arg::Literal(v)) => v.as_str().map(str::to_owned),
+                Some(Arg::Path(at)) => find(at, data, item)?
+                    .as_deref()
+                    .and_then(Value::as_str)
+                    .map(str::to_owned),
+                None => None,
+            }
+            .unwrap_or_else(|| ", ".to_owned());
+            let mut text = String::new();
+            for (i, v) in items.iter().enumerate() {
+                if i > 0 {
+                    text.push_str(&separator);
+                }
+                match v.as_str() {
+                    Some(s) => text.push_str(s),
+                    None => text.push_str(&v.to_string()),
+                }
+            }
+            Ok(text)
+        }
+    }
+}
+
+/// Handlebars' truth: `false`, `null`, `0`, `""`, `[]` and `{}` are false.
+fn truthy(v: &Value) -> bool {
+    match v {
+        Value::Bool(b) => *b,
+        Value::Number(n) => n.as_f64().is_some_and(f64::is_normal),
+        Value::Null => false,
+        Value::String(s) => !s.is_empty(),
+        Value::Array(a) => !a.is_empty(),
+        Value::Object(o) => !o.is_empty(),
+    }
+}
+
+/// A value as Handlebars prints it.
+fn write_value(v: &Value, escape: bool, out: &mut String) {
+    match v {
+        Value::String(s) => write(s, escape, out),
+        Value::Null => {}
+        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Value::Number(n) => out.push_str(&n.to_string()),
+        Value::Array(_) | Value::Object(_) => {
+            write(&handlebars::JsonRender::render(v), escape, out)
+        }
+    }
+}
+
+/// The characters Handlebars escapes for HTML, escaped the same way.
+fn write(text: &str, escape: bool, out: &mut String) {
+    if !escape {
+        out.push_str(text);
+        return;
+    }
+    let mut start = 0;
+    for (i, b) in text.bytes().enumerate() {
+        let entity = match b {
+            b'<' => "&lt;",
+            b'>' => "&gt;",
+            b'"' => "&quot;",
+            b'&' => "&amp;",
+            b'\'' => "&#x27;",
+            b'`' => "&#x60;",
+            b'=' => "&#x3D;",
+            _ => continue,
+        };
+        out.push_str(&text[start..i]);
+        out.push_str(entity);
+        start = i + 1;
+    }
+    out.push_str(&text[start..]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use handlebars::{Context, Handlebars};
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    /// Renders `source` both ways with `data` and asserts the same text or both an error;
+    /// `None` when it does not compile.
+    fn both(source: &str, data: &Value, escape: bool) -> Option<()> {
+        let mut registry = Handlebars::new();
+        registry.set_strict_mode(true);
+        if !escape {
+            registry.register_escape_fn(handlebars::no_escape);
+        }
+        super::super::helpers::register(&mut registry);
+        registry.register_template_string("t", source).ok()?;
+        let compiled = Compiled::new(registry.get_template("t")?, escape)?;
+        let facts = data.as_object().cloned().unwrap_or_default();
+        let data_view = Data {
+            facts: &facts,
+            recipient: data.get("recipient").unwrap_or(&Value::Null),
+            info: data.get("info").unwrap_or(&Value::Null),
+        };
+        let ours = compiled.render(&data_view);
+        let theirs = registry.render_with_context("t", &Context::from(data_view.to_value()));
+        match (&ours, &theirs) {
+            (Ok(a), Ok(b)) => assert_eq!(a, b, "template {source:?} with {data}"),
+            (Err(_), Err(_)) => {}
+            _ => panic!("template {source:?} with {data}: ours {ours:?}, Handlebars {theirs:?}"),
+        }
+        Some(())
+    }
+
+    #[test]
+    fn renders_as_handlebars_does() {
+        let data = json!({
+            "info": {
+                "name": {"given": "Ann <\"O'Neil\"> & =`", "family": "Smith"},
+                "list": ["a", "b<", 3, null],
+                "empty": [],
+                "zero": 0,
+                "num": 2.5,
+                "yes": true,
+                "none": null,
+                "obj": {"k": "v", "w": "x"},
+                "date": "2026-12-15",
+                "at": "2026-07-01T23:30:00Z"
+            },
+            "recipient": {"name": "Leeds PPO"},
+            "marks": ["CAT A", "SHORT NOTICE"],
+            "sla": {"rule": "within 24h", "due": "2026-11-13T12:35:00Z"}
+        });
+        let templates = [
+            "Dear {{recipient.name}}, {{info.name.given}} {{info.name.family}}\n",
+            "{{{info.name.given}}} {{info.num}} {{info.yes}} {{info.none}} {{info.list}} {{info.obj}}",
+            "{{info.list.1}} {{info.list.9}}",
+            "{{uk_date info.date}} / {{uk_date info.at}} / {{uk_datetime info.at}}",
+            "{{join info.list \"; \"}}|{{join info.list}}|{{join info.empty}}",
+            "{{#if info.zero}}z{{else}}no z{{/if}}{{#unless info.empty}}empty{{/unless}}",
+            "{{#if info.missing}}x{{else if info.yes}}y{{else}}z{{/if}}",
+            "{{#each marks}}\n*** {{this}} ***\n{{/each}}\nafter\n",
+            "{{#each info.obj}}[{{this}}]{{/each}}{{#each info.empty}}x{{else}}none{{/each}}",
+            "{{#each info.list}}{{@index}}:{{#if @first}}first {{/if}}{{this}}{{#unless @last}}; {{/unless}}{{/each}}",
+            "{{#each info.obj}}{{@key}}={{this}} {{#if @index}}not first{{/if}}{{/each}}",
+            "{{#each info.list}}{{@key}}{{/each}}",
+            "{{#if sla}}\nService: {{sla.rule}}, due {{uk_datetime sla.due}}\n{{/if}}\n",
+            "  {{#if info.yes}}  \n  indented\n  {{/if}}  \nend {{!-- a comment --}}",
+            "{{~info.name.given~}}   {{info.name.family}}",
+            "{{info.missing}}",
+            "{{info.name.given.deeper}}",
+            "{{info.list.x}}",
+            "{{uk_date info.missing}}",
+            "{{uk_date info.num}}",
+            "{{uk_date info.name.given}}",
+            "{{join info.obj}}",
+            "{{#each info.missing}}x{{/each}}",
+            "{{#each info.yes}}x{{/each}}",
+            "{{#each info.missing}}x{{else}}no list{{/each}}",
+        ];
+        for source in templates {
+            for escape in [true, false] {
+                assert!(
+                    both(source, &data, escape).is_some(),
+                    "{source:?} should compile"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn leaves_what_it_does_not_cover_to_handlebars() {
+        let data = json!({"info": {"a": [1, 2]}, "recipient": {}});
+        for source in [
+            "{{@index}}",
+            "{{#each info.a}}{{@../index}}{{/each}}",
+            "{{#each info.a}}{{../info}}{{/each}}",
+            "{{@root.info}}",
+            "{{lookup info.a 0}}",
+            "{{#with info}}{{a}}{{/with}}",
+            "{{uk_date (lookup info.a 0)}}",
+            "{{#if info.a includeZero=true}}x{{/if}}",
+            "{{len}}",
+            "{{this}}",
+        ] {
+            assert!(both(source, &data, true).is_none(), "{source:?} compiled");
+        }
+    }
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i32>().prop_map(|n| json!(n)),
+            "[a-z<>&\"'`= 0-9-]{0,12}".prop_map(Value::String),
+            Just(json!("2026-03-29T01:30:00Z")),
+            Just(json!("2026-10-25")),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::btree_map("[a-c]", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn agrees_with_handlebars_on_any_data(info in json_value(), marks in json_value()) {
+            let data = json!({"info": info, "marks": marks, "recipient": {"name": "R"}});
+            for source in [
+                "{{info}}|{{info.a}}|{{info.a.b}}|{{info.b.0}}",
+                "{{#if info.a}}{{info.a}}{{else}}{{#unless info.b}}nb{{/unless}}{{/if}}",
+                "{{#each marks}}<{{this}}>{{else}}none{{/each}}",
+                "{{#each info.c}}{{this}}{{#unless @last}};{{/unless}}{{/each}}",
+                "{{#each info.a}}{{@index}}{{@key}}{{b}}{{#if @first}}!{{/if}}{{/each}}",
+                "{{uk_date info.a}}",
+                "{{uk_datetime info.b}}",
+                "{{join info.c \", \"}}",
+            ] {
+                for escape in [true, false] {
+                    prop_assert!(both(source, &data, escape).is_some());
+                }
+            }
+        }
+    }
+}
