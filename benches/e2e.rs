@@ -26,7 +26,8 @@
 //!   that has already taken `E2E_BUDGET_SECS` (default 300) when it would start.
 //!
 //! Herald's tuning: `E2E_PREFETCH` (default: routes.toml's `amqp.prefetch`),
-//! `E2E_CONCURRENCY` (webhook `concurrency_per_endpoint`, default Herald's 8), `E2E_HERALD_LOG`
+//! `E2E_CONCURRENCY` (webhook `concurrency_per_endpoint`, default Herald's 8; the baseline
+//! takes the same, and the same SMTP pool size, `email.connections`), `E2E_HERALD_LOG`
 //! (its `RUST_LOG`, default `info`, as in production). `E2E_STALL_SECS` (default 30): a
 //! scenario fails when no notification arrives for that long. Each measurement first waits up
 //! to `E2E_QUIET_SECS` (default 10) for the machine to be idle, and the CPU used by other
@@ -119,6 +120,7 @@ struct Opts {
     backlog_baseline: bool,
     prefetch: u16,
     concurrency: usize,
+    smtp_connections: u32,
     herald_log: String,
     stall: Duration,
     quiet: Duration,
@@ -150,6 +152,8 @@ impl Opts {
             backlog_baseline: env_or("E2E_BACKLOG_BASELINE", 1u8) != 0,
             prefetch: env_or("E2E_PREFETCH", config.amqp.prefetch),
             concurrency: env_or("E2E_CONCURRENCY", config.webhook.concurrency_per_endpoint),
+            // The baseline's SMTP pool is as large as Herald's.
+            smtp_connections: config.email.connections,
             herald_log: std::env::var("E2E_HERALD_LOG").unwrap_or_else(|_| "info".into()),
             stall: Duration::from_secs(env_or("E2E_STALL_SECS", 30)),
             quiet: Duration::from_secs(env_or("E2E_QUIET_SECS", 10)),
@@ -1248,6 +1252,10 @@ impl Setup {
                     .env("BASELINE_QUEUE", &self.names.queue)
                     .env("BASELINE_PREFETCH", self.opts.prefetch.to_string())
                     .env("BASELINE_CONCURRENCY", self.opts.concurrency.to_string())
+                    .env(
+                        "BASELINE_SMTP_CONNECTIONS",
+                        self.opts.smtp_connections.to_string(),
+                    )
                     .env("BASELINE_URLS", urls.join(","))
                     .env_remove("BASELINE_SMTP")
                     .stdout(Stdio::null())
@@ -2027,9 +2035,13 @@ mod baseline {
         let prefetch: u16 = var("BASELINE_PREFETCH").parse().expect("prefetch");
         let concurrency: usize = var("BASELINE_CONCURRENCY").parse().expect("concurrency");
         let slots = || Semaphore::new(concurrency.max(1));
+        let connections: u32 = var("BASELINE_SMTP_CONNECTIONS")
+            .parse()
+            .expect("connections");
         let smtp = std::env::var("BASELINE_SMTP").ok().map(|url| {
             AsyncSmtpTransport::<Tokio1Executor>::from_url(&url)
                 .expect("SMTP URL")
+                .pool_config(lettre::transport::smtp::PoolConfig::new().max_size(connections))
                 .build()
         });
         let emails = std::env::var("BASELINE_EMAILS")

@@ -119,6 +119,8 @@ pub struct Email {
     pub url: Option<String>,
     /// Folder for `.eml` files when no SMTP URL is configured.
     pub outbox: PathBuf,
+    /// Most SMTP connections open at once to the relay: each carries one message at a time.
+    pub connections: u32,
 }
 
 impl Default for Email {
@@ -127,6 +129,7 @@ impl Default for Email {
             from: "Herald <herald@notify.example.gov.uk>".into(),
             url: None,
             outbox: "outbox".into(),
+            connections: 16,
         }
     }
 }

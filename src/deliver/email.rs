@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use lettre::message::{Mailbox, MultiPart};
+use lettre::transport::smtp::PoolConfig;
 use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
 use super::{Failure, Outgoing};
@@ -37,11 +38,13 @@ pub enum EmailSetupError {
 }
 
 impl EmailSender {
-    /// `url` in lettre's form; none means `.eml` files in `outbox`.
+    /// `url` in lettre's form; none means `.eml` files in `outbox`. `connections` is the
+    /// most SMTP connections kept open at once.
     pub fn new(
         url: Option<&str>,
         outbox: &Path,
         from: &str,
+        connections: u32,
     ) -> Result<EmailSender, EmailSetupError> {
         let from: Mailbox = from
             .parse()
@@ -52,6 +55,7 @@ impl EmailSender {
                 check_tls(url).map_err(EmailSetupError::Url)?;
                 let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
                     .map_err(|e| EmailSetupError::Url(e.to_string()))?
+                    .pool_config(PoolConfig::new().max_size(connections.max(1)))
                     .build();
                 Transport::Smtp(transport)
             }

@@ -5,6 +5,7 @@
 //! could not be handled its id is released and the copy is handled then.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, RandomState};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -24,34 +25,75 @@ pub enum Claim {
     InFlight,
 }
 
+/// Ids are kept as 128 bits drawn from two independently keyed hashes (two different ids
+/// agree by chance about once in 2^128 pairs) and times as whole seconds since the cache
+/// began, so the cache takes a fixed 9 MiB or so, allocated once, rather than a copy of each
+/// id twice over in collections that double as they grow.
 pub struct Recent {
     window: Duration,
+    /// When second 0 was.
+    start: Instant,
+    hashers: (RandomState, RandomState),
     inner: Mutex<Inner>,
 }
 
+/// Two 64-bit words rather than a `u128`, for 8-byte alignment: 24 bytes an entry.
+type Key = [u64; 2];
+
 #[derive(Default)]
 struct Inner {
-    /// Id -> when it was handled; `None` while in flight.
-    ids: HashMap<EventId, Option<Instant>>,
-    order: VecDeque<(Instant, EventId)>,
+    /// Id -> the second it was handled; `None` while in flight.
+    ids: HashMap<Key, Option<u32>>,
+    order: VecDeque<(u32, Key)>,
 }
 
 impl Recent {
     pub fn new(window: Duration) -> Recent {
+        let inner = if window.is_zero() {
+            Inner::default()
+        } else {
+            Inner {
+                // Room for every remembered id and as many in flight as any prefetch allows,
+                // twice over: a table at most half full is tidied of removed entries in place,
+                // never reallocated at twice the size.
+                ids: HashMap::with_capacity(2 * (CAPACITY + 10_000)),
+                order: VecDeque::with_capacity(CAPACITY + 1),
+            }
+        };
         Recent {
             window,
-            inner: Mutex::default(),
+            start: Instant::now(),
+            hashers: (RandomState::new(), RandomState::new()),
+            inner: Mutex::new(inner),
         }
+    }
+
+    fn key(&self, id: &EventId) -> Key {
+        let (a, b) = &self.hashers;
+        [a.hash_one(id.as_str()), b.hash_one(id.as_str())]
+    }
+
+    /// Whole seconds since the cache began (an `Instant` before that counts as 0).
+    fn second(&self, at: Instant) -> u32 {
+        u32::try_from(at.saturating_duration_since(self.start).as_secs()).unwrap_or(u32::MAX)
+    }
+
+    /// Whether the window has passed between two seconds (a window under a second still
+    /// counts whole seconds).
+    fn within(&self, then: u32, now: u32) -> bool {
+        u64::from(now.saturating_sub(then)) < self.window.as_secs().max(1)
     }
 
     /// Takes `id` for handling, unless a copy is in flight or was handled within the window.
     pub fn claim(&self, id: &EventId, now: Instant) -> Claim {
+        let key = self.key(id);
+        let now = self.second(now);
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        match inner.ids.get(id) {
+        match inner.ids.get(&key) {
             Some(None) => Claim::InFlight,
-            Some(Some(at)) if now.duration_since(*at) < self.window => Claim::Handled,
+            Some(Some(at)) if self.within(*at, now) => Claim::Handled,
             _ => {
-                inner.ids.insert(id.clone(), None);
+                inner.ids.insert(key, None);
                 Claim::Claimed
             }
         }
@@ -59,13 +101,15 @@ impl Recent {
 
     /// Ends the handling of a claimed id: remembered if it was handled, released if not.
     pub fn finish(&self, id: EventId, handled: bool, now: Instant) {
+        let key = self.key(&id);
+        let now = self.second(now);
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         if !handled || self.window.is_zero() {
-            inner.ids.remove(&id);
+            inner.ids.remove(&key);
             return;
         }
-        while let Some((at, old)) = inner.order.front().cloned() {
-            if now.duration_since(at) < self.window && inner.order.len() < CAPACITY {
+        while let Some(&(at, old)) = inner.order.front() {
+            if self.within(at, now) && inner.order.len() < CAPACITY {
                 break;
             }
             inner.order.pop_front();
@@ -73,8 +117,8 @@ impl Recent {
                 inner.ids.remove(&old);
             }
         }
-        inner.ids.insert(id.clone(), Some(now));
-        inner.order.push_back((now, id));
+        inner.ids.insert(key, Some(now));
+        inner.order.push_back((now, key));
     }
 }
 
@@ -125,5 +169,39 @@ mod tests {
             recent.finish(id, true, at);
         }
         assert_eq!(recent.inner.lock().unwrap().ids.len(), 1);
+    }
+
+    #[test]
+    fn memory_is_allocated_once_and_the_oldest_ids_make_room() {
+        let recent = Recent::new(Duration::from_secs(600));
+        let t0 = Instant::now();
+        let room = {
+            let inner = recent.inner.lock().unwrap();
+            (inner.ids.capacity(), inner.order.capacity())
+        };
+        for i in 0..3 * CAPACITY {
+            let id = EventId::new(format!("evt-{i}"));
+            assert_eq!(recent.claim(&id, t0), Claim::Claimed);
+            recent.finish(id, true, t0);
+            if i % 10_000 == 0 {
+                let inner = recent.inner.lock().unwrap();
+                // A table that had grown would have room for twice as many.
+                assert!(inner.ids.capacity() <= room.0, "the table grew at {i}");
+                assert_eq!(inner.order.capacity(), room.1, "the queue grew at {i}");
+            }
+        }
+        let inner = recent.inner.lock().unwrap();
+        assert_eq!(inner.order.len(), CAPACITY);
+        assert_eq!(inner.ids.len(), CAPACITY);
+        drop(inner);
+        assert_eq!(
+            recent.claim(&EventId::new("evt-0"), t0),
+            Claim::Claimed,
+            "the oldest ids were forgotten to make room"
+        );
+        assert_eq!(
+            recent.claim(&EventId::new(format!("evt-{}", 3 * CAPACITY - 1)), t0),
+            Claim::Handled
+        );
     }
 }

@@ -7,7 +7,7 @@ use chrono::Utc;
 use futures_util::future::join_all;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::dedup::Claim;
 use super::retry::{self, Pending};
@@ -142,14 +142,26 @@ fn check(ctx: &Ctx, delivery: &Delivery) -> Result<Event, Rejection> {
 /// Routes and delivers; true when everything is delivered or parked.
 async fn route_and_deliver(ctx: &Ctx, event: &Event) -> bool {
     let routing = ctx.core.engine.route(event);
-    info!(
-        event_id = %event.id,
-        event_type = %event.event_type,
-        routes = routing.matched_routes.len(),
-        notifications = routing.notifications.len(),
-        problems = routing.problems.len(),
-        "event routed"
-    );
+    // Each notification and each problem gets its own line below; only an event that makes
+    // neither needs one of its own at info. (A line per event and per notification cost a
+    // third of Herald's CPU: docs/performance.md.)
+    if routing.notifications.is_empty() && routing.problems.is_empty() {
+        info!(
+            event_id = %event.id,
+            event_type = %event.event_type,
+            routes = routing.matched_routes.len(),
+            "event routed to no one"
+        );
+    } else {
+        debug!(
+            event_id = %event.id,
+            event_type = %event.event_type,
+            routes = routing.matched_routes.len(),
+            notifications = routing.notifications.len(),
+            problems = routing.problems.len(),
+            "event routed"
+        );
+    }
     let mut done = true;
     for p in &routing.problems {
         warn!(event_id = %event.id, event_type = %event.event_type, route = p.route(), outcome = p.kind(), detail = %p, "notification not made");

@@ -52,6 +52,7 @@ pub struct Settings {
     pub smtp_url: Option<String>,
     pub outbox: PathBuf,
     pub from: String,
+    pub smtp_connections: u32,
     pub webhook_timeout: Duration,
     /// Requests in flight to one endpoint at once.
     pub concurrency_per_endpoint: usize,
@@ -88,6 +89,7 @@ impl Settings {
             smtp_url: env("HERALD_SMTP_URL").or_else(|| config.email.url.clone()),
             outbox: config.email.outbox.clone(),
             from: config.email.from.clone(),
+            smtp_connections: config.email.connections,
             webhook_timeout: config.webhook.timeout,
             concurrency_per_endpoint: config.webhook.concurrency_per_endpoint,
             circuit_failures: config.webhook.circuit_failures,
@@ -402,6 +404,7 @@ pub async fn start(
         settings.smtp_url.as_deref(),
         &settings.outbox,
         &settings.from,
+        settings.smtp_connections,
     )?;
     let (webhook, warnings) =
         WebhookSender::new(&core.engine.directory, settings.webhook_timeout, env)
