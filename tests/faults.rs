@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::service::{self, Names, Receiver, Smtp, agency, total, wait_until};
-use serde_json::json;
+use serde_json::{Value, json};
 
 /// Warrant events with distinct ids and bodies; each gives one police webhook and one email.
 fn warrant(i: usize) -> Vec<u8> {
@@ -56,6 +56,15 @@ impl Drop for Herald {
 }
 
 fn spawn(config: &std::path::Path) -> Herald {
+    spawn_logging(
+        config,
+        std::env::var_os("HERALD_TEST_LOG").map(Into::into),
+        "warn",
+    )
+}
+
+/// Starts Herald with `RUST_LOG` at `level` (or `HERALD_TEST_RUST_LOG`) and its log in `log`.
+fn spawn_logging(config: &std::path::Path, log: Option<std::path::PathBuf>, level: &str) -> Herald {
     Herald(
         Command::new(env!("CARGO_BIN_EXE_herald"))
             .args(["serve", "--config"])
@@ -66,10 +75,10 @@ fn spawn(config: &std::path::Path) -> Herald {
             .env("HERALD_LOG_FORMAT", "json")
             .env(
                 "RUST_LOG",
-                std::env::var("HERALD_TEST_RUST_LOG").unwrap_or_else(|_| "warn".into()),
+                std::env::var("HERALD_TEST_RUST_LOG").unwrap_or_else(|_| level.into()),
             )
             .stdout(Stdio::null())
-            .stderr(match std::env::var_os("HERALD_TEST_LOG") {
+            .stderr(match log {
                 Some(path) => Stdio::from(
                     std::fs::OpenOptions::new()
                         .create(true)
@@ -373,3 +382,75 @@ async fn emails_wait_for_an_smtp_server_that_is_down_then_all_arrive() {
 }
 
 const WAIT_LONG: Duration = Duration::from_secs(60);
+
+/// The audit trail: every delivery is in the log exactly once, with its key and the attempt
+/// that delivered it.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_delivery_is_logged_once_with_its_key_and_attempts() {
+    const EVENTS: usize = 20;
+    let (receiver, names) = (Receiver::start().await, Names::new("audit"));
+    receiver.flaky("/police/WYP-LEEDS");
+    let dir = tempfile::tempdir().unwrap();
+    let config = service::config_file_with(
+        dir.path(),
+        &names,
+        &receiver,
+        "\"court.*\"",
+        &format!("[retry]\nschedule = [{}]\n", vec!["\"1s\""; 30].join(", ")),
+    );
+    let log = dir.path().join("herald.log");
+    let mut herald = spawn_logging(&config, Some(log.clone()), "info");
+    service::wait_for_queue(&names.queue).await;
+    let (_conn, ch) = service::channel().await;
+    service::bail_decisions(&ch, &names.exchange, "evt-audit", EVENTS).await;
+    let delivered = || {
+        receiver
+            .hooks()
+            .iter()
+            .filter(|h| (200..300).contains(&h.status))
+            .map(|h| h.id.clone())
+            .collect::<BTreeSet<_>>()
+    };
+    wait_until(
+        "every webhook delivered",
+        Duration::from_secs(90),
+        || async { delivered().len() >= 2 * EVENTS },
+    )
+    .await;
+    // SIGTERM, so the log is written out before Herald exits.
+    let term = Command::new("kill")
+        .args(["-TERM", &herald.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    herald.wait().unwrap();
+
+    let (mut logged, mut retried) = (Vec::new(), 0);
+    for line in std::fs::read_to_string(&log).unwrap().lines() {
+        let Ok(entry) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        if entry["message"] == "notification delivered" && entry["channel"] == "webhook" {
+            logged.push(entry["key"].as_str().unwrap().to_owned());
+            assert!(
+                entry["sla"].is_string() && entry["deadline"].is_string(),
+                "{line}"
+            );
+            assert!(
+                !line.contains("Kershaw"),
+                "no personal data in the log: {line}"
+            );
+            if entry["attempts"].as_u64().unwrap() > 1 {
+                retried += 1;
+            }
+        }
+    }
+    logged.sort();
+    let expected: Vec<String> = delivered().into_iter().collect();
+    assert_eq!(logged, expected, "each delivery logged exactly once");
+    assert!(
+        retried > 0,
+        "the flaky endpoint made some deliveries take retries"
+    );
+    service::cleanup(&ch, &names).await;
+}
