@@ -113,6 +113,26 @@ async fn start_child(
     (config, herald)
 }
 
+/// Sends SIGTERM and waits (up to a minute) for Herald to exit.
+async fn terminate(herald: &mut Herald) -> std::process::ExitStatus {
+    let term = Command::new("kill")
+        .args(["-TERM", &herald.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let stopped = Instant::now();
+    loop {
+        if let Some(status) = herald.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            stopped.elapsed() < Duration::from_secs(60),
+            "Herald did not stop after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Waits until the receiver has seen `expected` distinct webhook ids.
 async fn every_webhook_delivered(receiver: &Receiver, expected: usize, timeout: Duration) {
     wait_until("every webhook delivered", timeout, || async {
@@ -192,22 +212,7 @@ async fn sigterm_drains_and_exits_cleanly_and_nothing_is_lost() {
         )
         .await;
     }
-    let term = Command::new("kill")
-        .args(["-TERM", &herald.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(term.success());
-    let stopped = Instant::now();
-    let status = loop {
-        if let Some(status) = herald.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            stopped.elapsed() < Duration::from_secs(60),
-            "Herald did not stop after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let status = terminate(&mut herald).await;
     assert!(status.success(), "a drained shutdown exits 0: {status:?}");
     // What was not finished is still on the queue; a new Herald finishes it.
     let mut herald = spawn(&config);
@@ -418,12 +423,7 @@ async fn every_delivery_is_logged_once_with_its_key_and_attempts() {
     )
     .await;
     // SIGTERM, so the log is written out before Herald exits.
-    let term = Command::new("kill")
-        .args(["-TERM", &herald.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(term.success());
-    herald.wait().unwrap();
+    terminate(&mut herald).await;
 
     let (mut logged, mut retried) = (Vec::new(), 0);
     for line in std::fs::read_to_string(&log).unwrap().lines() {
