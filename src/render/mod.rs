@@ -139,16 +139,16 @@ impl Renderer {
             let compiled = names
                 .iter()
                 .map(|name| {
-                    let part = |registry: &Handlebars<'static>, part: &str, escape: bool| {
+                    let parts = PARTS.map(|part| {
+                        let (registry, escape) = if part == "html" {
+                            (&html, true)
+                        } else {
+                            (&plain, false)
+                        };
                         registry
                             .get_template(&format!("{name}/{part}"))
                             .and_then(|t| Compiled::new(t, escape))
-                    };
-                    let parts = [
-                        part(&plain, "subject", false),
-                        part(&plain, "text", false),
-                        part(&html, "html", true),
-                    ];
+                    });
                     (name.clone(), parts)
                 })
                 .collect();
