@@ -1,13 +1,23 @@
 //! The webhook channel: HTTPS POST (plain HTTP only to loopback) of the JSON body, signed with
 //! the Standard Webhooks headers, over a keep-alive connection pool.
+//!
+//! Requests go straight through hyper's pooled client: each endpoint's URL is parsed once, and
+//! nothing is done per request that a webhook does not need (no redirects, no cookies, no
+//! proxies, no URL re-parsing).
 
 pub mod signature;
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use reqwest::StatusCode;
-use reqwest::header::{CONTENT_TYPE, HeaderMap, RETRY_AFTER};
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER, USER_AGENT};
+use http::{Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 pub use signature::Secret;
 
@@ -15,13 +25,19 @@ use super::{Failure, Outgoing};
 use crate::notification::Content;
 use crate::route::Directory;
 
+const AGENT: &str = concat!("Herald/", env!("CARGO_PKG_VERSION"));
+
 /// Sends the webhook notifications.
 pub struct WebhookSender {
-    client: reqwest::Client,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    /// The whole exchange (connect, send, response head) must finish within this.
+    timeout: Duration,
     /// Recipient id -> current secret and, during a rotation, the previous one.
     secrets: HashMap<String, Vec<Secret>>,
     /// Recipient id -> the variable to set, for endpoints with no usable secret.
     missing: HashMap<String, String>,
+    /// Each directory URL, as routes.toml spells it, parsed once.
+    uris: HashMap<String, Uri>,
 }
 
 impl WebhookSender {
@@ -33,21 +49,33 @@ impl WebhookSender {
         timeout: Duration,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<(WebhookSender, Vec<String>), String> {
-        // One process-wide TLS provider; a second install is refused, which is fine.
+        // One process-wide TLS provider (SMTP uses it too); a second install is refused, which
+        // is fine.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(10)))
-            .redirect(reqwest::redirect::Policy::none())
+        let mut http = HttpConnector::new();
+        // TLS is the wrapper's business; routes.toml allows plain HTTP only to loopback.
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(timeout.min(Duration::from_secs(10))));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_provider_and_platform_verifier(rustls::crypto::ring::default_provider())
+            .map_err(|e| format!("cannot load the certificate verifier: {e}"))?
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
-            .user_agent(concat!("Herald/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+            .pool_timer(TokioTimer::new())
+            .build(https);
         let mut secrets = HashMap::new();
         let mut missing = HashMap::new();
         let mut warnings = Vec::new();
+        let mut uris = HashMap::new();
         for r in directory.all() {
             let Some(w) = &r.webhook else { continue };
+            if let Some(uri) = parse_uri(&w.url) {
+                uris.insert(w.url.clone(), uri);
+            }
             let mut keys = Vec::new();
             for name in std::iter::once(&w.secret_env).chain(&w.previous_secret_env) {
                 match env(name).map(|v| Secret::parse(&v)) {
@@ -69,8 +97,10 @@ impl WebhookSender {
         Ok((
             WebhookSender {
                 client,
+                timeout,
                 secrets,
                 missing,
+                uris,
             },
             warnings,
         ))
@@ -91,48 +121,66 @@ impl WebhookSender {
                 reason: format!("no signing secret: set {var}"),
             });
         };
+        // A URL not in the directory (a retry made before a configuration change) is parsed
+        // here.
+        let Some(uri) = self
+            .uris
+            .get(url.as_str())
+            .cloned()
+            .or_else(|| parse_uri(url))
+        else {
+            return Err(Failure::Permanent {
+                reason: "the webhook URL is not a valid URL".into(),
+            });
+        };
         let timestamp = chrono::Utc::now().timestamp();
         let id = out.key;
         let signatures: Vec<String> = secrets
             .iter()
             .map(|s| s.sign(id, timestamp, body.as_bytes()))
             .collect();
-        let response = self
-            .client
-            .post(url)
-            .header(CONTENT_TYPE, "application/json")
+        let request = Request::post(uri)
+            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+            .header(USER_AGENT, HeaderValue::from_static(AGENT))
             .header("webhook-id", id)
-            .header("webhook-timestamp", timestamp.to_string())
+            .header("webhook-timestamp", timestamp)
             .header("webhook-signature", signatures.join(" "))
-            .body(body.clone())
-            .send()
-            .await
-            .map_err(|e| Failure::Transient {
-                reason: if e.is_timeout() {
-                    "HTTP timeout".into()
-                } else if e.is_connect() {
-                    "HTTP connection failed".into()
-                } else {
-                    "HTTP request failed".into()
-                },
+            .body(Full::new(Bytes::from(body.clone())))
+            .map_err(|_| Failure::Permanent {
+                reason: "the webhook request cannot be built".into(),
+            })?;
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let response =
+            match tokio::time::timeout_at(deadline, self.client.request(request)).await {
+                Err(_) => Err("HTTP timeout"),
+                Ok(Err(e)) if e.is_connect() => Err("HTTP connection failed"),
+                Ok(Err(_)) => Err("HTTP request failed"),
+                Ok(Ok(response)) => Ok(response),
+            }
+            .map_err(|reason| Failure::Transient {
+                reason: reason.into(),
                 retry_after: None,
             })?;
         let outcome = classify(response.status(), response.headers());
-        drain(response).await;
+        // Reads what is left of the answer (up to 64 KiB, within the same deadline; its body
+        // means nothing to Herald), so the keep-alive connection can carry the next request
+        // instead of being closed.
+        let mut answer = response.into_body();
+        let mut read = 0;
+        while let Ok(Some(Ok(frame))) = tokio::time::timeout_at(deadline, answer.frame()).await {
+            read += frame.data_ref().map_or(0, Bytes::len);
+            if read > 64 * 1024 {
+                break;
+            }
+        }
         outcome
     }
 }
 
-/// Reads what is left of a response (up to 64 KiB; an answer's body means nothing to Herald),
-/// so its keep-alive connection can carry the next request instead of being closed.
-async fn drain(mut response: reqwest::Response) {
-    let mut read = 0;
-    while let Ok(Some(chunk)) = response.chunk().await {
-        read += chunk.len();
-        if read > 64 * 1024 {
-            break;
-        }
-    }
+/// A URL as the HTTP client takes it: parsed by the same rules the routes.toml check uses,
+/// then in its ASCII form (international host names as punycode).
+fn parse_uri(url: &str) -> Option<Uri> {
+    url::Url::parse(url).ok()?.as_str().parse().ok()
 }
 
 /// 2xx is success; 408, 429 and 5xx are worth retrying (after `Retry-After` if given); 410 means
