@@ -2,15 +2,17 @@
 //!
 //! A busy Herald logs a line per delivery. Writing each line as it comes costs a system call
 //! per line, and handing each to a writer thread costs a copy and a wake-up per line; both
-//! showed in profiles of a loaded service. Instead, every line is copied into one buffer under
-//! a lock (the line is formatted before the lock is taken), and the buffer is written out when
-//! it fills, every [`FLUSH_EVERY`] by a thread of its own, and when Herald exits. A line
-//! therefore reaches the log at most [`FLUSH_EVERY`] after it is made; one lost to a crash
-//! that gives no chance to flush is at most that old.
+//! showed in profiles of a loaded service. Instead, each line (formatted before any lock is
+//! taken) is appended to one buffer, and a thread of its own swaps the buffer for an empty one
+//! and writes it out: every [`FLUSH_EVERY`], as soon as it holds [`BATCH`] bytes, and when
+//! Herald stops. The write happens outside the lock, so logging never waits on stderr unless
+//! [`LIMIT`] bytes are waiting (stderr blocked, or a reader far behind): then it waits, as
+//! nothing is dropped. A line reaches stderr at most [`FLUSH_EVERY`] after it is made while
+//! stderr accepts writes; a crash that gives no chance to flush loses at most that much.
 
-use std::io::{BufWriter, Write};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
-use std::thread::JoinHandle;
+use std::io::Write;
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
 use tracing_subscriber::fmt::MakeWriter;
@@ -18,94 +20,217 @@ use tracing_subscriber::fmt::MakeWriter;
 /// How long a line may wait in the buffer.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
 
-/// Lines held before a write is made regardless of time.
-const CAPACITY: usize = 64 * 1024;
+/// Bytes in the buffer that have it written out at once.
+const BATCH: usize = 64 * 1024;
 
-struct Shared<W: Write> {
-    out: Mutex<BufWriter<W>>,
-    stopping: Mutex<bool>,
-    stop: Condvar,
+/// Bytes in the buffer beyond which a new line waits for the buffer to be written out.
+const LIMIT: usize = 4 * 1024 * 1024;
+
+/// How long stopping waits for the last write before giving up on it.
+const STOP_WAIT: Duration = Duration::from_secs(2);
+
+struct State {
+    buf: Vec<u8>,
+    /// Asked to stop: write out what is left and end.
+    stopping: bool,
+    /// The thread has ended: lines are written out as they come.
+    stopped: bool,
+}
+
+struct Shared<W> {
+    state: Mutex<State>,
+    /// Wakes the thread: time is up, the buffer is full, or stopping.
+    wake: Condvar,
+    /// Wakes lines waiting for room.
+    drained: Condvar,
+    out: Mutex<W>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl<W: Write> Shared<W> {
-    fn lock(&self) -> MutexGuard<'_, BufWriter<W>> {
-        self.out.lock().unwrap_or_else(PoisonError::into_inner)
+    /// Writes `bytes` out. A failed write has nowhere to be reported and is not retried:
+    /// logging must not stop Herald.
+    fn write_out(&self, bytes: &[u8]) {
+        let mut out = lock(&self.out);
+        let _ = out.write_all(bytes);
+        let _ = out.flush();
+    }
+
+    /// Takes what is buffered and writes it out now. The output is locked before the buffer
+    /// is taken (as the thread does), so batches come out in the order they were taken.
+    fn flush_now(&self) {
+        let mut state = lock(&self.state);
+        let mut out = lock(&self.out);
+        let batch = std::mem::take(&mut state.buf);
+        drop(state);
+        self.drained.notify_all();
+        let _ = out.write_all(&batch);
+        let _ = out.flush();
+    }
+
+    fn append(&self, line: &[u8]) {
+        let mut state = lock(&self.state);
+        while state.buf.len() >= LIMIT && !state.stopped {
+            state = self
+                .drained
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        if state.stopped {
+            drop(state);
+            self.write_out(line);
+            return;
+        }
+        state.buf.extend_from_slice(line);
+        if state.buf.len() >= BATCH {
+            self.wake.notify_one();
+        }
+    }
+
+    /// The thread: waits for time, a full buffer or stopping; swaps the buffer; writes.
+    fn run(&self, every: Duration) {
+        let mut spare = Vec::with_capacity(BATCH);
+        let mut state = lock(&self.state);
+        loop {
+            if !state.stopping && state.buf.len() < BATCH {
+                state = self
+                    .wake
+                    .wait_timeout(state, every)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
+            }
+            let mut out = lock(&self.out);
+            spare.clear();
+            std::mem::swap(&mut state.buf, &mut spare);
+            let stopping = state.stopping;
+            drop(state);
+            self.drained.notify_all();
+            if !spare.is_empty() {
+                // Nowhere to report a failed write, and logging must not stop Herald.
+                let _ = out.write_all(&spare);
+                let _ = out.flush();
+            }
+            drop(out);
+            // A burst can leave a huge buffer behind; keep only a batch's worth.
+            spare.shrink_to(BATCH);
+            if stopping {
+                return;
+            }
+            state = lock(&self.state);
+        }
+    }
+}
+
+/// Lets [`flush`] reach the buffer of the process's log.
+trait Flush: Send + Sync {
+    fn flush_now(&self);
+}
+
+impl<W: Write + Send> Flush for Shared<W> {
+    fn flush_now(&self) {
+        Shared::flush_now(self);
+    }
+}
+
+static PROCESS_LOG: OnceLock<Arc<dyn Flush>> = OnceLock::new();
+
+/// Writes out the process's buffered log lines now: before printing to stderr directly, so
+/// the log and the message come out in the order they were made.
+pub fn flush() {
+    if let Some(log) = PROCESS_LOG.get() {
+        log.flush_now();
     }
 }
 
 /// The writer the log formatter is given: each line goes into the shared buffer.
-pub struct Batched<W: Write>(Arc<Shared<W>>);
+pub struct Batched<W>(Arc<Shared<W>>);
 
-/// Writes out the buffer every [`FLUSH_EVERY`]; when dropped, writes out what is left.
-pub struct Flusher<W: Write + Send + 'static> {
+/// Stops the thread when dropped, writing out what is left (waiting at most [`STOP_WAIT`]
+/// for a blocked stderr). Lines made after that are written out as they come.
+pub struct Flusher<W: Write> {
     shared: Arc<Shared<W>>,
-    thread: Option<JoinHandle<()>>,
+    done: Option<mpsc::Receiver<()>>,
 }
 
 impl<W: Write + Send + 'static> Batched<W> {
     /// A writer into `out` and the flusher that must live as long as logging does.
     pub fn new(out: W, every: Duration) -> (Batched<W>, Flusher<W>) {
         let shared = Arc::new(Shared {
-            out: Mutex::new(BufWriter::with_capacity(CAPACITY, out)),
-            stopping: Mutex::new(false),
-            stop: Condvar::new(),
+            state: Mutex::new(State {
+                buf: Vec::with_capacity(BATCH),
+                stopping: false,
+                stopped: false,
+            }),
+            wake: Condvar::new(),
+            drained: Condvar::new(),
+            out: Mutex::new(out),
         });
-        let flushing = Arc::clone(&shared);
-        let thread = std::thread::Builder::new()
+        let writing = Arc::clone(&shared);
+        let (tx, rx) = mpsc::channel();
+        let started = std::thread::Builder::new()
             .name("herald-log".into())
             .spawn(move || {
-                let mut stopping = flushing
-                    .stopping
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner);
-                while !*stopping {
-                    stopping = flushing
-                        .stop
-                        .wait_timeout(stopping, every)
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .0;
-                    // A failed write has nowhere to be reported; the next flush tries again.
-                    let _ = flushing.lock().flush();
-                }
+                writing.run(every);
+                let _ = tx.send(());
             })
-            .ok();
+            .is_ok();
+        if !started {
+            // No thread: every line is written out as it comes.
+            lock(&shared.state).stopped = true;
+        }
         let flusher = Flusher {
             shared: Arc::clone(&shared),
-            thread,
+            done: started.then_some(rx),
         };
         (Batched(shared), flusher)
     }
-}
 
-impl<W: Write + Send + 'static> Drop for Flusher<W> {
-    fn drop(&mut self) {
-        *self
-            .shared
-            .stopping
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = true;
-        self.shared.stop.notify_all();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-        // Also when the thread could not be started.
-        let _ = self.shared.lock().flush();
+    /// This writer's buffer is the one [`flush`] writes out.
+    pub fn for_process(self) -> Self {
+        let _ = PROCESS_LOG.set(Arc::clone(&self.0) as Arc<dyn Flush>);
+        self
     }
 }
 
-/// One line's hold on the buffer.
-pub struct Line<'a, W: Write>(MutexGuard<'a, BufWriter<W>>);
+impl<W: Write> Drop for Flusher<W> {
+    fn drop(&mut self) {
+        lock(&self.shared.state).stopping = true;
+        self.shared.wake.notify_all();
+        let finished = self
+            .done
+            .take()
+            .is_none_or(|done| done.recv_timeout(STOP_WAIT).is_ok());
+        let mut state = lock(&self.shared.state);
+        state.stopped = true;
+        // Lines made while the thread wrote its last batch; with the thread stuck on a
+        // blocked stderr they stay unwritten rather than keep Herald from exiting.
+        let rest = std::mem::take(&mut state.buf);
+        drop(state);
+        self.shared.drained.notify_all();
+        if finished && !rest.is_empty() {
+            self.shared.write_out(&rest);
+        }
+    }
+}
+
+/// One line on its way into the buffer.
+pub struct Line<'a, W>(&'a Shared<W>);
 
 impl<W: Write> Write for Line<'_, W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.write(buf)
+        self.0.append(buf);
+        Ok(buf.len())
     }
 
     fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
-        self.0.write_all(buf)
+        self.0.append(buf);
+        Ok(())
     }
 
-    /// Flushing is the batch's business: a line does not force a write.
+    /// Flushing is the thread's business: a line does not force a write.
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
@@ -115,7 +240,7 @@ impl<'a, W: Write + 'a> MakeWriter<'a> for Batched<W> {
     type Writer = Line<'a, W>;
 
     fn make_writer(&'a self) -> Line<'a, W> {
-        Line(self.0.lock())
+        Line(&self.0)
     }
 }
 
@@ -125,13 +250,17 @@ mod tests {
 
     use super::*;
 
-    /// An output the test can read while the writer owns it.
+    /// An output the test can read while the writer owns it; `block` holds its writes.
     #[derive(Clone, Default)]
-    struct Sink(Arc<Mutex<Vec<u8>>>);
+    struct Sink {
+        bytes: Arc<Mutex<Vec<u8>>>,
+        block: Arc<Mutex<()>>,
+    }
 
     impl Write for Sink {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
+            let _held = self.block.lock().unwrap();
+            self.bytes.lock().unwrap().extend_from_slice(buf);
             Ok(buf.len())
         }
 
@@ -142,7 +271,15 @@ mod tests {
 
     impl Sink {
         fn text(&self) -> String {
-            String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+            String::from_utf8(self.bytes.lock().unwrap().clone()).unwrap()
+        }
+    }
+
+    fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(5));
         }
     }
 
@@ -152,19 +289,11 @@ mod tests {
         let (writer, _flusher) = Batched::new(sink.clone(), Duration::from_millis(20));
         writer.make_writer().write_all(b"one\n").unwrap();
         writer.make_writer().write_all(b"two\n").unwrap();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while sink.text() != "one\ntwo\n" {
-            assert!(
-                Instant::now() < deadline,
-                "not written out: {:?}",
-                sink.text()
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_for("both lines", || sink.text() == "one\ntwo\n");
     }
 
     #[test]
-    fn everything_is_written_out_when_the_flusher_is_dropped() {
+    fn everything_is_written_out_in_order_when_the_flusher_is_dropped() {
         let sink = Sink::default();
         // An interval far longer than the test: only the drop can write the lines out.
         let (writer, flusher) = Batched::new(sink.clone(), Duration::from_secs(3600));
@@ -174,22 +303,55 @@ mod tests {
         assert_eq!(
             sink.text(),
             "",
-            "nothing written before the buffer fills or time is up"
+            "nothing written before a batch or the time is up"
         );
         drop(flusher);
-        let text = sink.text();
-        assert_eq!(text.lines().count(), 1000);
-        assert!(text.ends_with("line 999\n"));
+        let expected: String = (0..1000).map(|i| format!("line {i}\n")).collect();
+        assert_eq!(sink.text(), expected);
+        // After the stop, lines go straight out.
+        writer.make_writer().write_all(b"late\n").unwrap();
+        assert!(sink.text().ends_with("line 999\nlate\n"));
     }
 
     #[test]
-    fn a_full_buffer_is_written_out_at_once() {
+    fn a_full_batch_is_written_out_without_waiting_for_the_interval() {
         let sink = Sink::default();
         let (writer, _flusher) = Batched::new(sink.clone(), Duration::from_secs(3600));
         let line = [b'x'; 1000];
-        for _ in 0..(2 * CAPACITY / line.len()) {
+        for _ in 0..(BATCH / line.len() + 1) {
             writer.make_writer().write_all(&line).unwrap();
         }
-        assert!(sink.0.lock().unwrap().len() >= CAPACITY);
+        wait_for("a batch", || sink.bytes.lock().unwrap().len() >= BATCH);
+    }
+
+    #[test]
+    fn lines_do_not_wait_on_a_blocked_output_and_stopping_gives_up_on_it() {
+        let sink = Sink::default();
+        let held = sink.block.lock().unwrap();
+        let (writer, flusher) = Batched::new(sink.clone(), Duration::from_millis(5));
+        // The thread takes the first line and blocks writing it; later lines are buffered
+        // and return at once.
+        writer.make_writer().write_all(b"first\n").unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        let started = Instant::now();
+        for _ in 0..1000 {
+            writer.make_writer().write_all(b"buffered\n").unwrap();
+        }
+        assert!(started.elapsed() < STOP_WAIT, "lines waited on the output");
+        // Stopping gives up on the blocked output after a bounded wait.
+        let stopping = Instant::now();
+        drop(flusher);
+        assert!(stopping.elapsed() < STOP_WAIT + Duration::from_secs(3));
+        drop(held);
+        wait_for("the first line", || sink.text().starts_with("first\n"));
+    }
+
+    #[test]
+    fn flush_writes_out_at_once() {
+        let sink = Sink::default();
+        let (writer, _flusher) = Batched::new(sink.clone(), Duration::from_secs(3600));
+        writer.make_writer().write_all(b"now\n").unwrap();
+        writer.0.flush_now();
+        assert_eq!(sink.text(), "now\n");
     }
 }

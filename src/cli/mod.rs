@@ -200,6 +200,7 @@ pub fn init_logging() -> logging::Flusher<std::io::Stderr> {
         _ => !std::io::stderr().is_terminal(),
     };
     let (writer, flusher) = logging::Batched::new(std::io::stderr(), logging::FLUSH_EVERY);
+    let writer = writer.for_process();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(!json && std::io::stderr().is_terminal())
