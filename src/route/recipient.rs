@@ -232,9 +232,17 @@ impl Directory {
     }
 }
 
-/// HTTPS anywhere; plain HTTP only to a loopback address.
+/// HTTPS anywhere; plain HTTP only to a loopback address; no credentials in the URL.
 fn check_webhook_url(url: &str) -> Result<(), String> {
     let parsed = url::Url::parse(url).map_err(|e| format!("webhook url \"{url}\": {e}"))?;
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        // Not echoed: it holds a secret.
+        return Err(
+            "webhook url carries a user name or password; routes.toml holds no \
+             secrets, and receivers authenticate Herald by the webhook signature"
+                .into(),
+        );
+    }
     let host = parsed
         .host()
         .ok_or_else(|| format!("webhook url \"{url}\" has no host"))?;
@@ -388,7 +396,21 @@ impl Selector {
 
 #[cfg(test)]
 mod tests {
-    use super::identifier_ok;
+    use super::{check_webhook_url, identifier_ok};
+
+    #[test]
+    fn webhook_urls_are_https_or_loopback_http_and_carry_no_credentials() {
+        assert!(check_webhook_url("https://hooks.example.gov.uk/herald").is_ok());
+        assert!(check_webhook_url("http://127.0.0.1:8080/hook").is_ok());
+        assert!(check_webhook_url("http://hooks.example.gov.uk/herald").is_err());
+        assert!(check_webhook_url("ftp://hooks.example.gov.uk/herald").is_err());
+        let e = check_webhook_url("https://herald:s3cret@hooks.example.gov.uk/").unwrap_err();
+        assert!(
+            e.contains("user name or password") && !e.contains("s3cret"),
+            "{e}"
+        );
+        assert!(check_webhook_url("https://herald@hooks.example.gov.uk/").is_err());
+    }
 
     #[test]
     fn identifiers_follow_the_schema_patterns() {

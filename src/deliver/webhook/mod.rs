@@ -2,22 +2,25 @@
 //! the Standard Webhooks headers, over a keep-alive connection pool.
 //!
 //! Requests go straight through hyper's pooled client: each endpoint's URL is parsed once, and
-//! nothing is done per request that a webhook does not need (no redirects, no cookies, no
-//! proxies, no URL re-parsing).
+//! nothing is done per request that a webhook does not need (no redirects, no cookies, no URL
+//! re-parsing). Connections go direct: `HTTPS_PROXY` and the like are not used.
 
 pub mod signature;
 
 use std::collections::HashMap;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER, USER_AGENT};
 use http::{Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
-use hyper_rustls::HttpsConnector;
+use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
 
 pub use signature::Secret;
 
@@ -29,8 +32,8 @@ const AGENT: &str = concat!("Herald/", env!("CARGO_PKG_VERSION"));
 
 /// Sends the webhook notifications.
 pub struct WebhookSender {
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
-    /// The whole exchange (connect, send, response head) must finish within this.
+    client: Client<Connector, Full<Bytes>>,
+    /// The whole exchange (connect, send, answer) must finish within this.
     timeout: Duration,
     /// Recipient id -> current secret and, during a rotation, the previous one.
     secrets: HashMap<String, Vec<Secret>>,
@@ -56,17 +59,27 @@ impl WebhookSender {
         // TLS is the wrapper's business; routes.toml allows plain HTTP only to loopback.
         http.enforce_http(false);
         http.set_nodelay(true);
-        http.set_connect_timeout(Some(timeout.min(Duration::from_secs(10))));
+        // A pooled connection a middlebox has silently dropped is found out in about a
+        // minute, not at the next request's timeout.
+        http.set_keepalive(Some(Duration::from_secs(15)));
+        http.set_keepalive_interval(Some(Duration::from_secs(15)));
+        http.set_keepalive_retries(Some(3));
+        #[cfg(target_os = "linux")]
+        http.set_tcp_user_timeout(Some(Duration::from_secs(30)));
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_provider_and_platform_verifier(rustls::crypto::ring::default_provider())
             .map_err(|e| format!("cannot load the certificate verifier: {e}"))?
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
+        let connector = Connector {
+            inner: https,
+            timeout: timeout.min(Duration::from_secs(10)),
+        };
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_timer(TokioTimer::new())
-            .build(https);
+            .build(connector);
         let mut secrets = HashMap::new();
         let mut missing = HashMap::new();
         let mut warnings = Vec::new();
@@ -149,7 +162,8 @@ impl WebhookSender {
             .map_err(|_| Failure::Permanent {
                 reason: "the webhook request cannot be built".into(),
             })?;
-        let deadline = tokio::time::Instant::now() + self.timeout;
+        // A timeout beyond a day is a day (and cannot overflow the clock).
+        let deadline = tokio::time::Instant::now() + self.timeout.min(Duration::from_secs(86_400));
         let response =
             match tokio::time::timeout_at(deadline, self.client.request(request)).await {
                 Err(_) => Err("HTTP timeout"),
@@ -174,6 +188,38 @@ impl WebhookSender {
             }
         }
         outcome
+    }
+}
+
+/// Opens connections (DNS, TCP, TLS) within a time limit, including those the pool opens in
+/// the background.
+#[derive(Clone)]
+pub struct Connector {
+    inner: HttpsConnector<HttpConnector>,
+    timeout: Duration,
+}
+
+type Connecting = Pin<Box<dyn Future<Output = Result<Connection, BoxError>> + Send>>;
+type Connection = MaybeHttpsStream<TokioIo<TcpStream>>;
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl tower_service::Service<Uri> for Connector {
+    type Response = Connection;
+    type Error = BoxError;
+    type Future = Connecting;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, uri: Uri) -> Connecting {
+        let connecting = self.inner.call(uri);
+        let limit = self.timeout;
+        Box::pin(async move {
+            tokio::time::timeout(limit, connecting)
+                .await
+                .map_err(|_| BoxError::from("connecting timed out"))?
+        })
     }
 }
 
