@@ -7,7 +7,7 @@
 //! and writes it out: every [`FLUSH_EVERY`], as soon as it holds [`BATCH`] bytes, and when
 //! Herald stops. The write happens outside the lock, so logging never waits on stderr unless
 //! [`LIMIT`] bytes are waiting (stderr blocked, or a reader far behind): then it waits, as
-//! nothing is dropped. A line reaches stderr at most [`FLUSH_EVERY`] after it is made while
+//! nothing is dropped. The two buffers are allocated once, so the log's memory is fixed. A line reaches stderr at most [`FLUSH_EVERY`] after it is made while
 //! stderr accepts writes; a crash that gives no chance to flush loses at most that much.
 
 use std::io::Write;
@@ -24,7 +24,12 @@ pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
 const BATCH: usize = 64 * 1024;
 
 /// Bytes in the buffer beyond which a new line waits for the buffer to be written out.
-const LIMIT: usize = 4 * 1024 * 1024;
+const LIMIT: usize = 1024 * 1024;
+
+/// Room for the buffer and the batch being written, allocated once: the buffer never grows
+/// (so never moves) unless a single line is larger than the headroom, and Herald's memory
+/// stays the same however far behind stderr falls.
+const ROOM: usize = LIMIT + BATCH;
 
 /// How long stopping waits for the last write before giving up on it.
 const STOP_WAIT: Duration = Duration::from_secs(2);
@@ -59,16 +64,16 @@ impl<W: Write> Shared<W> {
         let _ = out.flush();
     }
 
-    /// Takes what is buffered and writes it out now. The output is locked before the buffer
-    /// is taken (as the thread does), so batches come out in the order they were taken.
+    /// Writes out what is buffered now. The output is locked before the buffer is read (as the
+    /// thread does), so batches come out in the order they were taken.
     fn flush_now(&self) {
         let mut state = lock(&self.state);
         let mut out = lock(&self.out);
-        let batch = std::mem::take(&mut state.buf);
+        let _ = out.write_all(&state.buf);
+        let _ = out.flush();
+        state.buf.clear();
         drop(state);
         self.drained.notify_all();
-        let _ = out.write_all(&batch);
-        let _ = out.flush();
     }
 
     fn append(&self, line: &[u8]) {
@@ -92,7 +97,7 @@ impl<W: Write> Shared<W> {
 
     /// The thread: waits for time, a full buffer or stopping; swaps the buffer; writes.
     fn run(&self, every: Duration) {
-        let mut spare = Vec::with_capacity(BATCH);
+        let mut spare = Vec::with_capacity(ROOM);
         let mut state = lock(&self.state);
         loop {
             if !state.stopping && state.buf.len() < BATCH {
@@ -114,8 +119,6 @@ impl<W: Write> Shared<W> {
                 let _ = out.flush();
             }
             drop(out);
-            // A burst can leave a huge buffer behind; keep only a batch's worth.
-            spare.shrink_to(BATCH);
             if stopping {
                 return;
             }
@@ -160,7 +163,7 @@ impl<W: Write + Send + 'static> Batched<W> {
     pub fn new(out: W, every: Duration) -> (Batched<W>, Flusher<W>) {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
-                buf: Vec::with_capacity(BATCH),
+                buf: Vec::with_capacity(ROOM),
                 stopping: false,
                 stopped: false,
             }),
