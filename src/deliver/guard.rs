@@ -64,6 +64,10 @@ impl Guard {
 
     fn with<T>(&self, endpoint: &str, f: impl FnOnce(&mut Endpoint) -> T) -> T {
         let mut map = self.endpoints.lock().unwrap_or_else(|e| e.into_inner());
+        // Looked up by reference: the key is copied only the first time an endpoint is seen.
+        if let Some(e) = map.get_mut(endpoint) {
+            return f(e);
+        }
         let e = map.entry(endpoint.to_owned()).or_insert_with(|| Endpoint {
             slots: Arc::new(Semaphore::new(self.limits.concurrency.max(1))),
             urgent_slots: Arc::new(Semaphore::new(self.limits.concurrency.max(1))),
