@@ -10,7 +10,7 @@
 //! nothing is dropped. The two buffers are allocated once, so the log's memory is fixed. A line reaches stderr at most [`FLUSH_EVERY`] after it is made while
 //! stderr accepts writes; a crash that gives no chance to flush loses at most that much.
 
-use std::io::Write;
+use std::io::{Stderr, Write};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
@@ -55,22 +55,25 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-impl<W: Write> Shared<W> {
-    /// Writes `bytes` out. A failed write has nowhere to be reported and is not retried:
-    /// logging must not stop Herald.
-    fn write_out(&self, bytes: &[u8]) {
-        let mut out = lock(&self.out);
+/// Writes `bytes` to `out`. A failed write has nowhere to be reported and is not retried:
+/// logging must not stop Herald.
+fn emit(out: &mut impl Write, bytes: &[u8]) {
+    if !bytes.is_empty() {
         let _ = out.write_all(bytes);
         let _ = out.flush();
+    }
+}
+
+impl<W: Write> Shared<W> {
+    fn write_out(&self, bytes: &[u8]) {
+        emit(&mut *lock(&self.out), bytes);
     }
 
     /// Writes out what is buffered now. The output is locked before the buffer is read (as the
     /// thread does), so batches come out in the order they were taken.
     fn flush_now(&self) {
         let mut state = lock(&self.state);
-        let mut out = lock(&self.out);
-        let _ = out.write_all(&state.buf);
-        let _ = out.flush();
+        emit(&mut *lock(&self.out), &state.buf);
         state.buf.clear();
         drop(state);
         self.drained.notify_all();
@@ -113,11 +116,7 @@ impl<W: Write> Shared<W> {
             let stopping = state.stopping;
             drop(state);
             self.drained.notify_all();
-            if !spare.is_empty() {
-                // Nowhere to report a failed write, and logging must not stop Herald.
-                let _ = out.write_all(&spare);
-                let _ = out.flush();
-            }
+            emit(&mut *out, &spare);
             drop(out);
             if stopping {
                 return;
@@ -127,18 +126,8 @@ impl<W: Write> Shared<W> {
     }
 }
 
-/// Lets [`flush`] reach the buffer of the process's log.
-trait Flush: Send + Sync {
-    fn flush_now(&self);
-}
-
-impl<W: Write + Send> Flush for Shared<W> {
-    fn flush_now(&self) {
-        Shared::flush_now(self);
-    }
-}
-
-static PROCESS_LOG: OnceLock<Arc<dyn Flush>> = OnceLock::new();
+/// The process's log, for [`flush`].
+static PROCESS_LOG: OnceLock<Arc<Shared<Stderr>>> = OnceLock::new();
 
 /// Writes out the process's buffered log lines now: before printing to stderr directly, so
 /// the log and the message come out in the order they were made.
@@ -190,10 +179,12 @@ impl<W: Write + Send + 'static> Batched<W> {
         };
         (Batched(shared), flusher)
     }
+}
 
+impl Batched<Stderr> {
     /// This writer's buffer is the one [`flush`] writes out.
     pub fn for_process(self) -> Self {
-        let _ = PROCESS_LOG.set(Arc::clone(&self.0) as Arc<dyn Flush>);
+        let _ = PROCESS_LOG.set(Arc::clone(&self.0));
         self
     }
 }
@@ -213,7 +204,7 @@ impl<W: Write> Drop for Flusher<W> {
         let rest = std::mem::take(&mut state.buf);
         drop(state);
         self.shared.drained.notify_all();
-        if finished && !rest.is_empty() {
+        if finished {
             self.shared.write_out(&rest);
         }
     }
