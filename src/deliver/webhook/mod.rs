@@ -110,7 +110,8 @@ impl WebhookSender {
         Ok((
             WebhookSender {
                 client,
-                timeout,
+                // A timeout beyond a day is a day (and cannot overflow the clock).
+                timeout: timeout.min(Duration::from_secs(86_400)),
                 secrets,
                 missing,
                 uris,
@@ -162,8 +163,7 @@ impl WebhookSender {
             .map_err(|_| Failure::Permanent {
                 reason: "the webhook request cannot be built".into(),
             })?;
-        // A timeout beyond a day is a day (and cannot overflow the clock).
-        let deadline = tokio::time::Instant::now() + self.timeout.min(Duration::from_secs(86_400));
+        let deadline = tokio::time::Instant::now() + self.timeout;
         let response =
             match tokio::time::timeout_at(deadline, self.client.request(request)).await {
                 Err(_) => Err("HTTP timeout"),
