@@ -214,19 +214,27 @@ impl Engine {
         recipient: &Recipient,
     ) -> Result<crate::render::EmailParts, String> {
         let (sla, marks, priority) = self.facts(route, event);
-        let (info, withheld) = self.redaction.apply(recipient.class, event.info());
-        let view = View {
-            class: recipient.class,
-            info,
-            withheld,
-        };
+        let (info, _) = self.redaction.apply(recipient.class, event.info());
         let facts = template_facts(event, route, &sla, &marks, priority);
+        self.email(route, &facts, recipient, &info, &marks)
+    }
+
+    /// Renders a route's email for one recipient from the route's facts and the event data
+    /// redacted for the recipient.
+    fn email(
+        &self,
+        route: &Route,
+        facts: &serde_json::Map<String, Value>,
+        recipient: &Recipient,
+        info: &Value,
+        marks: &[String],
+    ) -> Result<crate::render::EmailParts, String> {
         let data = Data {
-            facts: &facts,
+            facts,
             recipient: &recipient_data(recipient),
-            info: &view.info,
+            info,
         };
-        self.renderer.email(&route.template, &data, &marks)
+        self.renderer.email(&route.template, &data, marks)
     }
 
     fn apply<'e>(
@@ -305,13 +313,7 @@ impl Engine {
                             let facts = facts.get_or_insert_with(|| {
                                 template_facts(event, route, &sla, &marks, priority)
                             });
-                            let data = Data {
-                                facts,
-                                recipient: &recipient_data(recipient),
-                                info: &view.info,
-                            };
-                            self.renderer
-                                .email(&route.template, &data, &marks)
+                            self.email(route, facts, recipient, &view.info, &marks)
                                 .map(|parts| Content::Email {
                                     to: recipient.email.clone(),
                                     subject: parts.subject,
