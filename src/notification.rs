@@ -86,7 +86,10 @@ impl IdempotencyKey {
             h.update((part.len() as u64).to_be_bytes());
             h.update(part.as_bytes());
         }
-        IdempotencyKey(format!("msg_{}", crate::event::hex(&h.finalize()[..16])))
+        let mut key = *b"msg_00000000000000000000000000000000";
+        // 16 bytes make 32 hex digits, exactly the room after the prefix.
+        let _ = hex::encode_to_slice(&h.finalize()[..16], &mut key[4..]);
+        IdempotencyKey(String::from_utf8_lossy(&key).into_owned())
     }
 
     pub fn as_str(&self) -> &str {

@@ -19,11 +19,28 @@ use serde_json::{Map, Value};
 
 use super::helpers::{uk_date, uk_datetime};
 
+/// The names a template sees at the top level besides `info` and `recipient`.
+pub trait Facts {
+    fn get(&self, name: &str) -> Option<&Value>;
+    /// All of them as one JSON object, for the Handlebars registry.
+    fn to_map(&self) -> Map<String, Value>;
+}
+
+impl Facts for Map<String, Value> {
+    fn get(&self, name: &str) -> Option<&Value> {
+        Map::get(self, name)
+    }
+
+    fn to_map(&self) -> Map<String, Value> {
+        self.clone()
+    }
+}
+
 /// What a template sees. `info` and `recipient` are looked up here; every other top-level
 /// name in `facts`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct Data<'a> {
-    pub facts: &'a Map<String, Value>,
+    pub facts: &'a dyn Facts,
     pub recipient: &'a Value,
     pub info: &'a Value,
 }
@@ -39,7 +56,7 @@ impl Data<'_> {
 
     /// The same data as one JSON object, for the Handlebars registry.
     pub fn to_value(&self) -> Value {
-        let mut all = self.facts.clone();
+        let mut all = self.facts.to_map();
         all.insert("info".into(), self.info.clone());
         all.insert("recipient".into(), self.recipient.clone());
         Value::Object(all)
@@ -75,6 +92,10 @@ const HELPER_NAMES: &[&str] = &[
 #[derive(Debug)]
 pub struct Compiled {
     steps: Vec<Step>,
+    /// Whether the template names the recipient only as `{{recipient.id}}`, `.name` or
+    /// `.class` (never in a condition, a helper or a loop), so it can be drafted once for
+    /// several recipients.
+    draftable: bool,
     /// The longest output so far (a guess from the template at first): the output is
     /// allocated once at this size instead of growing step by step.
     size: AtomicUsize,
@@ -85,6 +106,13 @@ enum Step {
     Text(String),
     Value {
         at: Lookup,
+        escape: bool,
+    },
+    /// `{{recipient.id}}`, `{{recipient.name}}` or `{{recipient.class}}` outside `#each`: a
+    /// gap in a [`Draft`].
+    Recipient {
+        at: Lookup,
+        field: &'static str,
         escape: bool,
     },
     Call {
@@ -160,6 +188,7 @@ impl Compiled {
     /// `escape` is whether `{{ }}` escapes for HTML in this template's registry.
     pub fn new(template: &Template, escape: bool) -> Option<Compiled> {
         let steps = steps(template, escape, false)?;
+        let draftable = !names_recipient(&steps);
         let text: usize = template
             .elements
             .iter()
@@ -170,6 +199,7 @@ impl Compiled {
             .sum();
         Some(Compiled {
             steps,
+            draftable,
             size: AtomicUsize::new(text + text / 4 + 64),
         })
     }
@@ -177,10 +207,98 @@ impl Compiled {
     /// Renders with `data`; an error names the field a strict render could not find.
     pub fn render(&self, data: &Data<'_>) -> Result<String, String> {
         let mut out = String::with_capacity(self.size.load(Ordering::Relaxed));
-        render(&self.steps, data, None, &mut out)?;
+        render(&self.steps, data, None, &mut out, &mut None)?;
         self.size.fetch_max(out.len(), Ordering::Relaxed);
         Ok(out)
     }
+
+    /// Whether [`Compiled::draft`] can render this template.
+    pub fn is_draftable(&self) -> bool {
+        self.draftable
+    }
+
+    /// Renders with `data` leaving a gap wherever the recipient is named, for
+    /// [`Draft::fill`] to complete per recipient (`data.recipient` is not read). `None` when
+    /// the template uses the recipient in a way a gap cannot stand for.
+    pub fn draft(&self, data: &Data<'_>) -> Option<Result<Draft, String>> {
+        if !self.draftable {
+            return None;
+        }
+        let mut text = String::with_capacity(self.size.load(Ordering::Relaxed));
+        let mut gaps = Some(Vec::new());
+        Some(
+            render(&self.steps, data, None, &mut text, &mut gaps).map(|()| Draft {
+                text,
+                gaps: gaps.unwrap_or_default(),
+            }),
+        )
+    }
+}
+
+/// A template rendered once for every recipient who sees the same data, with a gap at
+/// each place it names the recipient.
+#[derive(Debug)]
+pub struct Draft {
+    text: String,
+    gaps: Vec<Gap>,
+}
+
+#[derive(Debug)]
+struct Gap {
+    /// Byte offset in the draft's text.
+    at: usize,
+    field: &'static str,
+    escape: bool,
+    /// The path as written, for the error when the recipient lacks the field.
+    raw: String,
+}
+
+impl Draft {
+    /// The text for one recipient, given the value of each of its [`RECIPIENT_FIELDS`]: the
+    /// same as rendering with them as `recipient` in the data.
+    pub fn fill<'v>(&self, recipient: impl Fn(&str) -> Option<&'v str>) -> Result<String, String> {
+        let mut out = String::with_capacity(self.text.len() + 32 * self.gaps.len());
+        let mut from = 0;
+        for gap in &self.gaps {
+            out.push_str(&self.text[from..gap.at]);
+            match recipient(gap.field) {
+                Some(v) => write(v, gap.escape, &mut out),
+                None => return Err(format!("field {} is missing from the event", gap.raw)),
+            }
+            from = gap.at;
+        }
+        out.push_str(&self.text[from..]);
+        Ok(out)
+    }
+
+    /// The text, when it is the same for every recipient.
+    pub fn complete(&self) -> Option<&str> {
+        self.gaps.is_empty().then_some(self.text.as_str())
+    }
+}
+
+/// The fields of `recipient` a draft leaves a gap for: the recipient's id, display name
+/// and class, all text.
+pub const RECIPIENT_FIELDS: [&str; 3] = ["id", "name", "class"];
+
+/// Whether any step outside a gap looks the recipient up at the top level.
+fn names_recipient(steps: &[Step]) -> bool {
+    let top =
+        |at: &Lookup| at.local.is_none() && at.segments.first().is_some_and(|s| s == "recipient");
+    let arg = |a: &Arg| matches!(a, Arg::Path(at) if top(at));
+    steps.iter().any(|step| match step {
+        Step::Text(_) | Step::Recipient { .. } => false,
+        Step::Value { at, .. } => top(at),
+        Step::Call { args, .. } => args.iter().any(arg),
+        Step::If {
+            at,
+            then,
+            otherwise,
+            ..
+        } => arg(at) || names_recipient(then) || names_recipient(otherwise),
+        // Inside the loop paths start from the item, so only the list itself counts.
+        Step::Each { at, .. } => top(at),
+    })
 }
 
 fn steps(template: &Template, escape: bool, in_each: bool) -> Option<Vec<Step>> {
@@ -209,6 +327,12 @@ fn expression(h: &HelperTemplate, escape: bool, in_each: bool) -> Option<Step> {
         let at = lookup(path, in_each)?;
         if at.segments.len() == 1 && HELPER_NAMES.contains(&at.segments[0].as_str()) {
             return None;
+        }
+        if let (false, None, [first, field]) = (in_each, at.local, at.segments.as_slice())
+            && first == "recipient"
+            && let Some(field) = RECIPIENT_FIELDS.into_iter().find(|f| f == field)
+        {
+            return Some(Step::Recipient { at, field, escape });
         }
         return Some(Step::Value { at, escape });
     }
@@ -362,11 +486,13 @@ fn find<'a>(
     Ok(Some(Cow::Borrowed(value)))
 }
 
+/// Renders `steps` into `out`; with `gaps`, each recipient step is left as a gap there.
 fn render<'a>(
     steps: &'a [Step],
     data: &'a Data<'a>,
     item: Option<Item<'a>>,
     out: &mut String,
+    gaps: &mut Option<Vec<Gap>>,
 ) -> Result<(), String> {
     for step in steps {
         match step {
@@ -374,6 +500,18 @@ fn render<'a>(
             Step::Value { at, escape } => match find(at, data, item)? {
                 Some(v) => write_value(&v, *escape, out),
                 None => return Err(format!("field {} is missing from the event", at.raw)),
+            },
+            Step::Recipient { at, field, escape } => match gaps {
+                Some(gaps) => gaps.push(Gap {
+                    at: out.len(),
+                    field,
+                    escape: *escape,
+                    raw: at.raw.clone(),
+                }),
+                None => match data.recipient.get(*field) {
+                    Some(v) => write_value(v, *escape, out),
+                    None => return Err(format!("field {} is missing from the event", at.raw)),
+                },
             },
             Step::Call {
                 helper,
@@ -394,7 +532,7 @@ fn render<'a>(
                     Arg::Literal(v) => truthy(v),
                 };
                 let branch = if truthy == *when { then } else { otherwise };
-                render(branch, data, item, out)?;
+                render(branch, data, item, out, gaps)?;
             }
             Step::Each {
                 at,
@@ -404,7 +542,8 @@ fn render<'a>(
                 let found = find(at, data, item)?;
                 let each =
                     |list: &mut dyn ExactSizeIterator<Item = (Option<&'a str>, &'a Value)>,
-                     out: &mut String| {
+                     out: &mut String,
+                     gaps: &mut Option<Vec<Gap>>| {
                         let len = list.len();
                         for (index, (key, value)) in list.enumerate() {
                             let item = Item {
@@ -413,7 +552,7 @@ fn render<'a>(
                                 len,
                                 key,
                             };
-                            render(body, data, Some(item), out)?;
+                            render(body, data, Some(item), out, gaps)?;
                         }
                         Ok::<(), String>(())
                     };
@@ -421,14 +560,18 @@ fn render<'a>(
                     (Some(Cow::Borrowed(Value::Array(list))), otherwise)
                         if !list.is_empty() || otherwise.is_none() =>
                     {
-                        each(&mut list.iter().map(|v| (None, v)), out)?;
+                        each(&mut list.iter().map(|v| (None, v)), out, gaps)?;
                     }
                     (Some(Cow::Borrowed(Value::Object(map))), otherwise)
                         if !map.is_empty() || otherwise.is_none() =>
                     {
-                        each(&mut map.iter().map(|(k, v)| (Some(k.as_str()), v)), out)?;
+                        each(
+                            &mut map.iter().map(|(k, v)| (Some(k.as_str()), v)),
+                            out,
+                            gaps,
+                        )?;
                     }
-                    (_, Some(otherwise)) => render(otherwise, data, item, out)?,
+                    (_, Some(otherwise)) => render(otherwise, data, item, out, gaps)?,
                     (_, None) => {
                         return Err(format!("field {} is missing or not a list", at.raw));
                     }
@@ -577,6 +720,15 @@ mod tests {
         };
         let ours = compiled.render(&data_view);
         let theirs = registry.render_with_context("t", &Context::from(data_view.to_value()));
+        // A draft, filled in for the recipient, gives the same text or the same refusal.
+        if let Some(draft) = compiled.draft(&Data {
+            recipient: &Value::Null,
+            ..data_view
+        }) {
+            let filled =
+                draft.and_then(|d| d.fill(|f| data_view.recipient.get(f).and_then(Value::as_str)));
+            assert_eq!(filled, ours, "draft of {source:?} with {data}");
+        }
         match (&ours, &theirs) {
             (Ok(a), Ok(b)) => assert_eq!(a, b, "template {source:?} with {data}"),
             (Err(_), Err(_)) => {}
@@ -600,12 +752,17 @@ mod tests {
                 "date": "2026-12-15",
                 "at": "2026-07-01T23:30:00Z"
             },
-            "recipient": {"name": "Leeds PPO"},
+            "recipient": {"id": "police:WYP-LEEDS", "name": "Leeds <PPO> & 'unit'", "class": "police"},
             "marks": ["CAT A", "SHORT NOTICE"],
             "sla": {"rule": "within 24h", "due": "2026-11-13T12:35:00Z"}
         });
         let templates = [
             "Dear {{recipient.name}}, {{info.name.given}} {{info.name.family}}\n",
+            "{{recipient.id}} <{{recipient.name}}> {{{recipient.name}}}{{recipient.class}}",
+            "{{#if info.yes}}{{recipient.name}}{{/if}}{{#each marks}}{{recipient.name}}{{/each}}",
+            "{{#if recipient.name}}{{recipient.name}}{{/if}} {{uk_date recipient.name}}",
+            "{{recipient.missing}}",
+            "{{info.missing}} {{recipient.name}}",
             "{{{info.name.given}}} {{info.num}} {{info.yes}} {{info.none}} {{info.list}} {{info.obj}}",
             "{{info.list.1}} {{info.list.9}}",
             "{{uk_date info.date}} / {{uk_date info.at}} / {{uk_datetime info.at}}",
@@ -639,6 +796,52 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn drafts_only_where_a_gap_can_stand_for_the_recipient() {
+        let compile = |source: &str| {
+            let mut registry = Handlebars::new();
+            registry.register_template_string("t", source).unwrap();
+            Compiled::new(registry.get_template("t").unwrap(), true).unwrap()
+        };
+        for source in [
+            "Dear {{recipient.name}} ({{recipient.id}}, {{recipient.class}})",
+            "{{#each info.list}}{{recipient.name}}{{/each}}",
+            "no recipient",
+        ] {
+            assert!(compile(source).is_draftable(), "{source:?}");
+        }
+        for source in [
+            "{{#if recipient.name}}x{{/if}}",
+            "{{uk_date recipient.id}}",
+            "{{#each recipient}}x{{/each}}",
+            "{{recipient.email}}",
+            "{{recipient}}",
+        ] {
+            assert!(!compile(source).is_draftable(), "{source:?}");
+        }
+        let facts = Map::new();
+        let info = json!({"a": "1 < 2"});
+        let data = Data {
+            facts: &facts,
+            recipient: &Value::Null,
+            info: &info,
+        };
+        let draft = compile("{{recipient.name}}: {{info.a}}, {{recipient.id}}")
+            .draft(&data)
+            .unwrap()
+            .unwrap();
+        let fields = |f: &str| match f {
+            "id" => Some("x"),
+            "name" => Some("A & B"),
+            _ => None,
+        };
+        assert_eq!(draft.fill(fields).unwrap(), "A &amp; B: 1 &lt; 2, x");
+        assert_eq!(
+            draft.fill(|f| (f == "name").then_some("A")).unwrap_err(),
+            "field recipient.id is missing from the event"
+        );
     }
 
     #[test]

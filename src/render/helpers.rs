@@ -72,27 +72,59 @@ const MONTHS: [&str; 12] = [
 /// `Tuesday 15 December 2026` (chrono's `%A %-d %B %Y`, written directly: this runs for
 /// every date in every email).
 fn write_date(date: NaiveDate, out: &mut String) {
-    use std::fmt::Write;
-    let weekday = WEEKDAYS[date.weekday().num_days_from_monday() as usize];
-    let month = MONTHS[date.month0() as usize];
-    let _ = match date.year() {
-        year @ 0..=9999 => write!(out, "{weekday} {} {month} {year}", date.day()),
-        year => write!(out, "{weekday} {} {month} {year:+05}", date.day()),
+    let mut digits = itoa::Buffer::new();
+    out.push_str(WEEKDAYS[date.weekday().num_days_from_monday() as usize]);
+    out.push(' ');
+    out.push_str(digits.format(date.day()));
+    out.push(' ');
+    out.push_str(MONTHS[date.month0() as usize]);
+    out.push(' ');
+    match date.year() {
+        year @ 0..=9999 => {
+            let year = digits.format(year);
+            out.push_str(&"000"[year.len() - 1..]);
+            out.push_str(year);
+        }
+        year => {
+            use std::fmt::Write;
+            let _ = write!(out, "{year:+05}");
+        }
+    }
+}
+
+/// `2026-12-15` read without chrono's general parser (most dates in events are in this
+/// form); anything else, or a day that does not exist, is `None`.
+fn iso_date(text: &str) -> Option<NaiveDate> {
+    let b = text.as_bytes();
+    if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
+        return None;
+    }
+    let number = |range: std::ops::Range<usize>| {
+        b[range].iter().try_fold(0u32, |n, &c| {
+            c.is_ascii_digit().then(|| n * 10 + u32::from(c - b'0'))
+        })
     };
+    let year = i32::try_from(number(0..4)?).ok()?;
+    NaiveDate::from_ymd_opt(year, number(5..7)?, number(8..10)?)
 }
 
 /// `2026-12-15` -> `Tuesday 15 December 2026`; a date-time gives its London date.
 pub fn uk_date(text: &str) -> Option<String> {
-    let mut parsed = Parsed::new();
-    let date = match chrono::format::parse(&mut parsed, text, ISO_DATE.iter())
-        .ok()
-        .and_then(|()| parsed.to_naive_date().ok())
-    {
+    let date = match iso_date(text) {
         Some(d) => d,
-        None => DateTime::parse_from_rfc3339(text)
-            .ok()?
-            .with_timezone(&London)
-            .date_naive(),
+        None => {
+            let mut parsed = Parsed::new();
+            match chrono::format::parse(&mut parsed, text, ISO_DATE.iter())
+                .ok()
+                .and_then(|()| parsed.to_naive_date().ok())
+            {
+                Some(d) => d,
+                None => DateTime::parse_from_rfc3339(text)
+                    .ok()?
+                    .with_timezone(&London)
+                    .date_naive(),
+            }
+        }
     };
     let mut out = String::with_capacity(32);
     write_date(date, &mut out);
@@ -101,14 +133,21 @@ pub fn uk_date(text: &str) -> Option<String> {
 
 /// `2026-11-20T15:42:00Z` -> `Friday 20 November 2026, 15:42 GMT`.
 pub fn uk_datetime(text: &str) -> Option<String> {
-    use std::fmt::Write;
     let t = DateTime::parse_from_rfc3339(text)
         .ok()?
         .with_timezone(&London);
     let mut out = String::with_capacity(40);
     write_date(t.date_naive(), &mut out);
-    let zone = t.offset().abbreviation().unwrap_or("");
-    let _ = write!(out, ", {:02}:{:02} {zone}", t.hour(), t.minute());
+    let two = |n: u32, out: &mut String| {
+        out.push(char::from(b'0' + (n / 10 % 10) as u8));
+        out.push(char::from(b'0' + (n % 10) as u8));
+    };
+    out.push_str(", ");
+    two(t.hour(), &mut out);
+    out.push(':');
+    two(t.minute(), &mut out);
+    out.push(' ');
+    out.push_str(t.offset().abbreviation().unwrap_or(""));
     Some(out)
 }
 
@@ -198,6 +237,9 @@ mod tests {
             Some("Wednesday 1 July 2026, 09:00 BST")
         );
         assert_eq!(uk_date("next week"), None);
+        // The quick reading of YYYY-MM-DD gives way to chrono's on anything else.
+        assert_eq!(uk_date("2026-02-30"), None);
+        assert_eq!(uk_date("2026-1a-01"), None);
     }
 
     #[test]
@@ -221,7 +263,7 @@ mod tests {
             day = day.succ_opt().unwrap();
             at += chrono::Duration::minutes(397);
         }
-        for year in [-1, 10000] {
+        for year in [-1, 0, 99, 999, 10000] {
             let date = NaiveDate::from_ymd_opt(year, 1, 1).unwrap();
             let mut out = String::new();
             write_date(date, &mut out);

@@ -17,7 +17,8 @@ use std::path::{Path, PathBuf};
 
 use handlebars::{Context, Handlebars};
 
-pub use compiled::Data;
+use compiled::Draft;
+pub use compiled::{Data, Facts, RECIPIENT_FIELDS};
 pub use helpers::{uk_date, uk_datetime};
 
 use compiled::Compiled;
@@ -209,20 +210,102 @@ impl Renderer {
                 .render_with_context(&format!("{template}/{part}"), context)
                 .map_err(|e| e.to_string())
         };
-        let subject = render(&self.plain, 0)?;
-        let mut line = String::new();
-        for mark in marks {
-            line.push('[');
-            line.push_str(mark);
-            line.push_str("] ");
-        }
-        line.push_str(&one_line(&subject));
         Ok(EmailParts {
-            subject: line,
+            subject: subject_line(marks, &render(&self.plain, 0)?),
             text: render(&self.plain, 1)?,
             html: render(&self.html, 2)?,
         })
     }
+
+    /// Renders the email parts of `template` once for every recipient who sees the same
+    /// `data` (its `recipient` is not read), for [`EmailDraft::fill`] to complete per
+    /// recipient with the same result as [`Renderer::email`]. `None` when a part cannot be
+    /// drafted (it is not compiled, or uses the recipient other than as a plain value).
+    pub fn email_draft<'r>(
+        &'r self,
+        template: &'r str,
+        data: &Data<'_>,
+        marks: &[String],
+    ) -> Option<Result<EmailDraft<'r>, String>> {
+        let [Some(subject), Some(text), Some(html)] = self
+            .compiled
+            .get(template)
+            .filter(|_| !self.handlebars_only)?
+        else {
+            return None;
+        };
+        if ![subject, text, html].iter().all(|c| c.is_draftable()) {
+            return None;
+        }
+        let draft = |part: &Compiled, index: usize| match part.draft(data) {
+            Some(Ok(draft)) => Ok(draft),
+            Some(Err(e)) => Err(format!("{template}/{}: {e}", PARTS[index])),
+            None => Err(format!("{template}/{}: cannot be drafted", PARTS[index])),
+        };
+        let parts = (|| Ok([draft(subject, 0)?, draft(text, 1)?, draft(html, 2)?]))();
+        Some(parts.map(|parts: [Draft; 3]| {
+            EmailDraft {
+                template,
+                marks: subject_line(marks, ""),
+                subject: parts[0]
+                    .complete()
+                    .map(|subject| subject_line(marks, subject)),
+                parts,
+            }
+        }))
+    }
+}
+
+/// An email rendered once for the recipients of a route who see the same data.
+#[derive(Debug)]
+pub struct EmailDraft<'r> {
+    template: &'r str,
+    /// The markings that start the subject (`[CAT A] `).
+    marks: String,
+    /// The whole subject line, when it does not name the recipient.
+    subject: Option<String>,
+    parts: [Draft; 3],
+}
+
+impl EmailDraft<'_> {
+    /// The email for one recipient, given the value of each of its [`RECIPIENT_FIELDS`].
+    pub fn fill<'v>(
+        &self,
+        recipient: impl Fn(&str) -> Option<&'v str> + Copy,
+    ) -> Result<EmailParts, String> {
+        let fill = |index: usize| {
+            self.parts[index]
+                .fill(recipient)
+                .map_err(|e| format!("{}/{}: {e}", self.template, PARTS[index]))
+        };
+        let subject = match &self.subject {
+            Some(line) => line.clone(),
+            None => {
+                let subject = fill(0)?;
+                let mut line = String::with_capacity(self.marks.len() + subject.len());
+                line.push_str(&self.marks);
+                line.push_str(&one_line(&subject));
+                line
+            }
+        };
+        Ok(EmailParts {
+            subject,
+            text: fill(1)?,
+            html: fill(2)?,
+        })
+    }
+}
+
+/// The subject as sent: the markings in brackets, then the subject on one line.
+fn subject_line(marks: &[String], subject: &str) -> String {
+    let mut line = String::new();
+    for mark in marks {
+        line.push('[');
+        line.push_str(mark);
+        line.push_str("] ");
+    }
+    line.push_str(&one_line(subject));
+    line
 }
 
 fn registry(escape_html: bool) -> Handlebars<'static> {

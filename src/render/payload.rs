@@ -3,6 +3,7 @@
 
 use serde::Serialize;
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::event::Event;
 use crate::notification::{IdempotencyKey, Priority, Sla};
@@ -20,7 +21,8 @@ struct Payload<'a> {
 #[derive(Serialize)]
 struct Data<'a> {
     notification: NotificationPart<'a>,
-    event: EventPart<'a>,
+    /// The same for every recipient who sees the same data: written once, see [`event_json`].
+    event: &'a RawValue,
 }
 
 #[derive(Serialize)]
@@ -32,7 +34,7 @@ struct NotificationPart<'a> {
     recipient: &'a str,
     priority: Priority,
     marks: &'a [String],
-    sla: &'a Sla,
+    sla: &'a RawValue,
     /// Fields of the event this recipient may not see, removed before sending.
     withheld: &'a [String],
 }
@@ -58,18 +60,42 @@ pub struct WebhookView<'a> {
     pub recipient: &'a str,
     pub priority: Priority,
     pub marks: &'a [String],
-    pub sla: &'a Sla,
+    /// The route's [`Sla`] as JSON, from [`sla_json`]: the same for each of its recipients.
+    pub sla: &'a RawValue,
     pub withheld: &'a [String],
-    /// `additionalInformation` after redaction for this recipient.
-    pub info: &'a Value,
+    /// The event as this recipient may see it, from [`event_json`].
+    pub event: &'a RawValue,
+}
+
+/// The `event` part of a webhook body, with `additionalInformation` as redacted for the
+/// recipients who get it (`info`): the same for each of them, so written once.
+pub fn event_json(event: &Event, info: &Value) -> Box<RawValue> {
+    let body = &event.body;
+    let part = EventPart {
+        id: event.id.as_str(),
+        event_type: event.event_type.as_str(),
+        version: event.version,
+        occurred_at: &body["occurredAt"],
+        published_at: &body["publishedAt"],
+        description: body.get("description"),
+        person_reference: &body["personReference"],
+        additional_information: info,
+    };
+    // Serialising plain JSON values and strings cannot fail.
+    serde_json::value::to_raw_value(&part).unwrap_or_default()
+}
+
+/// A route's deadline as the webhook body gives it.
+pub fn sla_json(sla: &Sla) -> Box<RawValue> {
+    // Serialising strings and a date cannot fail.
+    serde_json::value::to_raw_value(sla).unwrap_or_default()
 }
 
 /// The JSON body for one webhook notification.
 pub fn webhook_body(event: &Event, view: &WebhookView<'_>) -> String {
-    let body = &event.body;
     let payload = Payload {
         kind: event.event_type.as_str(),
-        timestamp: &body["occurredAt"],
+        timestamp: &event.body["occurredAt"],
         data: Data {
             notification: NotificationPart {
                 id: view.key,
@@ -80,21 +106,12 @@ pub fn webhook_body(event: &Event, view: &WebhookView<'_>) -> String {
                 sla: view.sla,
                 withheld: view.withheld,
             },
-            event: EventPart {
-                id: event.id.as_str(),
-                event_type: event.event_type.as_str(),
-                version: event.version,
-                occurred_at: &body["occurredAt"],
-                published_at: &body["publishedAt"],
-                description: body.get("description"),
-                person_reference: &body["personReference"],
-                additional_information: view.info,
-            },
+            event: view.event,
         },
     };
-    // Sized for a typical body so it is not copied as it grows. Serialising plain JSON values
+    // Sized for the whole body so it is not copied as it grows. Serialising plain JSON values
     // and strings cannot fail, and serde_json writes only UTF-8.
-    let mut out = Vec::with_capacity(2048);
+    let mut out = Vec::with_capacity(view.event.get().len() + 512);
     let _ = serde_json::to_writer(&mut out, &payload);
     String::from_utf8(out).unwrap_or_default()
 }

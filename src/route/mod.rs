@@ -8,9 +8,11 @@ mod recipient;
 mod redact;
 
 use std::borrow::Cow;
+use std::cell::OnceCell;
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 pub use matcher::Matcher;
@@ -25,8 +27,8 @@ use crate::intake::SchemaSet;
 use crate::notification::{
     Channel, Content, IdempotencyKey, Notification, Priority, Problem, Routing, Sla,
 };
-use crate::render::payload::{WebhookView, webhook_body};
-use crate::render::{Data, Renderer};
+use crate::render::payload::{self, WebhookView, event_json, webhook_body};
+use crate::render::{Data, EmailDraft, Facts, RECIPIENT_FIELDS, Renderer};
 use crate::sla::{Calendar, SlaRule};
 
 /// The marking added to short-notice notifications.
@@ -156,11 +158,47 @@ pub struct Engine {
     pub renderer: Renderer,
 }
 
-/// The event's data as one class of recipient may see it.
+/// The event's data as some classes of recipient may see it: classes from which the same
+/// fields are withheld share one view, and so one webhook `event` part.
 struct View<'e> {
-    class: RecipientClass,
+    classes: Vec<RecipientClass>,
     info: Cow<'e, Value>,
     withheld: Vec<String>,
+    /// The webhook body's `event` part, written at the view's first webhook.
+    event_json: OnceCell<Box<RawValue>>,
+}
+
+impl<'e> View<'e> {
+    /// The index of the view for a class: one already made for it or for a class that
+    /// sees the same, or a new one.
+    fn find(
+        views: &mut Vec<View<'e>>,
+        class: RecipientClass,
+        redaction: &Redaction,
+        info: &'e Value,
+    ) -> usize {
+        match views.iter().position(|v| v.classes.contains(&class)) {
+            Some(i) => i,
+            None => {
+                let (info, withheld) = redaction.apply(class, info);
+                match views.iter().position(|v| v.withheld == withheld) {
+                    Some(i) => {
+                        views[i].classes.push(class);
+                        i
+                    }
+                    None => {
+                        views.push(View {
+                            classes: vec![class],
+                            info,
+                            withheld,
+                            event_json: OnceCell::new(),
+                        });
+                        views.len() - 1
+                    }
+                }
+            }
+        }
+    }
 }
 
 impl Engine {
@@ -215,7 +253,7 @@ impl Engine {
     ) -> Result<crate::render::EmailParts, String> {
         let (sla, marks, priority) = self.facts(route, event);
         let (info, _) = self.redaction.apply(recipient.class, event.info());
-        let facts = template_facts(event, route, &sla, &marks, priority);
+        let facts = TemplateFacts::new(event, route, &sla, &marks, priority);
         self.email(route, &facts, recipient, &info, &marks)
     }
 
@@ -224,7 +262,7 @@ impl Engine {
     fn email(
         &self,
         route: &Route,
-        facts: &serde_json::Map<String, Value>,
+        facts: &dyn Facts,
         recipient: &Recipient,
         info: &Value,
         marks: &[String],
@@ -248,6 +286,10 @@ impl Engine {
         let (sla, marks, priority) = self.facts(route, event);
         // Built at the first email of the route: the same for each of its recipients.
         let mut facts = None;
+        // The deadline as webhook bodies give it, written at the route's first webhook.
+        let sla_json = OnceCell::new();
+        // Each view's email, drafted at its first recipient for all who share the view.
+        let mut drafts: Vec<(usize, Option<Result<EmailDraft, String>>)> = Vec::new();
 
         let mut seen = HashSet::new();
         for selector in &route.to {
@@ -293,33 +335,41 @@ impl Engine {
                     });
                     continue;
                 }
-                let view = match views.iter().position(|v| v.class == recipient.class) {
-                    Some(i) => &views[i],
-                    None => {
-                        let (info, withheld) = self.redaction.apply(recipient.class, event.info());
-                        views.push(View {
-                            class: recipient.class,
-                            info,
-                            withheld,
-                        });
-                        &views[views.len() - 1]
-                    }
-                };
+                let view_index = View::find(views, recipient.class, &self.redaction, event.info());
+                let view = &views[view_index];
                 for channel in channels {
                     let key =
                         IdempotencyKey::derive(&event.id, &name, recipient.id.as_str(), channel);
                     let content = match channel {
                         Channel::Email => {
                             let facts = facts.get_or_insert_with(|| {
-                                template_facts(event, route, &sla, &marks, priority)
+                                TemplateFacts::new(event, route, &sla, &marks, priority)
                             });
-                            self.email(route, facts, recipient, &view.info, &marks)
-                                .map(|parts| Content::Email {
-                                    to: recipient.email.clone(),
-                                    subject: parts.subject,
-                                    text: parts.text,
-                                    html: parts.html,
-                                })
+                            let draft = match drafts.iter().position(|(v, _)| *v == view_index) {
+                                Some(i) => &drafts[i].1,
+                                None => {
+                                    let data = Data {
+                                        facts,
+                                        recipient: &Value::Null,
+                                        info: &view.info,
+                                    };
+                                    let draft =
+                                        self.renderer.email_draft(&route.template, &data, &marks);
+                                    drafts.push((view_index, draft));
+                                    &drafts[drafts.len() - 1].1
+                                }
+                            };
+                            match draft {
+                                Some(Ok(draft)) => draft.fill(|f| recipient_field(recipient, f)),
+                                Some(Err(e)) => Err(e.clone()),
+                                None => self.email(route, facts, recipient, &view.info, &marks),
+                            }
+                            .map(|parts| Content::Email {
+                                to: recipient.email.clone(),
+                                subject: parts.subject,
+                                text: parts.text,
+                                html: parts.html,
+                            })
                         }
                         Channel::Webhook => {
                             let url = recipient
@@ -335,9 +385,11 @@ impl Engine {
                                     recipient: recipient.id.as_str(),
                                     priority,
                                     marks: &marks,
-                                    sla: &sla,
+                                    sla: sla_json.get_or_init(|| payload::sla_json(&sla)),
                                     withheld: &view.withheld,
-                                    info: &view.info,
+                                    event: view
+                                        .event_json
+                                        .get_or_init(|| event_json(event, &view.info)),
                                 },
                             );
                             Ok(Content::Webhook { url, body })
@@ -374,54 +426,130 @@ impl Engine {
 /// recipient (`recipient.id`, `.name`, `.class`): the person's identifiers as `person.NOMS`
 /// etc. (and all of them on one line as `identifiers`), and the notification's own facts. The
 /// same for every recipient of a route.
-fn template_facts(
-    event: &Event,
-    route: &Route,
-    sla: &Sla,
-    marks: &[String],
-    priority: Priority,
-) -> serde_json::Map<String, Value> {
-    let body = &event.body;
-    let person: serde_json::Map<String, Value> = event
-        .identifiers()
-        .map(|(t, v)| (t.to_owned(), Value::String(v.to_owned())))
-        .collect();
-    let text = |s: &str| Value::String(s.to_owned());
-    let mut facts = serde_json::Map::new();
-    facts.insert("eventId".into(), text(event.id.as_str()));
-    facts.insert("eventType".into(), text(event.event_type.as_str()));
-    facts.insert("occurredAt".into(), body["occurredAt"].clone());
-    facts.insert("publishedAt".into(), body["publishedAt"].clone());
-    let identifiers: Vec<String> = person
-        .iter()
-        .map(|(t, v)| format!("{t} {}", v.as_str().unwrap_or_default()))
-        .collect();
-    facts.insert("identifiers".into(), Value::String(identifiers.join(", ")));
-    facts.insert("person".into(), Value::Object(person));
-    facts.insert("route".into(), text(&route.name));
-    facts.insert("priority".into(), text(priority.as_str()));
-    facts.insert(
-        "marks".into(),
-        Value::Array(marks.iter().map(|m| text(m)).collect()),
-    );
-    facts.insert("urgent".into(), Value::Bool(priority == Priority::Urgent));
-    facts.insert("shortNotice".into(), Value::Bool(sla.short_notice()));
-    if let Some(d) = sla.deadline() {
-        let rule = match sla {
-            Sla::Due { rule, .. } => rule.as_str(),
-            _ => "",
-        };
-        facts.insert(
-            "sla".into(),
-            json!({"rule": rule, "due": d.due.to_rfc3339_opts(chrono::SecondsFormat::Secs, true), "shortNotice": d.short_notice}),
-        );
-    }
-    if let Some(description) = body.get("description") {
-        facts.insert("description".into(), description.clone());
-    }
-    facts
+struct TemplateFacts<'e> {
+    event_id: Value,
+    event_type: Value,
+    occurred_at: &'e Value,
+    published_at: &'e Value,
+    description: Option<&'e Value>,
+    identifiers: Value,
+    person: Value,
+    route: Value,
+    priority: Value,
+    marks: Value,
+    urgent: Value,
+    short_notice: Value,
+    sla: Option<Value>,
 }
 
+impl<'e> TemplateFacts<'e> {
+    /// The names, in the order [`Facts::to_map`] gives them.
+    const NAMES: [&'static str; 13] = [
+        "eventId",
+        "eventType",
+        "occurredAt",
+        "publishedAt",
+        "description",
+        "identifiers",
+        "person",
+        "route",
+        "priority",
+        "marks",
+        "urgent",
+        "shortNotice",
+        "sla",
+    ];
+
+    fn new(
+        event: &'e Event,
+        route: &Route,
+        sla: &Sla,
+        marks: &[String],
+        priority: Priority,
+    ) -> TemplateFacts<'e> {
+        let text = |s: &str| Value::String(s.to_owned());
+        let person: serde_json::Map<String, Value> = event
+            .identifiers()
+            .map(|(kind, value)| (kind.to_owned(), text(value)))
+            .collect();
+        let mut identifiers = String::new();
+        for (kind, value) in &person {
+            if !identifiers.is_empty() {
+                identifiers.push_str(", ");
+            }
+            identifiers.push_str(kind);
+            identifiers.push(' ');
+            identifiers.push_str(value.as_str().unwrap_or_default());
+        }
+        let short_notice = Value::Bool(sla.short_notice());
+        let sla = sla.deadline().map(|d| {
+            let rule = match sla {
+                Sla::Due { rule, .. } => rule.as_str(),
+                _ => "",
+            };
+            json!({"rule": rule, "due": d.due.to_rfc3339_opts(chrono::SecondsFormat::Secs, true), "shortNotice": d.short_notice})
+        });
+        TemplateFacts {
+            event_id: text(event.id.as_str()),
+            event_type: text(event.event_type.as_str()),
+            occurred_at: &event.body["occurredAt"],
+            published_at: &event.body["publishedAt"],
+            description: event.body.get("description"),
+            identifiers: Value::String(identifiers),
+            person: Value::Object(person),
+            route: text(&route.name),
+            priority: text(priority.as_str()),
+            marks: Value::Array(marks.iter().map(|m| text(m)).collect()),
+            urgent: Value::Bool(priority == Priority::Urgent),
+            short_notice,
+            sla,
+        }
+    }
+}
+
+impl Facts for TemplateFacts<'_> {
+    fn get(&self, name: &str) -> Option<&Value> {
+        Some(match name {
+            "eventId" => &self.event_id,
+            "eventType" => &self.event_type,
+            "occurredAt" => self.occurred_at,
+            "publishedAt" => self.published_at,
+            "description" => return self.description,
+            "identifiers" => &self.identifiers,
+            "person" => &self.person,
+            "route" => &self.route,
+            "priority" => &self.priority,
+            "marks" => &self.marks,
+            "urgent" => &self.urgent,
+            "shortNotice" => &self.short_notice,
+            "sla" => return self.sla.as_ref(),
+            _ => return None,
+        })
+    }
+
+    fn to_map(&self) -> serde_json::Map<String, Value> {
+        Self::NAMES
+            .iter()
+            .filter_map(|name| Some(((*name).to_owned(), self.get(name)?.clone())))
+            .collect()
+    }
+}
+
+/// What a template sees as `recipient`: `id`, `name` and `class`.
+fn recipient_field<'r>(recipient: &'r Recipient, field: &str) -> Option<&'r str> {
+    match field {
+        "id" => Some(recipient.id.as_str()),
+        "name" => Some(&recipient.name),
+        "class" => Some(recipient.class.as_str()),
+        _ => None,
+    }
+}
+
+/// The recipient as one JSON object, for a template that is not drafted.
 fn recipient_data(recipient: &Recipient) -> Value {
-    json!({"id": recipient.id.as_str(), "name": recipient.name, "class": recipient.class.as_str()})
+    RECIPIENT_FIELDS
+        .iter()
+        .filter_map(|f| Some(((*f).to_owned(), recipient_field(recipient, f)?.into())))
+        .collect::<serde_json::Map<_, _>>()
+        .into()
 }
