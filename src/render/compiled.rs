@@ -226,12 +226,12 @@ impl Compiled {
         }
         let mut text = String::with_capacity(self.size.load(Ordering::Relaxed));
         let mut gaps = Some(Vec::new());
-        Some(
-            render(&self.steps, data, None, &mut text, &mut gaps).map(|()| Draft {
-                text,
-                gaps: gaps.unwrap_or_default(),
-            }),
-        )
+        let rendered = render(&self.steps, data, None, &mut text, &mut gaps);
+        self.size.fetch_max(text.len(), Ordering::Relaxed);
+        Some(rendered.map(|()| Draft {
+            text,
+            gaps: gaps.unwrap_or_default(),
+        }))
     }
 }
 
