@@ -282,7 +282,7 @@ impl Engine {
         views: &mut Vec<View<'e>>,
         routing: &mut Routing,
     ) {
-        let name = route.name.to_string();
+        let name: &str = &route.name;
         let (sla, marks, priority) = self.facts(route, event);
         // Built at the first email of the route: the same for each of its recipients.
         let mut facts = None;
@@ -291,12 +291,13 @@ impl Engine {
         // Each view's email, drafted at its first recipient for all who share the view.
         let mut drafts: Vec<(usize, Option<Result<EmailDraft, String>>)> = Vec::new();
 
-        let mut seen = HashSet::new();
+        // A route names a handful of recipients: a list is cheaper than a set.
+        let mut seen: Vec<&RecipientId> = Vec::new();
         for selector in &route.to {
             let recipients = match selector.select(event.info(), event, &self.directory) {
                 Selected::Recipients(r) if r.is_empty() => {
                     routing.problems.push(Problem::NoRecipients {
-                        route: name.clone(),
+                        route: name.to_owned(),
                         selector: selector.text(),
                     });
                     continue;
@@ -304,7 +305,7 @@ impl Engine {
                 Selected::Recipients(r) => r,
                 Selected::Unknown { reason } => {
                     routing.problems.push(Problem::UnknownRecipient {
-                        route: name.clone(),
+                        route: name.to_owned(),
                         pattern: selector.text(),
                         reason,
                     });
@@ -312,25 +313,25 @@ impl Engine {
                 }
             };
             for recipient in recipients {
-                if !seen.insert(recipient.id.clone()) {
+                if seen.contains(&&recipient.id) {
                     continue;
                 }
+                seen.push(&recipient.id);
                 if !recipient.may_hear_about(event) {
                     routing.problems.push(Problem::NotAuthorised {
-                        route: name.clone(),
+                        route: name.to_owned(),
                         recipient: recipient.id.to_string(),
                     });
                     continue;
                 }
-                let channels: Vec<Channel> = route
+                let channels = route
                     .channels
                     .iter()
                     .copied()
-                    .filter(|c| recipient.has_channel(*c))
-                    .collect();
-                if channels.is_empty() {
+                    .filter(|c| recipient.has_channel(*c));
+                if channels.clone().next().is_none() {
                     routing.problems.push(Problem::NoChannel {
-                        route: name.clone(),
+                        route: name.to_owned(),
                         recipient: recipient.id.to_string(),
                     });
                     continue;
@@ -339,7 +340,7 @@ impl Engine {
                 let view = &views[view_index];
                 for channel in channels {
                     let key =
-                        IdempotencyKey::derive(&event.id, &name, recipient.id.as_str(), channel);
+                        IdempotencyKey::derive(&event.id, name, recipient.id.as_str(), channel);
                     let content = match channel {
                         Channel::Email => {
                             let facts = facts.get_or_insert_with(|| {
@@ -381,7 +382,7 @@ impl Engine {
                                 event,
                                 &WebhookView {
                                     key: &key,
-                                    route: &name,
+                                    route: name,
                                     recipient: recipient.id.as_str(),
                                     priority,
                                     marks: &marks,
@@ -410,7 +411,7 @@ impl Engine {
                             content,
                         }),
                         Err(reason) => routing.problems.push(Problem::RenderFailed {
-                            route: name.clone(),
+                            route: name.to_owned(),
                             recipient: recipient.id.to_string(),
                             channel,
                             reason,
