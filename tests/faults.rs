@@ -224,6 +224,111 @@ async fn sigterm_drains_and_exits_cleanly_and_nothing_is_lost() {
     service::cleanup(&ch, &names).await;
 }
 
+/// Messages on `queue` delivered to a consumer and not yet acknowledged, as the broker counts.
+fn unacknowledged(queue: &str) -> Option<usize> {
+    let out = Command::new("rabbitmqctl")
+        .args(["list_queues", "name", "messages_unacknowledged", "-q"])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
+        let mut fields = l.split_whitespace();
+        (fields.next()? == queue).then(|| fields.next()?.parse().ok())?
+    })
+}
+
+/// Herald acknowledges finished events in batches; an event still being delivered is never
+/// among them. A bail decision whose probation webhook hangs is followed by warrants that
+/// finish at once: the broker sees every warrant acknowledged and the bail decision not. Herald
+/// is killed while it still hangs and started again: the bail decision is delivered then, and
+/// no warrant twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_event_still_in_flight_is_never_acknowledged_with_later_ones() {
+    const WARRANTS: usize = 50;
+    let (receiver, names) = (Receiver::start().await, Names::new("ackorder"));
+    receiver.slow("/probation/PDU-LEEDS", Duration::from_secs(60));
+    let dir = tempfile::tempdir().unwrap();
+    let config = service::config_file_with(
+        dir.path(),
+        &names,
+        &receiver,
+        "\"court.*\"",
+        "[webhook]\ntimeout = \"120s\"\n",
+    );
+    let mut herald = spawn(&config);
+    service::wait_for_queue(&names.queue).await;
+    let (_conn, ch) = service::channel().await;
+    service::bail_decisions(&ch, &names.exchange, "evt-hangs", 1).await;
+    for i in 0..WARRANTS {
+        service::publish(
+            &ch,
+            &names.exchange,
+            "court.warrant.issued",
+            &warrant(i),
+            agency(&format!("evt-quick-{i}")),
+        )
+        .await;
+    }
+    let warrants_delivered = || {
+        receiver
+            .hooks()
+            .iter()
+            .filter(|h| {
+                h.body["data"]["event"]["id"]
+                    .as_str()
+                    .is_some_and(|id| id.starts_with("evt-quick-"))
+            })
+            .count()
+    };
+    wait_until(
+        "every warrant delivered",
+        Duration::from_secs(30),
+        || async { warrants_delivered() >= WARRANTS },
+    )
+    .await;
+    let queue = names.queue.clone();
+    wait_until(
+        "every warrant acknowledged, the bail decision not",
+        Duration::from_secs(30),
+        || {
+            let queue = queue.clone();
+            async move { unacknowledged(&queue) == Some(1) }
+        },
+    )
+    .await;
+    let to_probation = |r: &Receiver| {
+        r.hooks()
+            .iter()
+            .filter(|h| h.path == "/probation/PDU-LEEDS")
+            .count()
+    };
+    assert_eq!(
+        to_probation(&receiver),
+        0,
+        "the probation webhook still hangs"
+    );
+    herald.kill().unwrap(); // SIGKILL
+    herald.wait().unwrap();
+    receiver.slow("/probation/PDU-LEEDS", Duration::ZERO);
+    let mut herald = spawn(&config);
+    wait_until(
+        "the bail decision delivered after the restart",
+        Duration::from_secs(30),
+        || async { to_probation(&receiver) >= 1 },
+    )
+    .await;
+    herald.kill().unwrap();
+    herald.wait().unwrap();
+    assert_eq!(
+        warrants_delivered(),
+        WARRANTS,
+        "no warrant was delivered twice"
+    );
+    println!(
+        "acknowledgement order: {WARRANTS} warrants acknowledged around a hanging event, which came back after a restart"
+    );
+    service::cleanup(&ch, &names).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn closing_the_broker_connection_mid_stream_loses_nothing() {
     const EVENTS: usize = 300;

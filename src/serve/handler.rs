@@ -9,6 +9,7 @@ use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use tracing::{debug, error, info, warn};
 
+use super::acks::Acks;
 use super::dedup::Claim;
 use super::retry::{self, Pending};
 use super::{Ctx, park};
@@ -30,7 +31,18 @@ enum Outcome {
     Retry,
 }
 
-pub async fn handle(ctx: &Ctx, delivery: Delivery) {
+pub async fn handle(ctx: &Ctx, delivery: Delivery, acks: &Acks) {
+    let done = handle_event(ctx, &delivery).await;
+    if done {
+        acks.done(delivery.delivery_tag, &delivery.acker).await;
+    } else {
+        settle(&delivery, false).await;
+        acks.forget(delivery.delivery_tag);
+    }
+}
+
+/// Handles one event; true when it may be acknowledged, false when it must come back.
+async fn handle_event(ctx: &Ctx, delivery: &Delivery) -> bool {
     let label = ctx
         .core
         .intake
@@ -38,7 +50,7 @@ pub async fn handle(ctx: &Ctx, delivery: Delivery) {
         .event_type(delivery.routing_key.as_str())
         .map_or("unknown", |t| t.as_str())
         .to_owned();
-    match check(ctx, &delivery) {
+    match check(ctx, delivery) {
         Err(rejection) => {
             ctx.metrics
                 .events_received
@@ -59,7 +71,7 @@ pub async fn handle(ctx: &Ctx, delivery: Delivery) {
             match park::reject(
                 &ctx.publisher(),
                 &ctx.settings.rejected_queue,
-                &delivery,
+                delivery,
                 &rejection,
             )
             .await
@@ -69,11 +81,11 @@ pub async fn handle(ctx: &Ctx, delivery: Delivery) {
                         .events_rejected
                         .with_label_values(&[rejection.reason.as_str()])
                         .inc();
-                    settle(&delivery, true).await;
+                    true
                 }
                 Err(e) => {
                     error!(error = %e, "cannot park a rejected event; it stays on the queue");
-                    settle(&delivery, false).await;
+                    false
                 }
             }
         }
@@ -90,18 +102,16 @@ pub async fn handle(ctx: &Ctx, delivery: Delivery) {
                         .with_label_values(&[event.event_type.as_str()])
                         .inc();
                     info!(event_id = %event.id, event_type = %event.event_type, "event already handled; not routed again");
-                    settle(&delivery, true).await;
-                    return;
+                    return true;
                 }
                 Claim::InFlight => {
                     info!(event_id = %event.id, event_type = %event.event_type, "a copy of this event is in flight; this one waits on the queue");
-                    settle(&delivery, false).await;
-                    return;
+                    return false;
                 }
             }
             let done = route_and_deliver(ctx, &event).await;
             ctx.recent.finish(event.id.clone(), done, Instant::now());
-            settle(&delivery, done).await;
+            done
         }
     }
 }

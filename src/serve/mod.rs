@@ -4,6 +4,7 @@
 //! Each event is acknowledged only after every notification it gives is delivered or parked;
 //! the broker's prefetch bounds how many are in flight, and each is handled in its own task.
 
+mod acks;
 mod dedup;
 mod handler;
 mod http;
@@ -188,6 +189,9 @@ struct Link {
     watching: Channel,
     consumer: lapin::Consumer,
     retries: lapin::Consumer,
+    /// Acknowledges the events consumer's deliveries, in batches.
+    acks: Arc<acks::Acks>,
+    acking: tokio::task::JoinHandle<()>,
 }
 
 impl Link {
@@ -248,6 +252,7 @@ impl Link {
             .await
             .map_err(broker)?;
         let watching = connection.create_channel().await.map_err(broker)?;
+        let (acks, acking) = acks::Acks::start();
         Ok(Link {
             connection,
             consuming,
@@ -256,6 +261,8 @@ impl Link {
             watching,
             consumer,
             retries,
+            acks,
+            acking,
         })
     }
 
@@ -287,8 +294,9 @@ impl Link {
                 }
                 next = self.consumer.next() => match next {
                     Some(Ok(delivery)) => {
-                        let ctx = Arc::clone(ctx);
-                        tracker.spawn(async move { handler::handle(&ctx, delivery).await });
+                        let (ctx, acks) = (Arc::clone(ctx), Arc::clone(&self.acks));
+                        acks.handling(delivery.delivery_tag);
+                        tracker.spawn(async move { handler::handle(&ctx, delivery, &acks).await });
                     }
                     other => return Err(lost(other.map(|r| r.map(drop)))),
                 },
@@ -301,6 +309,13 @@ impl Link {
                 },
             }
         }
+    }
+
+    /// Sends the acknowledgements of every event handled so far and stops sending more.
+    async fn finish_acks(mut self) -> Self {
+        self.acks.close();
+        let _ = (&mut self.acking).await;
+        self
     }
 
     /// Stops taking new deliveries.
@@ -468,6 +483,8 @@ pub async fn start(
             ready.store(false, Ordering::Relaxed);
             let Err(lost) = lost else { break };
             warn!(error = %lost, "lost the broker; reconnecting (events in flight return to the queue)");
+            // The old channel's acknowledgements can no longer be sent: its deliveries come back.
+            link.acks.close();
             match reconnect(&ctx, &stop).await {
                 Some(new) => {
                     link = new;
@@ -486,6 +503,7 @@ pub async fn start(
                 "events still in flight at the end of the drain; the broker will redeliver them"
             );
         }
+        let link = link.finish_acks().await;
         let _ = link
             .connection
             .close(200, "herald shutting down".into())
