@@ -296,8 +296,11 @@ fn names_recipient(steps: &[Step]) -> bool {
             otherwise,
             ..
         } => arg(at) || names_recipient(then) || names_recipient(otherwise),
-        // Inside the loop paths start from the item, so only the list itself counts.
-        Step::Each { at, .. } => top(at),
+        // Inside the loop paths start from the item, so only the list itself counts; `{{else}}`
+        // runs where the loop stands.
+        Step::Each { at, otherwise, .. } => {
+            top(at) || otherwise.as_deref().is_some_and(names_recipient)
+        }
     })
 }
 
@@ -762,6 +765,8 @@ mod tests {
             "{{#if info.yes}}{{recipient.name}}{{/if}}{{#each marks}}{{recipient.name}}{{/each}}",
             "{{#if recipient.name}}{{recipient.name}}{{/if}} {{uk_date recipient.name}}",
             "{{recipient.missing}}",
+            "{{#each info.empty}}x{{else}}{{#if recipient.name}}{{recipient.name}}{{/if}}{{/each}}",
+            "{{#each info.empty}}x{{else}}<{{recipient.name}}>{{recipient}}{{/each}}",
             "{{info.missing}} {{recipient.name}}",
             "{{{info.name.given}}} {{info.num}} {{info.yes}} {{info.none}} {{info.list}} {{info.obj}}",
             "{{info.list.1}} {{info.list.9}}",
@@ -807,12 +812,14 @@ mod tests {
         };
         for source in [
             "Dear {{recipient.name}} ({{recipient.id}}, {{recipient.class}})",
+            "{{#each info.list}}x{{else}}Dear {{recipient.name}}{{/each}}",
             "{{#each info.list}}{{recipient.name}}{{/each}}",
             "no recipient",
         ] {
             assert!(compile(source).is_draftable(), "{source:?}");
         }
         for source in [
+            "{{#each info.list}}x{{else}}{{#if recipient.name}}y{{/if}}{{/each}}",
             "{{#if recipient.name}}x{{/if}}",
             "{{uk_date recipient.id}}",
             "{{#each recipient}}x{{/each}}",

@@ -178,6 +178,9 @@ impl Running {
     }
 }
 
+/// How long the last acknowledgements may take to go out when a link is given up.
+const ACK_WAIT: Duration = Duration::from_secs(5);
+
 /// One connection to the broker, with its channels and consumers.
 struct Link {
     connection: Connection,
@@ -314,7 +317,12 @@ impl Link {
     /// Sends the acknowledgements of every event handled so far and stops sending more.
     async fn finish_acks(mut self) -> Self {
         self.acks.close();
-        let _ = (&mut self.acking).await;
+        if tokio::time::timeout(ACK_WAIT, &mut self.acking)
+            .await
+            .is_err()
+        {
+            warn!("acknowledgements not all sent in time; the broker will redeliver those events");
+        }
         self
     }
 
@@ -483,11 +491,18 @@ pub async fn start(
             ready.store(false, Ordering::Relaxed);
             let Err(lost) = lost else { break };
             warn!(error = %lost, "lost the broker; reconnecting (events in flight return to the queue)");
-            // The old channel's acknowledgements can no longer be sent: its deliveries come back.
-            link.acks.close();
             match reconnect(&ctx, &stop).await {
                 Some(new) => {
-                    link = new;
+                    // Events still being handled on the old link are acknowledged on it while
+                    // it lasts (or come back from the broker); it is closed after the drain.
+                    let old = std::mem::replace(&mut link, new);
+                    let drain = ctx.settings.drain;
+                    tokio::spawn(async move {
+                        old.cancel().await;
+                        tokio::time::sleep(drain).await;
+                        let old = old.finish_acks().await;
+                        let _ = old.connection.close(200, "herald reconnected".into()).await;
+                    });
                     ready.store(true, Ordering::Relaxed);
                     info!(amqp = %url, "reconnected; consuming again");
                 }
