@@ -263,7 +263,7 @@ impl Draft {
             out.push_str(&self.text[from..gap.at]);
             match recipient(gap.field) {
                 Some(v) => write(v, gap.escape, &mut out),
-                None => return Err(format!("field {} is missing from the event", gap.raw)),
+                None => return Err(missing(&gap.raw)),
             }
             from = gap.at;
         }
@@ -500,22 +500,23 @@ fn render<'a>(
     for step in steps {
         match step {
             Step::Text(text) => out.push_str(text),
-            Step::Value { at, escape } => match find(at, data, item)? {
-                Some(v) => write_value(&v, *escape, out),
-                None => return Err(format!("field {} is missing from the event", at.raw)),
-            },
-            Step::Recipient { at, field, escape } => match gaps {
-                Some(gaps) => gaps.push(Gap {
-                    at: out.len(),
-                    field,
-                    escape: *escape,
-                    raw: at.raw.clone(),
-                }),
-                None => match data.recipient.get(*field) {
-                    Some(v) => write_value(v, *escape, out),
-                    None => return Err(format!("field {} is missing from the event", at.raw)),
-                },
-            },
+            Step::Recipient { at, field, escape } if gaps.is_some() => {
+                if let Some(gaps) = gaps {
+                    gaps.push(Gap {
+                        at: out.len(),
+                        field,
+                        escape: *escape,
+                        raw: at.raw.clone(),
+                    });
+                }
+            }
+            // Outside a draft, a recipient step is a value like any other.
+            Step::Value { at, escape } | Step::Recipient { at, escape, .. } => {
+                match find(at, data, item)? {
+                    Some(v) => write_value(&v, *escape, out),
+                    None => return Err(missing(&at.raw)),
+                }
+            }
             Step::Call {
                 helper,
                 args,
@@ -583,6 +584,11 @@ fn render<'a>(
         }
     }
     Ok(())
+}
+
+/// The error of a strict render for a value the data lacks.
+fn missing(path: &str) -> String {
+    format!("field {path} is missing from the event")
 }
 
 /// Herald's helpers, with the same answers and the same errors as their Handlebars forms.
