@@ -314,8 +314,8 @@ impl Link {
         }
     }
 
-    /// Sends the acknowledgements of every event handled so far and stops sending more.
-    async fn finish_acks(mut self) -> Self {
+    /// Sends the acknowledgements of every event handled so far, then closes the connection.
+    async fn close(mut self, reason: &str) {
         self.acks.close();
         if tokio::time::timeout(ACK_WAIT, &mut self.acking)
             .await
@@ -323,7 +323,7 @@ impl Link {
         {
             warn!("acknowledgements not all sent in time; the broker will redeliver those events");
         }
-        self
+        let _ = self.connection.close(200, reason.into()).await;
     }
 
     /// Stops taking new deliveries.
@@ -500,8 +500,7 @@ pub async fn start(
                     tokio::spawn(async move {
                         old.cancel().await;
                         tokio::time::sleep(drain).await;
-                        let old = old.finish_acks().await;
-                        let _ = old.connection.close(200, "herald reconnected".into()).await;
+                        old.close("herald reconnected").await;
                     });
                     ready.store(true, Ordering::Relaxed);
                     info!(amqp = %url, "reconnected; consuming again");
@@ -518,11 +517,7 @@ pub async fn start(
                 "events still in flight at the end of the drain; the broker will redeliver them"
             );
         }
-        let link = link.finish_acks().await;
-        let _ = link
-            .connection
-            .close(200, "herald shutting down".into())
-            .await;
+        link.close("herald shutting down").await;
         stop.cancel();
         let _ = http_task.await;
         Ok(())
