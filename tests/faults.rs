@@ -19,6 +19,25 @@ fn warrant(i: usize) -> Vec<u8> {
     serde_json::to_vec(&doc).unwrap()
 }
 
+/// Publishes the warrants numbered `range`, with message ids `{prefix}-{i}`.
+async fn publish_warrants(
+    ch: &lapin::Channel,
+    exchange: &str,
+    prefix: &str,
+    range: std::ops::Range<usize>,
+) {
+    for i in range {
+        service::publish(
+            ch,
+            exchange,
+            "court.warrant.issued",
+            &warrant(i),
+            agency(&format!("{prefix}-{i}")),
+        )
+        .await;
+    }
+}
+
 /// Prints the summary line and checks nothing was lost.
 fn summary(test: &str, events: usize, expected: usize, ids: &[String]) {
     let distinct: BTreeSet<&String> = ids.iter().collect();
@@ -158,16 +177,7 @@ async fn sigkill_while_2000_events_flow_loses_nothing() {
         let exchange = names.exchange.clone();
         tokio::spawn(async move {
             let (_conn, ch) = service::channel().await;
-            for i in 0..EVENTS {
-                service::publish(
-                    &ch,
-                    &exchange,
-                    "court.warrant.issued",
-                    &warrant(i),
-                    agency(&format!("evt-kill-{i}")),
-                )
-                .await;
-            }
+            publish_warrants(&ch, &exchange, "evt-kill", 0..EVENTS).await;
         })
     };
     let started = Instant::now();
@@ -202,16 +212,7 @@ async fn sigterm_drains_and_exits_cleanly_and_nothing_is_lost() {
     let dir = tempfile::tempdir().unwrap();
     let (config, mut herald) = start_child(dir.path(), &names, &receiver).await;
     let (_conn, ch) = service::channel().await;
-    for i in 0..EVENTS {
-        service::publish(
-            &ch,
-            &names.exchange,
-            "court.warrant.issued",
-            &warrant(i),
-            agency(&format!("evt-term-{i}")),
-        )
-        .await;
-    }
+    publish_warrants(&ch, &names.exchange, "evt-term", 0..EVENTS).await;
     let status = terminate(&mut herald).await;
     assert!(status.success(), "a drained shutdown exits 0: {status:?}");
     // What was not finished is still on the queue; a new Herald finishes it.
@@ -258,16 +259,7 @@ async fn an_event_still_in_flight_is_never_acknowledged_with_later_ones() {
     service::wait_for_queue(&names.queue).await;
     let (_conn, ch) = service::channel().await;
     service::bail_decisions(&ch, &names.exchange, "evt-hangs", 1).await;
-    for i in 0..WARRANTS {
-        service::publish(
-            &ch,
-            &names.exchange,
-            "court.warrant.issued",
-            &warrant(i),
-            agency(&format!("evt-quick-{i}")),
-        )
-        .await;
-    }
+    publish_warrants(&ch, &names.exchange, "evt-quick", 0..WARRANTS).await;
     let warrants_delivered = || {
         receiver
             .hooks()
@@ -335,25 +327,19 @@ async fn closing_the_broker_connection_mid_stream_loses_nothing() {
     let (receiver, names) = (Receiver::start().await, Names::new("closeconn"));
     let herald = service::start(service::config(&receiver), &names, None).await;
     let (_conn, ch) = service::channel().await;
-    for i in 0..EVENTS {
-        service::publish(
-            &ch,
-            &names.exchange,
-            "court.warrant.issued",
-            &warrant(i),
-            agency(&format!("evt-close-{i}")),
-        )
+    // A third published, the connection cut; another third, cut again; then the rest.
+    let (first, second) = (EVENTS / 3 + 1, 2 * EVENTS / 3 + 1);
+    for part in [0..first, first..second] {
+        publish_warrants(&ch, &names.exchange, "evt-close", part).await;
+        // Wait for Herald to be connected (again), then cut it off.
+        let queue = names.queue.clone();
+        wait_until("Herald connected", Duration::from_secs(30), || {
+            let queue = queue.clone();
+            async move { service::close_connection(&queue) >= 1 }
+        })
         .await;
-        if i == EVENTS / 3 || i == 2 * EVENTS / 3 {
-            // Wait for Herald to be connected (again), then cut it off.
-            let queue = names.queue.clone();
-            wait_until("Herald connected", Duration::from_secs(30), || {
-                let queue = queue.clone();
-                async move { service::close_connection(&queue) >= 1 }
-            })
-            .await;
-        }
     }
+    publish_warrants(&ch, &names.exchange, "evt-close", second..EVENTS).await;
     every_webhook_delivered(&receiver, EVENTS, Duration::from_secs(120)).await;
     let ids: Vec<String> = receiver.hooks().iter().map(|h| h.id.clone()).collect();
     summary("connection closed", EVENTS, EVENTS, &ids);
@@ -454,16 +440,7 @@ async fn emails_wait_for_an_smtp_server_that_is_down_then_all_arrive() {
     })
     .await;
     let (_conn, ch) = service::channel().await;
-    for i in 0..EVENTS {
-        service::publish(
-            &ch,
-            &names.exchange,
-            "court.warrant.issued",
-            &warrant(i),
-            agency(&format!("evt-smtp-{i}")),
-        )
-        .await;
-    }
+    publish_warrants(&ch, &names.exchange, "evt-smtp", 0..EVENTS).await;
     wait_until(
         "the emails failing and scheduled for retry",
         WAIT_LONG,
