@@ -35,7 +35,8 @@
 //!
 //! `E2E_HERALD_TOML` adds tables to Herald's configuration (`[service]\ndedup_window = "0s"`,
 //! say; a literal `\n` is a line break). `E2E_BASELINE=0` runs Herald alone (to try a setting
-//! quickly). `E2E_PERF_DIR=dir` records a `perf` profile of each consumer's measured run there.
+//! quickly); `E2E_HERALD_BIN=path` runs another build of Herald instead of this one's, to
+//! compare two builds against the same baseline. `E2E_PERF_DIR=dir` records a `perf` profile of each consumer's measured run there.
 //!
 //! Needs RabbitMQ on 127.0.0.1:5672 (guest/guest) and, for `mixed`, Python 3 with aiosmtpd.
 
@@ -1222,7 +1223,12 @@ impl Setup {
                     .append(true)
                     .open(self.log())
                     .map_err(|e| e.to_string())?;
-                let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
+                // Another build of Herald may be measured against the same baseline.
+                let exe = std::env::var_os("E2E_HERALD_BIN").map_or_else(
+                    || PathBuf::from(env!("CARGO_BIN_EXE_herald")),
+                    PathBuf::from,
+                );
+                let mut cmd = Command::new(exe);
                 cmd.args(["serve", "--config"])
                     .arg(config)
                     .env("HERALD_AMQP_URL", AMQP)
