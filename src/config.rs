@@ -141,7 +141,9 @@ pub struct WebhookSettings {
     /// Time allowed for one request, e.g. `"15s"`.
     #[serde(with = "humantime_serde")]
     pub timeout: std::time::Duration,
-    /// Requests in flight to one endpoint (a recipient on a channel) at once.
+    /// Requests in flight to one endpoint (a recipient on a channel) at once. Each holds its
+    /// slot until the recipient answers, so this bounds both the load on a recipient and the
+    /// rate one endpoint can take (docs/performance.md).
     pub concurrency_per_endpoint: usize,
     /// Consecutive transient failures after which an endpoint is left alone for `circuit_open_for`.
     pub circuit_failures: u32,
@@ -153,7 +155,7 @@ impl Default for WebhookSettings {
     fn default() -> Self {
         WebhookSettings {
             timeout: std::time::Duration::from_secs(15),
-            concurrency_per_endpoint: 8,
+            concurrency_per_endpoint: 16,
             circuit_failures: 5,
             circuit_open_for: std::time::Duration::from_secs(30),
         }
