@@ -300,7 +300,11 @@ async fn replay(
         return Err(format!("still fails: {p}"));
     }
     let mut queued = 0;
-    for n in routing.notifications.iter().filter(|n| wanted(&n.route)) {
+    for n in routing
+        .notifications
+        .into_iter()
+        .filter(|n| wanted(&n.route))
+    {
         retry::enqueue(ch, &deliveries, &Pending::new(n, &event))
             .await
             .map_err(|e| e.to_string())?;

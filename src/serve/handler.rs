@@ -17,7 +17,6 @@ use crate::deliver::Failure;
 use crate::deliver::guard::State;
 use crate::event::{Event, EventId};
 use crate::intake::{Reason, Rejection};
-use crate::notification::Notification;
 
 /// How one notification ended in this handling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,8 +108,9 @@ async fn handle_event(ctx: &Ctx, delivery: &Delivery) -> bool {
                     return false;
                 }
             }
-            let done = route_and_deliver(ctx, &event).await;
-            ctx.recent.finish(event.id.clone(), done, Instant::now());
+            let id = event.id.clone();
+            let done = route_and_deliver(ctx, event).await;
+            ctx.recent.finish(id, done, Instant::now());
             done
         }
     }
@@ -150,8 +150,8 @@ fn check(ctx: &Ctx, delivery: &Delivery) -> Result<Event, Rejection> {
 }
 
 /// Routes and delivers; true when everything is delivered or parked.
-async fn route_and_deliver(ctx: &Ctx, event: &Event) -> bool {
-    let routing = ctx.core.engine.route(event);
+async fn route_and_deliver(ctx: &Ctx, event: Event) -> bool {
+    let mut routing = ctx.core.engine.route(&event);
     // Each notification and each problem gets its own line below; only an event that makes
     // neither needs one of its own at info. (A line per event and per notification cost a
     // third of Herald's CPU: docs/performance.md.)
@@ -175,7 +175,7 @@ async fn route_and_deliver(ctx: &Ctx, event: &Event) -> bool {
     let mut done = true;
     for p in &routing.problems {
         warn!(event_id = %event.id, event_type = %event.event_type, route = p.route(), outcome = p.kind(), detail = %p, "notification not made");
-        match park::problem(&ctx.publisher(), &ctx.settings.failed_queue, event, p).await {
+        match park::problem(&ctx.publisher(), &ctx.settings.failed_queue, &event, p).await {
             Ok(()) => ctx
                 .metrics
                 .notifications
@@ -187,12 +187,16 @@ async fn route_and_deliver(ctx: &Ctx, event: &Event) -> bool {
             }
         }
     }
-    let outcomes = join_all(routing.notifications.iter().map(|n| deliver(ctx, n, event))).await;
+    let pending: Vec<Pending> = std::mem::take(&mut routing.notifications)
+        .into_iter()
+        .map(|n| Pending::new(n, &event))
+        .collect();
+    // Each notification carries what it needs; the document is freed now, while it is still
+    // in this thread's cache, rather than after the slowest recipient answers.
+    drop(routing);
+    drop(event);
+    let outcomes = join_all(pending.into_iter().map(|p| attempt(ctx, p))).await;
     done && outcomes.iter().all(|o| *o != Outcome::Retry)
-}
-
-async fn deliver(ctx: &Ctx, n: &Notification, event: &Event) -> Outcome {
-    attempt(ctx, Pending::new(n, event)).await
 }
 
 /// A due retry from the deliveries queue: one more attempt, then acknowledged unless it could

@@ -51,18 +51,20 @@ pub struct Pending {
 }
 
 impl Pending {
-    pub fn new(n: &Notification, event: &Event) -> Pending {
+    /// Takes the notification's parts rather than copying them: its content (a rendered
+    /// body) is the largest thing Herald handles per event.
+    pub fn new(n: Notification, event: &Event) -> Pending {
         Pending {
-            key: n.key.to_string(),
+            key: n.key.into_string(),
             event_id: event.id.to_string(),
             event_type: event.event_type.to_string(),
             route: n.route.to_string(),
             recipient: n.recipient.id.to_string(),
             occurred_at: event.occurred_at,
             published_at: Some(event.published_at),
-            sla: n.sla.clone(),
+            sla: n.sla,
             priority: n.priority,
-            content: n.content.clone(),
+            content: n.content,
             attempts: 0,
             first_failure: None,
             last_error: None,
