@@ -26,7 +26,7 @@
 //!   that has already taken `E2E_BUDGET_SECS` (default 300) when it would start.
 //!
 //! Herald's tuning: `E2E_PREFETCH` (default: routes.toml's `amqp.prefetch`),
-//! `E2E_CONCURRENCY` (webhook `concurrency_per_endpoint`, default Herald's 8; the baseline
+//! `E2E_CONCURRENCY` (webhook `concurrency_per_endpoint`, default Herald's own; the baseline
 //! takes the same, and the same SMTP pool size, `email.connections`), `E2E_HERALD_LOG`
 //! (its `RUST_LOG`, default `info`, as in production). `E2E_STALL_SECS` (default 30): a
 //! scenario fails when no notification arrives for that long. Each measurement first waits up
