@@ -36,7 +36,8 @@
 //! `E2E_HERALD_TOML` adds tables to Herald's configuration (`[service]\ndedup_window = "0s"`,
 //! say; a literal `\n` is a line break). `E2E_BASELINE=0` runs Herald alone (to try a setting
 //! quickly); `E2E_HERALD_BIN=path` runs another build of Herald instead of this one's, to
-//! compare two builds against the same baseline. `E2E_PERF_DIR=dir` records a `perf` profile of each consumer's measured run there.
+//! compare two builds against the same baseline. `E2E_PERF_DIR=dir` records a `perf` profile
+//! of each consumer's measured run there.
 //!
 //! Needs RabbitMQ on 127.0.0.1:5672 (guest/guest) and, for `mixed`, Python 3 with aiosmtpd.
 

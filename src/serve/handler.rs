@@ -151,7 +151,7 @@ fn check(ctx: &Ctx, delivery: &Delivery) -> Result<Event, Rejection> {
 
 /// Routes and delivers; true when everything is delivered or parked.
 async fn route_and_deliver(ctx: &Ctx, event: Event) -> bool {
-    let mut routing = ctx.core.engine.route(&event);
+    let routing = ctx.core.engine.route(&event);
     // Each notification and each problem gets its own line below; only an event that makes
     // neither needs one of its own at info. (A line per event and per notification cost a
     // third of Herald's CPU: docs/performance.md.)
@@ -187,13 +187,13 @@ async fn route_and_deliver(ctx: &Ctx, event: Event) -> bool {
             }
         }
     }
-    let pending: Vec<Pending> = std::mem::take(&mut routing.notifications)
+    let pending: Vec<Pending> = routing
+        .notifications
         .into_iter()
         .map(|n| Pending::new(n, &event))
         .collect();
-    // Each notification carries what it needs; the document is freed now, while it is still
-    // in this thread's cache, rather than after the slowest recipient answers.
-    drop(routing);
+    // Each notification carries what it needs: the document is freed now rather than held
+    // until the slowest recipient answers.
     drop(event);
     let outcomes = join_all(pending.into_iter().map(|p| attempt(ctx, p))).await;
     done && outcomes.iter().all(|o| *o != Outcome::Retry)
