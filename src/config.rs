@@ -46,6 +46,9 @@ pub struct Config {
     /// Fields only some classes of recipient may see.
     #[serde(default)]
     pub sensitive: Vec<SensitiveRule>,
+    /// Who receives the publisher's free text that no rule can inspect.
+    #[serde(default)]
+    pub free_text: FreeText,
     /// The directory of recipients.
     #[serde(default, rename = "recipient")]
     pub recipients: Vec<RecipientConfig>,
@@ -225,6 +228,9 @@ pub struct Limits {
     pub max_event_bytes: bytesize::ByteSize,
     /// Deepest accepted nesting of JSON arrays and objects.
     pub max_depth: usize,
+    /// Largest accepted AMQP headers table, e.g. `"16 KiB"`. Bounded so a refused message,
+    /// copied to the rejected queue with Herald's reason added, always fits in one frame.
+    pub max_header_bytes: bytesize::ByteSize,
 }
 
 impl Default for Limits {
@@ -232,6 +238,7 @@ impl Default for Limits {
         Limits {
             max_event_bytes: bytesize::ByteSize::kib(256),
             max_depth: 32,
+            max_header_bytes: bytesize::ByteSize::kib(16),
         }
     }
 }
@@ -257,6 +264,16 @@ pub struct SensitiveRule {
     pub never: Option<Vec<String>>,
     /// Why, for the person reading the file and for `herald route-test`.
     pub why: Option<String>,
+}
+
+/// The envelope's free text (`description`): it can say anything, so routes.toml says which
+/// classes of recipient receive it.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FreeText {
+    /// Classes that receive the envelope's `description`. Unset: every class from which no
+    /// `[[sensitive]]` rule withholds a field.
+    pub description: Option<Vec<String>>,
 }
 
 /// One entry of the recipient directory.

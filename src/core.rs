@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::event::{Event, EventId};
-use crate::intake::{Intake, Publishers, Rejection, SchemaSet};
+use crate::intake::{Intake, Message, Publishers, Rejection, SchemaSet};
 use crate::notification::Routing;
 use crate::render::Renderer;
 use crate::route::{
@@ -52,11 +52,21 @@ impl Core {
         };
         let (directory, dir_errors) = Directory::build(&config.recipients);
         errors.extend(dir_errors.into_iter().map(|e| format!("{file}: {e}")));
-        let (redaction, red_errors) = Redaction::build(&config.sensitive);
+        let (redaction, red_errors) = Redaction::build(&config.sensitive, &config.free_text);
         errors.extend(red_errors.into_iter().map(|e| format!("{file}: {e}")));
 
         let (publishers, pub_errors) = Publishers::build(&config.publishers);
         errors.extend(pub_errors.into_iter().map(|e| format!("{file}: {e}")));
+
+        if let Some(schemas) = &schemas {
+            for path in redaction.paths() {
+                if !schemas.event_types().any(|t| schemas.has_field(t, path)) {
+                    errors.push(format!(
+                        "{file}: [[sensitive]] field \"{path}\" is not a field of any event's additionalInformation (see the schemas), so it would withhold nothing"
+                    ));
+                }
+            }
+        }
 
         let mut routes = Vec::new();
         if let Some(schemas) = &schemas {
@@ -91,6 +101,22 @@ impl Core {
             }),
             _ => Err(errors),
         }
+    }
+
+    /// Whether a message from the broker may be routed: its properties, its body, and its
+    /// publisher's right to send its type. A replayed message passes the same gate.
+    pub fn admit(&self, message: &Message<'_>) -> Result<Event, Rejection> {
+        crate::intake::admit(
+            &self.intake,
+            &self.publishers,
+            self.max_header_bytes(),
+            message,
+        )
+    }
+
+    /// `limits.max_header_bytes`: the largest headers table admitted, and copied when parked.
+    pub fn max_header_bytes(&self) -> usize {
+        usize::try_from(self.config.limits.max_header_bytes.as_u64()).unwrap_or(usize::MAX)
     }
 
     /// Checks a body and routes the event.

@@ -6,13 +6,30 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-/// The publisher's unique id for an event (the AMQP `message_id`). Redeliveries share it.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
-pub struct EventId(Arc<str>);
+/// An event's identity: the publisher's id for it (the AMQP `message_id`) and, for an event
+/// taken from the broker, the login that published it (the broker-verified `user_id`).
+/// Redeliveries share it; two publishers choosing the same `message_id` do not.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EventId {
+    publisher: Option<Arc<str>>,
+    message_id: Arc<str>,
+}
 
 impl EventId {
+    /// An id with no publisher: an event read from a file, or in a test.
     pub fn new(id: impl Into<Arc<str>>) -> EventId {
-        EventId(id.into())
+        EventId {
+            publisher: None,
+            message_id: id.into(),
+        }
+    }
+
+    /// The id of an event the broker delivered: `message_id` as published by `publisher`.
+    pub fn published(publisher: impl Into<Arc<str>>, message_id: impl Into<Arc<str>>) -> EventId {
+        EventId {
+            publisher: Some(publisher.into()),
+            message_id: message_id.into(),
+        }
     }
 
     /// An id for an event read from a file, derived from its bytes so repeated runs agree.
@@ -22,14 +39,26 @@ impl EventId {
         EventId::new(format!("sha256-{}", hex(&digest[..12])))
     }
 
+    /// The publisher's id for the event (`message_id`).
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.message_id
+    }
+
+    /// The login that published the event, when it came from the broker.
+    pub fn publisher(&self) -> Option<&str> {
+        self.publisher.as_deref()
     }
 }
 
 impl fmt::Display for EventId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.message_id)
+    }
+}
+
+impl serde::Serialize for EventId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.message_id)
     }
 }
 
@@ -82,6 +111,11 @@ impl Event {
     /// The event-specific fields (`additionalInformation`).
     pub fn info(&self) -> &Value {
         &self.body["additionalInformation"]
+    }
+
+    /// The envelope's free-text `description`, if the publisher gave one.
+    pub fn description(&self) -> Option<&Value> {
+        self.body.get("description")
     }
 
     /// The person's identifiers as `(type, value)` pairs.

@@ -1,32 +1,68 @@
 //! Dotted paths into an event's `additionalInformation`, as written in routes.toml
 //! (`offender.homeBcu`, `nextHearing.court.code`, `outcomes.0.result`).
+//!
+//! `[[sensitive]]` paths may also name every element of an array with `[]`:
+//! `offender.aliases[]` (every alias), `offences[].description` (the description of every
+//! offence). A numeric segment indexes an array (`offender.aliases.0`, the first alias).
 
 use std::fmt;
 
 use serde_json::Value;
 
+/// One step of a path.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Segment {
+    /// An object's field by name, or (when it is a whole number) an array's element by index.
+    Key(String),
+    /// Every element of an array (`[]`).
+    Each,
+}
+
 /// A parsed dotted path.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct FieldPath {
     text: String,
-    segments: Vec<String>,
+    segments: Vec<Segment>,
 }
 
 impl FieldPath {
-    /// Parses `a.b.c`; segments are letters, digits, `_` and `-`.
+    /// Parses `a.b.c`; segments are letters, digits, `_` and `-`. A path that names one value
+    /// (for a matcher, a recipient pattern or a deadline), so `[]` is refused.
     pub fn parse(text: &str) -> Result<FieldPath, String> {
+        let path = FieldPath::parse_each(text)?;
+        if path.segments.contains(&Segment::Each) {
+            return Err(format!(
+                "field path \"{}\": `[]` (every element) names many values; it is for [[sensitive]] fields only",
+                path.text
+            ));
+        }
+        Ok(path)
+    }
+
+    /// Parses `a.b.c`, where any segment may end in `[]` to mean every element of that array
+    /// (`offences[].description`, `offender.aliases[]`).
+    pub fn parse_each(text: &str) -> Result<FieldPath, String> {
         let text = text.trim();
         if text.is_empty() {
             return Err("empty field path".into());
         }
-        let segments: Vec<String> = text.split('.').map(str::to_owned).collect();
-        if let Some(bad) = segments.iter().find(|s| {
-            s.is_empty()
-                || !s
+        let mut segments = Vec::new();
+        for part in text.split('.') {
+            let mut name = part;
+            let mut each = 0;
+            while let Some(rest) = name.strip_suffix("[]") {
+                name = rest;
+                each += 1;
+            }
+            let valid = !name.is_empty()
+                && name
                     .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-        }) {
-            return Err(format!("bad field path \"{text}\" (segment \"{bad}\")"));
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+            if !valid {
+                return Err(format!("bad field path \"{text}\" (segment \"{part}\")"));
+            }
+            segments.push(Segment::Key(name.to_owned()));
+            segments.extend(std::iter::repeat_n(Segment::Each, each));
         }
         Ok(FieldPath {
             text: text.to_owned(),
@@ -38,34 +74,70 @@ impl FieldPath {
         &self.text
     }
 
-    /// The value at this path, if present. Numeric segments index arrays.
+    pub fn segments(&self) -> &[Segment] {
+        &self.segments
+    }
+
+    /// The value at this path, if present. Numeric segments index arrays; a path with `[]`
+    /// names no single value.
     pub fn lookup<'v>(&self, root: &'v Value) -> Option<&'v Value> {
-        self.segments.iter().try_fold(root, |v, seg| match v {
-            Value::Object(map) => map.get(seg),
-            Value::Array(items) => items.get(seg.parse::<usize>().ok()?),
-            _ => None,
+        self.segments.iter().try_fold(root, |v, seg| match seg {
+            Segment::Key(key) => child(v, key),
+            Segment::Each => None,
         })
     }
 
-    /// Removes the value at this path; returns whether there was one.
-    pub fn remove(&self, root: &mut Value) -> bool {
-        let Some((last, parents)) = self.segments.split_last() else {
-            return false;
-        };
-        let mut v = root;
-        for seg in parents {
-            v = match v {
-                Value::Object(map) => match map.get_mut(seg) {
-                    Some(next) => next,
-                    None => return false,
+    /// Whether anything is at this path (for `[]`, in any element).
+    pub fn present(&self, root: &Value) -> bool {
+        fn at(v: &Value, segments: &[Segment]) -> bool {
+            match segments.split_first() {
+                None => true,
+                Some((Segment::Key(key), rest)) => child(v, key).is_some_and(|c| at(c, rest)),
+                Some((Segment::Each, rest)) => match v {
+                    Value::Array(items) if rest.is_empty() => !items.is_empty(),
+                    Value::Array(items) => items.iter().any(|item| at(item, rest)),
+                    _ => false,
                 },
-                _ => return false,
-            };
+            }
         }
-        match v {
-            Value::Object(map) => map.remove(last).is_some(),
-            _ => false,
+        at(root, &self.segments)
+    }
+
+    /// Removes what is at this path: a field, an array element, or (ending in `[]`) every
+    /// element, leaving the array empty. Returns whether anything was removed.
+    pub fn remove(&self, root: &mut Value) -> bool {
+        fn at(v: &mut Value, segments: &[Segment]) -> bool {
+            match (segments, v) {
+                ([], _) => false,
+                ([Segment::Key(key)], Value::Object(map)) => map.remove(key).is_some(),
+                ([Segment::Key(key)], Value::Array(items)) => match key.parse::<usize>() {
+                    Ok(i) if i < items.len() => {
+                        items.remove(i);
+                        true
+                    }
+                    _ => false,
+                },
+                ([Segment::Each], Value::Array(items)) => {
+                    let any = !items.is_empty();
+                    items.clear();
+                    any
+                }
+                ([Segment::Key(key), rest @ ..], Value::Object(map)) => {
+                    map.get_mut(key).is_some_and(|c| at(c, rest))
+                }
+                ([Segment::Key(key), rest @ ..], Value::Array(items)) => key
+                    .parse::<usize>()
+                    .ok()
+                    .and_then(|i| items.get_mut(i))
+                    .is_some_and(|c| at(c, rest)),
+                // Every element is visited, whatever the earlier ones gave.
+                ([Segment::Each, rest @ ..], Value::Array(items)) => items
+                    .iter_mut()
+                    .fold(false, |removed, item| at(item, rest) | removed),
+                _ => false,
+            }
         }
+        at(root, &self.segments)
     }
 
     /// The value at this path as text, as matchers and recipient patterns compare it:
@@ -77,6 +149,15 @@ impl FieldPath {
             Value::Number(n) => Some(n.to_string().into()),
             _ => None,
         }
+    }
+}
+
+/// An object's field, or an array's element when the key is an index.
+fn child<'v>(v: &'v Value, key: &str) -> Option<&'v Value> {
+    match v {
+        Value::Object(map) => map.get(key),
+        Value::Array(items) => items.get(key.parse::<usize>().ok()?),
+        _ => None,
     }
 }
 
@@ -103,10 +184,59 @@ mod tests {
                 .as_deref(),
             Some("guilty")
         );
+        assert!(ppo.present(&v));
         assert!(ppo.remove(&mut v));
         assert!(!ppo.remove(&mut v));
+        assert!(!ppo.present(&v));
         assert_eq!(ppo.lookup(&v), None);
         assert!(FieldPath::parse("a..b").is_err());
         assert!(FieldPath::parse("a b").is_err());
+    }
+
+    #[test]
+    fn array_paths_reach_every_element_or_one() {
+        let doc = json!({
+            "offender": {"aliases": ["Jonny", {"given": "J", "family": "S"}]},
+            "offences": [{"description": "theft"}, {"description": "burglary"}, {}],
+        });
+        let each = |p: &str| FieldPath::parse_each(p).unwrap();
+
+        let mut v = doc.clone();
+        assert!(each("offences[].description").present(&v));
+        assert!(each("offences[].description").remove(&mut v));
+        assert_eq!(v["offences"], json!([{}, {}, {}]));
+        assert!(!each("offences[].description").present(&v));
+        assert!(!each("offences[].description").remove(&mut v));
+
+        let mut v = doc.clone();
+        assert!(each("offender.aliases[]").remove(&mut v));
+        assert_eq!(v["offender"]["aliases"], json!([]));
+        assert!(!each("offender.aliases[]").present(&v));
+
+        let mut v = doc.clone();
+        assert!(each("offender.aliases.0").present(&v));
+        assert!(each("offender.aliases.0").remove(&mut v));
+        assert_eq!(v["offender"]["aliases"][0]["given"], "J");
+        assert!(!each("offender.aliases.5").remove(&mut v));
+
+        let mut v = doc.clone();
+        assert!(each("offender.aliases.1.family").remove(&mut v));
+        assert_eq!(v["offender"]["aliases"][1], json!({"given": "J"}));
+
+        // `[]` on something that is not an array removes nothing.
+        let mut v = doc;
+        assert!(!each("offender[]").remove(&mut v));
+        assert!(!each("offender[]").present(&v));
+    }
+
+    #[test]
+    fn every_element_is_for_sensitive_paths_only() {
+        assert!(FieldPath::parse_each("offences[].description").is_ok());
+        assert!(FieldPath::parse_each("a[][]").is_ok());
+        let e = FieldPath::parse("offences[].description").unwrap_err();
+        assert!(e.contains("[[sensitive]]"), "{e}");
+        for bad in ["[]", "a.[]", "a[", "a[0]", "a[]b"] {
+            assert!(FieldPath::parse_each(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -56,6 +56,9 @@ pub struct Metrics {
     pub events_duplicate: IntCounterVec,
     /// Events refused, by reason.
     pub events_rejected: IntCounterVec,
+    /// Events published without persistent delivery (accepted, but lost if the broker restarts
+    /// before Herald takes them), by publisher login: `[publishers]` logins, else `other`.
+    pub events_non_persistent: IntCounterVec,
     /// Notifications by route, channel and outcome (`delivered`, `failed`, and the engine's
     /// problem kinds such as `unknown-recipient`, counted with channel `none`).
     pub notifications: IntCounterVec,
@@ -134,6 +137,11 @@ impl Metrics {
                 "herald_events_rejected_total",
                 "Events refused and parked in the rejected queue.",
                 &["reason"],
+            ),
+            events_non_persistent: counter(
+                "herald_events_non_persistent_total",
+                "Events published without persistent delivery mode (accepted), by publisher login.",
+                &["publisher"],
             ),
             notifications: counter(
                 "herald_notifications_total",

@@ -68,7 +68,8 @@ impl Priority {
 }
 
 /// The same on every attempt of one notification: a recipient uses it to drop duplicates
-/// (`webhook-id`, the email `Message-ID`). Derived from event id, route, recipient and channel.
+/// (`webhook-id`, the email `Message-ID`). Derived from the event's publisher and id, the route,
+/// the recipient and the channel.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct IdempotencyKey(String);
 
@@ -81,8 +82,16 @@ impl IdempotencyKey {
     ) -> IdempotencyKey {
         use sha2::Digest;
         let mut h = sha2::Sha256::new();
-        for part in [event.as_str(), route, recipient, channel.as_str()] {
-            // Length-prefixed so no two different tuples hash the same input.
+        // The publisher comes first when there is one, so two publishers' events with the same
+        // message_id never share a key. Length-prefixed parts: no two different lists of parts
+        // (of whatever number) hash the same input, and an event with no publisher (read from
+        // a file) keeps the key it always had.
+        for part in event.publisher().into_iter().chain([
+            event.as_str(),
+            route,
+            recipient,
+            channel.as_str(),
+        ]) {
             h.update((part.len() as u64).to_be_bytes());
             h.update(part.as_bytes());
         }
@@ -198,9 +207,7 @@ pub enum Problem {
         pattern: String,
         reason: String,
     },
-    /// A legal representative named by the route has not shown authority for this person.
-    NotAuthorised { route: String, recipient: String },
-    /// A `<class>:*` selector found nobody (for legal representatives: nobody authorised).
+    /// A `<class>:*` selector found nobody: the directory has no recipient of that class.
     NoRecipients { route: String, selector: String },
     /// The recipient has none of the route's channels.
     NoChannel { route: String, recipient: String },
@@ -218,7 +225,6 @@ impl Problem {
     pub fn kind(&self) -> &'static str {
         match self {
             Problem::UnknownRecipient { .. } => "unknown-recipient",
-            Problem::NotAuthorised { .. } => "not-authorised",
             Problem::NoRecipients { .. } => "no-recipients",
             Problem::NoChannel { .. } => "no-channel",
             Problem::RenderFailed { .. } => "render-failed",
@@ -228,7 +234,6 @@ impl Problem {
     pub fn route(&self) -> &str {
         match self {
             Problem::UnknownRecipient { route, .. }
-            | Problem::NotAuthorised { route, .. }
             | Problem::NoRecipients { route, .. }
             | Problem::NoChannel { route, .. }
             | Problem::RenderFailed { route, .. } => route,
@@ -246,10 +251,6 @@ impl fmt::Display for Problem {
             } => {
                 write!(f, "route {route}: recipient {pattern}: {reason}")
             }
-            Problem::NotAuthorised { route, recipient } => write!(
-                f,
-                "route {route}: {recipient} has not shown authority to act for this person; withheld"
-            ),
             Problem::NoRecipients { route, selector } => {
                 write!(f, "route {route}: {selector} selected no recipient")
             }
@@ -271,6 +272,48 @@ impl fmt::Display for Problem {
     }
 }
 
+/// A notification a route did not make because the recipient may not hear about this person:
+/// the authority rule at work, not a failure. Counted, never parked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "outcome", rename_all = "kebab-case")]
+pub enum Skip {
+    /// A legal representative the route names has not shown authority for this person.
+    NotAuthorised { route: String, recipient: String },
+    /// `legal-rep:*`: no representative in the directory acts for this person.
+    NoAuthorisedRecipient { route: String, selector: String },
+}
+
+impl Skip {
+    /// A short category for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Skip::NotAuthorised { .. } => "not-authorised",
+            Skip::NoAuthorisedRecipient { .. } => "no-authorised-recipient",
+        }
+    }
+
+    pub fn route(&self) -> &str {
+        match self {
+            Skip::NotAuthorised { route, .. } | Skip::NoAuthorisedRecipient { route, .. } => route,
+        }
+    }
+}
+
+impl fmt::Display for Skip {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Skip::NotAuthorised { route, recipient } => write!(
+                f,
+                "route {route}: {recipient} has not shown authority to act for this person; not told"
+            ),
+            Skip::NoAuthorisedRecipient { route, selector } => write!(
+                f,
+                "route {route}: {selector}: no one in the directory acts for this person; no one told"
+            ),
+        }
+    }
+}
+
 /// Everything the engine decided for one event.
 #[derive(Debug, Clone, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -278,7 +321,10 @@ pub struct Routing {
     /// Routes whose event types and matchers matched, in order.
     pub matched_routes: Vec<Arc<str>>,
     pub notifications: Vec<Notification>,
+    /// Notifications that could not be made: each is a failure, parked for an operator.
     pub problems: Vec<Problem>,
+    /// Notifications not made because the recipient is not entitled to them: counted only.
+    pub skipped: Vec<Skip>,
 }
 
 impl Routing {

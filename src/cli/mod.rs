@@ -93,6 +93,10 @@ pub enum Command {
         /// derived from the file's bytes.
         #[arg(long)]
         message_id: Option<String>,
+        /// The publisher's RabbitMQ login: `herald serve` includes it in idempotency keys, so
+        /// give it to see the keys the service would use.
+        #[arg(long)]
+        publisher: Option<String>,
         /// The event file (JSON).
         file: PathBuf,
     },
@@ -162,10 +166,11 @@ pub fn run(cli: Cli) -> ExitCode {
             render,
             json,
             message_id,
+            publisher,
             file,
         } => config
             .load()
-            .map(|core| route_test::run(&core, &file, message_id, render, json)),
+            .map(|core| route_test::run(&core, &file, message_id, publisher, render, json)),
     };
     result.unwrap_or_else(|code| code)
 }

@@ -16,6 +16,7 @@ pub fn run(
     core: &Core,
     file: &Path,
     message_id: Option<String>,
+    publisher: Option<String>,
     render: bool,
     as_json: bool,
 ) -> ExitCode {
@@ -26,7 +27,12 @@ pub fn run(
             return ExitCode::from(2);
         }
     };
-    let id = message_id.map_or_else(|| EventId::from_content(&body), EventId::new);
+    let id = match (message_id, publisher) {
+        (Some(id), Some(login)) => EventId::published(login, id),
+        (Some(id), None) => EventId::new(id),
+        (None, Some(login)) => EventId::published(login, EventId::from_content(&body).as_str()),
+        (None, None) => EventId::from_content(&body),
+    };
     match core.process(&body, id) {
         Err(rejection) => {
             if as_json {
@@ -90,6 +96,7 @@ fn as_value(event: &Event, routing: &Routing, render: bool) -> Value {
         "matchedRoutes": routing.matched_routes,
         "notifications": notifications,
         "problems": routing.problems,
+        "skipped": routing.skipped,
     })
 }
 
@@ -151,6 +158,9 @@ fn human(event: &Event, routing: &Routing, render: bool) -> String {
         }
         for p in routing.problems.iter().filter(|p| p.route() == &**route) {
             let _ = writeln!(out, "  !! {}: {p}", p.kind());
+        }
+        for s in routing.skipped.iter().filter(|s| s.route() == &**route) {
+            let _ = writeln!(out, "  -- {}: {s}", s.kind());
         }
     }
     out

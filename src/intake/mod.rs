@@ -3,6 +3,7 @@
 //! Checks run cheapest first: size, UTF-8, nesting depth, JSON syntax, event type and
 //! version, then the schema. Nothing here panics on any input.
 
+mod message;
 mod publishers;
 mod schema;
 
@@ -11,6 +12,8 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
+pub(crate) use message::admit;
+pub use message::{EXCERPT_CHARS, Message, excerpt};
 pub use publishers::Publishers;
 pub use schema::{SchemaError, SchemaSet, Violation};
 
@@ -28,10 +31,19 @@ pub enum Reason {
     UnknownEventType,
     UnsupportedVersion,
     SchemaViolation,
-    /// No AMQP `message_id`: redelivery could not be recognised.
+    /// The person has two identifiers of one type: which one a recipient's authority and a
+    /// notification refer to would be a guess.
+    DuplicateIdentifier,
+    /// No AMQP `message_id`, or an empty one: redelivery could not be recognised.
     MissingMessageId,
     /// No AMQP `user_id`, or a login not allowed to publish this event type.
     UnauthorisedPublisher,
+    /// The AMQP `content_type` is not `application/json`.
+    WrongContentType,
+    /// The routing key is not the body's `eventType`: bindings and the body disagree.
+    RoutingKeyMismatch,
+    /// The message's headers are larger than `limits.max_header_bytes`.
+    HeadersTooLarge,
 }
 
 impl Reason {
@@ -44,10 +56,31 @@ impl Reason {
             Reason::UnknownEventType => "unknown-event-type",
             Reason::UnsupportedVersion => "unsupported-version",
             Reason::SchemaViolation => "schema-violation",
+            Reason::DuplicateIdentifier => "duplicate-identifier",
             Reason::MissingMessageId => "missing-message-id",
             Reason::UnauthorisedPublisher => "unauthorised-publisher",
+            Reason::WrongContentType => "wrong-content-type",
+            Reason::RoutingKeyMismatch => "routing-key-mismatch",
+            Reason::HeadersTooLarge => "headers-too-large",
         }
     }
+
+    /// Every reason, for metrics that start each series at zero and for documentation tests.
+    pub const ALL: [Reason; 13] = [
+        Reason::TooLarge,
+        Reason::NotUtf8,
+        Reason::TooDeep,
+        Reason::MalformedJson,
+        Reason::UnknownEventType,
+        Reason::UnsupportedVersion,
+        Reason::SchemaViolation,
+        Reason::DuplicateIdentifier,
+        Reason::MissingMessageId,
+        Reason::UnauthorisedPublisher,
+        Reason::WrongContentType,
+        Reason::RoutingKeyMismatch,
+        Reason::HeadersTooLarge,
+    ];
 }
 
 impl fmt::Display for Reason {
@@ -231,6 +264,7 @@ impl Intake {
         if !violations.is_empty() {
             return Err(Rejection::schema(violations));
         }
+        duplicate_identifier(&doc)?;
         let occurred_at = timestamp(&doc, "occurredAt")?;
         let published_at = timestamp(&doc, "publishedAt")?;
         Ok(Event {
@@ -242,6 +276,28 @@ impl Intake {
             body: doc,
         })
     }
+}
+
+/// A person has at most one identifier of each type: with two NOMS numbers, which person a
+/// recipient's authority and the notification's text refer to would be a guess.
+fn duplicate_identifier(doc: &Value) -> Result<(), Rejection> {
+    let identifiers = doc["personReference"]["identifiers"].as_array();
+    let mut seen: Vec<&str> = Vec::new();
+    for (i, id) in identifiers.into_iter().flatten().enumerate() {
+        // The schema allows only NOMS, PNC and CRN here, so the type is safe to repeat.
+        let kind = id["type"].as_str().unwrap_or_default();
+        if seen.contains(&kind) {
+            return Err(Rejection::at(
+                Reason::DuplicateIdentifier,
+                &format!("/personReference/identifiers/{i}"),
+                format!(
+                    "a second {kind} identifier: a person has at most one identifier of each type"
+                ),
+            ));
+        }
+        seen.push(kind);
+    }
+    Ok(())
 }
 
 /// A JSON number that is a whole number (`1`, or `1.0` as JSON Schema counts it), as u64.

@@ -36,6 +36,14 @@ impl Publishers {
         )
     }
 
+    /// The login as a metric label: a login routes.toml names, else `other` (any broker user
+    /// can publish, so the label set stays bounded).
+    pub fn label<'a>(&'a self, login: &str) -> &'a str {
+        self.allowed
+            .get_key_value(login)
+            .map_or("other", |(k, _)| k.as_str())
+    }
+
     /// Whether `login` may publish `event_type`.
     pub fn allows(&self, login: &str, event_type: &str) -> bool {
         self.allowed.get(login).is_some_and(|patterns| {

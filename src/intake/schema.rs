@@ -10,6 +10,7 @@ use jsonschema::{Draft, Retrieve, Uri, ValidationError, Validator};
 use serde_json::Value;
 
 use crate::event::EventType;
+use crate::field::{FieldPath, Segment};
 
 /// One way an event breaks its schema: where, and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -56,6 +57,10 @@ pub struct SchemaSet {
     events: HashMap<(EventType, u64), Validator>,
     /// Every known event type with its supported versions, for messages and checks.
     versions: BTreeMap<EventType, Vec<u64>>,
+    /// The schema documents by `$id`, and each event schema's `$id`: for finding which field
+    /// paths an event type has ([`SchemaSet::has_field`]).
+    documents: HashMap<String, Value>,
+    event_ids: HashMap<(EventType, u64), String>,
 }
 
 impl std::fmt::Debug for SchemaSet {
@@ -117,7 +122,8 @@ impl SchemaSet {
             .iter()
             .filter_map(|(_, doc)| Some((doc.get("$id")?.as_str()?.to_owned(), doc.clone())))
             .collect();
-        let local = Local(Arc::new(by_id));
+        let local = Local(Arc::new(by_id.clone()));
+        let mut event_ids = HashMap::new();
 
         let mut envelope = None;
         let mut events = HashMap::new();
@@ -165,6 +171,9 @@ impl SchemaSet {
                 .entry(event_type.clone())
                 .or_default()
                 .push(version);
+            if let Some(id) = doc.get("$id").and_then(Value::as_str) {
+                event_ids.insert((event_type.clone(), version), id.to_owned());
+            }
             events.insert((event_type, version), validator);
         }
         match envelope {
@@ -172,6 +181,8 @@ impl SchemaSet {
                 envelope,
                 events,
                 versions,
+                documents: by_id,
+                event_ids,
             }),
             _ => Err(errors),
         }
@@ -206,6 +217,99 @@ impl SchemaSet {
     ) -> Option<Vec<Violation>> {
         let validator = self.events.get(&(event_type.clone(), version))?;
         Some(violations(validator, doc))
+    }
+}
+
+impl SchemaSet {
+    /// Whether some version of `event_type` has a field at `path` inside
+    /// `additionalInformation`: each segment must be a property the schema declares (through
+    /// `$ref`, `allOf`, `anyOf`, `oneOf`, `if`/`then`/`else`), a numeric segment or `[]` an
+    /// array's items. What routes.toml names is checked with this, so a misspelt path fails
+    /// `herald check` instead of never matching.
+    pub fn has_field(&self, event_type: &EventType, path: &FieldPath) -> bool {
+        self.versions(event_type).iter().any(|version| {
+            let Some(id) = self.event_ids.get(&(event_type.clone(), *version)) else {
+                return false;
+            };
+            let Some(doc) = self.documents.get(id) else {
+                return false;
+            };
+            let mut nodes = Vec::new();
+            if let Some(info) = doc.pointer("/properties/additionalInformation") {
+                self.expand(info, id, 0, &mut nodes);
+            }
+            for segment in path.segments() {
+                let mut next = Vec::new();
+                for (node, base) in &nodes {
+                    let child = match segment {
+                        Segment::Key(key) => node
+                            .get("properties")
+                            .and_then(|p| p.get(key.as_str()))
+                            .or_else(|| key.parse::<usize>().ok().and_then(|_| node.get("items"))),
+                        Segment::Each => node.get("items"),
+                    };
+                    if let Some(child) = child {
+                        self.expand(child, base, 0, &mut next);
+                    }
+                }
+                nodes = next;
+            }
+            !nodes.is_empty()
+        })
+    }
+
+    /// A schema and every subschema that applies to the same value, each with the `$id` its
+    /// references resolve against.
+    fn expand<'s>(
+        &'s self,
+        node: &'s Value,
+        base: &str,
+        depth: usize,
+        out: &mut Vec<(&'s Value, String)>,
+    ) {
+        // Deep enough for any schema Herald ships; a reference cycle stops here.
+        const MAX_DEPTH: usize = 16;
+        if depth > MAX_DEPTH || !node.is_object() {
+            return;
+        }
+        out.push((node, base.to_owned()));
+        if let Some((target, target_base)) = node
+            .get("$ref")
+            .and_then(Value::as_str)
+            .and_then(|r| self.resolve(base, r))
+        {
+            self.expand(target, &target_base, depth + 1, out);
+        }
+        for key in ["allOf", "anyOf", "oneOf"] {
+            for sub in node
+                .get(key)
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                self.expand(sub, base, depth + 1, out);
+            }
+        }
+        for key in ["then", "else"] {
+            if let Some(sub) = node.get(key) {
+                self.expand(sub, base, depth + 1, out);
+            }
+        }
+    }
+
+    /// The schema a `$ref` names, from the documents Herald loaded.
+    fn resolve(&self, base: &str, reference: &str) -> Option<(&Value, String)> {
+        let url = url::Url::parse(base).ok()?.join(reference).ok()?;
+        let fragment = url.fragment().unwrap_or_default().to_owned();
+        let mut document = url;
+        document.set_fragment(None);
+        let doc = self.documents.get(document.as_str())?;
+        let target = if fragment.is_empty() {
+            doc
+        } else {
+            doc.pointer(&fragment)?
+        };
+        Some((target, document.to_string()))
     }
 }
 

@@ -68,8 +68,9 @@ pub struct WebhookView<'a> {
 }
 
 /// The `event` part of a webhook body, with `additionalInformation` as redacted for the
-/// recipients who get it (`info`): the same for each of them, so written once.
-pub fn event_json(event: &Event, info: &Value) -> Box<RawValue> {
+/// recipients who get it (`info`) and the envelope's `description` if they may see it: the
+/// same for each of them, so written once.
+pub fn event_json(event: &Event, info: &Value, description: Option<&Value>) -> Box<RawValue> {
     let body = &event.body;
     let part = EventPart {
         id: event.id.as_str(),
@@ -77,7 +78,7 @@ pub fn event_json(event: &Event, info: &Value) -> Box<RawValue> {
         version: event.version,
         occurred_at: &body["occurredAt"],
         published_at: &body["publishedAt"],
-        description: body.get("description"),
+        description,
         person_reference: &body["personReference"],
         additional_information: info,
     };

@@ -25,7 +25,7 @@ use crate::config::RouteConfig;
 use crate::event::{Event, EventType};
 use crate::intake::SchemaSet;
 use crate::notification::{
-    Channel, Content, IdempotencyKey, Notification, Priority, Problem, Routing, Sla,
+    Channel, Content, IdempotencyKey, Notification, Priority, Problem, Routing, Skip, Sla,
 };
 use crate::render::payload::{self, WebhookView, event_json, webhook_body};
 use crate::render::{Data, EmailDraft, Facts, RECIPIENT_FIELDS, Renderer};
@@ -164,6 +164,8 @@ struct View<'e> {
     classes: Vec<RecipientClass>,
     info: Cow<'e, Value>,
     withheld: Vec<String>,
+    /// The envelope's `description`, when these classes may see it.
+    description: Option<&'e Value>,
     /// The webhook body's `event` part, written at the view's first webhook.
     event_json: OnceCell<Box<RawValue>>,
 }
@@ -175,12 +177,14 @@ impl<'e> View<'e> {
         views: &mut Vec<View<'e>>,
         class: RecipientClass,
         redaction: &Redaction,
-        info: &'e Value,
+        event: &'e Event,
     ) -> usize {
         match views.iter().position(|v| v.classes.contains(&class)) {
             Some(i) => i,
             None => {
-                let (info, withheld) = redaction.apply(class, info);
+                let description = event.description();
+                let (info, withheld) = redaction.apply(class, event.info(), description);
+                let description = description.filter(|_| redaction.shows_description(class));
                 match views.iter().position(|v| v.withheld == withheld) {
                     Some(i) => {
                         views[i].classes.push(class);
@@ -191,6 +195,7 @@ impl<'e> View<'e> {
                             classes: vec![class],
                             info,
                             withheld,
+                            description,
                             event_json: OnceCell::new(),
                         });
                         views.len() - 1
@@ -252,8 +257,15 @@ impl Engine {
         recipient: &Recipient,
     ) -> Result<crate::render::EmailParts, String> {
         let (sla, marks, priority) = self.facts(route, event);
-        let (info, _) = self.redaction.apply(recipient.class, event.info());
+        let description = event.description();
+        let (info, _) = self
+            .redaction
+            .apply(recipient.class, event.info(), description);
         let facts = TemplateFacts::new(event, route, &sla, &marks, priority);
+        let facts = ViewFacts {
+            facts: &facts,
+            description: description.filter(|_| self.redaction.shows_description(recipient.class)),
+        };
         self.email(route, &facts, recipient, &info, &marks)
     }
 
@@ -296,10 +308,20 @@ impl Engine {
         for selector in &route.to {
             let recipients = match selector.select(event.info(), event, &self.directory) {
                 Selected::Recipients(r) if r.is_empty() => {
-                    routing.problems.push(Problem::NoRecipients {
-                        route: name.to_owned(),
-                        selector: selector.text(),
-                    });
+                    // Only authority filters a class: if the directory has members of it,
+                    // none of them acts for this person, and no one should be told.
+                    let filtered = self.directory.of_class(selector.class()).next().is_some();
+                    if filtered {
+                        routing.skipped.push(Skip::NoAuthorisedRecipient {
+                            route: name.to_owned(),
+                            selector: selector.text(),
+                        });
+                    } else {
+                        routing.problems.push(Problem::NoRecipients {
+                            route: name.to_owned(),
+                            selector: selector.text(),
+                        });
+                    }
                     continue;
                 }
                 Selected::Recipients(r) => r,
@@ -318,7 +340,7 @@ impl Engine {
                 }
                 seen.push(&recipient.id);
                 if !recipient.may_hear_about(event) {
-                    routing.problems.push(Problem::NotAuthorised {
+                    routing.skipped.push(Skip::NotAuthorised {
                         route: name.to_owned(),
                         recipient: recipient.id.to_string(),
                     });
@@ -336,16 +358,20 @@ impl Engine {
                     });
                     continue;
                 }
-                let view_index = View::find(views, recipient.class, &self.redaction, event.info());
+                let view_index = View::find(views, recipient.class, &self.redaction, event);
                 let view = &views[view_index];
                 for channel in channels {
                     let key =
                         IdempotencyKey::derive(&event.id, name, recipient.id.as_str(), channel);
                     let content = match channel {
                         Channel::Email => {
-                            let facts = facts.get_or_insert_with(|| {
-                                TemplateFacts::new(event, route, &sla, &marks, priority)
-                            });
+                            let facts = ViewFacts {
+                                facts: facts.get_or_insert_with(|| {
+                                    TemplateFacts::new(event, route, &sla, &marks, priority)
+                                }),
+                                description: view.description,
+                            };
+                            let facts = &facts;
                             let draft = match drafts.iter().position(|(v, _)| *v == view_index) {
                                 Some(i) => &drafts[i].1,
                                 None => {
@@ -388,9 +414,9 @@ impl Engine {
                                     marks: &marks,
                                     sla: sla_json.get_or_init(|| payload::sla_json(&sla)),
                                     withheld: &view.withheld,
-                                    event: view
-                                        .event_json
-                                        .get_or_init(|| event_json(event, &view.info)),
+                                    event: view.event_json.get_or_init(|| {
+                                        event_json(event, &view.info, view.description)
+                                    }),
                                 },
                             );
                             Ok(Content::Webhook { url, body })
@@ -432,7 +458,6 @@ struct TemplateFacts<'e> {
     event_type: Value,
     occurred_at: &'e Value,
     published_at: &'e Value,
-    description: Option<&'e Value>,
     identifiers: Value,
     person: Value,
     route: Value,
@@ -495,7 +520,6 @@ impl<'e> TemplateFacts<'e> {
             event_type: text(event.event_type.as_str()),
             occurred_at: &event.body["occurredAt"],
             published_at: &event.body["publishedAt"],
-            description: event.body.get("description"),
             identifiers: Value::String(identifiers),
             person: Value::Object(person),
             route: text(&route.name),
@@ -515,7 +539,7 @@ impl Facts for TemplateFacts<'_> {
             "eventType" => &self.event_type,
             "occurredAt" => self.occurred_at,
             "publishedAt" => self.published_at,
-            "description" => return self.description,
+            "description" => return None,
             "identifiers" => &self.identifiers,
             "person" => &self.person,
             "route" => &self.route,
@@ -533,6 +557,29 @@ impl Facts for TemplateFacts<'_> {
             .iter()
             .filter_map(|name| Some(((*name).to_owned(), self.get(name)?.clone())))
             .collect()
+    }
+}
+
+/// A route's facts with the envelope's `description` as one view of the event may see it.
+struct ViewFacts<'a> {
+    facts: &'a TemplateFacts<'a>,
+    description: Option<&'a Value>,
+}
+
+impl Facts for ViewFacts<'_> {
+    fn get(&self, name: &str) -> Option<&Value> {
+        match name {
+            "description" => self.description,
+            _ => self.facts.get(name),
+        }
+    }
+
+    fn to_map(&self) -> serde_json::Map<String, Value> {
+        let mut map = self.facts.to_map();
+        if let Some(d) = self.description {
+            map.insert("description".into(), d.clone());
+        }
+        map
     }
 }
 

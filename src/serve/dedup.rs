@@ -1,8 +1,11 @@
 //! Event ids this process is handling or has handled recently. A copy of an event (published or
 //! delivered again with the same id) that arrives within the window after the first was handled
 //! is acknowledged without being routed a second time. A copy that arrives while the first is
-//! still in flight goes back to the queue, to be judged once the first is done: if the first
-//! could not be handled its id is released and the copy is handled then.
+//! still in flight waits for the first to be done, then is judged: if the first could not be
+//! handled its id is released and the copy is handled then. Waiting in the process, rather than
+//! going back to the queue, matters after a lost connection: the broker redelivers at once every
+//! event the old connection held, while their handlers are still delivering, and a copy sent
+//! back again and again would reach the queue's delivery limit and be dead-lettered.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
@@ -35,6 +38,8 @@ pub struct Recent {
     start: Instant,
     hashers: (RandomState, RandomState),
     inner: Mutex<Inner>,
+    /// Woken whenever a handling ends, for copies waiting on one in flight.
+    finished: tokio::sync::Notify,
 }
 
 /// Two 64-bit words rather than a `u128`, for 8-byte alignment: 24 bytes an entry.
@@ -65,12 +70,15 @@ impl Recent {
             start: Instant::now(),
             hashers: (RandomState::new(), RandomState::new()),
             inner: Mutex::new(inner),
+            finished: tokio::sync::Notify::new(),
         }
     }
 
     fn key(&self, id: &EventId) -> Key {
         let (a, b) = &self.hashers;
-        [a.hash_one(id.as_str()), b.hash_one(id.as_str())]
+        // The whole id, publisher included: two publishers' events with one message_id are
+        // two events.
+        [a.hash_one(id), b.hash_one(id)]
     }
 
     /// Whole seconds since the cache began (an `Instant` before that counts as 0).
@@ -99,8 +107,32 @@ impl Recent {
         }
     }
 
+    /// [`Recent::claim`], but a copy of an event in flight waits (up to `wait`) for that
+    /// handling to end and is then judged again; `InFlight` only when the wait ran out.
+    pub async fn claim_waiting(&self, id: &EventId, wait: Duration) -> Claim {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            // Registered before looking, so an end between the look and the wait is not missed.
+            let notified = self.finished.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            match self.claim(id, Instant::now()) {
+                Claim::InFlight => {}
+                other => return other,
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Claim::InFlight;
+            }
+        }
+    }
+
     /// Ends the handling of a claimed id: remembered if it was handled, released if not.
     pub fn finish(&self, id: EventId, handled: bool, now: Instant) {
+        self.end(id, handled, now);
+        self.finished.notify_waiters();
+    }
+
+    fn end(&self, id: EventId, handled: bool, now: Instant) {
         let key = self.key(&id);
         let now = self.second(now);
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
@@ -142,6 +174,59 @@ mod tests {
             recent.claim(&id, t0 + Duration::from_secs(61)),
             Claim::Claimed,
             "the window has passed"
+        );
+    }
+
+    #[test]
+    fn two_publishers_may_use_the_same_message_id() {
+        let recent = Recent::new(Duration::from_secs(60));
+        let t0 = Instant::now();
+        let court = EventId::published("court", "evt-1");
+        assert_eq!(recent.claim(&court, t0), Claim::Claimed);
+        recent.finish(court.clone(), true, t0);
+        assert_eq!(recent.claim(&court, t0), Claim::Handled);
+        assert_eq!(
+            recent.claim(&EventId::published("prison", "evt-1"), t0),
+            Claim::Claimed
+        );
+    }
+
+    #[tokio::test]
+    async fn a_copy_waits_for_the_first_and_is_then_judged() {
+        let recent = std::sync::Arc::new(Recent::new(Duration::from_secs(60)));
+        let id = EventId::published("court", "evt-3");
+        assert_eq!(recent.claim(&id, Instant::now()), Claim::Claimed);
+        let copy = {
+            let (recent, id) = (std::sync::Arc::clone(&recent), id.clone());
+            tokio::spawn(async move { recent.claim_waiting(&id, Duration::from_secs(30)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            !copy.is_finished(),
+            "the copy waits while the first is in flight"
+        );
+        recent.finish(id.clone(), true, Instant::now());
+        assert_eq!(copy.await.unwrap(), Claim::Handled);
+
+        // Released: the waiting copy takes it.
+        let other = EventId::published("court", "evt-4");
+        assert_eq!(recent.claim(&other, Instant::now()), Claim::Claimed);
+        let copy = {
+            let (recent, other) = (std::sync::Arc::clone(&recent), other.clone());
+            tokio::spawn(async move { recent.claim_waiting(&other, Duration::from_secs(30)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        recent.finish(other, false, Instant::now());
+        assert_eq!(copy.await.unwrap(), Claim::Claimed);
+
+        // A handling that never ends: the wait is bounded.
+        let stuck = EventId::published("court", "evt-5");
+        assert_eq!(recent.claim(&stuck, Instant::now()), Claim::Claimed);
+        assert_eq!(
+            recent
+                .claim_waiting(&stuck, Duration::from_millis(100))
+                .await,
+            Claim::InFlight
         );
     }
 

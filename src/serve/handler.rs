@@ -15,8 +15,8 @@ use super::retry::{self, Pending};
 use super::{Ctx, park};
 use crate::deliver::Failure;
 use crate::deliver::guard::State;
-use crate::event::{Event, EventId};
-use crate::intake::{Reason, Rejection};
+use crate::event::Event;
+use crate::intake::{Message, Rejection, excerpt};
 
 /// How one notification ended in this handling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,14 +55,15 @@ async fn handle_event(ctx: &Ctx, delivery: &Delivery) -> bool {
                 .events_received
                 .with_label_values(&[&label])
                 .inc();
+            // Both are the publisher's choice: logged as bounded excerpts.
             let message_id = delivery
                 .properties
                 .message_id()
                 .as_ref()
-                .map(|m| m.to_string());
+                .map(|m| excerpt(m.as_str()));
             warn!(
                 message_id = message_id.as_deref().unwrap_or(""),
-                routing_key = %delivery.routing_key,
+                routing_key = %excerpt(delivery.routing_key.as_str()),
                 reason = rejection.reason.as_str(),
                 detail = %rejection.detail,
                 "event rejected"
@@ -72,6 +73,7 @@ async fn handle_event(ctx: &Ctx, delivery: &Delivery) -> bool {
                 &ctx.settings.rejected_queue,
                 delivery,
                 &rejection,
+                ctx.core.max_header_bytes(),
             )
             .await
             {
@@ -93,7 +95,12 @@ async fn handle_event(ctx: &Ctx, delivery: &Delivery) -> bool {
                 .events_received
                 .with_label_values(&[event.event_type.as_str()])
                 .inc();
-            match ctx.recent.claim(&event.id, Instant::now()) {
+            // A copy of an event still being handled (the broker redelivers what a lost
+            // connection held while its handler is still at work) waits for that handling,
+            // bounded by what one handling can take: an attempt per notification, each
+            // waiting at most the timeout for a slot and the timeout for an answer.
+            let wait = ctx.settings.webhook_timeout * 2 + Duration::from_secs(5);
+            match ctx.recent.claim_waiting(&event.id, wait).await {
                 Claim::Claimed => {}
                 Claim::Handled => {
                     ctx.metrics
@@ -104,7 +111,7 @@ async fn handle_event(ctx: &Ctx, delivery: &Delivery) -> bool {
                     return true;
                 }
                 Claim::InFlight => {
-                    info!(event_id = %event.id, event_type = %event.event_type, "a copy of this event is in flight; this one waits on the queue");
+                    warn!(event_id = %event.id, event_type = %event.event_type, wait_secs = wait.as_secs(), "a copy of this event is still being handled after the wait; this one goes back to the queue");
                     return false;
                 }
             }
@@ -116,35 +123,32 @@ async fn handle_event(ctx: &Ctx, delivery: &Delivery) -> bool {
     }
 }
 
-/// The message's own checks: an id, a publisher the broker vouched for and who may send this
-/// type, and a valid event.
+/// The message's own checks, through the same gate a replay passes: an id, a publisher the
+/// broker vouched for who may send this type, JSON, a routing key that is the event's type,
+/// and a valid event.
 fn check(ctx: &Ctx, delivery: &Delivery) -> Result<Event, Rejection> {
     let props = &delivery.properties;
-    let Some(id) = props.message_id() else {
-        return Err(Rejection::new(
-            Reason::MissingMessageId,
-            "the message has no message_id property; give every event a unique id so a redelivery is recognised",
-        ));
+    let message = Message {
+        body: &delivery.data,
+        routing_key: delivery.routing_key.as_str(),
+        message_id: props.message_id().as_ref().map(|m| m.as_str()),
+        user_id: props.user_id().as_ref().map(|u| u.as_str()),
+        content_type: props.content_type().as_ref().map(|c| c.as_str()),
+        header_bytes: props.headers().as_ref().map_or(0, park::header_bytes),
     };
-    let Some(user) = props.user_id() else {
-        return Err(Rejection::new(
-            Reason::UnauthorisedPublisher,
-            "the message has no user_id property, so the broker has not vouched for its publisher",
-        ));
-    };
-    let event = ctx
-        .core
-        .intake
-        .accept(&delivery.data, EventId::new(id.as_str()))?;
-    if !ctx
-        .core
-        .publishers
-        .allows(user.as_str(), event.event_type.as_str())
-    {
-        return Err(Rejection::new(
-            Reason::UnauthorisedPublisher,
-            format!("user {user} may not publish {}", event.event_type),
-        ));
+    let event = ctx.core.admit(&message)?;
+    if *props.delivery_mode() != Some(2) {
+        // Accepted: the event is here now. But a broker restart would have lost it, so the
+        // operator is told whose system publishes this way.
+        let publisher = ctx
+            .core
+            .publishers
+            .label(event.id.publisher().unwrap_or_default());
+        ctx.metrics
+            .events_non_persistent
+            .with_label_values(&[publisher])
+            .inc();
+        warn!(event_id = %event.id, event_type = %event.event_type, publisher, "event published without persistent delivery mode; a broker restart would lose such events");
     }
     Ok(event)
 }
@@ -155,7 +159,8 @@ async fn route_and_deliver(ctx: &Ctx, event: Event) -> bool {
     // Each notification and each problem gets its own line below; only an event that makes
     // neither needs one of its own at info. (A line per event and per notification cost a
     // third of Herald's CPU: docs/performance.md.)
-    if routing.notifications.is_empty() && routing.problems.is_empty() {
+    if routing.notifications.is_empty() && routing.problems.is_empty() && routing.skipped.is_empty()
+    {
         info!(
             event_id = %event.id,
             event_type = %event.event_type,
@@ -171,6 +176,13 @@ async fn route_and_deliver(ctx: &Ctx, event: Event) -> bool {
             problems = routing.problems.len(),
             "event routed"
         );
+    }
+    for s in &routing.skipped {
+        info!(event_id = %event.id, event_type = %event.event_type, route = s.route(), outcome = s.kind(), detail = %s, "notification not sent: the recipient is not entitled to it");
+        ctx.metrics
+            .notifications
+            .with_label_values(&[s.route(), "none", s.kind()])
+            .inc();
     }
     let mut done = true;
     for p in &routing.problems {

@@ -8,7 +8,7 @@ use lapin::{BasicProperties, Channel};
 use serde_json::{Value, json};
 
 use super::retry::Pending;
-use crate::intake::Rejection;
+use crate::intake::{Rejection, excerpt};
 use crate::notification::Problem;
 
 /// Why parking did not happen: the event must not be acknowledged.
@@ -54,27 +54,53 @@ pub(crate) async fn publish(
 /// Parks a refused event in the rejected queue: the original body and properties, with
 /// `x-herald-reason` and `x-herald-detail`. The publisher's `user_id` moves to a header
 /// (the broker only lets Herald publish as itself).
+///
+/// The original headers are copied only when they are within `max_header_bytes`, so the copy
+/// always fits in one frame; larger ones are summarised in `x-herald-original-headers`. Headers
+/// named `x-herald-…` are never copied: a publisher could otherwise forge the reason, or the
+/// publisher a replay acts as.
 pub async fn reject(
     channel: &Channel,
     queue: &str,
     delivery: &lapin::message::Delivery,
     rejection: &Rejection,
+    max_header_bytes: usize,
 ) -> Result<(), ParkError> {
     let original = &delivery.properties;
-    let mut headers = original.headers().clone().unwrap_or_default();
+    let mut headers = FieldTable::default();
+    if let Some(table) = original.headers() {
+        let size = header_bytes(table);
+        if size <= max_header_bytes {
+            for (k, v) in table.inner() {
+                if !is_herald_header(k.as_str()) {
+                    headers.insert(k.clone(), v.clone());
+                }
+            }
+        } else {
+            headers.insert(
+                "x-herald-original-headers".into(),
+                text(headers_summary(table, size)),
+            );
+        }
+    }
     headers.insert("x-herald-reason".into(), text(rejection.reason.as_str()));
     headers.insert("x-herald-detail".into(), text(rejection.detail.clone()));
     headers.insert("x-herald-rejected-at".into(), text(Utc::now().to_rfc3339()));
     headers.insert(
         "x-herald-original-exchange".into(),
-        text(delivery.exchange.as_str()),
+        text(excerpt(delivery.exchange.as_str())),
     );
     headers.insert(
         "x-herald-original-routing-key".into(),
-        text(delivery.routing_key.as_str()),
+        text(excerpt(delivery.routing_key.as_str())),
     );
     if let Some(user) = original.user_id() {
-        headers.insert("x-herald-original-user-id".into(), text(user.as_str()));
+        // The broker verified it, so it is one of its logins; a login is never more than an
+        // excerpt long in practice, but the header is bounded all the same.
+        headers.insert(
+            "x-herald-original-user-id".into(),
+            text(excerpt(user.as_str())),
+        );
     }
     let mut properties = BasicProperties::default()
         .with_headers(headers)
@@ -179,6 +205,58 @@ fn properties(id: &str, reason: &str, detail: &str, p: Option<&Pending>) -> Basi
         p = p.with_message_id(id);
     }
     p
+}
+
+/// Herald's own headers on parked messages; never taken from a publisher.
+fn is_herald_header(name: &str) -> bool {
+    name.get(..9)
+        .is_some_and(|p| p.eq_ignore_ascii_case("x-herald-"))
+}
+
+/// The encoded size of an AMQP headers table, in bytes, as it goes on the wire.
+pub(crate) fn header_bytes(table: &FieldTable) -> usize {
+    fn value(v: &AMQPValue) -> usize {
+        1 + match v {
+            AMQPValue::Boolean(_) | AMQPValue::ShortShortInt(_) | AMQPValue::ShortShortUInt(_) => 1,
+            AMQPValue::ShortInt(_) | AMQPValue::ShortUInt(_) => 2,
+            AMQPValue::LongInt(_) | AMQPValue::LongUInt(_) | AMQPValue::Float(_) => 4,
+            AMQPValue::LongLongInt(_) | AMQPValue::Double(_) | AMQPValue::Timestamp(_) => 8,
+            AMQPValue::DecimalValue(_) => 5,
+            AMQPValue::ShortString(s) => 1 + s.as_str().len(),
+            AMQPValue::LongString(s) => 4 + s.as_bytes().len(),
+            AMQPValue::ByteArray(b) => 4 + b.len(),
+            AMQPValue::FieldArray(a) => 4 + a.as_slice().iter().map(value).sum::<usize>(),
+            AMQPValue::FieldTable(t) => header_bytes(t),
+            AMQPValue::Void => 0,
+        }
+    }
+    4 + table
+        .inner()
+        .iter()
+        .map(|(k, v)| 1 + k.as_str().len() + value(v))
+        .sum::<usize>()
+}
+
+/// What a rejected copy says of headers too large to copy: how many, their size, and the
+/// first few names (as excerpts).
+fn headers_summary(table: &FieldTable, size: usize) -> String {
+    const NAMES: usize = 10;
+    let names: Vec<String> = table
+        .inner()
+        .keys()
+        .take(NAMES)
+        .map(|k| excerpt(k.as_str()))
+        .collect();
+    let more = table.inner().len().saturating_sub(NAMES);
+    let mut summary = format!(
+        "{} header(s), {size} bytes, not copied: {}",
+        table.inner().len(),
+        names.join(", ")
+    );
+    if more > 0 {
+        summary.push_str(&format!(" and {more} more"));
+    }
+    summary
 }
 
 /// The JSON value of a parked record's header, for tools that read the queues.
