@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 
 use herald::core::Core;
 use herald::event::{Event, EventId};
-use herald::intake::{Reason, Rejection};
+use herald::intake::{Message, Reason, Rejection};
 use herald::notification::{Problem, Routing};
 use proptest::prelude::*;
 use proptest::sample::Index;
@@ -633,6 +633,93 @@ fn check_routing(event: &Event, routing: &Routing) -> Result<(), TestCaseError> 
     Ok(())
 }
 
+/// What the service reads off an AMQP message besides its body: a routing key (the body's
+/// type or anything), an id, a publisher login, a content type, the size of its headers.
+#[derive(Debug, Clone)]
+struct Props {
+    routing_key: Option<String>,
+    message_id: Option<String>,
+    user_id: Option<String>,
+    content_type: Option<String>,
+    header_bytes: usize,
+}
+
+fn props() -> impl Strategy<Value = Props> {
+    let text = || {
+        prop_oneof![
+            any::<String>(),
+            prop::sample::select(INTERESTING).prop_map(str::to_owned),
+            Just(String::new()),
+        ]
+    };
+    (
+        prop::option::of(text()),
+        prop::option::of(prop_oneof![text(), "evt-[a-z0-9]{1,12}"]),
+        prop::option::of(prop_oneof![
+            Just("court".to_owned()),
+            Just("prison".to_owned()),
+            Just("ppud".to_owned()),
+            text()
+        ]),
+        prop::option::of(prop_oneof![
+            Just("application/json".to_owned()),
+            Just("application/json; charset=utf-8".to_owned()),
+            text()
+        ]),
+        prop_oneof![0usize..20_000, Just(16 * 1024), Just(16 * 1024 + 1)],
+    )
+        .prop_map(
+            |(routing_key, message_id, user_id, content_type, header_bytes)| Props {
+                routing_key,
+                message_id,
+                user_id,
+                content_type,
+                header_bytes,
+            },
+        )
+}
+
+/// Admission of any body with any properties: no panic; an admitted event agrees with its
+/// routing key, has an id and a publisher who may send it; a refusal is one bounded line.
+fn check_admission(body: &[u8], p: &Props) -> Result<(), TestCaseError> {
+    let event_type = serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| v["eventType"].as_str().map(str::to_owned))
+        .unwrap_or_default();
+    let routing_key = p.routing_key.clone().unwrap_or(event_type);
+    let message = Message {
+        body,
+        routing_key: &routing_key,
+        message_id: p.message_id.as_deref(),
+        user_id: p.user_id.as_deref(),
+        content_type: p.content_type.as_deref(),
+        header_bytes: p.header_bytes,
+    };
+    match core().admit(&message) {
+        Ok(event) => {
+            prop_assert_eq!(event.event_type.as_str(), routing_key.as_str());
+            prop_assert!(!event.id.as_str().trim().is_empty());
+            let user = event.id.publisher().unwrap_or_default();
+            prop_assert!(core().publishers.allows(user, event.event_type.as_str()));
+            prop_assert!(p.header_bytes <= 16 * 1024);
+            check_routing(&event, &core().engine.route(&event))?;
+        }
+        Err(r) => {
+            prop_assert!(
+                !r.detail.chars().any(char::is_control),
+                "control characters in {:?}",
+                r.detail
+            );
+            prop_assert!(
+                r.detail.chars().count() <= 4000,
+                "{} characters",
+                r.detail.len()
+            );
+        }
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig {
         cases: 256,
@@ -678,10 +765,25 @@ proptest! {
             Err(r) => prop_assert!(
                 matches!(
                     r.reason,
-                    Reason::SchemaViolation | Reason::UnknownEventType | Reason::UnsupportedVersion
+                    Reason::SchemaViolation
+                        | Reason::UnknownEventType
+                        | Reason::UnsupportedVersion
+                        | Reason::DuplicateIdentifier
                 ),
                 "{} with {} replaced: refused as {}", name, pointer, r
             ),
         }
+    }
+
+    #[test]
+    fn any_message_is_admitted_consistently_or_refused_in_one_bounded_line(
+        body in prop_oneof![
+            body_bytes(),
+            json_document().prop_map(|d| serde_json::to_vec(&d).unwrap()),
+            (0..examples().len()).prop_map(|i| serde_json::to_vec(&examples()[i].1).unwrap()),
+        ],
+        p in props(),
+    ) {
+        check_admission(&body, &p)?;
     }
 }

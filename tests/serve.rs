@@ -204,8 +204,9 @@ async fn the_judiciary_never_sees_ppo_status() {
     );
     assert_eq!(
         hooks[0].body["data"]["notification"]["withheld"],
-        json!(["offender.ppo"])
+        json!(["offender.ppo", "envelope.description"])
     );
+    assert!(hooks[0].body["data"]["event"].get("description").is_none());
     let mails = smtp.messages();
     let panel = mails
         .iter()

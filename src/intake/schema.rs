@@ -361,8 +361,9 @@ fn push_violations(error: &ValidationError<'_>, out: &mut Vec<Violation>) {
         }),
         ValidationErrorKind::AdditionalProperties { unexpected }
         | ValidationErrorKind::UnevaluatedProperties { unexpected } => {
+            // The name is the publisher's: repeated only as a bounded excerpt.
             out.extend(unexpected.iter().map(|name| Violation {
-                pointer: child(at, name),
+                pointer: child(at, &super::excerpt(name)),
                 message: "unknown field (not in the schema)".into(),
             }))
         }

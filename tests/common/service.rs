@@ -248,6 +248,8 @@ pub struct Receiver {
     flaky: Arc<Mutex<BTreeMap<String, usize>>>,
     /// Slow paths -> how long each request takes.
     slow: Arc<Mutex<BTreeMap<String, Duration>>>,
+    /// Path -> requests that have arrived, answered or not.
+    arrived: Arc<Mutex<BTreeMap<String, usize>>>,
 }
 
 impl Receiver {
@@ -260,6 +262,7 @@ impl Receiver {
             failures: Arc::default(),
             flaky: Arc::default(),
             slow: Arc::default(),
+            arrived: Arc::default(),
         };
         let app = Router::new().fallback(receive).with_state(receiver.clone());
         tokio::spawn(async move { axum::serve(listener, app).await });
@@ -290,6 +293,11 @@ impl Receiver {
             .lock()
             .unwrap()
             .insert(path.to_owned(), (status, times));
+    }
+
+    /// Requests for `path` that have arrived so far, including those not yet answered.
+    pub fn arrived(&self, path: &str) -> usize {
+        self.arrived.lock().unwrap().get(path).copied().unwrap_or(0)
     }
 
     pub fn hooks(&self) -> Vec<Hook> {
@@ -326,6 +334,7 @@ async fn receive(
     body: Bytes,
 ) -> StatusCode {
     let path = uri.path().to_owned();
+    *r.arrived.lock().unwrap().entry(path.clone()).or_default() += 1;
     let slow = r.slow.lock().unwrap().get(&path).copied();
     if let Some(time) = slow {
         tokio::time::sleep(time).await;
