@@ -176,6 +176,7 @@ pub async fn problem(
         "parkedAt": Utc::now().to_rfc3339(),
         "problem": problem,
         "eventId": event.id,
+        "publisher": event.id.publisher(),
         "eventType": event.event_type,
         "event": event.body,
     });
