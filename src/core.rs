@@ -61,8 +61,13 @@ impl Core {
         if let Some(schemas) = &schemas {
             for path in redaction.paths() {
                 if !schemas.event_types().any(|t| schemas.has_field(t, path)) {
+                    let hint = schemas
+                        .event_types()
+                        .find_map(|t| schemas.suggest(t, path))
+                        .map(|s| format!(" (did you mean {s}?)"))
+                        .unwrap_or_default();
                     errors.push(format!(
-                        "{file}: [[sensitive]] field \"{path}\" is not a field of any event's additionalInformation (see the schemas), so it would withhold nothing"
+                        "{file}: [[sensitive]] field \"{path}\" is not a field of any event's additionalInformation (see the schemas), so it would withhold nothing{hint}"
                     ));
                 }
             }
@@ -161,6 +166,17 @@ impl Core {
         }
 
         let file = self.config_path.display();
+        // Each example as the service would route it: a problem here would be parked for
+        // every event like it.
+        for (path, event) in &examples {
+            for problem in self.engine.route(event).problems {
+                report.errors.push(format!(
+                    "{file}: example {}: {problem} ({})",
+                    path.display(),
+                    problem.kind()
+                ));
+            }
+        }
         for route in &self.engine.routes {
             let mut exercised = false;
             for (path, event) in examples.iter().filter(|(_, e)| route.matches(e)) {

@@ -232,6 +232,102 @@ fn check_names_every_problem_of_a_broken_configuration_on_its_own_line() {
 }
 
 #[test]
+fn check_fails_on_a_field_no_event_of_the_route_has_and_suggests_the_one_meant() {
+    let sandbox = Sandbox::new();
+    sandbox.set_route(
+        "ppo-received-into-custody",
+        "to",
+        strings(&["police:{offender.homeBCU}"]),
+    );
+    sandbox.set_route(
+        "ppo-hdc-approved",
+        "matchers",
+        strings(&["offender.ppo = true", "desicion = approved"]),
+    );
+    sandbox.set_route(
+        "ppo-release-determined",
+        "sla",
+        toml::Value::String("28d notice before releaseDay".into()),
+    );
+    sandbox.set_route(
+        "ppo-bail-decision",
+        "matchers",
+        strings(&["offender.ppo == true"]),
+    );
+    let run = sandbox.check();
+    assert_eq!(run.code, 2, "{run:?}");
+    for (route, words) in [
+        (
+            "ppo-received-into-custody",
+            &[
+                "offender.homeBCU",
+                "prison.prisoner.received",
+                "did you mean offender.homeBcu?",
+            ][..],
+        ),
+        ("ppo-hdc-approved", &["desicion", "did you mean decision?"]),
+        (
+            "ppo-release-determined",
+            &["releaseDay", "did you mean releaseDate?"],
+        ),
+        (
+            "ppo-bail-decision",
+            &["unknown operator \"==\"", "did you mean \"=\"?"],
+        ),
+    ] {
+        let line = run
+            .stderr
+            .lines()
+            .find(|l| l.contains(&format!("route {route}:")))
+            .unwrap_or_else(|| panic!("no error for {route}: {run:?}"));
+        for word in words {
+            assert!(line.contains(word), "{line:?} does not mention {word:?}");
+        }
+    }
+}
+
+#[test]
+fn check_routes_every_example_and_fails_on_what_the_service_would_park() {
+    let sandbox = Sandbox::new();
+    // Without Bradford's listing office, the adjourned hearing's next hearing reaches no one.
+    let text = std::fs::read_to_string(sandbox.config()).unwrap();
+    let start = text
+        .find("[[recipient]]\nid = \"court-listing:BRADFORDCC\"")
+        .unwrap();
+    let end = start + text[start..].find("\n\n").unwrap();
+    std::fs::write(
+        sandbox.config(),
+        format!("{}{}", &text[..start], &text[end + 2..]),
+    )
+    .unwrap();
+    let run = sandbox.check();
+    assert_eq!(run.code, 1, "{run:?}");
+    let line = run
+        .stderr
+        .lines()
+        .find(|l| l.contains("court.hearing.concluded--adjourned.json"))
+        .unwrap_or_else(|| panic!("{run:?}"));
+    assert!(
+        line.contains("court-listing:BRADFORDCC") && line.contains("unknown-recipient"),
+        "{line}"
+    );
+}
+
+#[test]
+fn route_test_exits_non_zero_when_the_service_would_park_a_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut doc: Value =
+        serde_json::from_slice(&std::fs::read(root().join(WARRANT)).unwrap()).unwrap();
+    doc["additionalInformation"]["offender"]["homeBcu"] = "XYZ-NOWHERE".into();
+    let file = dir.path().join("warrant.json");
+    std::fs::write(&file, serde_json::to_vec(&doc).unwrap()).unwrap();
+    let run = herald(&["route-test", file.to_str().unwrap()]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stdout.contains("unknown-recipient"), "{run:?}");
+    assert!(run.stdout.contains("police:XYZ-NOWHERE"), "{run:?}");
+}
+
+#[test]
 fn check_reports_a_bad_regex_matcher_on_one_line() {
     let sandbox = Sandbox::new();
     sandbox.set_route(

@@ -321,10 +321,11 @@ fn an_unknown_bcu_is_reported_with_its_reason_not_dropped() {
     // The listing office of an unknown court is reported the same way, while police are still told.
     let mut doc = common::example("court.hearing.concluded--adjourned.json");
     doc["additionalInformation"]["offender"]["homeBcu"] = json!("WYP-LEEDS");
+    doc["additionalInformation"]["nextHearing"]["court"]["code"] = json!("NOWHERECC");
     let r = route(&doc);
     assert!(targets(&r).contains(&("police:WYP-LEEDS".into(), "email".into())));
     assert!(
-        matches!(&r.problems[..], [Problem::UnknownRecipient { reason, .. }] if reason.contains("court-listing:BRADFORDCC"))
+        matches!(&r.problems[..], [Problem::UnknownRecipient { reason, .. }] if reason.contains("court-listing:NOWHERECC"))
     );
 }
 

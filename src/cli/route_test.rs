@@ -59,7 +59,8 @@ pub fn run(
             } else {
                 print!("{}", human(&event, &routing, render));
             }
-            ExitCode::SUCCESS
+            // A problem here is what the service would park: say so in the exit status.
+            super::passed(routing.problems.is_empty())
         }
     }
 }

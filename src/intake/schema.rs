@@ -258,6 +258,82 @@ impl SchemaSet {
         })
     }
 
+    /// For a path `event_type` lacks, the nearest one it has: the first segment that names no
+    /// field replaced by a field of the same object spelt alike (`offender.homeBCU` ->
+    /// `offender.homeBcu`), if there is one.
+    pub fn suggest(&self, event_type: &EventType, path: &FieldPath) -> Option<String> {
+        let segments = path.segments();
+        let mut text: Vec<String> = Vec::new();
+        for (i, segment) in segments.iter().enumerate() {
+            let Segment::Key(key) = segment else {
+                text.push("[]".into());
+                continue;
+            };
+            text.push(key.clone());
+            let prefix = FieldPath::parse_each(&dotted(&text)).ok()?;
+            if self.has_field(event_type, &prefix) {
+                continue;
+            }
+            text.pop();
+            let names = self.fields_at(event_type, &text)?;
+            let best = names
+                .into_iter()
+                .map(|n| (distance(&n.to_lowercase(), &key.to_lowercase()), n))
+                .filter(|(d, _)| *d <= 2)
+                .min()?;
+            let mut fixed = text.clone();
+            fixed.push(best.1);
+            for rest in &segments[i + 1..] {
+                match rest {
+                    Segment::Key(k) => fixed.push(k.clone()),
+                    Segment::Each => fixed.push("[]".into()),
+                }
+            }
+            let candidate = dotted(&fixed);
+            let parsed = FieldPath::parse_each(&candidate).ok()?;
+            return self.has_field(event_type, &parsed).then_some(candidate);
+        }
+        None
+    }
+
+    /// The property names of the object at `prefix` (segments as text, `[]` for items).
+    fn fields_at(&self, event_type: &EventType, prefix: &[String]) -> Option<Vec<String>> {
+        let mut names = Vec::new();
+        for version in self.versions(event_type) {
+            let id = self.event_ids.get(&(event_type.clone(), *version))?;
+            let doc = self.documents.get(id)?;
+            let mut nodes = Vec::new();
+            self.expand(
+                doc.pointer("/properties/additionalInformation")?,
+                id,
+                0,
+                &mut nodes,
+            );
+            for segment in prefix {
+                let mut next = Vec::new();
+                for (node, base) in &nodes {
+                    let child = if segment == "[]" {
+                        node.get("items")
+                    } else {
+                        node.get("properties").and_then(|p| p.get(segment.as_str()))
+                    };
+                    if let Some(child) = child {
+                        self.expand(child, base, 0, &mut next);
+                    }
+                }
+                nodes = next;
+            }
+            for (node, _) in nodes {
+                if let Some(props) = node.get("properties").and_then(Value::as_object) {
+                    names.extend(props.keys().cloned());
+                }
+            }
+        }
+        names.sort();
+        names.dedup();
+        Some(names)
+    }
+
     /// A schema and every subschema that applies to the same value, each with the `$id` its
     /// references resolve against.
     fn expand<'s>(
@@ -311,6 +387,35 @@ impl SchemaSet {
         };
         Some((target, document.to_string()))
     }
+}
+
+/// Segments as a dotted path: `["offences", "[]", "description"]` -> `offences[].description`.
+fn dotted(parts: &[String]) -> String {
+    let mut text = String::new();
+    for s in parts {
+        if s != "[]" && !text.is_empty() {
+            text.push('.');
+        }
+        text.push_str(s);
+    }
+    text
+}
+
+/// Levenshtein distance, for suggesting the field a misspelt path meant.
+fn distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            let next = (row[j + 1] + 1).min(row[j] + 1).min(prev + cost);
+            prev = row[j + 1];
+            row[j + 1] = next;
+        }
+    }
+    row[b.len()]
 }
 
 fn read_json(path: &Path) -> Result<Value, SchemaError> {

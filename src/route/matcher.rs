@@ -7,6 +7,9 @@ use serde_json::Value;
 
 use crate::field::FieldPath;
 
+/// The operators a matcher may use.
+const OPERATORS: [&str; 4] = ["=", "!=", "=~", "!~"];
+
 #[derive(Debug, Clone)]
 pub struct Matcher {
     text: String,
@@ -25,11 +28,29 @@ enum Op {
 impl Matcher {
     pub fn parse(text: &str) -> Result<Matcher, String> {
         let bad = |why: &str| format!("matcher '{text}': {why}");
-        let (at, op) = ["=~", "!~", "!=", "="]
-            .iter()
-            .filter_map(|op| text.find(op).map(|at| (at, *op)))
-            .min_by_key(|(at, op)| (*at, std::cmp::Reverse(op.len())))
+        let is_op = |c: char| matches!(c, '=' | '!' | '~' | '<' | '>');
+        let at = text
+            .find(is_op)
             .ok_or_else(|| bad("no operator (=, !=, =~, !~)"))?;
+        let op_len = text[at..]
+            .find(|c: char| !is_op(c))
+            .unwrap_or(text.len() - at);
+        let op = &text[at..at + op_len];
+        if !OPERATORS.contains(&op) {
+            let hint = match op {
+                "==" | "===" => "; did you mean \"=\"?".to_owned(),
+                "!==" | "<>" | "=!" | "!" => "; did you mean \"!=\"?".to_owned(),
+                "~=" | "~" | "==~" => "; did you mean \"=~\"?".to_owned(),
+                "~!" | "!=~" => "; did you mean \"!~\"?".to_owned(),
+                "<" | ">" | "<=" | ">=" => {
+                    "; values compare as text: use =~ with a regular expression".to_owned()
+                }
+                _ => String::new(),
+            };
+            return Err(bad(&format!(
+                "unknown operator \"{op}\" (the operators are =, !=, =~, !~){hint}"
+            )));
+        }
         let path = FieldPath::parse(&text[..at]).map_err(|e| bad(&e))?;
         let raw = text[at + op.len()..].trim();
         let value = if raw.starts_with('"') {
@@ -37,6 +58,10 @@ impl Matcher {
                 .map_err(|_| bad("the value's quotes are not closed or it has a bad escape"))?
         } else if raw.is_empty() {
             return Err(bad("no value"));
+        } else if raw.starts_with(is_op) {
+            return Err(bad(
+                "an unquoted value cannot start with =, !, ~, < or >; put it in quotes",
+            ));
         } else {
             raw.to_owned()
         };
@@ -109,9 +134,30 @@ mod tests {
             r#"kind =~ "(""#,
             r#"= "x""#,
             r#"kind = "unclosed"#,
+            "kind = =x",
         ] {
             let err = Matcher::parse(bad).unwrap_err();
             assert!(err.starts_with("matcher '"), "{err}");
         }
+    }
+
+    #[test]
+    fn an_unknown_operator_is_refused_with_the_one_meant() {
+        for (text, hint) in [
+            ("offender.ppo == true", "did you mean \"=\"?"),
+            ("offender.ppo === true", "did you mean \"=\"?"),
+            ("kind <> breach", "did you mean \"!=\"?"),
+            (r#"kind ~= "fail.*""#, "did you mean \"=~\"?"),
+            ("offender.mappaLevel >= 2", "use =~"),
+        ] {
+            let err = Matcher::parse(text).unwrap_err();
+            assert!(
+                err.contains("unknown operator") && err.contains(hint),
+                "{text}: {err}"
+            );
+        }
+        // In quotes an operator's characters are just text.
+        let info = json!({"kind": "= true"});
+        assert!(Matcher::parse(r#"kind = "= true""#).unwrap().matches(&info));
     }
 }

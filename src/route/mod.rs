@@ -23,6 +23,7 @@ pub use redact::Redaction;
 
 use crate::config::RouteConfig;
 use crate::event::{Event, EventType};
+use crate::field::FieldPath;
 use crate::intake::SchemaSet;
 use crate::notification::{
     Channel, Content, IdempotencyKey, Notification, Priority, Problem, Routing, Skip, Sla,
@@ -99,6 +100,41 @@ impl Route {
                 None
             }
         };
+        // Every field the route reads must be one the schemas of its events have: a misspelt
+        // path would otherwise never match, never name a recipient, never give a deadline.
+        let mut paths: Vec<(String, &FieldPath)> = Vec::new();
+        for m in &matchers {
+            paths.push((format!("matchers: '{}'", m.text()), m.path()));
+        }
+        for selector in &to {
+            for f in selector.fields() {
+                paths.push((format!("to: \"{}\"", selector.text()), f));
+            }
+        }
+        if let Some(f) = sla.as_ref().and_then(SlaRule::field) {
+            paths.push(("sla".to_owned(), f));
+        }
+        let mut types: Vec<&EventType> = events.iter().collect();
+        types.sort();
+        for (what, path) in paths {
+            let missing: Vec<&str> = types
+                .iter()
+                .filter(|t| !schemas.has_field(t, path))
+                .map(|t| t.as_str())
+                .collect();
+            if let Some(first) = missing.first() {
+                let hint = types
+                    .iter()
+                    .find(|t| t.as_str() == *first)
+                    .and_then(|t| schemas.suggest(t, path))
+                    .map(|s| format!(" (did you mean {s}?)"))
+                    .unwrap_or_default();
+                errors.push(format!(
+                    "{what}: {path} is not a field of {}{hint}",
+                    missing.join(", ")
+                ));
+            }
+        }
         let priority = match config.priority.as_deref() {
             None => Priority::Routine,
             Some(p) => Priority::parse(p).unwrap_or_else(|| {

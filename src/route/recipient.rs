@@ -340,6 +340,18 @@ impl Selector {
         }
     }
 
+    /// The event fields a pattern fills its id from (none for other selectors).
+    pub fn fields(&self) -> impl Iterator<Item = &FieldPath> {
+        let parts = match self {
+            Selector::Pattern { parts, .. } => parts.as_slice(),
+            _ => &[],
+        };
+        parts.iter().filter_map(|p| match p {
+            Part::Field(f) => Some(f),
+            Part::Text(_) => None,
+        })
+    }
+
     /// The classes this selector can reach.
     pub fn class(&self) -> RecipientClass {
         match self {
