@@ -219,10 +219,12 @@ impl Link {
             .confirm_select(ConfirmSelectOptions::default())
             .await
             .map_err(broker)?;
-        topology::declare(&consuming, settings)
+        topology::declare(&connection, settings)
             .await
             .map_err(broker)?;
-        retry::declare(&consuming, settings).await.map_err(broker)?;
+        retry::declare(&connection, settings)
+            .await
+            .map_err(broker)?;
         consuming
             .basic_qos(settings.prefetch, BasicQosOptions::default())
             .await

@@ -10,12 +10,12 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use lapin::options::QueueDeclareOptions;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Channel};
+use lapin::{BasicProperties, Channel, Connection};
 use serde::{Deserialize, Serialize};
 
 use super::Settings;
 use super::park::ParkError;
-use super::topology::{dead_letter_to, quorum};
+use super::topology::{dead_letter_to, declare_or_keep, quorum};
 use crate::deliver::Outgoing;
 use crate::event::Event;
 use crate::notification::{Channel as Medium, Content, Notification, Priority, Sla};
@@ -133,15 +133,23 @@ pub fn queues(s: &Settings) -> Vec<String> {
 
 /// Declares the deliveries queue and one delay queue per distinct wait. Dead-lettering is
 /// at-least-once (quorum queues, `reject-publish` overflow), so a due retry is never dropped.
-pub async fn declare(channel: &Channel, s: &Settings) -> Result<(), lapin::Error> {
+/// Declares the deliveries queue and the delay queues. A due retry that keeps coming back
+/// (Herald could neither deliver, reschedule nor park it) is dead-lettered to the failed queue
+/// after `amqp.delivery_limit` deliveries, where an operator sees it, rather than dropped by
+/// the broker's own default limit (RabbitMQ 4: 20).
+pub async fn declare(connection: &Connection, s: &Settings) -> Result<(), lapin::Error> {
     let durable = QueueDeclareOptions {
         durable: true,
         ..QueueDeclareOptions::default()
     };
     let deliveries = deliveries_queue(s);
-    channel
-        .queue_declare(deliveries.as_str().into(), durable, quorum(&[]))
-        .await?;
+    let mut args = vec![(
+        "x-delivery-limit",
+        AMQPValue::LongInt(i32::from(s.delivery_limit)),
+    )];
+    args.extend(dead_letter_to(&s.failed_queue));
+    let channel = connection.create_channel().await?;
+    let channel = declare_or_keep(connection, channel, &deliveries, quorum(&args)).await?;
     for wait in &s.retry_schedule {
         let ttl = i64::try_from(wait.as_millis()).unwrap_or(i64::MAX);
         let mut args = vec![("x-message-ttl", AMQPValue::LongLongInt(ttl))];
@@ -151,6 +159,7 @@ pub async fn declare(channel: &Channel, s: &Settings) -> Result<(), lapin::Error
             .queue_declare(delay_queue(s, *wait).as_str().into(), durable, args)
             .await?;
     }
+    let _ = channel.close(200, "retry queues declared".into()).await;
     Ok(())
 }
 

@@ -4,10 +4,18 @@
 //! The events queue has a delivery limit: an event that keeps coming back (one that crashes
 //! Herald, say) is dead-lettered, at least once, to the rejected queue instead of looping; the
 //! broker's `x-death` header there says `delivery_limit`.
+//!
+//! The parking queues hold messages for an operator to look at, and looking (`herald dlq`) takes
+//! a message and puts it back, which a quorum queue counts as a delivery. RabbitMQ 4 gives
+//! quorum queues a default limit of 20 deliveries, after which a message is dropped, so the
+//! parking queues are declared with a limit no inspection will reach. (RabbitMQ 3 has no
+//! default, and there `-1`, RabbitMQ 4's "no limit", drops a message at its first return: the
+//! explicit large limit means the same on both.)
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{Channel, ExchangeKind};
+use lapin::{Channel, Connection, ExchangeKind};
+use tracing::warn;
 
 use super::Settings;
 
@@ -40,11 +48,23 @@ pub(super) fn dead_letter_to(queue: &str) -> [(&'static str, AMQPValue); 4] {
     ]
 }
 
-pub async fn declare(channel: &Channel, s: &Settings) -> Result<(), lapin::Error> {
+/// A delivery limit no number of looks reaches (2^31 - 1).
+pub(super) const NEVER: i32 = i32::MAX;
+
+/// Arguments of a queue that holds messages until an operator acts: a quorum queue that never
+/// drops a message for having been looked at.
+pub(super) fn parking() -> FieldTable {
+    quorum(&[("x-delivery-limit", AMQPValue::LongInt(NEVER))])
+}
+
+/// Declares the exchange, the events queue and its binding, and the parking queues, on
+/// channels of its own (a refused declaration closes its channel).
+pub async fn declare(connection: &Connection, s: &Settings) -> Result<(), lapin::Error> {
     let durable = QueueDeclareOptions {
         durable: true,
         ..QueueDeclareOptions::default()
     };
+    let mut channel = connection.create_channel().await?;
     channel
         .exchange_declare(
             s.exchange.as_str().into(),
@@ -65,9 +85,7 @@ pub async fn declare(channel: &Channel, s: &Settings) -> Result<(), lapin::Error
         .queue_declare(s.queue.as_str().into(), durable, quorum(&events))
         .await?;
     for queue in [&s.rejected_queue, &s.failed_queue] {
-        channel
-            .queue_declare(queue.as_str().into(), durable, quorum(&[]))
-            .await?;
+        channel = declare_or_keep(connection, channel, queue, parking()).await?;
     }
     channel
         .queue_bind(
@@ -77,5 +95,48 @@ pub async fn declare(channel: &Channel, s: &Settings) -> Result<(), lapin::Error
             QueueBindOptions::default(),
             FieldTable::default(),
         )
-        .await
+        .await?;
+    let _ = channel.close(200, "topology declared".into()).await;
+    Ok(())
+}
+
+/// Declares a durable queue with `args`. If the broker has the queue with other arguments (an
+/// older Herald declared it), keeps using it as it is and says so: refusing to start would stop
+/// every notification for what is a weaker guarantee, not a broken one. Returns the channel to
+/// go on with (a refused declaration closes its channel).
+pub(super) async fn declare_or_keep(
+    connection: &Connection,
+    channel: Channel,
+    queue: &str,
+    args: FieldTable,
+) -> Result<Channel, lapin::Error> {
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    match channel.queue_declare(queue.into(), durable, args).await {
+        Ok(_) => Ok(channel),
+        Err(e) if precondition_failed(&e) => {
+            let channel = connection.create_channel().await?;
+            let passive = QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            };
+            channel
+                .queue_declare(queue.into(), passive, FieldTable::default())
+                .await?;
+            warn!(
+                queue,
+                refused = %e,
+                "this queue exists with other arguments than Herald declares (an older Herald made it); it is used as it is, without the delivery limit Herald gives it; empty it and delete it so Herald declares it anew"
+            );
+            Ok(channel)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether the broker refused a declaration as inequivalent to the queue it has (406).
+fn precondition_failed(e: &lapin::Error) -> bool {
+    matches!(e.kind(), lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == 406)
 }
