@@ -66,8 +66,9 @@ async fn dlq(core: Core, action: Action) -> Result<ExitCode, String> {
         .await
         .map_err(|e| {
             format!(
-                "cannot reach RabbitMQ at {}: {e}",
-                redact_url(&settings.amqp_url)
+                "cannot reach RabbitMQ at {}: {}",
+                redact_url(&settings.amqp_url),
+                crate::mask::scrub(&e.to_string(), &settings.amqp_url)
             )
         })?;
     let ch = connection
