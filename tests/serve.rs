@@ -1352,3 +1352,149 @@ async fn every_kind_of_parked_record_lists_in_readable_columns() {
     );
     service::cleanup(&ch, &names).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_event_past_the_delivery_limit_is_explained_and_replayed_with_its_publisher() {
+    use lapin::options::{BasicGetOptions, BasicNackOptions, QueueDeclareOptions};
+    use lapin::types::{AMQPValue, FieldTable};
+    let (receiver, names) = (Receiver::start().await, Names::new("delivery-limit"));
+    let (_conn, ch) = service::channel().await;
+    // The events queue as Herald declares it, with a delivery limit of 1, dead-lettering to
+    // the test's rejected queue; and the deliveries queue a replay sends to.
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    let quorum = |extra: &[(&str, AMQPValue)]| {
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
+        for (k, v) in extra {
+            args.insert((*k).into(), v.clone());
+        }
+        args
+    };
+    let deliveries = format!("{}.deliveries", names.queue);
+    for queue in [&names.rejected, &deliveries] {
+        ch.queue_declare(queue.as_str().into(), durable, quorum(&[]))
+            .await
+            .unwrap();
+    }
+    let text = |s: &str| AMQPValue::LongString(s.into());
+    ch.queue_declare(
+        names.queue.as_str().into(),
+        durable,
+        quorum(&[
+            ("x-delivery-limit", AMQPValue::LongInt(1)),
+            ("x-dead-letter-exchange", text("")),
+            ("x-dead-letter-routing-key", text(&names.rejected)),
+            ("x-dead-letter-strategy", text("at-least-once")),
+            ("x-overflow", text("reject-publish")),
+        ]),
+    )
+    .await
+    .unwrap();
+    service::publish(
+        &ch,
+        "",
+        &names.queue,
+        &body("court.warrant.issued.json"),
+        agency("evt-delivery-limit"),
+    )
+    .await;
+    // A consumer that never finishes: each delivery goes back, until the broker gives up.
+    let mut returned = 0;
+    while let Some(got) = ch
+        .basic_get(
+            names.queue.as_str().into(),
+            BasicGetOptions { no_ack: false },
+        )
+        .await
+        .unwrap()
+    {
+        got.delivery
+            .nack(BasicNackOptions {
+                requeue: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        returned += 1;
+        assert!(returned <= 5, "the broker never dead-lettered the event");
+    }
+    assert_eq!(returned, 2, "delivered twice, the limit being 1");
+    wait_until("the event dead-lettered", WAIT, || async {
+        ready(&names.rejected).await == 1
+    })
+    .await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = service::config_file(dir.path(), &names, &receiver, "\"court.warrant.issued\"");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replacen("prefetch = 100", "prefetch = 100\ndelivery_limit = 1", 1),
+    )
+    .unwrap();
+    let explanation = format!(
+        "the broker dead-lettered it from {} after 2 deliveries: Herald never finished handling \
+         it (see Herald's log for event id evt-delivery-limit)",
+        names.queue
+    );
+
+    let (ok, out) = dlq(&config, &["list", "rejected"]);
+    assert!(ok, "{out}");
+    let row = out.lines().nth(1).unwrap_or_default();
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(cells[2], "delivery-limit", "{out}");
+    assert_eq!(
+        &cells[7..10],
+        ["evt-delivery-limit", "court.warrant.issued", "guest"],
+        "{out}"
+    );
+    assert!(row.ends_with(&explanation), "{out}");
+
+    let records = dlq_json(&config, "rejected");
+    assert_eq!(records.len(), 1);
+    let r = &records[0];
+    assert_eq!(
+        (&r["kind"], &r["reason"]),
+        (&json!("delivery-limit"), &json!("delivery-limit")),
+        "{r}"
+    );
+    assert_eq!(r["publisher"], "guest", "{r}");
+    assert_eq!(r["detail"], explanation.as_str(), "{r}");
+    assert!(
+        r["parkedAt"].as_str().is_some_and(|t| t.ends_with('Z')),
+        "{r}"
+    );
+
+    let (ok, out) = dlq(&config, &["show", "rejected", "1"]);
+    assert!(
+        ok && out.contains("reason      delivery-limit") && out.contains(&explanation),
+        "{out}"
+    );
+    assert!(
+        out.contains("x-death: [{") && out.contains("\"reason\":\"delivery_limit\""),
+        "{out}"
+    );
+    assert!(out.contains("user_id: guest"), "{out}");
+    assert!(
+        !out.contains("LongString") && !out.contains("FieldTable"),
+        "{out}"
+    );
+
+    // Replayed with the publisher the broker kept: routed again, its notifications queued.
+    let (ok, out) = dlq(&config, &["replay", "rejected"]);
+    assert!(ok && out.contains("replayed: 2"), "{out}");
+    let queued = service::drain(&ch, &deliveries).await;
+    assert_eq!(queued.len(), 2);
+    for m in &queued {
+        let p: serde_json::Value = serde_json::from_slice(&m.data).unwrap();
+        assert_eq!(p["eventId"], "evt-delivery-limit", "{p}");
+    }
+    assert_eq!(ready(&names.rejected).await, 0);
+    service::cleanup(&ch, &names).await;
+}

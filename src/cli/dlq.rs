@@ -686,7 +686,11 @@ async fn replay(
         Which::Rejected => (
             m.data.clone(),
             m.properties.message_id().as_ref().map(|i| i.to_string()),
-            header_text(m.properties.headers(), "x-herald-original-user-id"),
+            // Herald records the publisher in a header when it refuses an event; an event the
+            // broker dead-lettered itself (past the delivery limit) keeps its own user_id,
+            // which the broker verified when it was published.
+            header_text(m.properties.headers(), "x-herald-original-user-id")
+                .or_else(|| m.properties.user_id().as_ref().map(|u| u.to_string())),
             None,
         ),
         Which::Failed => {
