@@ -355,9 +355,32 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{path}: {message}")]
-    Parse { path: PathBuf, message: String },
+    #[error("{}", lines(path, &problems.0).join("\n"))]
+    Parse { path: PathBuf, problems: ParseError },
 }
+
+impl ConfigError {
+    /// One line per problem, each naming the file.
+    pub fn lines(&self) -> Vec<String> {
+        match self {
+            ConfigError::Read { .. } => vec![self.to_string()],
+            ConfigError::Parse { path, problems } => lines(path, &problems.0),
+        }
+    }
+}
+
+fn lines(path: &Path, problems: &[String]) -> Vec<String> {
+    problems
+        .iter()
+        .map(|p| format!("{}: {p}", path.display()))
+        .collect()
+}
+
+/// What is wrong with the text of routes.toml: one problem a line, each with its line, column
+/// and key. None quotes the file, which may hold a secret by mistake.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", .0.join("\n"))]
+pub struct ParseError(pub Vec<String>);
 
 impl Config {
     /// Reads and parses the file; paths inside it are resolved against its folder.
@@ -366,16 +389,16 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        Config::parse_in(&text, path.parent().unwrap_or(Path::new(""))).map_err(|message| {
+        Config::parse_in(&text, path.parent().unwrap_or(Path::new(""))).map_err(|problems| {
             ConfigError::Parse {
                 path: path.to_owned(),
-                message,
+                problems,
             }
         })
     }
 
     /// Parses TOML text as if it were a file in `base`: its paths are resolved against `base`.
-    pub fn parse_in(text: &str, base: &Path) -> Result<Config, String> {
+    pub fn parse_in(text: &str, base: &Path) -> Result<Config, ParseError> {
         let mut config = Config::parse(text)?;
         config.paths.schemas = base.join(&config.paths.schemas);
         config.paths.templates = base.join(&config.paths.templates);
@@ -387,8 +410,420 @@ impl Config {
         Ok(config)
     }
 
-    /// Parses TOML text; the error names the line and column.
-    pub fn parse(text: &str) -> Result<Config, String> {
-        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())
+    /// Parses TOML text. Each problem names its line, column and key without quoting the
+    /// text (toml's own message shows the line, which may be `secret = "whsec_…"`), and a
+    /// secret written into the file is refused: secrets live in environment variables.
+    pub fn parse(text: &str) -> Result<Config, ParseError> {
+        let (tree, syntax) = toml::de::DeTable::parse_recoverable(text);
+        let tree = tree.into_inner();
+        // A syntax error is reported with any secret in what could be read around it; the
+        // errors after the first are mostly its echoes.
+        let mut problems: Vec<String> = syntax
+            .first()
+            .map(|e| {
+                let at = e.span().map_or(text.len(), |s| s.start);
+                problem(text, &tree, at, &mask_message(e.message()))
+            })
+            .into_iter()
+            .collect();
+        problems.extend(inline_secrets(text, &tree));
+        if !problems.is_empty() {
+            return Err(ParseError(problems));
+        }
+        toml::from_str(text).map_err(|e| {
+            let at = e.span().map_or(text.len(), |s| s.start);
+            ParseError(vec![problem(text, &tree, at, &mask_message(e.message()))])
+        })
+    }
+}
+
+/// The keys of webhook tables that hold names of variables or a URL, never a secret.
+const WEBHOOK_KEYS: [&str; 3] = ["url", "secret_env", "previous_secret_env"];
+
+/// Where secrets go instead of routes.toml.
+const PUT_IT_IN_THE_ENVIRONMENT: &str = "put it in an environment variable and name that \
+     variable in secret_env (the value is not shown)";
+
+/// A Standard Webhooks signing secret starts with this, wherever it is pasted.
+const WHSEC: &str = "whsec_";
+
+/// Every secret written into the file: a key named like a secret in a `webhook` table, and
+/// any key or string holding a `whsec_` signing secret.
+fn inline_secrets(text: &str, tree: &toml::de::DeTable<'_>) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut report = |at: usize, message: &str| found.push(problem(text, tree, at, message));
+    walk_secrets(tree, false, &mut report);
+    found
+}
+
+fn walk_secrets(
+    table: &toml::de::DeTable<'_>,
+    in_webhook: bool,
+    report: &mut impl FnMut(usize, &str),
+) {
+    for (key, value) in table.iter() {
+        let name: &str = key.get_ref();
+        if name.contains(WHSEC) {
+            report(
+                key.span().start,
+                &format!(
+                    "a key name holds a signing secret, which cannot be written in \
+                     routes.toml: {PUT_IT_IN_THE_ENVIRONMENT}"
+                ),
+            );
+            continue;
+        }
+        if in_webhook && !WEBHOOK_KEYS.contains(&name) && crate::mask::is_secret_name(name) {
+            report(
+                key.span().start,
+                &format!(
+                    "a webhook's {name} cannot be written in routes.toml: \
+                     {PUT_IT_IN_THE_ENVIRONMENT}"
+                ),
+            );
+            continue;
+        }
+        match value.get_ref() {
+            toml::de::DeValue::String(s) if s.contains(WHSEC) => {
+                let what = if name.ends_with("secret_env") {
+                    format!(
+                        "this is a signing secret, not the name of an environment \
+                         variable: put the secret in an environment variable and name that \
+                         variable in {name} (the value is not shown)"
+                    )
+                } else {
+                    format!(
+                        "this is a signing secret, which cannot be written in routes.toml: \
+                         {PUT_IT_IN_THE_ENVIRONMENT}"
+                    )
+                };
+                report(value.span().start, &what);
+            }
+            toml::de::DeValue::Table(t) => walk_secrets(t, name == "webhook", report),
+            toml::de::DeValue::Array(items) => {
+                for item in items.iter() {
+                    match item.get_ref() {
+                        toml::de::DeValue::String(s) if s.contains(WHSEC) => report(
+                            item.span().start,
+                            &format!(
+                                "this is a signing secret, which cannot be written in \
+                                 routes.toml: {PUT_IT_IN_THE_ENVIRONMENT}"
+                            ),
+                        ),
+                        toml::de::DeValue::Table(t) => walk_secrets(t, false, report),
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// One step of the way to a place in the file.
+#[derive(Debug, Clone)]
+enum Step {
+    Key(String),
+    /// An element of an array; for a table (`[[recipient]]`), its `id` or `name` if it has one.
+    Item {
+        number: usize,
+        table: bool,
+        label: Option<String>,
+    },
+}
+
+/// "line L, column C, [[recipient]] police:X, key webhook.url: message".
+fn problem(text: &str, tree: &toml::de::DeTable<'_>, at: usize, message: &str) -> String {
+    let (line, column) = line_column(text, at);
+    let mut steps = Vec::new();
+    locate(tree, at, &mut Vec::new(), &mut steps);
+    let place = match describe(&steps) {
+        Some(place) => Some(place),
+        // Not inside anything read (a syntax error): the last key before it.
+        None => {
+            let mut before = (0, Vec::new());
+            last_before(tree, at, &mut Vec::new(), &mut before);
+            describe(&before.1).map(|p| format!("after {p}"))
+        }
+    };
+    match place {
+        Some(place) => format!("line {line}, column {column}, {place}: {message}"),
+        None => format!("line {line}, column {column}: {message}"),
+    }
+}
+
+/// The key that starts last before the offset, as the steps to it.
+fn last_before(
+    table: &toml::de::DeTable<'_>,
+    at: usize,
+    path: &mut Vec<Step>,
+    best: &mut (usize, Vec<Step>),
+) {
+    for (key, value) in table.iter() {
+        let start = key.span().start;
+        path.push(Step::Key(key.get_ref().to_string()));
+        if start <= at && (start >= best.0 || best.1.is_empty()) {
+            *best = (start, path.clone());
+        }
+        match value.get_ref() {
+            toml::de::DeValue::Table(t) => last_before(t, at, path, best),
+            toml::de::DeValue::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    if let Some(t) = item.get_ref().as_table() {
+                        path.push(Step::Item {
+                            number: i + 1,
+                            table: true,
+                            label: label(t),
+                        });
+                        last_before(t, at, path, best);
+                        path.pop();
+                    }
+                }
+            }
+            _ => {}
+        }
+        path.pop();
+    }
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn line_column(text: &str, at: usize) -> (usize, usize) {
+    let mut at = at.min(text.len());
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
+    let before = &text[..at];
+    let line = before.matches('\n').count() + 1;
+    let start = before.rfind('\n').map_or(0, |i| i + 1);
+    (line, before[start..].chars().count() + 1)
+}
+
+/// The deepest key whose key or value covers the offset, as the steps to it.
+fn locate(table: &toml::de::DeTable<'_>, at: usize, path: &mut Vec<Step>, best: &mut Vec<Step>) {
+    for (key, value) in table.iter() {
+        path.push(Step::Key(key.get_ref().to_string()));
+        if (covers(&key.span(), at) || covers(&value.span(), at)) && path.len() > best.len() {
+            *best = path.clone();
+        }
+        locate_value(value, at, path, best);
+        path.pop();
+    }
+}
+
+fn locate_value(
+    value: &toml::Spanned<toml::de::DeValue<'_>>,
+    at: usize,
+    path: &mut Vec<Step>,
+    best: &mut Vec<Step>,
+) {
+    match value.get_ref() {
+        toml::de::DeValue::Table(t) => locate(t, at, path, best),
+        toml::de::DeValue::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                let table = item.get_ref().as_table();
+                path.push(Step::Item {
+                    number: i + 1,
+                    table: table.is_some(),
+                    label: table.and_then(label),
+                });
+                if covers(&item.span(), at) && path.len() > best.len() {
+                    *best = path.clone();
+                }
+                locate_value(item, at, path, best);
+                path.pop();
+            }
+        }
+        _ => {}
+    }
+}
+
+fn covers(span: &std::ops::Range<usize>, at: usize) -> bool {
+    span.start <= at && at < span.end.max(span.start + 1)
+}
+
+/// A table's `id` or `name`, to say which `[[recipient]]` or `[[route]]` a problem is in.
+fn label(table: &toml::de::DeTable<'_>) -> Option<String> {
+    ["id", "name"].iter().find_map(|k| {
+        let (_, v) = table.iter().find(|(key, _)| key.get_ref() == k)?;
+        let s = v.get_ref().as_str()?;
+        (s.len() <= 80 && !s.contains(WHSEC) && !s.chars().any(char::is_control))
+            .then(|| s.to_owned())
+    })
+}
+
+/// "[[recipient]] police:X, key webhook.url", or "key amqp.prefetch".
+fn describe(steps: &[Step]) -> Option<String> {
+    let mut section = None;
+    let mut keys: Vec<&str> = Vec::new();
+    for (i, step) in steps.iter().enumerate() {
+        match step {
+            Step::Key(k) => {
+                let is_section = matches!(steps.get(i + 1), Some(Step::Item { table: true, .. }));
+                if !is_section {
+                    keys.push(k);
+                }
+            }
+            Step::Item {
+                number,
+                table: true,
+                label,
+            } => {
+                let name = match i.checked_sub(1).map(|j| &steps[j]) {
+                    Some(Step::Key(k)) => k.as_str(),
+                    _ => "",
+                };
+                // A key inside the element: what came before belongs to the section.
+                keys.clear();
+                section = Some(match label {
+                    Some(l) => format!("[[{name}]] {l}"),
+                    None => format!("[[{name}]] number {number}"),
+                });
+            }
+            // An element of a list of values: the list's key says enough.
+            Step::Item { .. } => {}
+        }
+    }
+    let keys = (!keys.is_empty()).then(|| format!("key {}", keys.join(".")));
+    match (section, keys) {
+        (Some(s), Some(k)) => Some(format!("{s}, {k}")),
+        (s, k) => s.or(k),
+    }
+}
+
+/// toml's and serde's message with every quoted value masked (`invalid type: string "…"`),
+/// and any signing secret, quoted or not.
+fn mask_message(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut chars = message.chars().peekable();
+    let mut in_backticks = false;
+    while let Some(c) = chars.next() {
+        match c {
+            '`' => {
+                in_backticks = !in_backticks;
+                out.push(c);
+            }
+            '"' if !in_backticks => {
+                // A value as serde quotes it (with Debug escapes): up to the closing quote.
+                while let Some(c) = chars.next() {
+                    match c {
+                        '\\' => {
+                            chars.next();
+                        }
+                        '"' => break,
+                        _ => {}
+                    }
+                }
+                out.push('"');
+                out.push_str(crate::mask::MASK);
+                out.push('"');
+            }
+            _ => out.push(c),
+        }
+    }
+    while let Some(i) = out.find(WHSEC) {
+        let end = out[i..]
+            .find(|c: char| !(c.is_ascii_alphanumeric() || "_+/=".contains(c)))
+            .map_or(out.len(), |n| i + n);
+        out.replace_range(i..end, crate::mask::MASK);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(text: &str) -> Vec<String> {
+        Config::parse(text).err().map(|e| e.0).unwrap_or_default()
+    }
+
+    const RECIPIENT: &str = "[[recipient]]\nid = \"police:X\"\nclass = \"police\"\nname = \"X\"\n";
+
+    #[test]
+    fn a_problem_is_named_by_line_column_and_key_and_its_value_is_not_quoted() {
+        assert_eq!(
+            problems("[amqp]\nprefetch = \"hunter2\"\n"),
+            ["line 2, column 12, key amqp.prefetch: invalid type: string \"***\", expected u16"]
+        );
+        let p = problems(&format!("{RECIPIENT}chanels = 1\n"));
+        assert!(
+            p[0].starts_with(
+                "line 5, column 1, [[recipient]] police:X, key chanels: unknown field"
+            ),
+            "{p:?}"
+        );
+        let p =
+            problems("[[route]]\nname = \"r\"\nevents = []\nto = []\ntemplate = \"t\"\nsla = 3\n");
+        assert!(
+            p[0].starts_with("line 6, column 7, [[route]] r, key sla: invalid type"),
+            "{p:?}"
+        );
+        // A syntax error names the last key read before it.
+        let p = problems("[amqp]\nurl = \"amqp://guest:hunter2@h\" x\n");
+        assert!(
+            p[0].starts_with("line 2, column 32, after key amqp.url: "),
+            "{p:?}"
+        );
+        assert!(p.iter().all(|p| !p.contains("hunter2")), "{p:?}");
+    }
+
+    #[test]
+    fn a_secret_written_into_the_file_is_refused_and_not_repeated() {
+        let secret = "whsec_c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0";
+        let cases = [
+            (
+                format!(
+                    "{RECIPIENT}webhook = {{ url = \"https://h.example/\", secret_env = \"S\", secret = \"{secret}\" }}\n"
+                ),
+                "[[recipient]] police:X, key webhook.secret: a webhook's secret cannot be written",
+            ),
+            (
+                format!(
+                    "{RECIPIENT}[recipient.webhook]\nurl = \"https://h.example/\"\nsecret_env = \"S\"\nPassword = \"pw\"\n"
+                ),
+                "[[recipient]] police:X, key webhook.Password: a webhook's Password cannot",
+            ),
+            (
+                format!(
+                    "{RECIPIENT}webhook = {{ url = \"https://h.example/\", secret_env = \"{secret}\" }}\n"
+                ),
+                "key webhook.secret_env: this is a signing secret, not the name of an environment variable",
+            ),
+            (
+                format!("[email]\nfrom = \"{secret}\"\n"),
+                "key email.from: this is a signing secret, which cannot be written",
+            ),
+            (
+                format!(
+                    "[[route]]\nname = \"r\"\nevents = []\nto = [\"{secret}\"]\ntemplate = \"t\"\n"
+                ),
+                "[[route]] r, key to: this is a signing secret",
+            ),
+        ];
+        for (text, want) in &cases {
+            let p = problems(text);
+            assert_eq!(p.len(), 1, "{text}: {p:?}");
+            assert!(p[0].contains(want), "{text}: {p:?}");
+            assert!(p[0].contains("environment variable"), "{p:?}");
+            assert!(
+                !p[0].contains("c2VjcmV0") && !p[0].contains("\"pw\""),
+                "{p:?}"
+            );
+        }
+        // The names of variables and the URL are not secrets.
+        assert!(
+            Config::parse(&format!(
+                "{RECIPIENT}webhook = {{ url = \"https://h.example/\", secret_env = \"S\", previous_secret_env = \"T\" }}\n"
+            ))
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn signing_secrets_are_masked_in_any_message() {
+        assert_eq!(
+            mask_message("unknown variant `whsec_abc+/=`, expected `a` or \"b\\\"c\""),
+            "unknown variant `***`, expected `a` or \"***\""
+        );
     }
 }

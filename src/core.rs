@@ -29,7 +29,7 @@ pub struct Core {
 impl Core {
     /// Loads routes.toml and everything it points to.
     pub fn load(path: &Path) -> Result<Core, Vec<String>> {
-        let config = Config::load(path).map_err(|e| vec![e.to_string()])?;
+        let config = Config::load(path).map_err(|e| e.lines())?;
         Core::from_config(config, path)
     }
 

@@ -13,6 +13,7 @@ pub mod deliver;
 pub mod event;
 pub mod field;
 pub mod intake;
+pub mod mask;
 pub mod metrics;
 pub mod notification;
 pub mod render;

@@ -11,6 +11,11 @@ use tempfile::TempDir;
 
 const WARRANT: &str = "schemas/examples/valid/court.warrant.issued.json";
 const HDC_NO_DATE: &str = "schemas/examples/invalid/hdc-approved-without-release-date.json";
+/// The variable the shipped directory's webhooks name for their signing secret.
+const SECRET_ENV: &str = "HERALD_WEBHOOK_SECRET";
+/// A valid signing secret (Standard Webhooks' own example), and its first webhook line.
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+const FIRST_WEBHOOK: &str = r#"webhook = { url = "http://127.0.0.1:9900/police/WYP-LEEDS", secret_env = "HERALD_WEBHOOK_SECRET" }"#;
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -45,10 +50,18 @@ impl std::fmt::Debug for Run {
 }
 
 fn herald(args: &[&str]) -> Run {
+    herald_with(args, &[])
+}
+
+/// Runs the binary with these environment variables set (and the signing secret's variable
+/// unset unless it is one of them).
+fn herald_with(args: &[&str], env: &[(&str, &str)]) -> Run {
     let out = Command::new(env!("CARGO_BIN_EXE_herald"))
         .args(args)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .env_remove("HERALD_CONFIG")
+        .env_remove(SECRET_ENV)
+        .envs(env.iter().copied())
         .output()
         .expect("the herald binary runs");
     let run = Run {
@@ -136,9 +149,57 @@ impl Sandbox {
         std::fs::write(path, changed).unwrap();
     }
 
+    /// Rewrites the copied routes.toml.
+    fn edit_config(&self, edit: impl FnOnce(String) -> String) {
+        let text = std::fs::read_to_string(self.config()).unwrap();
+        let changed = edit(text.clone());
+        assert_ne!(changed, text, "the edit of routes.toml changed nothing");
+        std::fs::write(self.config(), changed).unwrap();
+    }
+
+    /// Replaces the first recipient's webhook line.
+    fn set_first_webhook(&self, line: &str) {
+        self.edit_config(|t| t.replacen(FIRST_WEBHOOK, line, 1));
+    }
+
     fn check(&self) -> Run {
         herald(&["check", "--config", &self.config_arg()])
     }
+
+    fn check_with(&self, env: &[(&str, &str)]) -> Run {
+        herald_with(&["check", "--config", &self.config_arg()], env)
+    }
+}
+
+/// The number of the line of routes.toml that holds `text`.
+fn line_of(sandbox: &Sandbox, text: &str) -> usize {
+    std::fs::read_to_string(sandbox.config())
+        .unwrap()
+        .lines()
+        .position(|l| l.contains(text))
+        .unwrap_or_else(|| panic!("routes.toml has no line with {text:?}"))
+        + 1
+}
+
+/// Fails the test if any part of the secret appears in what the command printed.
+fn assert_not_shown(run: &Run, secret: &str) {
+    let body = secret.trim_start_matches("whsec_");
+    let both = run.both();
+    assert!(
+        !both.contains(secret) && !both.contains(body),
+        "the secret was printed: {run:?}"
+    );
+}
+
+/// The one `error:` line that contains `words`.
+fn error_line<'r>(run: &'r Run, words: &[&str]) -> &'r str {
+    let lines: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("error:") && words.iter().all(|w| l.contains(w)))
+        .collect();
+    assert_eq!(lines.len(), 1, "one error line with {words:?}: {run:?}");
+    lines[0]
 }
 
 fn strings(items: &[&str]) -> toml::Value {
@@ -379,6 +440,206 @@ fn check_refuses_html_templates_that_do_not_escape() {
             .unwrap_or_else(|| panic!("{unescaped}: no error names html.hbs: {run:?}"));
         assert!(line.contains("warrant-issued"), "{line}");
         assert!(line.contains("escape"), "{line}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// herald check and secrets: none is ever printed
+
+#[test]
+fn check_refuses_a_signing_secret_put_in_secret_env_without_printing_it() {
+    let sandbox = Sandbox::new();
+    sandbox.set_first_webhook(
+        &FIRST_WEBHOOK.replace("\"HERALD_WEBHOOK_SECRET\"", &format!("\"{SECRET}\"")),
+    );
+    let line = line_of(&sandbox, SECRET);
+    let run = sandbox.check_with(&[(SECRET_ENV, SECRET)]);
+    assert_eq!(run.code, 2, "{run:?}");
+    let error = error_line(
+        &run,
+        &[
+            &sandbox.config_arg(),
+            &format!("line {line}, "),
+            "[[recipient]] police:WYP-LEEDS, key webhook.secret_env",
+            "not the name of an environment variable",
+        ],
+    );
+    assert!(error.contains("(the value is not shown)"), "{error}");
+    assert_not_shown(&run, SECRET);
+}
+
+#[test]
+fn check_refuses_a_secret_written_into_a_webhook_table_without_printing_it() {
+    let secret = "whsec_c2lnbmluZy1zZWNyZXQtd3JpdHRlbi1pbmxpbmU=";
+    for (key, value) in [
+        ("secret", secret),
+        ("token", "t0ken-t0ken-t0ken"),
+        ("api_key", "k3y-k3y-k3y"),
+    ] {
+        let sandbox = Sandbox::new();
+        sandbox
+            .set_first_webhook(&FIRST_WEBHOOK.replace(" }", &format!(", {key} = \"{value}\" }}")));
+        let run = sandbox.check_with(&[(SECRET_ENV, SECRET)]);
+        assert_eq!(run.code, 2, "{key}: {run:?}");
+        let error = error_line(
+            &run,
+            &[
+                &format!("line {}, ", line_of(&sandbox, value)),
+                &format!("[[recipient]] police:WYP-LEEDS, key webhook.{key}"),
+                "cannot be written in routes.toml",
+                "environment variable",
+                "secret_env",
+            ],
+        );
+        assert!(error.contains("(the value is not shown)"), "{error}");
+        assert_not_shown(&run, value);
+    }
+
+    // A signing secret anywhere else in the file is refused the same way.
+    let sandbox = Sandbox::new();
+    sandbox.edit_config(|t| t.replacen("from = \"Herald <", &format!("from = \"{secret} <"), 1));
+    let run = sandbox.check_with(&[(SECRET_ENV, SECRET)]);
+    assert_eq!(run.code, 2, "{run:?}");
+    error_line(&run, &["key email.from", "this is a signing secret"]);
+    assert_not_shown(&run, secret);
+}
+
+#[test]
+fn check_reports_broken_toml_by_line_and_key_without_quoting_the_secret_beside_it() {
+    let secret = "whsec_YnJva2VuLWxpbmUtbmV4dC10by1hLXNlY3JldA==";
+    // The `=` is missing: toml's own message would quote this whole line.
+    let sandbox = Sandbox::new();
+    sandbox.set_first_webhook(&FIRST_WEBHOOK.replace(" }", &format!(", secret \"{secret}\" }}")));
+    let line = line_of(&sandbox, secret);
+    let run = sandbox.check_with(&[(SECRET_ENV, SECRET)]);
+    assert_eq!(run.code, 2, "{run:?}");
+    let syntax = run
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("error:") && l.contains(&format!("line {line}, column ")))
+        .unwrap_or_else(|| panic!("no error names line {line}: {run:?}"));
+    assert!(syntax.contains(&sandbox.config_arg()), "{syntax}");
+    assert_not_shown(&run, secret);
+    assert!(
+        !run.stderr.contains(" | "),
+        "no source line is quoted: {run:?}"
+    );
+
+    // A value of the wrong type is named by its key, its text masked.
+    let sandbox = Sandbox::new();
+    sandbox.edit_config(|t| t.replacen("prefetch = 100", "prefetch = \"p4ssw0rd-p4ssw0rd\"", 1));
+    let run = sandbox.check_with(&[(SECRET_ENV, SECRET)]);
+    assert_eq!(run.code, 2, "{run:?}");
+    error_line(
+        &run,
+        &[
+            &format!("line {}, ", line_of(&sandbox, "p4ssw0rd")),
+            "key amqp.prefetch",
+            "invalid type",
+        ],
+    );
+    assert_not_shown(&run, "p4ssw0rd-p4ssw0rd");
+}
+
+#[test]
+fn check_reads_each_signing_secret_as_serve_does_and_says_what_is_wrong_without_it() {
+    use base64::Engine;
+    let sandbox = Sandbox::new();
+    let of = |n: usize| {
+        format!(
+            "whsec_{}",
+            base64::engine::general_purpose::STANDARD.encode(vec![b'k'; n])
+        )
+    };
+    for (bytes, why) in [(16, "this one is 16 bytes"), (65, "this one is 65 bytes")] {
+        let secret = of(bytes);
+        let run = sandbox.check_with(&[(SECRET_ENV, &secret)]);
+        assert_eq!(run.code, 1, "{bytes} bytes: {run:?}");
+        let error = error_line(
+            &run,
+            &[SECRET_ENV, "police:WYP-LEEDS", "24 to 64 bytes", why],
+        );
+        assert!(error.contains("cannot be used"), "{error}");
+        assert_not_shown(&run, &secret);
+    }
+    for (bad, why) in [
+        ("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "starts with whsec_"),
+        ("whsec_not*base64*at*all*but*long*enough", "not base64"),
+    ] {
+        let run = sandbox.check_with(&[(SECRET_ENV, bad)]);
+        assert_eq!(run.code, 1, "{bad}: {run:?}");
+        error_line(&run, &[SECRET_ENV, why]);
+        assert_not_shown(&run, bad);
+    }
+    // Unset: serve still runs and parks those webhooks, so it is a warning.
+    let run = sandbox.check_with(&[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let warning = run
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("warning:") && l.contains(SECRET_ENV))
+        .unwrap_or_else(|| panic!("no warning for the unset secret: {run:?}"));
+    assert!(
+        warning.contains("is not set") && warning.contains("parks"),
+        "{warning}"
+    );
+    // Set and valid: nothing to say about it.
+    let run = sandbox.check_with(&[(SECRET_ENV, SECRET)]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(!run.both().contains(SECRET_ENV), "{run:?}");
+    assert_not_shown(&run, SECRET);
+}
+
+#[test]
+fn check_refuses_a_webhook_url_with_a_credential_in_its_query_without_printing_it() {
+    for (param, value) in [
+        ("token", "t0k3n-value"),
+        ("API_KEY", "k3y-value"),
+        ("sig", "s1g-value"),
+    ] {
+        let sandbox = Sandbox::new();
+        sandbox.set_first_webhook(&FIRST_WEBHOOK.replace(
+            "/police/WYP-LEEDS\"",
+            &format!("/police/WYP-LEEDS?region=north&{param}={value}\""),
+        ));
+        let run = sandbox.check_with(&[(SECRET_ENV, SECRET)]);
+        assert_eq!(run.code, 2, "{param}: {run:?}");
+        let error = error_line(
+            &run,
+            &[
+                "recipient police:WYP-LEEDS",
+                "credential in its query",
+                param,
+            ],
+        );
+        assert!(error.contains("signature"), "{error}");
+        assert_not_shown(&run, value);
+    }
+}
+
+#[test]
+fn no_command_prints_the_broker_password_whatever_form_the_url_takes() {
+    let password = "br0ker-pa55word";
+    for url in [
+        format!("amqp://guest:{password}@127.0.0.1:1/%2f"),
+        // No host part: lapin's own message quotes the whole URL.
+        format!("amqp:guest:{password}@127.0.0.1"),
+        format!("amqp://guest:{password}@[::1:1/"),
+    ] {
+        let env = [
+            ("HERALD_AMQP_URL", url.as_str()),
+            ("HERALD_METRICS_ADDR", "127.0.0.1:0"),
+        ];
+        for args in [
+            &["dlq", "list", "failed"][..],
+            &["publish", WARRANT],
+            &["serve"],
+        ] {
+            let run = herald_with(args, &env);
+            assert_eq!(run.code, 1, "{url} {args:?}: {run:?}");
+            assert!(run.stderr.contains("error:"), "{url} {args:?}: {run:?}");
+            assert!(!run.both().contains(password), "{url} {args:?}: {run:?}");
+        }
     }
 }
 

@@ -1109,3 +1109,393 @@ async fn an_urgent_warrant_overtakes_routine_notifications_queued_for_the_same_f
     herald.stop().await.unwrap();
     service::cleanup(&ch, &names).await;
 }
+
+/// Messages ready on a queue, by a passive declare on a channel of its own.
+async fn ready(queue: &str) -> u32 {
+    let (_conn, ch) = service::channel().await;
+    ch.queue_declare(
+        queue.into(),
+        lapin::options::QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        },
+        Default::default(),
+    )
+    .await
+    .map(|q| q.message_count())
+    .unwrap_or(0)
+}
+
+/// The JSON lines of `herald dlq list --json`.
+fn dlq_json(config: &std::path::Path, which: &str) -> Vec<serde_json::Value> {
+    let (ok, out) = dlq(config, &["list", which, "--json"]);
+    assert!(ok, "{out}");
+    out.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+/// The fields every record of `herald dlq list --json` has, whatever its kind.
+const RECORD_FIELDS: [&str; 13] = [
+    "number",
+    "kind",
+    "parkedAt",
+    "reason",
+    "route",
+    "recipient",
+    "channel",
+    "attempts",
+    "eventId",
+    "messageId",
+    "eventType",
+    "publisher",
+    "detail",
+];
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_kind_of_parked_record_lists_in_readable_columns() {
+    let (receiver, names) = (Receiver::start().await, Names::new("dlq-kinds"));
+    receiver.answer("/police/WYP-LEEDS", 410);
+    let herald = service::start(service::config(&receiver), &names, None).await;
+    let (_conn, ch) = service::channel().await;
+    // A webhook the endpoint refuses: a parked notification.
+    service::publish(
+        &ch,
+        &names.exchange,
+        "court.warrant.issued",
+        &body("court.warrant.issued.json"),
+        agency("evt-kinds-1"),
+    )
+    .await;
+    // A home BCU the directory lacks: a notification the engine could not make.
+    let mut nowhere = common::example("court.warrant.issued.json");
+    nowhere["additionalInformation"]["offender"]["homeBcu"] = json!("XYZ-NOWHERE");
+    service::publish(
+        &ch,
+        &names.exchange,
+        "court.warrant.issued",
+        &serde_json::to_vec(&nowhere).unwrap(),
+        agency("evt-kinds-2"),
+    )
+    .await;
+    // guest may not publish hearing outcomes: a refused event.
+    service::publish(
+        &ch,
+        &names.exchange,
+        "court.hearing.concluded",
+        &body("court.hearing.concluded.json"),
+        agency("evt-kinds-3"),
+    )
+    .await;
+    // A retry Herald cannot read.
+    let deliveries = format!("{}.deliveries", names.queue);
+    service::publish(
+        &ch,
+        "",
+        &deliveries,
+        br#"{"key": "msg_unreadable", "eventId": "evt-kinds-4", "route": "ppo-fta-warrant"}"#,
+        BasicProperties::default(),
+    )
+    .await;
+    wait_until("three records parked and one refusal", WAIT, || async {
+        ready(&names.failed).await == 3 && ready(&names.rejected).await == 1
+    })
+    .await;
+    herald.stop().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = service::config_file(dir.path(), &names, &receiver, "\"court.warrant.issued\"");
+
+    let (ok, out) = dlq(&config, &["list", "failed"]);
+    assert!(ok, "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 4, "a header row and three records: {out}");
+    for column in [
+        "PARKED AT",
+        "REASON",
+        "ROUTE",
+        "RECIPIENT",
+        "CHANNEL",
+        "ATTEMPTS",
+        "EVENT ID",
+        "PUBLISHER",
+        "DETAIL",
+    ] {
+        assert!(lines[0].contains(column), "{column}: {out}");
+    }
+    let line = |word: &str| {
+        *lines
+            .iter()
+            .find(|l| l.contains(word))
+            .unwrap_or_else(|| panic!("no line with {word}: {out}"))
+    };
+    let cells = |l: &str| l.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
+    let delivery = cells(line("evt-kinds-1"));
+    assert_eq!(
+        delivery[2..9],
+        [
+            "delivery-failed",
+            "ppo-fta-warrant",
+            "police:WYP-LEEDS",
+            "webhook",
+            "1",
+            "evt-kinds-1",
+            "court.warrant.issued"
+        ],
+        "{out}"
+    );
+    let problem = cells(line("evt-kinds-2"));
+    assert_eq!(
+        problem[2..9],
+        [
+            "unknown-recipient",
+            "ppo-fta-warrant",
+            "police:{offender.homeBcu}",
+            "-",
+            "-",
+            "evt-kinds-2",
+            "court.warrant.issued"
+        ],
+        "{out}"
+    );
+    let unreadable = cells(line("evt-kinds-4"));
+    assert_eq!(unreadable[2..4], ["unreadable", "ppo-fta-warrant"], "{out}");
+    for l in &lines[1..] {
+        // Every record has the time it was parked.
+        assert!(cells(l)[1].ends_with('Z'), "{l}");
+    }
+    assert!(
+        !out.contains("null") && !out.contains("()") && !out.contains("LongLongInt"),
+        "{out}"
+    );
+
+    let records = dlq_json(&config, "failed");
+    assert_eq!(records.len(), 3);
+    for r in &records {
+        let keys: std::collections::BTreeSet<&str> =
+            r.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(keys, RECORD_FIELDS.into_iter().collect(), "{r}");
+    }
+    let notification = records
+        .iter()
+        .find(|r| r["eventId"] == "evt-kinds-1")
+        .unwrap();
+    assert_eq!(notification["kind"], "notification", "{notification}");
+    assert_eq!(notification["attempts"], 1, "{notification}");
+    assert!(
+        notification["messageId"]
+            .as_str()
+            .unwrap()
+            .starts_with("msg_"),
+        "{notification}"
+    );
+    let problem = records
+        .iter()
+        .find(|r| r["eventId"] == "evt-kinds-2")
+        .unwrap();
+    assert_eq!(
+        (&problem["kind"], &problem["attempts"]),
+        (&json!("problem"), &json!(null))
+    );
+    let unreadable = records
+        .iter()
+        .find(|r| r["eventId"] == "evt-kinds-4")
+        .unwrap();
+    assert_eq!(
+        (&unreadable["kind"], &unreadable["messageId"]),
+        (&json!("unreadable"), &json!("msg_unreadable"))
+    );
+
+    // `show N` puts the first N back at the end of the queue (issue 16): the number is read
+    // again before each.
+    let number_of = |id: &str| {
+        dlq_json(&config, "failed")
+            .iter()
+            .find(|r| r["eventId"] == id)
+            .map(|r| r["number"].to_string())
+            .unwrap_or_default()
+    };
+    let number = number_of("evt-kinds-1");
+    let (ok, out) = dlq(&config, &["show", "failed", &number]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("x-herald-attempts: 1\n") && out.contains("reason      delivery-failed"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("LongLongInt") && !out.contains("LongString"),
+        "{out}"
+    );
+    let number = number_of("evt-kinds-1");
+    let (ok, out) = dlq(&config, &["show", "failed", &number, "--json"]);
+    assert!(ok, "{out}");
+    let shown: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(shown["headers"]["x-herald-attempts"], 1, "{shown}");
+    assert_eq!(shown["reason"], "delivery-failed", "{shown}");
+    assert_eq!(shown["body"]["kind"], "notification", "{shown}");
+
+    // Listing puts each message back at the end of the queue (issue 16): numbers hold only
+    // while every message is taken and put back in order, so the cut listing comes last.
+    let (ok, out) = dlq(&config, &["list", "failed", "--limit", "2"]);
+    assert!(
+        ok && out.lines().count() == 4 && out.contains("2 of 3 in"),
+        "{out}"
+    );
+
+    let (ok, out) = dlq(&config, &["list", "rejected"]);
+    assert!(ok, "{out}");
+    let refused = cells(out.lines().nth(1).unwrap_or_default());
+    assert_eq!(refused[2], "unauthorised-publisher", "{out}");
+    assert_eq!(&refused[3..7], ["-", "-", "-", "-"], "{out}");
+    assert_eq!(
+        &refused[7..10],
+        ["evt-kinds-3", "court.hearing.concluded", "guest"],
+        "{out}"
+    );
+    service::cleanup(&ch, &names).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_event_past_the_delivery_limit_is_explained_and_replayed_with_its_publisher() {
+    use lapin::options::{BasicGetOptions, BasicNackOptions, QueueDeclareOptions};
+    use lapin::types::{AMQPValue, FieldTable};
+    let (receiver, names) = (Receiver::start().await, Names::new("delivery-limit"));
+    let (_conn, ch) = service::channel().await;
+    // The events queue as Herald declares it, with a delivery limit of 1, dead-lettering to
+    // the test's rejected queue; and the deliveries queue a replay sends to.
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    let quorum = |extra: &[(&str, AMQPValue)]| {
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
+        for (k, v) in extra {
+            args.insert((*k).into(), v.clone());
+        }
+        args
+    };
+    let deliveries = format!("{}.deliveries", names.queue);
+    for queue in [&names.rejected, &deliveries] {
+        ch.queue_declare(queue.as_str().into(), durable, quorum(&[]))
+            .await
+            .unwrap();
+    }
+    let text = |s: &str| AMQPValue::LongString(s.into());
+    ch.queue_declare(
+        names.queue.as_str().into(),
+        durable,
+        quorum(&[
+            ("x-delivery-limit", AMQPValue::LongInt(1)),
+            ("x-dead-letter-exchange", text("")),
+            ("x-dead-letter-routing-key", text(&names.rejected)),
+            ("x-dead-letter-strategy", text("at-least-once")),
+            ("x-overflow", text("reject-publish")),
+        ]),
+    )
+    .await
+    .unwrap();
+    service::publish(
+        &ch,
+        "",
+        &names.queue,
+        &body("court.warrant.issued.json"),
+        agency("evt-delivery-limit"),
+    )
+    .await;
+    // A consumer that never finishes: each delivery goes back, until the broker gives up.
+    let mut returned = 0;
+    while let Some(got) = ch
+        .basic_get(
+            names.queue.as_str().into(),
+            BasicGetOptions { no_ack: false },
+        )
+        .await
+        .unwrap()
+    {
+        got.delivery
+            .nack(BasicNackOptions {
+                requeue: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        returned += 1;
+        assert!(returned <= 5, "the broker never dead-lettered the event");
+    }
+    assert_eq!(returned, 2, "delivered twice, the limit being 1");
+    wait_until("the event dead-lettered", WAIT, || async {
+        ready(&names.rejected).await == 1
+    })
+    .await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = service::config_file(dir.path(), &names, &receiver, "\"court.warrant.issued\"");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replacen("prefetch = 100", "prefetch = 100\ndelivery_limit = 1", 1),
+    )
+    .unwrap();
+    let explanation = format!(
+        "the broker dead-lettered it from {} after 2 deliveries: Herald never finished handling \
+         it (see Herald's log for event id evt-delivery-limit)",
+        names.queue
+    );
+
+    let (ok, out) = dlq(&config, &["list", "rejected"]);
+    assert!(ok, "{out}");
+    let row = out.lines().nth(1).unwrap_or_default();
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(cells[2], "delivery-limit", "{out}");
+    assert_eq!(
+        &cells[7..10],
+        ["evt-delivery-limit", "court.warrant.issued", "guest"],
+        "{out}"
+    );
+    assert!(row.ends_with(&explanation), "{out}");
+
+    let records = dlq_json(&config, "rejected");
+    assert_eq!(records.len(), 1);
+    let r = &records[0];
+    assert_eq!(
+        (&r["kind"], &r["reason"]),
+        (&json!("delivery-limit"), &json!("delivery-limit")),
+        "{r}"
+    );
+    assert_eq!(r["publisher"], "guest", "{r}");
+    assert_eq!(r["detail"], explanation.as_str(), "{r}");
+    assert!(
+        r["parkedAt"].as_str().is_some_and(|t| t.ends_with('Z')),
+        "{r}"
+    );
+
+    let (ok, out) = dlq(&config, &["show", "rejected", "1"]);
+    assert!(
+        ok && out.contains("reason      delivery-limit") && out.contains(&explanation),
+        "{out}"
+    );
+    assert!(
+        out.contains("x-death: [{") && out.contains("\"reason\":\"delivery_limit\""),
+        "{out}"
+    );
+    assert!(out.contains("user_id: guest"), "{out}");
+    assert!(
+        !out.contains("LongString") && !out.contains("FieldTable"),
+        "{out}"
+    );
+
+    // Replayed with the publisher the broker kept: routed again, its notifications queued.
+    let (ok, out) = dlq(&config, &["replay", "rejected"]);
+    assert!(ok && out.contains("replayed: 2"), "{out}");
+    let queued = service::drain(&ch, &deliveries).await;
+    assert_eq!(queued.len(), 2);
+    for m in &queued {
+        let p: serde_json::Value = serde_json::from_slice(&m.data).unwrap();
+        assert_eq!(p["eventId"], "evt-delivery-limit", "{p}");
+    }
+    assert_eq!(ready(&names.rejected).await, 0);
+    service::cleanup(&ch, &names).await;
+}

@@ -1,11 +1,16 @@
-//! `herald check`: is the configuration sound, and does every template render?
+//! `herald check`: is the configuration sound, and does every template render? Beyond the
+//! core's checks, each webhook's signing secret is read from the environment as `serve`
+//! reads it, so a secret serve would refuse fails here first. Nothing printed shows a secret.
 
+use std::ffi::OsString;
 use std::process::ExitCode;
 
-use crate::core::Core;
+use crate::core::{CheckReport, Core};
+use crate::deliver::webhook::Secret;
 
 pub fn run(core: &Core) -> ExitCode {
-    let report = core.check();
+    let mut report = core.check();
+    check_secrets(core, |name| std::env::var_os(name), &mut report);
     for e in &report.errors {
         eprintln!("error: {e}");
     }
@@ -25,4 +30,89 @@ pub fn run(core: &Core) -> ExitCode {
         );
     }
     super::passed(report.errors.is_empty())
+}
+
+/// Each webhook recipient's `secret_env` (and `previous_secret_env`) read through `env` and
+/// parsed as serve parses it: a variable that is set but not a valid secret is an error; an
+/// unset one is a warning, since serve runs and parks that endpoint's notifications until it
+/// is set. Each variable is reported once, with the recipients that use it.
+fn check_secrets(core: &Core, env: impl Fn(&str) -> Option<OsString>, report: &mut CheckReport) {
+    // Variable -> (whether some recipient signs with it as its current secret, the
+    // recipients), in the order the directory names them.
+    let mut variables: Vec<(&str, bool, Vec<&str>)> = Vec::new();
+    for r in core.engine.directory.all() {
+        let Some(w) = &r.webhook else { continue };
+        let names = std::iter::once((w.secret_env.as_str(), true))
+            .chain(w.previous_secret_env.as_deref().map(|n| (n, false)));
+        for (name, current) in names {
+            match variables.iter_mut().find(|(n, _, _)| *n == name) {
+                Some((_, c, users)) => {
+                    *c |= current;
+                    users.push(r.id.as_str());
+                }
+                None => variables.push((name, current, vec![r.id.as_str()])),
+            }
+        }
+    }
+    let file = core.config_path.display();
+    for (name, current, users) in variables {
+        let users = users.join(", ");
+        match env(name) {
+            None if current => report.warnings.push(format!(
+                "{file}: {name} (the signing secret of {users}) is not set; serve parks \
+                 those webhooks until it is"
+            )),
+            None => report.warnings.push(format!(
+                "{file}: {name} (the previous signing secret of {users}) is not set; only \
+                 the current secret will sign"
+            )),
+            Some(value) => {
+                let why = match value.into_string() {
+                    Ok(text) => Secret::parse(&text).err(),
+                    Err(_) => Some("the value is not valid text".into()),
+                };
+                if let Some(why) = why {
+                    report.errors.push(format!(
+                        "{file}: {name} (the signing secret of {users}) cannot be used: \
+                         {why} (the value is not shown)"
+                    ));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_read_as_serve_reads_them_and_never_shown() {
+        let core =
+            Core::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("routes.toml"))
+                .unwrap();
+        let good = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let mut report = CheckReport::default();
+        check_secrets(&core, |_| Some(good.into()), &mut report);
+        assert!(report.errors.is_empty() && report.warnings.is_empty());
+
+        let short = "whsec_c2hvcnQtc2VjcmV0";
+        let mut report = CheckReport::default();
+        check_secrets(&core, |_| Some(short.into()), &mut report);
+        assert_eq!(
+            report.errors.len(),
+            1,
+            "one line per variable: {:?}",
+            report.errors
+        );
+        assert!(report.errors[0].contains("HERALD_WEBHOOK_SECRET"));
+        assert!(report.errors[0].contains("12 bytes"), "{:?}", report.errors);
+        assert!(!report.errors[0].contains("c2hvcnQtc2VjcmV0"));
+
+        let mut report = CheckReport::default();
+        check_secrets(&core, |_| None, &mut report);
+        assert!(report.errors.is_empty());
+        assert_eq!(report.warnings.len(), 1, "{:?}", report.warnings);
+        assert!(report.warnings[0].contains("not set"));
+    }
 }

@@ -5,19 +5,29 @@
 //! and the same idempotency key. Replaying a rejected event, or a notification the engine could
 //! not make, runs the event through the current configuration again (with the publisher
 //! Herald recorded) and queues the notifications it gives; what still fails stays parked.
+//!
+//! Every kind of message in the two queues is read into one [`Record`] with the same fields:
+//! events Herald refused, notifications it could not deliver, notifications the engine could
+//! not make, retries it could not read, and what the broker dead-lettered on its own (an event
+//! past the events queue's delivery limit, which carries only the broker's `x-death`).
 
 use std::process::ExitCode;
 
+use chrono::{DateTime, SecondsFormat, Utc};
 use lapin::message::Delivery;
 use lapin::options::{
-    BasicAckOptions, BasicGetOptions, BasicNackOptions, ConfirmSelectOptions, QueuePurgeOptions,
+    BasicAckOptions, BasicGetOptions, BasicNackOptions, ConfirmSelectOptions, QueueDeclareOptions,
+    QueuePurgeOptions,
 };
-use lapin::{Channel, Connection, ConnectionProperties};
-use serde_json::Value;
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use serde::Serialize;
+use serde_json::{Map, Value, json};
 
 use crate::core::Core;
-use crate::event::EventId;
-use crate::serve::park::header_text;
+use crate::event::{Event, EventId};
+use crate::intake::{Message, Rejection};
+use crate::serve::park::{header_json, header_text, value_text};
 use crate::serve::retry::{self, Pending};
 use crate::serve::{Settings, redact_url};
 
@@ -30,15 +40,24 @@ pub enum Which {
 
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum Action {
-    /// One line per parked message.
+    /// One line per parked message, under a header row.
     List {
         which: Which,
         /// At most this many.
         #[arg(long, default_value_t = 100)]
         limit: usize,
+        /// One JSON object per line and message, for scripts.
+        #[arg(long)]
+        json: bool,
     },
     /// One parked message in full (numbered as `list` shows).
-    Show { which: Which, number: usize },
+    Show {
+        which: Which,
+        number: usize,
+        /// One JSON object, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
     /// Send parked messages again (all, or the numbers given).
     Replay { which: Which, numbers: Vec<usize> },
     /// Delete every message in the queue.
@@ -66,8 +85,9 @@ async fn dlq(core: Core, action: Action) -> Result<ExitCode, String> {
         .await
         .map_err(|e| {
             format!(
-                "cannot reach RabbitMQ at {}: {e}",
-                redact_url(&settings.amqp_url)
+                "cannot reach RabbitMQ at {}: {}",
+                redact_url(&settings.amqp_url),
+                crate::mask::scrub(&e.to_string(), &settings.amqp_url)
             )
         })?;
     let ch = connection
@@ -82,23 +102,53 @@ async fn dlq(core: Core, action: Action) -> Result<ExitCode, String> {
         Which::Failed => settings.failed_queue.clone(),
     };
     let code = match action {
-        Action::List { which, limit } => {
+        Action::List { which, limit, json } => {
+            // Counted before any is taken: the count is of messages ready on the queue.
+            let total = depth(&connection, &queue(which)).await?;
             let got = fetch(&ch, &queue(which), limit).await?;
-            if got.is_empty() {
-                println!("{} is empty", queue(which));
-            }
-            for (i, m) in got.iter().enumerate() {
-                println!("{:>4}  {}", i + 1, summary(which, m));
-            }
+            let records: Vec<Record> = got
+                .iter()
+                .enumerate()
+                .map(|(i, m)| Record::read(i + 1, which, &settings, &m.properties, &m.data))
+                .collect();
             release(&got).await;
+            let cut = records.len() < total as usize;
+            if json {
+                for r in &records {
+                    println!("{}", serde_json::to_string(r).unwrap_or_default());
+                }
+                if cut {
+                    eprintln!("{} of {total} in {}", records.len(), queue(which));
+                }
+            } else if records.is_empty() {
+                println!("{} is empty", queue(which));
+            } else {
+                print!("{}", table(&records));
+                if cut {
+                    println!(
+                        "{} of {total} in {} (--limit gives more)",
+                        records.len(),
+                        queue(which)
+                    );
+                }
+            }
             ExitCode::SUCCESS
         }
-        Action::Show { which, number } => {
+        Action::Show {
+            which,
+            number,
+            json,
+        } => {
             let got = fetch(&ch, &queue(which), number).await?;
             let shown = number.checked_sub(1).and_then(|i| got.get(i));
             let code = match shown {
                 Some(m) => {
-                    print!("{}", full(m));
+                    let record = Record::read(number, which, &settings, &m.properties, &m.data);
+                    if json {
+                        println!("{}", full_json(&record, m));
+                    } else {
+                        print!("{}", full(&record, m));
+                    }
                     ExitCode::SUCCESS
                 }
                 None => {
@@ -181,61 +231,447 @@ async fn release(messages: &[Delivery]) {
     }
 }
 
-fn summary(which: Which, m: &Delivery) -> String {
-    let h = |name: &str| header_text(m.properties.headers(), name).unwrap_or_default();
-    match which {
-        Which::Rejected => format!(
-            "{}  {}  id {}  from {}: {}",
-            h("x-herald-reason"),
-            h("x-herald-original-routing-key"),
-            m.properties
-                .message_id()
-                .as_ref()
-                .map(|i| i.to_string())
-                .unwrap_or_default(),
-            h("x-herald-original-user-id"),
-            h("x-herald-detail")
-        ),
-        Which::Failed => {
-            let record: Value = serde_json::from_slice(&m.data).unwrap_or_default();
-            format!(
-                "{}  route {}  {} ({})  attempts {}  {}",
-                h("x-herald-reason"),
-                h("x-herald-route"),
-                h("x-herald-recipient"),
-                h("x-herald-channel"),
-                record["attempts"],
-                h("x-herald-detail")
-            )
+/// How many messages are ready on a queue, by a passive declare on a channel of its own (a
+/// passive declare of a missing queue closes its channel).
+async fn depth(connection: &Connection, queue: &str) -> Result<u32, String> {
+    let ch = connection
+        .create_channel()
+        .await
+        .map_err(|e| e.to_string())?;
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    let declared = ch
+        .queue_declare(queue.into(), passive, FieldTable::default())
+        .await
+        .map_err(|e| format!("{queue}: {e} (herald serve declares it when it starts)"))?;
+    let _ = ch.close(200, "counted".into()).await;
+    Ok(declared.message_count())
+}
+
+/// One parked message as an operator reads it, whatever wrote it. The names are stable:
+/// `herald dlq list --json` prints one of these per line.
+#[derive(Debug, Default, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Record {
+    /// Its place in the queue now, as `show` and `replay` take it.
+    pub number: usize,
+    /// `rejected` (an event Herald refused), `notification` (one it could not deliver),
+    /// `problem` (one the engine could not make), `unreadable` (a retry it could not read),
+    /// `delivery-limit` (an event the broker dead-lettered), or `unexplained`.
+    pub kind: &'static str,
+    /// RFC 3339, to the second.
+    pub parked_at: Option<String>,
+    pub reason: String,
+    pub route: Option<String>,
+    pub recipient: Option<String>,
+    pub channel: Option<String>,
+    pub attempts: Option<u64>,
+    /// The event's id (its AMQP message_id as published).
+    pub event_id: Option<String>,
+    /// The parked message's own message_id (for a notification, its idempotency key).
+    pub message_id: Option<String>,
+    pub event_type: Option<String>,
+    /// The login that published the event, as the broker vouched for it.
+    pub publisher: Option<String>,
+    pub detail: Option<String>,
+}
+
+impl Record {
+    /// Reads a message from either queue. Nothing in it is trusted to be well formed: the
+    /// queues hold whatever was put there. Herald's JSON records are looked for only in the
+    /// failed queue: the body of a refused event is whatever its publisher sent.
+    pub fn read(
+        number: usize,
+        which: Which,
+        settings: &Settings,
+        properties: &BasicProperties,
+        data: &[u8],
+    ) -> Record {
+        let headers = properties.headers();
+        let h = |name: &str| header_text(headers, name).filter(|s| !s.is_empty());
+        let body: Value = serde_json::from_slice(data).unwrap_or_default();
+        let text = |v: &Value| v.as_str().filter(|s| !s.is_empty()).map(str::to_owned);
+        let mut r = Record {
+            number,
+            message_id: properties.message_id().as_ref().map(|m| m.to_string()),
+            publisher: h("x-herald-original-user-id")
+                .or_else(|| properties.user_id().as_ref().map(|u| u.to_string())),
+            ..Record::default()
+        };
+        let herald_reason = h("x-herald-reason");
+        let record_kind = match which {
+            Which::Failed if herald_reason.is_some() => body["kind"].as_str(),
+            _ => None,
+        };
+        match record_kind {
+            Some("notification") => {
+                let n = &body["notification"];
+                r.kind = "notification";
+                r.reason = text(&body["reason"]).or(herald_reason).unwrap_or_default();
+                r.detail = text(&body["detail"]);
+                r.parked_at = text(&body["parkedAt"]);
+                r.attempts = body["attempts"].as_u64();
+                r.channel = text(&body["channel"]);
+                r.route = text(&n["route"]);
+                r.recipient = text(&n["recipient"]);
+                r.event_id = text(&n["eventId"]);
+                r.event_type = text(&n["eventType"]);
+            }
+            Some("problem") => {
+                let p = &body["problem"];
+                r.kind = "problem";
+                r.reason = text(&body["reason"]).or(herald_reason).unwrap_or_default();
+                r.detail = text(&body["detail"]);
+                r.parked_at = text(&body["parkedAt"]);
+                r.route = text(&p["route"]);
+                // What the route named: a recipient, or the pattern or class that found none.
+                r.recipient = text(&p["recipient"])
+                    .or_else(|| text(&p["pattern"]))
+                    .or_else(|| text(&p["selector"]));
+                r.channel = text(&p["channel"]);
+                r.event_id = text(&body["eventId"]);
+                r.event_type = text(&body["eventType"]);
+            }
+            _ => match herald_reason {
+                Some(reason) => {
+                    r.kind = match (which, reason.as_str()) {
+                        (Which::Rejected, _) => "rejected",
+                        (Which::Failed, "unreadable") => "unreadable",
+                        (Which::Failed, _) => "notification",
+                    };
+                    r.reason = reason;
+                    r.detail = h("x-herald-detail");
+                    r.parked_at = h("x-herald-rejected-at").or_else(|| h("x-herald-parked-at"));
+                    r.route = h("x-herald-route").or_else(|| text(&body["route"]));
+                    r.recipient = h("x-herald-recipient").or_else(|| text(&body["recipient"]));
+                    r.channel = h("x-herald-channel");
+                    r.attempts = header_u64(headers, "x-herald-attempts")
+                        .or_else(|| body["attempts"].as_u64());
+                    r.event_type =
+                        h("x-herald-original-routing-key").or_else(|| text(&body["eventType"]));
+                    if r.kind == "rejected" {
+                        // A refused event keeps the id it was published with.
+                        r.event_id = r.message_id.clone();
+                    } else {
+                        // A retry Herald could not read may still say what it was.
+                        r.event_id = text(&body["eventId"]);
+                        r.message_id = text(&body["key"]).or(r.message_id);
+                    }
+                }
+                None => r.explain_broker(settings, headers, &body),
+            },
         }
+        r.parked_at = r.parked_at.map(|at| instant(&at));
+        if r.event_type.is_none() {
+            r.event_type = text(&body["eventType"]);
+        }
+        r
+    }
+
+    /// A message Herald did not park: what the broker's `x-death` says, or else which
+    /// headers it has.
+    fn explain_broker(&mut self, settings: &Settings, headers: &Option<FieldTable>, body: &Value) {
+        let deaths = headers
+            .as_ref()
+            .and_then(|h| h.inner().get("x-death"))
+            .map(header_json)
+            .unwrap_or_default();
+        let deaths = deaths.as_array().cloned().unwrap_or_default();
+        let field = |d: &Value, k: &str| d[k].as_str().map(str::to_owned);
+        self.event_id = self.message_id.clone();
+        let limit = deaths.iter().find(|d| d["reason"] == "delivery_limit");
+        if let Some(death) = limit {
+            let queue = field(death, "queue").unwrap_or_else(|| "its queue".into());
+            // A quorum queue dead-letters an event returned more often than its limit.
+            let deliveries = if queue == settings.queue {
+                format!("{} deliveries", u32::from(settings.delivery_limit) + 1)
+            } else {
+                "more deliveries than its delivery limit".into()
+            };
+            let id = self
+                .event_id
+                .as_deref()
+                .map_or_else(|| "its event id".into(), |id| format!("event id {id}"));
+            let mut detail = format!(
+                "the broker dead-lettered it from {queue} after {deliveries}: Herald never \
+                 finished handling it (see Herald's log for {id})"
+            );
+            if let Some(n) = death["count"].as_u64().filter(|n| *n > 1) {
+                detail.push_str(&format!("; dead-lettered {n} times"));
+            }
+            self.kind = "delivery-limit";
+            self.reason = "delivery-limit".into();
+            self.parked_at = field(death, "time");
+            self.detail = Some(detail);
+            return;
+        }
+        let names: Vec<String> = headers
+            .as_ref()
+            .map(|h| h.inner().keys().map(|k| k.to_string()).collect())
+            .unwrap_or_default();
+        let mut detail = "Herald did not park it (it has no x-herald-reason)".to_owned();
+        if let Some(death) = deaths.first() {
+            detail.push_str(&format!(
+                "; the broker dead-lettered it from {} ({})",
+                field(death, "queue").unwrap_or_else(|| "-".into()),
+                field(death, "reason").unwrap_or_else(|| "-".into())
+            ));
+            self.parked_at = field(death, "time");
+        }
+        if names.is_empty() {
+            detail.push_str("; it has no headers");
+        } else {
+            detail.push_str(&format!("; headers: {}", names.join(", ")));
+        }
+        if !body.is_object() {
+            detail.push_str("; the body is not a JSON object");
+        }
+        self.kind = "unexplained";
+        self.reason = "unexplained".into();
+        self.detail = Some(detail);
+    }
+
+    /// The columns of `list`, in order, with `-` for what is missing.
+    fn cells(&self) -> [String; 11] {
+        let or_dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+        [
+            self.number.to_string(),
+            or_dash(&self.parked_at),
+            self.reason.clone(),
+            or_dash(&self.route),
+            or_dash(&self.recipient),
+            or_dash(&self.channel),
+            self.attempts.map_or_else(|| "-".into(), |n| n.to_string()),
+            or_dash(&self.event_id.clone().or_else(|| self.message_id.clone())),
+            or_dash(&self.event_type),
+            or_dash(&self.publisher),
+            or_dash(&self.detail),
+        ]
     }
 }
 
-fn full(m: &Delivery) -> String {
-    let mut out = String::new();
-    for (k, v) in m
-        .properties
-        .headers()
-        .as_ref()
-        .map(|h| h.inner().clone())
-        .unwrap_or_default()
-    {
-        if let Some(text) = header_text(m.properties.headers(), k.as_str()) {
-            out.push_str(&format!("{k}: {text}\n"));
-        } else {
-            out.push_str(&format!("{k}: {v:?}\n"));
+const COLUMNS: [&str; 11] = [
+    "#",
+    "PARKED AT",
+    "REASON",
+    "ROUTE",
+    "RECIPIENT",
+    "CHANNEL",
+    "ATTEMPTS",
+    "EVENT ID",
+    "EVENT TYPE",
+    "PUBLISHER",
+    "DETAIL",
+];
+
+/// The widest a column other than the detail gets; longer values are cut with `…`.
+const CELL_WIDTH: usize = 48;
+
+/// A header row and one aligned row per record; the detail, last, is not cut.
+fn table(records: &[Record]) -> String {
+    let rows: Vec<[String; 11]> = records
+        .iter()
+        .map(|r| r.cells().map(|c| printable(&c)))
+        .map(|row| {
+            let last = row.len() - 1;
+            let mut row = row;
+            for cell in &mut row[..last] {
+                *cell = cut(cell, CELL_WIDTH);
+            }
+            row
+        })
+        .collect();
+    let mut widths = COLUMNS.map(|c| c.chars().count());
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
         }
     }
-    if let Some(id) = m.properties.message_id() {
-        out.push_str(&format!("message_id: {id}\n"));
+    let mut out = String::new();
+    let mut line = |cells: &[String]| {
+        let last = cells.len() - 1;
+        let mut text = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            if i == last {
+                text.push_str(cell);
+            } else if i == 0 {
+                text.push_str(&format!("{cell:>w$}  ", w = widths[i]));
+            } else {
+                text.push_str(&format!("{cell:<w$}  ", w = widths[i]));
+            }
+        }
+        out.push_str(text.trim_end());
+        out.push('\n');
+    };
+    line(&COLUMNS.map(str::to_owned));
+    for row in &rows {
+        line(row);
+    }
+    out
+}
+
+/// Text safe to print on a terminal: control characters (a publisher's headers may hold
+/// escape sequences or newlines) become `?`.
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
+fn cut(text: &str, width: usize) -> String {
+    if text.chars().count() <= width {
+        text.to_owned()
+    } else {
+        let mut out: String = text.chars().take(width - 1).collect();
+        out.push('…');
+        out
+    }
+}
+
+/// An instant as RFC 3339 to the second, in UTC; text that is not one is kept as it is.
+fn instant(text: &str) -> String {
+    DateTime::parse_from_rfc3339(text).map_or_else(
+        |_| text.to_owned(),
+        |at| {
+            at.with_timezone(&Utc)
+                .to_rfc3339_opts(SecondsFormat::Secs, true)
+        },
+    )
+}
+
+fn header_u64(headers: &Option<FieldTable>, name: &str) -> Option<u64> {
+    headers
+        .as_ref()
+        .and_then(|h| h.inner().get(name))
+        .map(header_json)
+        .and_then(|v| v.as_u64())
+}
+
+/// The properties an operator may want, by their AMQP names.
+fn property_list(p: &BasicProperties) -> Vec<(&'static str, Value)> {
+    let mut out = Vec::new();
+    let mut add = |name, value: Option<Value>| {
+        if let Some(v) = value {
+            out.push((name, v));
+        }
+    };
+    let s = |v: &Option<lapin::types::ShortString>| v.as_ref().map(|v| json!(v.as_str()));
+    add("message_id", s(p.message_id()));
+    add("user_id", s(p.user_id()));
+    add("content_type", s(p.content_type()));
+    add("content_encoding", s(p.content_encoding()));
+    add("correlation_id", s(p.correlation_id()));
+    add("type", s(p.kind()));
+    add("app_id", s(p.app_id()));
+    add(
+        "timestamp",
+        p.timestamp().map(|t| header_json(&AMQPValue::Timestamp(t))),
+    );
+    add("delivery_mode", p.delivery_mode().map(|m| json!(m)));
+    out
+}
+
+/// The headers, sorted by name, as JSON values.
+fn header_list(p: &BasicProperties) -> Vec<(String, Value)> {
+    p.headers()
+        .as_ref()
+        .map(|h| {
+            h.inner()
+                .iter()
+                .map(|(k, v)| (k.to_string(), header_json(v)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `show`: the record's fields, the properties, the headers as plain values, then the body.
+fn full(record: &Record, m: &Delivery) -> String {
+    let mut out = String::new();
+    let cells = record.cells();
+    let labels = [
+        "number",
+        "parked at",
+        "reason",
+        "route",
+        "recipient",
+        "channel",
+        "attempts",
+        "event id",
+        "event type",
+        "publisher",
+        "detail",
+    ];
+    for (label, cell) in labels.iter().zip(&cells).skip(1) {
+        out.push_str(&format!("{label:<11} {}\n", printable(cell)));
+    }
+    out.push('\n');
+    for (name, value) in property_list(&m.properties) {
+        out.push_str(&format!("{name}: {}\n", printable(&plain(&value))));
+    }
+    let headers = header_list(&m.properties);
+    if !headers.is_empty() {
+        out.push_str("\nheaders\n");
+        for (name, value) in headers {
+            out.push_str(&format!(
+                "{}: {}\n",
+                printable(&name),
+                printable(&plain(&value))
+            ));
+        }
     }
     out.push('\n');
     match serde_json::from_slice::<Value>(&m.data) {
         Ok(v) => out.push_str(&serde_json::to_string_pretty(&v).unwrap_or_default()),
-        Err(_) => out.push_str(&String::from_utf8_lossy(&m.data)),
+        Err(_) => out.push_str(&body_text(&m.data)),
     }
     out.push('\n');
     out
+}
+
+/// `show --json`: the record's fields, with `properties`, `headers` and `body` (the body as
+/// JSON when it is, otherwise `bodyText`).
+fn full_json(record: &Record, m: &Delivery) -> String {
+    let mut doc = match serde_json::to_value(record) {
+        Ok(Value::Object(o)) => o,
+        _ => Map::new(),
+    };
+    let properties: Map<String, Value> = property_list(&m.properties)
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+    let headers: Map<String, Value> = header_list(&m.properties).into_iter().collect();
+    doc.insert("properties".into(), Value::Object(properties));
+    doc.insert("headers".into(), Value::Object(headers));
+    match serde_json::from_slice::<Value>(&m.data) {
+        Ok(v) => doc.insert("body".into(), v),
+        Err(_) => doc.insert("bodyText".into(), json!(String::from_utf8_lossy(&m.data))),
+    };
+    Value::Object(doc).to_string()
+}
+
+/// A JSON value as plain text: a string as it is, anything else as JSON.
+fn plain(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// A body that is not JSON, for a terminal: lossy UTF-8, control characters other than
+/// newlines and tabs escaped.
+fn body_text(data: &[u8]) -> String {
+    String::from_utf8_lossy(data)
+        .chars()
+        .map(|c| {
+            if c.is_control() && c != '\n' && c != '\t' {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 /// Sends one parked message again; the number of notifications queued, or why it stays.
@@ -247,11 +683,9 @@ async fn replay(
     m: &Delivery,
 ) -> Result<usize, String> {
     let deliveries = retry::deliveries_queue(settings);
-    let (body, id, user, only_route) = match which {
+    let (event, only_route) = match which {
         Which::Rejected => (
-            m.data.clone(),
-            m.properties.message_id().as_ref().map(|i| i.to_string()),
-            header_text(m.properties.headers(), "x-herald-original-user-id"),
+            readmit(core, m).map_err(|r| format!("still rejected: {r}"))?,
             None,
         ),
         Which::Failed => {
@@ -270,30 +704,29 @@ async fn replay(
                 return Ok(1);
             }
             let body = serde_json::to_vec(&record["event"]).unwrap_or_default();
-            let route = record["problem"]["route"].as_str().map(str::to_owned);
+            let id = record["eventId"]
+                .as_str()
+                .ok_or("the record has no event id")?;
+            let event = match record["publisher"].as_str() {
+                // The event passed admission once; it passes the same gate again.
+                Some(publisher) => core.admit(&Message {
+                    body: &body,
+                    routing_key: record["eventType"].as_str().unwrap_or_default(),
+                    message_id: Some(id),
+                    user_id: Some(publisher),
+                    content_type: Some("application/json"),
+                    header_bytes: 0,
+                }),
+                // Parked by an older Herald, which did not record the publisher.
+                None => core.intake.accept(&body, EventId::new(id)),
+            }
+            .map_err(|r| format!("still rejected: {r}"))?;
             (
-                body,
-                record["eventId"].as_str().map(str::to_owned),
-                None,
-                route,
+                event,
+                record["problem"]["route"].as_str().map(str::to_owned),
             )
         }
     };
-    let id = id.ok_or("the message has no id")?;
-    let event = core
-        .intake
-        .accept(&body, EventId::new(id))
-        .map_err(|r| format!("still rejected: {r}"))?;
-    if let Some(user) = &user {
-        if !core.publishers.allows(user, event.event_type.as_str()) {
-            return Err(format!(
-                "still rejected: user {user} may not publish {}",
-                event.event_type
-            ));
-        }
-    } else if which == Which::Rejected {
-        return Err("still rejected: the broker did not vouch for a publisher".into());
-    }
     let routing = core.engine.route(&event);
     let wanted = |route: &str| only_route.as_deref().is_none_or(|r| r == route);
     if let Some(p) = routing.problems.iter().find(|p| wanted(p.route())) {
@@ -311,4 +744,286 @@ async fn replay(
         queued += 1;
     }
     Ok(queued)
+}
+
+/// A refused event as it first arrived, put through admission again. Herald's headers say how
+/// it arrived when Herald parked it (it drops any a publisher set); an event the broker
+/// dead-lettered itself has only the broker's word: its verified `user_id` and the routing key
+/// `x-death` recorded.
+fn readmit(core: &Core, m: &Delivery) -> Result<Event, Rejection> {
+    let headers = m.properties.headers();
+    let parked_by_herald = header_text(headers, "x-herald-reason").is_some();
+    let (user, routing_key) = if parked_by_herald {
+        (
+            header_text(headers, "x-herald-original-user-id"),
+            header_text(headers, "x-herald-original-routing-key"),
+        )
+    } else {
+        (
+            m.properties.user_id().as_ref().map(|u| u.to_string()),
+            dead_lettered_routing_key(headers),
+        )
+    };
+    let event_type = serde_json::from_slice::<Value>(&m.data)
+        .ok()
+        .and_then(|v| v["eventType"].as_str().map(str::to_owned));
+    core.admit(&Message {
+        body: &m.data,
+        routing_key: routing_key.or(event_type).as_deref().unwrap_or_default(),
+        message_id: m.properties.message_id().as_ref().map(|i| i.as_str()),
+        user_id: user.as_deref(),
+        content_type: m.properties.content_type().as_ref().map(|c| c.as_str()),
+        // Headers were judged when the event arrived; what is parked is bounded.
+        header_bytes: 0,
+    })
+}
+
+/// The routing key an event was first published with to an exchange, from the broker's
+/// `x-death` header (one put straight on a queue has the queue's name as its key: none).
+fn dead_lettered_routing_key(headers: &Option<FieldTable>) -> Option<String> {
+    let AMQPValue::FieldArray(deaths) = headers.as_ref()?.inner().get("x-death")? else {
+        return None;
+    };
+    let AMQPValue::FieldTable(death) = deaths.as_slice().first()? else {
+        return None;
+    };
+    if death
+        .inner()
+        .get("exchange")
+        .is_none_or(|e| value_text(e).is_empty())
+    {
+        return None;
+    }
+    let AMQPValue::FieldArray(keys) = death.inner().get("routing-keys")? else {
+        return None;
+    };
+    keys.as_slice().first().map(value_text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lapin::types::{FieldArray, LongString, ShortString};
+
+    fn settings() -> Settings {
+        Settings::new(&crate::config::Config::parse("").unwrap(), |_| None)
+    }
+
+    fn headers(pairs: &[(&str, AMQPValue)]) -> FieldTable {
+        let mut t = FieldTable::default();
+        for (k, v) in pairs {
+            t.insert(ShortString::from(*k), v.clone());
+        }
+        t
+    }
+
+    fn text(s: &str) -> AMQPValue {
+        AMQPValue::LongString(LongString::from(s))
+    }
+
+    fn read(which: Which, p: BasicProperties, body: &[u8]) -> Record {
+        Record::read(1, which, &settings(), &p, body)
+    }
+
+    #[test]
+    fn a_refused_event_lists_with_its_publisher_and_reason() {
+        let p = BasicProperties::default()
+            .with_message_id("evt-1".into())
+            .with_headers(headers(&[
+                ("x-herald-reason", text("unauthorised-publisher")),
+                (
+                    "x-herald-detail",
+                    text("user prison may not publish court.bail.decided"),
+                ),
+                (
+                    "x-herald-rejected-at",
+                    text("2026-11-20T15:43:10.123456+00:00"),
+                ),
+                ("x-herald-original-routing-key", text("court.bail.decided")),
+                ("x-herald-original-user-id", text("prison")),
+            ]));
+        let r = read(
+            Which::Rejected,
+            p,
+            br#"{"kind": "problem", "problem": {"route": "forged"}}"#,
+        );
+        assert_eq!(r.kind, "rejected");
+        assert_eq!(r.reason, "unauthorised-publisher");
+        assert_eq!(r.parked_at.as_deref(), Some("2026-11-20T15:43:10Z"));
+        assert_eq!(r.event_id.as_deref(), Some("evt-1"));
+        assert_eq!(r.event_type.as_deref(), Some("court.bail.decided"));
+        assert_eq!(r.publisher.as_deref(), Some("prison"));
+        assert_eq!(
+            r.route, None,
+            "a publisher's body is not read as Herald's record"
+        );
+    }
+
+    #[test]
+    fn a_parked_notification_and_an_engine_problem_list_every_field_they_have() {
+        let p = || {
+            BasicProperties::default()
+                .with_message_id("msg_0123".into())
+                .with_headers(headers(&[("x-herald-reason", text("delivery-failed"))]))
+        };
+        let notification = json!({
+            "kind": "notification", "reason": "delivery-failed", "detail": "HTTP 410 Gone",
+            "attempts": 3, "channel": "webhook", "parkedAt": "2026-11-20T16:00:00+00:00",
+            "notification": { "key": "msg_0123", "eventId": "evt-2", "eventType": "court.warrant.issued",
+                              "route": "ppo-fta-warrant", "recipient": "police:WYP-LEEDS" }
+        });
+        let r = read(Which::Failed, p(), notification.to_string().as_bytes());
+        assert_eq!(
+            r.cells(),
+            [
+                "1",
+                "2026-11-20T16:00:00Z",
+                "delivery-failed",
+                "ppo-fta-warrant",
+                "police:WYP-LEEDS",
+                "webhook",
+                "3",
+                "evt-2",
+                "court.warrant.issued",
+                "-",
+                "HTTP 410 Gone"
+            ]
+        );
+        assert_eq!(r.message_id.as_deref(), Some("msg_0123"));
+
+        let problem = json!({
+            "kind": "problem", "reason": "unknown-recipient", "detail": "police:XX is not in the directory",
+            "parkedAt": "2026-11-20T16:00:00+00:00",
+            "problem": { "outcome": "unknown-recipient", "route": "ppo-released",
+                         "pattern": "police:{offender.homeBcu}", "reason": "police:XX is not in the directory" },
+            "eventId": "evt-3", "eventType": "prison.prisoner.released", "event": {}
+        });
+        let r = read(Which::Failed, p(), problem.to_string().as_bytes());
+        assert_eq!(r.kind, "problem");
+        assert_eq!(r.route.as_deref(), Some("ppo-released"));
+        assert_eq!(r.recipient.as_deref(), Some("police:{offender.homeBcu}"));
+        assert_eq!(r.attempts, None);
+        assert_eq!(r.event_id.as_deref(), Some("evt-3"));
+        let table = table(&[r]);
+        assert!(!table.contains("null") && !table.contains("()"), "{table}");
+        assert!(table.starts_with("#  PARKED AT"), "{table}");
+    }
+
+    #[test]
+    fn an_unreadable_retry_says_what_it_can() {
+        let p = BasicProperties::default()
+            .with_message_id("unreadable".into())
+            .with_headers(headers(&[
+                ("x-herald-reason", text("unreadable")),
+                ("x-herald-detail", text("missing field `content`")),
+                ("x-herald-parked-at", text("2026-11-20T16:00:00+00:00")),
+            ]));
+        let r = read(
+            Which::Failed,
+            p.clone(),
+            br#"{"key": "msg_9", "eventId": "evt-9", "route": "r", "attempts": 2}"#,
+        );
+        assert_eq!(r.kind, "unreadable");
+        assert_eq!(
+            (r.event_id.as_deref(), r.message_id.as_deref()),
+            (Some("evt-9"), Some("msg_9"))
+        );
+        assert_eq!((r.route.as_deref(), r.attempts), (Some("r"), Some(2)));
+        let r = read(Which::Failed, p, b"\x00\xff not json");
+        assert_eq!(r.cells()[3..7], ["-", "-", "-", "-"]);
+        assert_eq!(r.parked_at.as_deref(), Some("2026-11-20T16:00:00Z"));
+    }
+
+    #[test]
+    fn an_event_past_the_delivery_limit_is_explained_from_x_death() {
+        let death = headers(&[
+            ("count", AMQPValue::LongLongInt(1)),
+            ("reason", text("delivery_limit")),
+            ("queue", text("herald.events")),
+            ("time", AMQPValue::Timestamp(1_795_000_000)),
+            ("exchange", text("herald.events")),
+            (
+                "routing-keys",
+                AMQPValue::FieldArray(FieldArray::from(vec![text("court.warrant.issued")])),
+            ),
+        ]);
+        let p = BasicProperties::default()
+            .with_message_id("evt-4".into())
+            .with_user_id("court".into())
+            .with_headers(headers(&[
+                (
+                    "x-death",
+                    AMQPValue::FieldArray(FieldArray::from(vec![AMQPValue::FieldTable(death)])),
+                ),
+                ("x-first-death-reason", text("delivery_limit")),
+            ]));
+        let r = read(
+            Which::Rejected,
+            p,
+            br#"{"eventType": "court.warrant.issued"}"#,
+        );
+        assert_eq!(r.kind, "delivery-limit");
+        assert_eq!(r.reason, "delivery-limit");
+        assert_eq!(r.parked_at.as_deref(), Some("2026-11-18T11:06:40Z"));
+        assert_eq!(r.publisher.as_deref(), Some("court"));
+        assert_eq!(r.event_id.as_deref(), Some("evt-4"));
+        assert_eq!(r.event_type.as_deref(), Some("court.warrant.issued"));
+        assert_eq!(
+            r.detail.as_deref(),
+            Some(
+                "the broker dead-lettered it from herald.events after 11 deliveries: Herald never \
+                 finished handling it (see Herald's log for event id evt-4)"
+            )
+        );
+    }
+
+    #[test]
+    fn anything_else_is_unexplained_with_the_headers_it_has() {
+        let p = BasicProperties::default()
+            .with_headers(headers(&[("x-mine", AMQPValue::Boolean(true))]));
+        let r = read(Which::Rejected, p, b"hello");
+        assert_eq!(r.reason, "unexplained");
+        let detail = r.detail.unwrap_or_default();
+        assert!(
+            detail.contains("no x-herald-reason") && detail.contains("headers: x-mine"),
+            "{detail}"
+        );
+        let r = read(Which::Failed, BasicProperties::default(), b"");
+        assert_eq!(r.reason, "unexplained");
+        assert!(r.detail.unwrap_or_default().contains("it has no headers"));
+    }
+
+    #[test]
+    fn headers_show_as_plain_values() {
+        use crate::serve::park::value_text;
+        assert_eq!(value_text(&AMQPValue::LongLongInt(7)), "7");
+        assert_eq!(value_text(&AMQPValue::Boolean(false)), "false");
+        assert_eq!(value_text(&text("delivery-failed")), "delivery-failed");
+        assert_eq!(
+            value_text(&AMQPValue::Timestamp(0)),
+            "1970-01-01T00:00:00+00:00"
+        );
+        let table = headers(&[("count", AMQPValue::ShortInt(2)), ("queue", text("q"))]);
+        assert_eq!(
+            value_text(&AMQPValue::FieldArray(FieldArray::from(vec![
+                AMQPValue::FieldTable(table)
+            ]))),
+            r#"[{"count":2,"queue":"q"}]"#
+        );
+    }
+
+    #[test]
+    fn control_characters_from_a_publisher_are_not_printed() {
+        let p = BasicProperties::default()
+            .with_message_id("evt\u{1b}[2J".into())
+            .with_headers(headers(&[
+                ("x-herald-reason", text("schema-violation")),
+                ("x-herald-detail", text("a\nb")),
+            ]));
+        let table = table(&[read(Which::Rejected, p, b"{}")]);
+        assert!(
+            !table.contains('\u{1b}') && table.lines().count() == 2,
+            "{table}"
+        );
+    }
 }

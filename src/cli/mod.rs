@@ -138,7 +138,9 @@ pub fn run(cli: Cli) -> ExitCode {
             files,
         } => crate::config::Config::load(&config.config)
             .map_err(|e| {
-                eprintln!("error: {e}");
+                for line in e.lines() {
+                    eprintln!("error: {line}");
+                }
                 ExitCode::from(2)
             })
             .map(|c| {

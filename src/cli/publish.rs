@@ -32,7 +32,8 @@ pub async fn run(args: Args) -> ExitCode {
 }
 
 async fn publish(args: Args) -> Result<(), String> {
-    let mut url = url::Url::parse(&args.url).map_err(|e| format!("HERALD_AMQP_URL: {e}"))?;
+    let mut url = url::Url::parse(&args.url)
+        .map_err(|e| format!("the AMQP URL (HERALD_AMQP_URL or amqp.url) is not a URL: {e}"))?;
     if let Some(user) = &args.user {
         let password = std::env::var(&args.password_env)
             .map_err(|_| format!("--user {user} needs the password in {}", args.password_env))?;
@@ -49,6 +50,7 @@ async fn publish(args: Args) -> Result<(), String> {
     let connection = Connection::connect(url.as_str(), ConnectionProperties::default())
         .await
         .map_err(|e| {
+            let e = crate::mask::scrub(&e.to_string(), url.as_str());
             format!("cannot reach RabbitMQ at {shown}: {e}. Start it (`rabbitmq-server -detached`) or set HERALD_AMQP_URL")
         })?;
     let channel = connection

@@ -53,8 +53,9 @@ impl EmailSender {
         let transport = match url {
             Some(url) => {
                 check_tls(url).map_err(EmailSetupError::Url)?;
+                // lettre's message may quote what it was given; the URL may hold a password.
                 let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
-                    .map_err(|e| EmailSetupError::Url(e.to_string()))?
+                    .map_err(|e| EmailSetupError::Url(crate::mask::scrub(&e.to_string(), url)))?
                     .pool_config(PoolConfig::new().max_size(connections.max(1)))
                     .build();
                 Transport::Smtp(transport)
@@ -148,6 +149,7 @@ impl EmailSender {
 
 /// TLS is required unless the server is on this machine: `smtps://` (implicit TLS) or
 /// `smtp://...?tls=required` (STARTTLS) anywhere; plain `smtp://` only to a loopback host.
+/// A refusal names the scheme or host, never the user or password.
 pub fn check_tls(url: &str) -> Result<(), String> {
     let parsed = url::Url::parse(url).map_err(|e| format!("not a URL: {e}"))?;
     let tls_required = parsed.scheme() == "smtps"
@@ -189,5 +191,26 @@ mod tests {
         );
         assert!(check_tls("smtp://mail.example.gov.uk:587?tls=opportunistic").is_err());
         assert!(check_tls("http://mail.example.gov.uk").is_err());
+    }
+
+    #[test]
+    fn a_refused_smtp_url_is_not_repeated_with_its_password() {
+        for url in [
+            "smtp://herald:s3cret@mail.example.gov.uk:25",
+            "smtp://herald:s3cret@mail.example.gov.uk:587?tls=sometimes",
+            "imap://herald:s3cret@mail.example.gov.uk",
+            "smtp:herald:s3cret@mail.example.gov.uk",
+            "herald:s3cret@mail.example.gov.uk",
+        ] {
+            let e = super::EmailSender::new(
+                Some(url),
+                std::path::Path::new("."),
+                "Herald <h@example.gov.uk>",
+                1,
+            )
+            .err()
+            .unwrap_or_else(|| panic!("{url} was accepted"));
+            assert!(!e.to_string().contains("s3cret"), "{url}: {e}");
+        }
     }
 }

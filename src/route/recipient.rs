@@ -175,14 +175,16 @@ impl Directory {
                 if let Err(e) = check_webhook_url(&w.url) {
                     err(e);
                 }
-                for name in std::iter::once(&w.secret_env).chain(&w.previous_secret_env) {
-                    if name.is_empty()
-                        || !name
-                            .chars()
-                            .all(|ch| ch.is_ascii_uppercase() || ch.is_ascii_digit() || ch == '_')
-                    {
+                let names = [
+                    ("secret_env", Some(&w.secret_env)),
+                    ("previous_secret_env", w.previous_secret_env.as_ref()),
+                ];
+                for (field, name) in names {
+                    if name.is_some_and(|n| !is_variable_name(n)) {
+                        // Not echoed: an operator may have pasted the secret itself here.
                         err(format!(
-                            "secret_env \"{name}\" must be an environment variable name (A-Z, 0-9, _), never the secret"
+                            "webhook {field} must be the name of an environment variable \
+                             (A-Z, 0-9, _), never the secret; its value is not shown"
                         ));
                     }
                 }
@@ -232,29 +234,46 @@ impl Directory {
     }
 }
 
-/// HTTPS anywhere; plain HTTP only to a loopback address; no credentials in the URL.
+/// An environment variable's name as routes.toml writes one: A-Z, 0-9 and `_`.
+fn is_variable_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|ch| ch.is_ascii_uppercase() || ch.is_ascii_digit() || ch == '_')
+}
+
+/// HTTPS anywhere; plain HTTP only to a loopback address; no credentials in the URL, as
+/// user name, password or a query parameter named like a secret. Messages show the URL
+/// masked (see [`crate::mask::url`]), never a credential.
 fn check_webhook_url(url: &str) -> Result<(), String> {
-    let parsed = url::Url::parse(url).map_err(|e| format!("webhook url \"{url}\": {e}"))?;
+    let parsed = url::Url::parse(url).map_err(|e| format!("webhook url is not a URL: {e}"))?;
     if !parsed.username().is_empty() || parsed.password().is_some() {
-        // Not echoed: it holds a secret.
         return Err(
             "webhook url carries a user name or password; routes.toml holds no \
              secrets, and receivers authenticate Herald by the webhook signature"
                 .into(),
         );
     }
+    let shown = crate::mask::url(url);
+    let secrets = crate::mask::secret_query_names(&parsed);
+    if !secrets.is_empty() {
+        return Err(format!(
+            "webhook url {shown} carries a credential in its query ({}; the value is not \
+             shown); routes.toml holds no secrets, and receivers authenticate Herald by the \
+             webhook signature",
+            secrets.join(", ")
+        ));
+    }
     let host = parsed
         .host()
-        .ok_or_else(|| format!("webhook url \"{url}\" has no host"))?;
+        .ok_or_else(|| format!("webhook url {shown} has no host"))?;
     match parsed.scheme() {
         "https" => Ok(()),
         "http" if crate::deliver::is_loopback(&host) => Ok(()),
         "http" => Err(format!(
-            "webhook url \"{url}\": plain HTTP is allowed only to loopback; use https"
+            "webhook url {shown}: plain HTTP is allowed only to loopback; use https"
         )),
-        other => Err(format!(
-            "webhook url \"{url}\": scheme {other} is not https"
-        )),
+        other => Err(format!("webhook url {shown}: scheme {other} is not https")),
     }
 }
 
@@ -422,6 +441,40 @@ mod tests {
             "{e}"
         );
         assert!(check_webhook_url("https://herald@hooks.example.gov.uk/").is_err());
+        for query in [
+            "token=t0p",
+            "api_key=t0p",
+            "Signature=t0p",
+            "x=1&access_token=t0p",
+        ] {
+            let e =
+                check_webhook_url(&format!("https://hooks.example.gov.uk/h?{query}")).unwrap_err();
+            assert!(e.contains("credential") && !e.contains("t0p"), "{e}");
+        }
+        assert!(check_webhook_url("https://hooks.example.gov.uk/h?region=north").is_ok());
+        let e = check_webhook_url("http://hooks.example.gov.uk/h#t0p").unwrap_err();
+        assert!(e.contains("plain HTTP") && !e.contains("t0p"), "{e}");
+    }
+
+    #[test]
+    fn a_secret_env_that_is_not_a_variable_name_is_refused_without_being_shown() {
+        let config: crate::config::Config = crate::config::Config::parse(
+            r#"
+[[recipient]]
+id = "police:X"
+class = "police"
+name = "X"
+webhook = { url = "https://hooks.example.gov.uk/", secret_env = "s3cr3t-value", previous_secret_env = "OLD" }
+"#,
+        )
+        .unwrap();
+        let (_, errors) = super::Directory::build(&config.recipients);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].contains("secret_env must be the name of an environment variable")
+                && !errors[0].contains("s3cr3t"),
+            "{errors:?}"
+        );
     }
 
     #[test]

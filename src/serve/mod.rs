@@ -201,9 +201,11 @@ impl Link {
     /// Connects, declares the topology (idempotently) and starts both consumers.
     async fn open(settings: &Settings) -> Result<Link, ServeError> {
         let url = redact_url(&settings.amqp_url);
+        // lapin's message may quote the URL it was given, password and all.
+        let reason = |e: lapin::Error| crate::mask::scrub(&e.to_string(), &settings.amqp_url);
         let broker = |e: lapin::Error| ServeError::Broker {
             url: url.clone(),
-            reason: e.to_string(),
+            reason: reason(e),
         };
         let properties = ConnectionProperties::default()
             .with_connection_name(settings.connection_name.clone().into());
@@ -211,7 +213,7 @@ impl Link {
             .await
             .map_err(|e| ServeError::Unreachable {
                 url: url.clone(),
-                reason: e.to_string(),
+                reason: reason(e),
             })?;
         let consuming = connection.create_channel().await.map_err(broker)?;
         let publisher = connection.create_channel().await.map_err(broker)?;
@@ -407,16 +409,9 @@ async fn reconnect(ctx: &Ctx, stop: &CancellationToken) -> Option<Link> {
     }
 }
 
-/// The URL without its password, for messages.
+/// The URL without its password or other secrets, for messages (see [`crate::mask::url`]).
 pub fn redact_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        Ok(u) => u.to_string(),
-        Err(_) => "(unparseable URL)".into(),
-    }
+    crate::mask::url(url)
 }
 
 /// Connects, declares the topology and starts consuming.

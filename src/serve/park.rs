@@ -185,10 +185,13 @@ pub async fn problem(
     publish(channel, queue, record.to_string().as_bytes(), properties).await
 }
 
+/// The properties of a record in the failed queue. `x-herald-parked-at` says when, for every
+/// kind (an unreadable message has no record of Herald's to carry it).
 fn properties(id: &str, reason: &str, detail: &str, p: Option<&Pending>) -> BasicProperties {
     let mut headers = FieldTable::default();
     headers.insert("x-herald-reason".into(), text(reason));
     headers.insert("x-herald-detail".into(), text(detail));
+    headers.insert("x-herald-parked-at".into(), text(Utc::now().to_rfc3339()));
     if let Some(p) = p {
         headers.insert("x-herald-route".into(), text(p.route.as_str()));
         headers.insert("x-herald-recipient".into(), text(p.recipient.as_str()));
@@ -260,11 +263,54 @@ fn headers_summary(table: &FieldTable, size: usize) -> String {
     summary
 }
 
-/// The JSON value of a parked record's header, for tools that read the queues.
+/// A parked record's header as plain text, for tools that read the queues: strings as they
+/// are, numbers and booleans as written, timestamps in RFC 3339, tables and arrays as JSON.
 pub fn header_text(headers: &Option<FieldTable>, name: &str) -> Option<String> {
-    match headers.as_ref()?.inner().get(name)? {
-        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
-        AMQPValue::ShortString(s) => Some(s.to_string()),
-        other => Some(Value::String(format!("{other:?}")).to_string()),
+    headers.as_ref()?.inner().get(name).map(value_text)
+}
+
+/// One header value as plain text (see [`header_text`]).
+pub fn value_text(value: &AMQPValue) -> String {
+    match header_json(value) {
+        Value::String(s) => s,
+        other => other.to_string(),
+    }
+}
+
+/// A header value as JSON: what the broker and publishers put in headers (numbers of every
+/// width, timestamps, nested tables such as `x-death`) as a script would want to read it.
+/// Bytes that are not UTF-8 are shown lossily, never as a debug dump.
+pub fn header_json(value: &AMQPValue) -> Value {
+    let text = |bytes: &[u8]| Value::String(String::from_utf8_lossy(bytes).into_owned());
+    match value {
+        AMQPValue::Boolean(b) => Value::Bool(*b),
+        AMQPValue::ShortShortInt(n) => json!(n),
+        AMQPValue::ShortShortUInt(n) => json!(n),
+        AMQPValue::ShortInt(n) => json!(n),
+        AMQPValue::ShortUInt(n) => json!(n),
+        AMQPValue::LongInt(n) => json!(n),
+        AMQPValue::LongUInt(n) => json!(n),
+        AMQPValue::LongLongInt(n) => json!(n),
+        AMQPValue::Float(n) => json!(n),
+        AMQPValue::Double(n) => json!(n),
+        AMQPValue::DecimalValue(d) => {
+            json!(f64::from(d.value) / 10f64.powi(i32::from(d.scale)))
+        }
+        AMQPValue::ShortString(s) => Value::String(s.to_string()),
+        AMQPValue::LongString(s) => text(s.as_bytes()),
+        AMQPValue::ByteArray(b) => text(b.as_slice()),
+        AMQPValue::FieldArray(items) => items.as_slice().iter().map(header_json).collect(),
+        AMQPValue::FieldTable(table) => Value::Object(
+            table
+                .inner()
+                .iter()
+                .map(|(k, v)| (k.to_string(), header_json(v)))
+                .collect(),
+        ),
+        AMQPValue::Timestamp(t) => i64::try_from(*t)
+            .ok()
+            .and_then(|t| chrono::DateTime::from_timestamp(t, 0))
+            .map_or_else(|| json!(t), |at| json!(at.to_rfc3339())),
+        AMQPValue::Void => Value::Null,
     }
 }

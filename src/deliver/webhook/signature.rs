@@ -10,6 +10,10 @@ use sha2::Sha256;
 /// Signatures older or newer than this are refused by [`verify`].
 pub const TOLERANCE_SECS: i64 = 5 * 60;
 
+/// The shortest and longest signing secrets Standard Webhooks allows, in bytes.
+pub const MIN_BYTES: usize = 24;
+pub const MAX_BYTES: usize = 64;
+
 /// A signing secret, held as the HMAC keyed with it (the key's padding is worked out once,
 /// not at every signature).
 #[derive(Clone)]
@@ -22,7 +26,8 @@ impl std::fmt::Debug for Secret {
 }
 
 impl Secret {
-    /// Parses `whsec_<base64>`.
+    /// Parses `whsec_<base64>` of 24 to 64 bytes, as Standard Webhooks has it. The reason
+    /// for a refusal never repeats the text, which may be most of a secret.
     pub fn parse(text: &str) -> Result<Secret, String> {
         let encoded = text
             .trim()
@@ -31,8 +36,12 @@ impl Secret {
         let bytes = STANDARD
             .decode(encoded)
             .map_err(|_| "the part after whsec_ is not base64")?;
-        if bytes.len() < 24 {
-            return Err("a signing secret needs at least 24 bytes".into());
+        if !(MIN_BYTES..=MAX_BYTES).contains(&bytes.len()) {
+            return Err(format!(
+                "a Standard Webhooks secret is whsec_ and base64 of {MIN_BYTES} to \
+                 {MAX_BYTES} bytes; this one is {} bytes",
+                bytes.len()
+            ));
         }
         // HMAC accepts keys of any length.
         Hmac::<Sha256>::new_from_slice(&bytes)
@@ -140,5 +149,18 @@ mod tests {
         );
         assert!(Secret::parse("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").is_err());
         assert!(Secret::parse("whsec_!!").is_err());
+    }
+
+    #[test]
+    fn a_secret_is_24_to_64_bytes_and_a_refusal_does_not_repeat_it() {
+        let of = |n: usize| format!("whsec_{}", STANDARD.encode(vec![7u8; n]));
+        assert!(Secret::parse(&of(24)).is_ok());
+        assert!(Secret::parse(&of(64)).is_ok());
+        for n in [23, 65, 200] {
+            let text = of(n);
+            let e = Secret::parse(&text).unwrap_err();
+            assert!(e.contains(&format!("{n} bytes")), "{e}");
+            assert!(!e.contains(&text["whsec_".len()..]), "{e}");
+        }
     }
 }
