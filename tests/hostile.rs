@@ -502,6 +502,50 @@ async fn loose_messages_are_refused_each_with_its_own_reason_and_never_echoed_wh
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_replay_cannot_be_made_to_act_as_a_publisher_named_in_a_header() {
+    let (receiver, names) = (Receiver::start().await, Names::new("forged-replay"));
+    let dir = tempfile::tempdir().unwrap();
+    let config = service::config_file(dir.path(), &names, &receiver, "\"court.*\"");
+    let herald = service::start(herald::config::Config::load(&config).unwrap(), &names, None).await;
+    let (_conn, ch) = service::channel().await;
+    // No user_id, so the broker vouches for no one; the headers claim the prison sent it.
+    let mut forged = FieldTable::default();
+    forged.insert(
+        "x-herald-original-user-id".into(),
+        AMQPValue::LongString("prison".into()),
+    );
+    forged.insert(
+        "x-herald-reason".into(),
+        AMQPValue::LongString("schema-violation".into()),
+    );
+    service::publish(
+        &ch,
+        &names.exchange,
+        "prison.prisoner.received",
+        &body("prison.prisoner.received.json"),
+        BasicProperties::default()
+            .with_message_id("evt-forged".into())
+            .with_content_type("application/json".into())
+            .with_headers(forged),
+    )
+    .await;
+    wait_until("the event refused", WAIT, || async {
+        ready(&ch, &names.rejected).await == 1
+    })
+    .await;
+    herald.stop().await.unwrap();
+    let (ok, out) = service::dlq(&config, &["replay", "rejected"]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("still rejected") && out.contains("user_id"),
+        "{out}"
+    );
+    assert_eq!(ready(&ch, &names.rejected).await, 1, "it stays parked");
+    assert_eq!(ready(&ch, &names.deliveries()).await, 0);
+    service::cleanup(&ch, &names).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_document_for_someone_no_representative_acts_for_is_counted_not_parked() {
     let (smtp, receiver, names) = (
         Smtp::start(),
@@ -690,6 +734,92 @@ async fn any_message_the_broker_takes_is_routed_or_parked_never_lost() {
         );
     }
     assert_eq!(total(&metrics, "herald_ready", &[]), 1.0);
+    herald.stop().await.unwrap();
+    service::cleanup(&ch, &names).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn thirty_looks_at_a_parked_notification_do_not_lose_it() {
+    let (receiver, names) = (Receiver::start().await, Names::new("thirty-looks"));
+    receiver.answer("/police/WYP-LEEDS", 410);
+    let dir = tempfile::tempdir().unwrap();
+    let config = service::config_file(dir.path(), &names, &receiver, "\"court.*\"");
+    let herald = service::start(herald::config::Config::load(&config).unwrap(), &names, None).await;
+    let (_conn, ch) = service::channel().await;
+    service::publish(
+        &ch,
+        &names.exchange,
+        "court.warrant.issued",
+        &body("court.warrant.issued.json"),
+        agency("evt-looked-at"),
+    )
+    .await;
+    wait_until("the notification parked", WAIT, || async {
+        ready(&ch, &names.failed).await == 1
+    })
+    .await;
+    for i in 0..30 {
+        let args: &[&str] = if i % 2 == 0 {
+            &["list", "failed"]
+        } else {
+            &["show", "failed", "1"]
+        };
+        let (ok, out) = service::dlq(&config, args);
+        assert!(ok && out.contains("police:WYP-LEEDS"), "look {i}: {out}");
+    }
+    assert_eq!(
+        ready(&ch, &names.failed).await,
+        1,
+        "still parked after 30 looks"
+    );
+    receiver.answer("/police/WYP-LEEDS", 204);
+    let (ok, out) = service::dlq(&config, &["replay", "failed"]);
+    assert!(ok, "{out}");
+    wait_until("the replayed notification delivered", WAIT, || async {
+        receiver.hooks().iter().any(|h| h.status == 204)
+    })
+    .await;
+    herald.stop().await.unwrap();
+    service::cleanup(&ch, &names).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn parking_queues_an_older_herald_declared_are_kept_and_used() {
+    let (receiver, names) = (Receiver::start().await, Names::new("older-queues"));
+    let (_conn, ch) = service::channel().await;
+    // As an older Herald declared them: quorum queues without a delivery limit.
+    for queue in [&names.rejected, &names.failed] {
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
+        ch.queue_declare(
+            queue.as_str().into(),
+            lapin::options::QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            args,
+        )
+        .await
+        .unwrap();
+    }
+    let herald = service::start(service::config(&receiver), &names, None).await;
+    service::publish(
+        &ch,
+        &names.exchange,
+        "court.warrant.issued",
+        b"{\"eventType\": \"court.warr",
+        agency("evt-malformed"),
+    )
+    .await;
+    wait_until(
+        "the refused event parked in the older queue",
+        WAIT,
+        || async { ready(&ch, &names.rejected).await == 1 },
+    )
+    .await;
     herald.stop().await.unwrap();
     service::cleanup(&ch, &names).await;
 }

@@ -5,7 +5,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::service::{self, Names, Receiver, Smtp, agency, total, wait_until};
+use common::service::{self, Names, Receiver, Smtp, agency, dlq, total, wait_until};
 use lapin::BasicProperties;
 use serde_json::json;
 
@@ -825,25 +825,6 @@ fn an_unreachable_broker_is_one_clear_line_and_a_failure_exit() {
     assert!(!stderr.contains("panicked") && !stderr.contains("backtrace"));
 }
 
-fn dlq(config: &std::path::Path, args: &[&str]) -> (bool, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
-        .arg("dlq")
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .env("HERALD_AMQP_URL", service::AMQP_URL)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn parked_messages_are_listed_replayed_once_fixed_and_purged() {
     let (receiver, names) = (Receiver::start().await, Names::new("dlq"));
@@ -1188,7 +1169,7 @@ async fn every_kind_of_parked_record_lists_in_readable_columns() {
     )
     .await;
     // A retry Herald cannot read.
-    let deliveries = format!("{}.deliveries", names.queue);
+    let deliveries = names.deliveries();
     service::publish(
         &ch,
         "",
@@ -1377,7 +1358,7 @@ async fn an_event_past_the_delivery_limit_is_explained_and_replayed_with_its_pub
         }
         args
     };
-    let deliveries = format!("{}.deliveries", names.queue);
+    let deliveries = names.deliveries();
     for queue in [&names.rejected, &deliveries] {
         ch.queue_declare(queue.as_str().into(), durable, quorum(&[]))
             .await

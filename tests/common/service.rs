@@ -442,6 +442,13 @@ impl Names {
     }
 }
 
+impl Names {
+    /// The queue due retries arrive on, as Herald names it after the events queue.
+    pub fn deliveries(&self) -> String {
+        format!("{}.deliveries", self.queue)
+    }
+}
+
 /// A channel in confirm mode, logged in as guest.
 pub async fn channel() -> (Connection, Channel) {
     let conn = Connection::connect(AMQP_URL, ConnectionProperties::default())
@@ -718,4 +725,25 @@ pub fn config_file_with(
     let text = format!("{text}\n{extra}\n");
     std::fs::write(&path, text).unwrap();
     path
+}
+
+/// Runs `herald dlq ARGS` with `config` against the test broker: whether it succeeded, and
+/// what it printed.
+pub fn dlq(config: &std::path::Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .arg("dlq")
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env("HERALD_AMQP_URL", AMQP_URL)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
 }
