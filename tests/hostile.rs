@@ -534,7 +534,7 @@ async fn a_replay_cannot_be_made_to_act_as_a_publisher_named_in_a_header() {
     })
     .await;
     herald.stop().await.unwrap();
-    let (ok, out) = service::dlq(&config, &["replay", "rejected"]);
+    let (ok, out) = service::dlq(&config, &["replay", "rejected", "evt-forged"]);
     assert!(!ok, "{out}");
     assert!(
         out.contains("still rejected") && out.contains("user_id"),
@@ -762,7 +762,7 @@ async fn thirty_looks_at_a_parked_notification_do_not_lose_it() {
         let args: &[&str] = if i % 2 == 0 {
             &["list", "failed"]
         } else {
-            &["show", "failed", "1"]
+            &["show", "failed", "evt-looked-at"]
         };
         let (ok, out) = service::dlq(&config, args);
         assert!(ok && out.contains("police:WYP-LEEDS"), "look {i}: {out}");
@@ -773,7 +773,7 @@ async fn thirty_looks_at_a_parked_notification_do_not_lose_it() {
         "still parked after 30 looks"
     );
     receiver.answer("/police/WYP-LEEDS", 204);
-    let (ok, out) = service::dlq(&config, &["replay", "failed"]);
+    let (ok, out) = service::dlq(&config, &["replay", "failed", "--all"]);
     assert!(ok, "{out}");
     wait_until("the replayed notification delivered", WAIT, || async {
         receiver.hooks().iter().any(|h| h.status == 204)

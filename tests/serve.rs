@@ -869,7 +869,8 @@ async fn parked_messages_are_listed_replayed_once_fixed_and_purged() {
         ok && out.contains("unauthorised-publisher") && out.contains("court.hearing.concluded"),
         "{out}"
     );
-    let (ok, out) = dlq(&strict, &["show", "failed", "1"]);
+    // Addressed by the event's id, which `list` shows.
+    let (ok, out) = dlq(&strict, &["show", "failed", "evt-dlq-1"]);
     assert!(
         ok && out.contains("x-herald-reason: delivery-failed") && out.contains("\"notification\""),
         "{out}"
@@ -878,7 +879,15 @@ async fn parked_messages_are_listed_replayed_once_fixed_and_purged() {
     // The endpoint is back: the parked webhook goes again, with the same webhook-id.
     receiver.answer("/police/WYP-LEEDS", 204);
     let (ok, out) = dlq(&strict, &["replay", "failed"]);
-    assert!(ok && out.contains("replayed: 1"), "{out}");
+    assert!(
+        !ok && out.contains("--all"),
+        "a replay names what it replays: {out}"
+    );
+    let (ok, out) = dlq(&strict, &["replay", "failed", "--all"]);
+    assert!(
+        ok && out.contains("replayed: 1") && out.contains("p-"),
+        "{out}"
+    );
     wait_until("the replayed webhook delivered", WAIT, || async {
         receiver
             .hooks()
@@ -897,14 +906,14 @@ async fn parked_messages_are_listed_replayed_once_fixed_and_purged() {
     assert_eq!(police[1].status, 204);
 
     // Still not allowed: the rejected event stays parked.
-    let (ok, out) = dlq(&strict, &["replay", "rejected"]);
+    let (ok, out) = dlq(&strict, &["replay", "rejected", "--all"]);
     assert!(
         !ok && out.contains("kept") && out.contains("may not publish"),
         "{out}"
     );
     // Allowed now: replaying routes it and the police hear about the hearing.
     let relaxed = service::config_file(dir.path(), &names, &receiver, "\"court.*\"");
-    let (ok, out) = dlq(&relaxed, &["replay", "rejected"]);
+    let (ok, out) = dlq(&relaxed, &["replay", "rejected", "evt-dlq-2"]);
     assert!(ok && out.contains("replayed: 2"), "{out}");
     wait_until("the hearing outcome delivered", WAIT, || async {
         receiver
@@ -1118,7 +1127,7 @@ fn dlq_json(config: &std::path::Path, which: &str) -> Vec<serde_json::Value> {
 
 /// The fields every record of `herald dlq list --json` has, whatever its kind.
 const RECORD_FIELDS: [&str; 13] = [
-    "number",
+    "id",
     "kind",
     "parkedAt",
     "reason",
@@ -1286,17 +1295,18 @@ async fn every_kind_of_parked_record_lists_in_readable_columns() {
         (&json!("unreadable"), &json!("msg_unreadable"))
     );
 
-    // `show N` puts the first N back at the end of the queue (issue 16): the number is read
-    // again before each.
-    let number_of = |id: &str| {
-        dlq_json(&config, "failed")
-            .iter()
-            .find(|r| r["eventId"] == id)
-            .map(|r| r["number"].to_string())
-            .unwrap_or_default()
-    };
-    let number = number_of("evt-kinds-1");
-    let (ok, out) = dlq(&config, &["show", "failed", &number]);
+    // A look puts messages back at the end of the queue: the id from one listing still names
+    // the same message after it.
+    let id = dlq_json(&config, "failed")
+        .iter()
+        .find(|r| r["eventId"] == "evt-kinds-1")
+        .and_then(|r| r["id"].as_str().map(str::to_owned))
+        .unwrap();
+    for _ in 0..3 {
+        let (ok, _) = dlq(&config, &["list", "failed", "--limit", "1"]);
+        assert!(ok);
+    }
+    let (ok, out) = dlq(&config, &["show", "failed", &id]);
     assert!(ok, "{out}");
     assert!(
         out.contains("x-herald-attempts: 1\n") && out.contains("reason      delivery-failed"),
@@ -1306,16 +1316,13 @@ async fn every_kind_of_parked_record_lists_in_readable_columns() {
         !out.contains("LongLongInt") && !out.contains("LongString"),
         "{out}"
     );
-    let number = number_of("evt-kinds-1");
-    let (ok, out) = dlq(&config, &["show", "failed", &number, "--json"]);
+    let (ok, out) = dlq(&config, &["show", "failed", &id, "--json"]);
     assert!(ok, "{out}");
     let shown: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(shown["headers"]["x-herald-attempts"], 1, "{shown}");
     assert_eq!(shown["reason"], "delivery-failed", "{shown}");
     assert_eq!(shown["body"]["kind"], "notification", "{shown}");
 
-    // Listing puts each message back at the end of the queue (issue 16): numbers hold only
-    // while every message is taken and put back in order, so the cut listing comes last.
     let (ok, out) = dlq(&config, &["list", "failed", "--limit", "2"]);
     assert!(
         ok && out.lines().count() == 4 && out.contains("2 of 3 in"),
@@ -1453,7 +1460,7 @@ async fn an_event_past_the_delivery_limit_is_explained_and_replayed_with_its_pub
         "{r}"
     );
 
-    let (ok, out) = dlq(&config, &["show", "rejected", "1"]);
+    let (ok, out) = dlq(&config, &["show", "rejected", "evt-delivery-limit"]);
     assert!(
         ok && out.contains("reason      delivery-limit") && out.contains(&explanation),
         "{out}"
@@ -1469,7 +1476,7 @@ async fn an_event_past_the_delivery_limit_is_explained_and_replayed_with_its_pub
     );
 
     // Replayed with the publisher the broker kept: routed again, its notifications queued.
-    let (ok, out) = dlq(&config, &["replay", "rejected"]);
+    let (ok, out) = dlq(&config, &["replay", "rejected", "--all"]);
     assert!(ok && out.contains("replayed: 2"), "{out}");
     let queued = service::drain(&ch, &deliveries).await;
     assert_eq!(queued.len(), 2);

@@ -17,7 +17,6 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicGetOptions, BasicNackOptions, ConfirmSelectOptions, QueueDeclareOptions,
-    QueuePurgeOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
@@ -50,19 +49,27 @@ pub enum Action {
         #[arg(long)]
         json: bool,
     },
-    /// One parked message in full (numbered as `list` shows).
+    /// Parked messages in full: each whose id (as `list` shows it), message_id or event id
+    /// is ID.
     Show {
         which: Which,
-        number: usize,
-        /// One JSON object, for scripts.
+        id: String,
+        /// One JSON object per message, for scripts.
         #[arg(long)]
         json: bool,
     },
-    /// Send parked messages again (all, or the numbers given).
-    Replay { which: Which, numbers: Vec<usize> },
-    /// Delete every message in the queue.
+    /// Send parked messages again: those named by id, message_id or event id, or `--all`.
+    Replay {
+        which: Which,
+        ids: Vec<String>,
+        /// Every message in the queue.
+        #[arg(long, conflicts_with = "ids")]
+        all: bool,
+    },
+    /// Delete parked messages: those named, or every one; each is printed as it goes.
     Purge {
         which: Which,
+        ids: Vec<String>,
         /// Confirms the deletion.
         #[arg(long)]
         yes: bool,
@@ -108,8 +115,7 @@ async fn dlq(core: Core, action: Action) -> Result<ExitCode, String> {
             let got = fetch(&ch, &queue(which), limit).await?;
             let records: Vec<Record> = got
                 .iter()
-                .enumerate()
-                .map(|(i, m)| Record::read(i + 1, which, &settings, &m.properties, &m.data))
+                .map(|m| Record::read(which, &settings, &m.properties, &m.data))
                 .collect();
             release(&got).await;
             let cut = records.len() < total as usize;
@@ -134,66 +140,97 @@ async fn dlq(core: Core, action: Action) -> Result<ExitCode, String> {
             }
             ExitCode::SUCCESS
         }
-        Action::Show {
-            which,
-            number,
-            json,
-        } => {
-            let got = fetch(&ch, &queue(which), number).await?;
-            let shown = number.checked_sub(1).and_then(|i| got.get(i));
-            let code = match shown {
-                Some(m) => {
-                    let record = Record::read(number, which, &settings, &m.properties, &m.data);
-                    if json {
-                        println!("{}", full_json(&record, m));
-                    } else {
-                        print!("{}", full(&record, m));
-                    }
-                    ExitCode::SUCCESS
-                }
-                None => {
-                    eprintln!("error: {} has no message number {number}", queue(which));
-                    ExitCode::FAILURE
-                }
-            };
-            release(&got).await;
-            code
-        }
-        Action::Replay { which, numbers } => {
+        Action::Show { which, id, json } => {
             let got = fetch(&ch, &queue(which), usize::MAX).await?;
-            let mut failures = 0;
-            for (i, m) in got.iter().enumerate() {
-                if !numbers.is_empty() && !numbers.contains(&(i + 1)) {
+            let mut shown = 0;
+            for m in &got {
+                let record = Record::read(which, &settings, &m.properties, &m.data);
+                if !record.is(&id) {
+                    continue;
+                }
+                shown += 1;
+                if json {
+                    println!("{}", full_json(&record, m));
+                } else {
+                    print!("{}", full(&record, m));
+                }
+            }
+            release(&got).await;
+            if shown == 0 {
+                eprintln!(
+                    "error: {} has no message with id, message_id or event id {}",
+                    queue(which),
+                    printable(&id)
+                );
+            }
+            super::passed(shown > 0)
+        }
+        Action::Replay { which, ids, all } => {
+            if ids.is_empty() && !all {
+                eprintln!(
+                    "error: name the messages to replay (their ids from `herald dlq list`), or give --all"
+                );
+                return Ok(ExitCode::from(2));
+            }
+            let got = fetch(&ch, &queue(which), usize::MAX).await?;
+            let (mut replayed, mut failures) = (0, 0);
+            for m in &got {
+                let record = Record::read(which, &settings, &m.properties, &m.data);
+                if !all && !ids.iter().any(|id| record.is(id)) {
                     let _ = m.nack(requeue()).await;
                     continue;
                 }
                 match replay(&core, &settings, &ch, which, m).await {
                     Ok(n) => {
-                        println!("{:>4}  replayed: {n} notification(s) queued", i + 1);
+                        replayed += 1;
+                        println!("{}  replayed: {n} notification(s) queued", record.id);
                         let _ = m.ack(BasicAckOptions::default()).await;
                     }
                     Err(why) => {
                         failures += 1;
-                        println!("{:>4}  kept: {why}", i + 1);
+                        println!("{}  kept: {}", record.id, printable(&why));
                         let _ = m.nack(requeue()).await;
                     }
                 }
             }
-            super::passed(failures == 0)
+            let mut missing = 0;
+            for id in &ids {
+                let found = got
+                    .iter()
+                    .any(|m| Record::read(which, &settings, &m.properties, &m.data).is(id));
+                if !found {
+                    missing += 1;
+                    println!("{}  not found in {}", printable(id), queue(which));
+                }
+            }
+            super::passed(failures == 0 && missing == 0 && (replayed > 0 || all))
         }
-        Action::Purge { which, yes } => {
+        Action::Purge { which, ids, yes } => {
             if !yes {
                 eprintln!(
-                    "error: purging deletes every message in {}; add --yes",
+                    "error: purging deletes {} in {}; add --yes",
+                    if ids.is_empty() {
+                        "every message"
+                    } else {
+                        "the messages named"
+                    },
                     queue(which)
                 );
                 return Ok(ExitCode::from(2));
             }
-            let n = ch
-                .queue_purge(queue(which).as_str().into(), QueuePurgeOptions::default())
-                .await
-                .map_err(|e| e.to_string())?;
-            println!("purged {n} message(s) from {}", queue(which));
+            let got = fetch(&ch, &queue(which), usize::MAX).await?;
+            let mut purged = 0;
+            for m in &got {
+                let record = Record::read(which, &settings, &m.properties, &m.data);
+                if ids.is_empty() || ids.iter().any(|id| record.is(id)) {
+                    let _ = m.ack(BasicAckOptions::default()).await;
+                    println!("{}  purged", record.id);
+                    purged += 1;
+                } else {
+                    let _ = m.nack(requeue()).await;
+                }
+            }
+            println!("purged {purged} message(s) from {}", queue(which));
             ExitCode::SUCCESS
         }
     };
@@ -255,8 +292,9 @@ async fn depth(connection: &Connection, queue: &str) -> Result<u32, String> {
 #[derive(Debug, Default, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Record {
-    /// Its place in the queue now, as `show` and `replay` take it.
-    pub number: usize,
+    /// Its identity, the same however often it is looked at or wherever it moves in the
+    /// queue (looking puts a message back at the end): `show`, `replay` and `purge` take it.
+    pub id: String,
     /// `rejected` (an event Herald refused), `notification` (one it could not deliver),
     /// `problem` (one the engine could not make), `unreadable` (a retry it could not read),
     /// `delivery-limit` (an event the broker dead-lettered), or `unexplained`.
@@ -283,7 +321,6 @@ impl Record {
     /// queues hold whatever was put there. Herald's JSON records are looked for only in the
     /// failed queue: the body of a refused event is whatever its publisher sent.
     pub fn read(
-        number: usize,
         which: Which,
         settings: &Settings,
         properties: &BasicProperties,
@@ -293,14 +330,19 @@ impl Record {
         let h = |name: &str| header_text(headers, name).filter(|s| !s.is_empty());
         let body: Value = serde_json::from_slice(data).unwrap_or_default();
         let text = |v: &Value| v.as_str().filter(|s| !s.is_empty()).map(str::to_owned);
+        let herald_reason = h("x-herald-reason");
         let mut r = Record {
-            number,
+            id: parked_id(which, properties, data),
             message_id: properties.message_id().as_ref().map(|m| m.to_string()),
-            publisher: h("x-herald-original-user-id")
-                .or_else(|| properties.user_id().as_ref().map(|u| u.to_string())),
+            // Herald's header names the publisher of what Herald parked (it drops any header
+            // of that name a publisher set); otherwise only the broker's word counts.
+            publisher: if herald_reason.is_some() {
+                h("x-herald-original-user-id")
+            } else {
+                properties.user_id().as_ref().map(|u| u.to_string())
+            },
             ..Record::default()
         };
-        let herald_reason = h("x-herald-reason");
         let record_kind = match which {
             Which::Failed if herald_reason.is_some() => body["kind"].as_str(),
             _ => None,
@@ -433,11 +475,18 @@ impl Record {
         self.detail = Some(detail);
     }
 
+    /// Whether `name` names this record: its id, its message_id or its event's id.
+    fn is(&self, name: &str) -> bool {
+        self.id == name
+            || self.message_id.as_deref() == Some(name)
+            || self.event_id.as_deref() == Some(name)
+    }
+
     /// The columns of `list`, in order, with `-` for what is missing.
     fn cells(&self) -> [String; 11] {
         let or_dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
         [
-            self.number.to_string(),
+            self.id.clone(),
             or_dash(&self.parked_at),
             self.reason.clone(),
             or_dash(&self.route),
@@ -453,7 +502,7 @@ impl Record {
 }
 
 const COLUMNS: [&str; 11] = [
-    "#",
+    "ID",
     "PARKED AT",
     "REASON",
     "ROUTE",
@@ -496,8 +545,6 @@ fn table(records: &[Record]) -> String {
         for (i, cell) in cells.iter().enumerate() {
             if i == last {
                 text.push_str(cell);
-            } else if i == 0 {
-                text.push_str(&format!("{cell:>w$}  ", w = widths[i]));
             } else {
                 text.push_str(&format!("{cell:<w$}  ", w = widths[i]));
             }
@@ -510,6 +557,20 @@ fn table(records: &[Record]) -> String {
         line(row);
     }
     out
+}
+
+/// A parked message's identity: `p-` and 16 hex digits of a digest of the queue, its
+/// message_id and its body. The same at every look; different for two parked messages unless
+/// they are copies of one (the same id and bytes), which are replayed or purged together.
+fn parked_id(which: Which, properties: &BasicProperties, data: &[u8]) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    let id = properties.message_id().as_ref().map_or("", |m| m.as_str());
+    for part in [format!("{which:?}").as_bytes(), id.as_bytes(), data] {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part);
+    }
+    format!("p-{}", hex::encode(&h.finalize()[..8]))
 }
 
 /// Text safe to print on a terminal: control characters (a publisher's headers may hold
