@@ -883,7 +883,7 @@ mod tests {
     }
 
     fn read(which: Which, p: BasicProperties, body: &[u8]) -> Record {
-        Record::read(1, which, &settings(), &p, body)
+        Record::read(which, &settings(), &p, body)
     }
 
     #[test]
