@@ -934,10 +934,21 @@ mod tests {
                               "route": "ppo-fta-warrant", "recipient": "police:WYP-LEEDS" }
         });
         let r = read(Which::Failed, p(), notification.to_string().as_bytes());
+        assert!(r.id.starts_with("p-") && r.id.len() == 18, "{}", r.id);
+        assert_eq!(
+            r.id,
+            read(Which::Failed, p(), notification.to_string().as_bytes()).id,
+            "the same message has the same id"
+        );
+        assert_ne!(
+            r.id,
+            read(Which::Rejected, p(), notification.to_string().as_bytes()).id,
+            "the id depends on the queue"
+        );
         assert_eq!(
             r.cells(),
             [
-                "1",
+                r.id.as_str(),
                 "2026-11-20T16:00:00Z",
                 "delivery-failed",
                 "ppo-fta-warrant",
@@ -967,7 +978,7 @@ mod tests {
         assert_eq!(r.event_id.as_deref(), Some("evt-3"));
         let table = table(&[r]);
         assert!(!table.contains("null") && !table.contains("()"), "{table}");
-        assert!(table.starts_with("#  PARKED AT"), "{table}");
+        assert!(table.starts_with("ID                  PARKED AT"), "{table}");
     }
 
     #[test]
