@@ -823,3 +823,77 @@ async fn parking_queues_an_older_herald_declared_are_kept_and_used() {
     herald.stop().await.unwrap();
     service::cleanup(&ch, &names).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replay_goes_to_the_address_routes_toml_gives_now() {
+    let (receiver, names) = (Receiver::start().await, Names::new("readdress"));
+    receiver.answer("/police/WYP-LEEDS", 410);
+    let dir = tempfile::tempdir().unwrap();
+    let config = service::config_file(dir.path(), &names, &receiver, "\"court.*\"");
+    let herald = service::start(herald::config::Config::load(&config).unwrap(), &names, None).await;
+    let (_conn, ch) = service::channel().await;
+    service::publish(
+        &ch,
+        &names.exchange,
+        "court.warrant.issued",
+        &body("court.warrant.issued.json"),
+        agency("evt-moved"),
+    )
+    .await;
+    wait_until("the webhook parked after 410 Gone", WAIT, || async {
+        ready(&ch, &names.failed).await == 1
+    })
+    .await;
+    herald.stop().await.unwrap();
+    let first = receiver.hooks()[0].id.clone();
+    let text = std::fs::read_to_string(&config).unwrap();
+
+    // The recipient is gone from the directory: the replay refuses and the message stays.
+    let start = text
+        .find("[[recipient]]\nid = \"police:WYP-LEEDS\"")
+        .unwrap();
+    let end = start + text[start..].find("\n\n").unwrap();
+    let gone = dir.path().join("gone.toml");
+    std::fs::write(&gone, format!("{}{}", &text[..start], &text[end + 2..])).unwrap();
+    let (ok, out) = service::dlq(&gone, &["replay", "failed", "evt-moved"]);
+    assert!(!ok && out.contains("no longer in the directory"), "{out}");
+    assert_eq!(ready(&ch, &names.failed).await, 1);
+
+    // The endpoint moved and routes.toml says so: the replay goes to the new URL, same key.
+    let moved = dir.path().join("moved.toml");
+    std::fs::write(
+        &moved,
+        text.replace("/police/WYP-LEEDS\"", "/police/WYP-LEEDS/v2\""),
+    )
+    .unwrap();
+    let (ok, out) = service::dlq(&moved, &["replay", "failed", "evt-moved"]);
+    assert!(
+        ok && out.contains("the address routes.toml now gives"),
+        "{out}"
+    );
+    let herald = service::start(herald::config::Config::load(&moved).unwrap(), &names, None).await;
+    wait_until("the replay delivered at the new URL", WAIT, || async {
+        receiver
+            .hooks()
+            .iter()
+            .any(|h| h.path == "/police/WYP-LEEDS/v2" && h.status == 204)
+    })
+    .await;
+    let moved_hook = receiver
+        .hooks()
+        .into_iter()
+        .find(|h| h.path == "/police/WYP-LEEDS/v2")
+        .unwrap();
+    assert_eq!(moved_hook.id, first, "the same webhook-id");
+    assert_eq!(
+        receiver
+            .hooks()
+            .iter()
+            .filter(|h| h.path == "/police/WYP-LEEDS")
+            .count(),
+        1,
+        "nothing more to the old URL"
+    );
+    herald.stop().await.unwrap();
+    service::cleanup(&ch, &names).await;
+}

@@ -755,6 +755,9 @@ async fn replay(
             if record["kind"] == "notification" {
                 let mut p: Pending = serde_json::from_value(record["notification"].clone())
                     .map_err(|e| format!("cannot read the notification: {e}"))?;
+                if p.readdress(&core.engine.directory)? {
+                    println!("{}: sent to the address routes.toml now gives", p.recipient);
+                }
                 p.attempts = 0;
                 p.first_failure = None;
                 p.last_error = None;
@@ -978,7 +981,10 @@ mod tests {
         assert_eq!(r.event_id.as_deref(), Some("evt-3"));
         let table = table(&[r]);
         assert!(!table.contains("null") && !table.contains("()"), "{table}");
-        assert!(table.starts_with("ID                  PARKED AT"), "{table}");
+        assert!(
+            table.starts_with("ID                  PARKED AT"),
+            "{table}"
+        );
     }
 
     #[test]

@@ -19,6 +19,7 @@ use super::topology::{dead_letter_to, declare_or_keep, quorum};
 use crate::deliver::Outgoing;
 use crate::event::Event;
 use crate::notification::{Channel as Medium, Content, Notification, Priority, Sla};
+use crate::route::Directory;
 use crate::sla::format_span;
 
 /// A notification on its way: everything a later attempt needs, carried by the retry message.
@@ -69,6 +70,40 @@ impl Pending {
             first_failure: None,
             last_error: None,
             replay: false,
+        }
+    }
+
+    /// Points the notification at its recipient's addresses in `directory` (the current
+    /// configuration), keeping everything else, its key first: a replay after an operator
+    /// corrected a URL or an email address goes to the corrected one. Whether an address
+    /// changed, or why the notification cannot go at all.
+    pub fn readdress(&mut self, directory: &Directory) -> Result<bool, String> {
+        let recipient = directory.get(&self.recipient).ok_or_else(|| {
+            format!(
+                "{} is no longer in the directory; put it back in routes.toml, or purge this notification",
+                self.recipient
+            )
+        })?;
+        match &mut self.content {
+            Content::Webhook { url, .. } => {
+                let current = recipient.webhook.as_ref().map(|w| &w.url).ok_or_else(|| {
+                    format!("{} no longer has a webhook in routes.toml", self.recipient)
+                })?;
+                let changed = url != current;
+                url.clone_from(current);
+                Ok(changed)
+            }
+            Content::Email { to, .. } => {
+                if recipient.email.is_empty() {
+                    return Err(format!(
+                        "{} no longer has an email address in routes.toml",
+                        self.recipient
+                    ));
+                }
+                let changed = *to != recipient.email;
+                to.clone_from(&recipient.email);
+                Ok(changed)
+            }
         }
     }
 
