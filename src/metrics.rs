@@ -54,7 +54,8 @@ pub struct Metrics {
     pub events_received: IntCounterVec,
     /// Events not routed again because this process handled the same id within the window.
     pub events_duplicate: IntCounterVec,
-    /// Events refused, by reason.
+    /// Events refused, by reason and by the event type the routing key names (`unknown` when
+    /// it names none), so a refused urgent event can page at once.
     pub events_rejected: IntCounterVec,
     /// Events published without persistent delivery (accepted, but lost if the broker restarts
     /// before Herald takes them), by publisher login: `[publishers]` logins, else `other`.
@@ -135,8 +136,8 @@ impl Metrics {
             ),
             events_rejected: counter(
                 "herald_events_rejected_total",
-                "Events refused and parked in the rejected queue.",
-                &["reason"],
+                "Events refused and parked in the rejected queue, by reason and event type.",
+                &["reason", "event_type"],
             ),
             events_non_persistent: counter(
                 "herald_events_non_persistent_total",
@@ -253,6 +254,9 @@ struct Wait {
 impl Waiting {
     /// A retry of the notification `key` is scheduled.
     pub fn start(&self, key: &str, route: &str, since: DateTime<Utc>, due: Option<DateTime<Utc>>) {
+        // A first failure recorded later than now (another host's clock, a record written by
+        // hand) would show as a negative age: a wait starts no later than now.
+        let since = since.min(Utc::now());
         let mut map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         map.insert(
             key.to_owned(),
@@ -277,7 +281,8 @@ impl Waiting {
         let map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let mut out: HashMap<String, (i64, f64, Option<f64>)> = HashMap::new();
         for w in map.values() {
-            let age = (now - w.since).num_milliseconds() as f64 / 1000.0;
+            // Never negative, whatever the clock did since the wait began.
+            let age = ((now - w.since).num_milliseconds() as f64 / 1000.0).max(0.0);
             let left = w.due.map(|d| (d - now).num_milliseconds() as f64 / 1000.0);
             let entry = out.entry(w.route.clone()).or_insert((0, age, left));
             entry.0 += 1;
@@ -338,6 +343,10 @@ mod tests {
         m.waiting.end("k1");
         m.waiting.end("k3");
         assert!(m.waiting.summary(now).is_empty());
+        // A first failure dated in the future is no negative age.
+        m.waiting.start("k4", "release", Utc::now() + chrono::Duration::days(18), None);
+        assert_eq!(m.waiting.summary(Utc::now())["release"].1, 0.0);
+        m.waiting.end("k4");
         // Nothing waiting: no series, so no alert can fire on a stale value.
         assert!(!m.render().contains("herald_waiting_notifications{"));
     }

@@ -80,7 +80,7 @@ async fn handle_event(ctx: &Ctx, delivery: &Delivery) -> bool {
                 Ok(()) => {
                     ctx.metrics
                         .events_rejected
-                        .with_label_values(&[rejection.reason.as_str()])
+                        .with_label_values(&[rejection.reason.as_str(), &label])
                         .inc();
                     true
                 }
