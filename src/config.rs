@@ -399,7 +399,32 @@ impl Config {
 
     /// Parses TOML text as if it were a file in `base`: its paths are resolved against `base`.
     pub fn parse_in(text: &str, base: &Path) -> Result<Config, ParseError> {
-        let mut config = Config::parse(text)?;
+        match Config::parse_in_all(text, base) {
+            (Some(config), problems) if problems.is_empty() => Ok(config),
+            (_, problems) => Err(ParseError(problems)),
+        }
+    }
+
+    /// Reads the file and every problem in it, with the configuration read from the rest of
+    /// it where there is one, so `herald check` can go on to check what could be read.
+    pub fn load_all(path: &Path) -> Result<(Option<Config>, Vec<String>), ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let (config, problems) =
+            Config::parse_in_all(&text, path.parent().unwrap_or(Path::new("")));
+        Ok((config, lines(path, &problems)))
+    }
+
+    /// [`Config::parse_all_text`] with paths resolved against `base`.
+    fn parse_in_all(text: &str, base: &Path) -> (Option<Config>, Vec<String>) {
+        let (config, problems) = Config::parse_all_text(text);
+        (config.map(|c| c.resolved(base)), problems)
+    }
+
+    fn resolved(mut self, base: &Path) -> Config {
+        let config = &mut self;
         config.paths.schemas = base.join(&config.paths.schemas);
         config.paths.templates = base.join(&config.paths.templates);
         config.paths.examples = base.join(&config.paths.examples);
@@ -407,13 +432,21 @@ impl Config {
         if let Some(holidays) = &config.calendar.bank_holidays {
             config.calendar.bank_holidays = Some(base.join(holidays));
         }
-        Ok(config)
+        self
     }
 
     /// Parses TOML text. Each problem names its line, column and key without quoting the
     /// text (toml's own message shows the line, which may be `secret = "whsec_…"`), and a
     /// secret written into the file is refused: secrets live in environment variables.
     pub fn parse(text: &str) -> Result<Config, ParseError> {
+        match Config::parse_all_text(text) {
+            (Some(config), problems) if problems.is_empty() => Ok(config),
+            (_, problems) => Err(ParseError(problems)),
+        }
+    }
+
+    /// Every problem of the text, and the configuration read from what is sound, if any.
+    fn parse_all_text(text: &str) -> (Option<Config>, Vec<String>) {
         let (tree, syntax) = toml::de::DeTable::parse_recoverable(text);
         let tree = tree.into_inner();
         // A syntax error is reported with any secret in what could be read around it; the
@@ -428,13 +461,103 @@ impl Config {
             .collect();
         problems.extend(inline_secrets(text, &tree));
         if !problems.is_empty() {
-            return Err(ParseError(problems));
+            return (None, problems);
         }
-        toml::from_str(text).map_err(|e| {
-            let at = e.span().map_or(text.len(), |s| s.start);
-            ParseError(vec![problem(text, &tree, at, &mask_message(e.message()))])
-        })
+        Config::parse_all(text, &tree)
     }
+
+    /// Every problem with the keys and values of syntactically sound TOML, not just the first:
+    /// each key serde refuses (an unknown one, a value of the wrong type) is reported, with
+    /// the nearest valid key where one is close, and blanked out of a copy of the text (so
+    /// every later position stays where it was), and the copy is read again. The
+    /// configuration read from what is left, if it could be read, comes with the problems.
+    fn parse_all(text: &str, tree: &toml::de::DeTable<'_>) -> (Option<Config>, Vec<String>) {
+        const MOST: usize = 50;
+        let mut problems = Vec::new();
+        let mut copy = text.to_owned();
+        for _ in 0..MOST {
+            let e = match toml::from_str::<Config>(&copy) {
+                Ok(config) => return (Some(config), problems),
+                Err(e) => e,
+            };
+            let at = e.span().map_or(text.len(), |s| s.start);
+            let mut message = mask_message(e.message());
+            if let Some(hint) = unknown_key_hint(e.message()) {
+                message.push_str(&hint);
+            }
+            problems.push(problem(text, tree, at, &message));
+            match entry_at(tree, at) {
+                // For a missing key, the table that lacks it is taken away.
+                Some(range) if e.span().is_some() => blank(&mut copy, range),
+                // Nowhere to point: what follows cannot be read.
+                _ => break,
+            }
+        }
+        (None, problems)
+    }
+}
+
+/// For serde's "unknown field `chanels`, expected one of `name`, `channels`, ...": the
+/// nearest expected key, as " (did you mean `channels`?)".
+fn unknown_key_hint(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("unknown field `")?;
+    let (unknown, expected) = rest.split_once('`')?;
+    let candidates: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+    crate::suggest::nearest(unknown, candidates).map(|k| format!(" (did you mean `{k}`?)"))
+}
+
+/// The bytes of the key-value entry whose key (or value) starts the span at `at`: from its
+/// key to the end of its value.
+fn entry_at(table: &toml::de::DeTable<'_>, at: usize) -> Option<std::ops::Range<usize>> {
+    let mut found = None;
+    for (key, value) in table.iter() {
+        let (k, v) = (key.span(), value.span());
+        if covers(&k, at) || covers(&v, at) {
+            found = Some(k.start..v.end.max(k.end));
+        }
+        let inner = match value.get_ref() {
+            toml::de::DeValue::Table(t) => entry_at(t, at),
+            toml::de::DeValue::Array(items) => items
+                .iter()
+                .filter_map(|i| i.get_ref().as_table())
+                .find_map(|t| entry_at(t, at)),
+            _ => None,
+        };
+        // The deepest entry that holds the place is the one to take away.
+        if inner.is_some() {
+            found = inner;
+        }
+    }
+    found
+}
+
+/// Replaces an entry with spaces (line breaks kept, so every position after it stays), and a
+/// comma that separated it in an inline table.
+fn blank(text: &mut String, range: std::ops::Range<usize>) {
+    let bytes = text.as_bytes();
+    let mut end = range.end.min(bytes.len());
+    let after = bytes[end..].iter().position(|b| !b.is_ascii_whitespace());
+    let mut start = range.start;
+    match after.map(|i| end + i) {
+        Some(i) if bytes[i] == b',' => end = i + 1,
+        _ => {
+            if let Some(i) = bytes[..start]
+                .iter()
+                .rposition(|b| !b.is_ascii_whitespace())
+            {
+                if bytes[i] == b',' {
+                    start = i;
+                }
+            }
+        }
+    }
+    let blanked: String = text[start..end]
+        .chars()
+        .map(|c| if c == '\n' { '\n' } else { ' ' })
+        .collect();
+    // Spaces for characters: the byte length can shrink, so pad to keep every offset.
+    let pad = (end - start).saturating_sub(blanked.len());
+    text.replace_range(start..end, &format!("{blanked}{}", " ".repeat(pad)));
 }
 
 /// The keys of webhook tables that hold names of variables or a URL, never a secret.

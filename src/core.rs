@@ -27,10 +27,21 @@ pub struct Core {
 }
 
 impl Core {
-    /// Loads routes.toml and everything it points to.
+    /// Loads routes.toml and everything it points to. Every problem is reported at once: a
+    /// key routes.toml gets wrong does not stop the rest of it being checked.
     pub fn load(path: &Path) -> Result<Core, Vec<String>> {
-        let config = Config::load(path).map_err(|e| e.lines())?;
-        Core::from_config(config, path)
+        let (config, mut errors) = Config::load_all(path).map_err(|e| e.lines())?;
+        let Some(config) = config else {
+            return Err(errors);
+        };
+        match Core::from_config(config, path) {
+            Ok(core) if errors.is_empty() => Ok(core),
+            Ok(_) => Err(errors),
+            Err(more) => {
+                errors.extend(more);
+                Err(errors)
+            }
+        }
     }
 
     /// Builds the core from a parsed configuration; `path` names the file in messages.

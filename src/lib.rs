@@ -20,3 +20,4 @@ pub mod render;
 pub mod route;
 pub mod serve;
 pub mod sla;
+pub mod suggest;

@@ -344,7 +344,12 @@ mod tests {
         m.waiting.end("k3");
         assert!(m.waiting.summary(now).is_empty());
         // A first failure dated in the future is no negative age.
-        m.waiting.start("k4", "release", Utc::now() + chrono::Duration::days(18), None);
+        m.waiting.start(
+            "k4",
+            "release",
+            Utc::now() + chrono::Duration::days(18),
+            None,
+        );
         assert_eq!(m.waiting.summary(Utc::now())["release"].1, 0.0);
         m.waiting.end("k4");
         // Nothing waiting: no series, so no alert can fire on a stale value.

@@ -117,7 +117,7 @@ impl ConfigArg {
                 eprintln!("error: {e}");
             }
             eprintln!(
-                "{}: {} problem(s); nothing was checked further",
+                "{}: {} problem(s); templates and examples are tried once it loads",
                 self.config.display(),
                 errors.len()
             );

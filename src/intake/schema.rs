@@ -276,13 +276,9 @@ impl SchemaSet {
             }
             text.pop();
             let names = self.fields_at(event_type, &text)?;
-            let best = names
-                .into_iter()
-                .map(|n| (distance(&n.to_lowercase(), &key.to_lowercase()), n))
-                .filter(|(d, _)| *d <= 2)
-                .min()?;
+            let best = crate::suggest::nearest(key, names.iter().map(String::as_str))?;
             let mut fixed = text.clone();
-            fixed.push(best.1);
+            fixed.push(best.to_owned());
             for rest in &segments[i + 1..] {
                 match rest {
                     Segment::Key(k) => fixed.push(k.clone()),
@@ -399,23 +395,6 @@ fn dotted(parts: &[String]) -> String {
         text.push_str(s);
     }
     text
-}
-
-/// Levenshtein distance, for suggesting the field a misspelt path meant.
-fn distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut prev = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let cost = usize::from(ca != *cb);
-            let next = (row[j + 1] + 1).min(row[j] + 1).min(prev + cost);
-            prev = row[j + 1];
-            row[j + 1] = next;
-        }
-    }
-    row[b.len()]
 }
 
 fn read_json(path: &Path) -> Result<Value, SchemaError> {

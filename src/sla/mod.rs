@@ -62,6 +62,26 @@ const DAY: u64 = 86_400;
 impl SlaRule {
     /// Parses the text of a route's `sla`.
     pub fn parse(text: &str) -> Result<SlaRule, String> {
+        SlaRule::parse_words(text).map_err(|e| {
+            // Words other deadline systems use for a working day.
+            let lower = text.to_lowercase();
+            let meant = [
+                "workday",
+                "work day",
+                "business day",
+                "weekday",
+                "working-day",
+            ]
+            .iter()
+            .find(|w| lower.contains(*w));
+            match meant {
+                Some(w) => format!("{e} (\"{w}\": did you mean \"working day\"?)"),
+                None => e,
+            }
+        })
+    }
+
+    fn parse_words(text: &str) -> Result<SlaRule, String> {
         let words: Vec<&str> = text.split_whitespace().collect();
         let field = |s: &[&str]| FieldPath::parse(&s.join(" "));
         match words.as_slice() {
