@@ -27,7 +27,7 @@ use compiled::Compiled;
 /// The three parts of an email.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EmailParts {
-    /// One line, never a line break.
+    /// One line, never a line break: the markings, then at most [`SUBJECT_CHARS`] characters.
     pub subject: String,
     pub text: String,
     pub html: String,
@@ -198,7 +198,7 @@ impl Renderer {
     }
 
     /// Renders the email parts of `template` with `data`. The subject is put on one line,
-    /// prefixed with the markings (`[CAT A]`).
+    /// prefixed with the markings (`[CAT A]`) and cut to [`SUBJECT_CHARS`] after them.
     pub fn email(
         &self,
         template: &str,
@@ -296,7 +296,7 @@ impl EmailDraft<'_> {
                 let subject = fill(0)?;
                 let mut line = String::with_capacity(self.marks.len() + subject.len());
                 line.push_str(&self.marks);
-                line.push_str(&one_line(&subject));
+                push_subject(&subject, &mut line);
                 line
             }
         };
@@ -308,6 +308,11 @@ impl EmailDraft<'_> {
     }
 }
 
+/// The most characters of a subject after its markings. Event data can make a subject of
+/// any length; this keeps the header line far under RFC 5322's 998 characters, and no mail
+/// client shows more.
+pub const SUBJECT_CHARS: usize = 200;
+
 /// The subject as sent: the markings in brackets, then the subject on one line.
 fn subject_line(marks: &[String], subject: &str) -> String {
     let mut line = String::new();
@@ -316,8 +321,25 @@ fn subject_line(marks: &[String], subject: &str) -> String {
         line.push_str(mark);
         line.push_str("] ");
     }
-    line.push_str(&one_line(subject));
+    push_subject(subject, &mut line);
     line
+}
+
+/// Writes `subject` on one line (see [`one_line`]) of at most [`SUBJECT_CHARS`] characters:
+/// a longer one is cut at a character boundary and ends in `…`.
+fn push_subject(subject: &str, out: &mut String) {
+    let line = one_line(subject);
+    match line.char_indices().nth(SUBJECT_CHARS) {
+        None => out.push_str(&line),
+        Some(_) => {
+            let cut = line
+                .char_indices()
+                .nth(SUBJECT_CHARS - 1)
+                .map_or(line.len(), |(i, _)| i);
+            out.push_str(line[..cut].trim_end());
+            out.push('…');
+        }
+    }
 }
 
 fn registry(escape_html: bool) -> Handlebars<'static> {
@@ -525,5 +547,35 @@ mod tests {
             one_line(" PPO\r\nreceived\tinto  custody \n"),
             "PPO received into custody"
         );
+    }
+
+    #[test]
+    fn long_subjects_are_cut_after_the_marks_with_an_ellipsis() {
+        let marks = ["CAT A".to_owned(), "SHORT NOTICE".to_owned()];
+        let exact = "é".repeat(SUBJECT_CHARS);
+        assert_eq!(
+            subject_line(&marks, &exact),
+            format!("[CAT A] [SHORT NOTICE] {exact}")
+        );
+        let long = format!("{exact}x");
+        let line = subject_line(&marks, &long);
+        assert_eq!(
+            line,
+            format!("[CAT A] [SHORT NOTICE] {}…", "é".repeat(SUBJECT_CHARS - 1))
+        );
+        // Whitespace is collapsed before counting, and no space is left before the ellipsis.
+        let spaced = format!(
+            "{}\n\n  b{}",
+            "a".repeat(SUBJECT_CHARS - 2),
+            "c".repeat(500)
+        );
+        assert_eq!(
+            subject_line(&[], &spaced),
+            format!("{}…", "a".repeat(SUBJECT_CHARS - 2))
+        );
+        let mut out = String::new();
+        push_subject(&"🦀 ".repeat(10_000), &mut out);
+        assert_eq!(out.chars().count(), SUBJECT_CHARS);
+        assert!(out.ends_with("🦀…"), "{out}");
     }
 }
