@@ -6,8 +6,14 @@
 mod common;
 
 use std::path::Path;
+use std::sync::OnceLock;
 
-use herald::render::{Data, EmailParts, Renderer, TemplateError};
+use herald::core::Core;
+use herald::event::{Event, EventId};
+use herald::intake::Rejection;
+use herald::notification::{Content, Problem};
+use herald::render::{Data, EmailParts, Renderer, SUBJECT_CHARS, TemplateError};
+use herald::route::SHORT_NOTICE;
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
 use serde_json::{Map, Value, json};
@@ -409,4 +415,385 @@ fn helpers_write_escaped_text_into_html_by_either_way_of_rendering() {
             .text
             .starts_with("<script>, x & y|")
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// Every event the schemas accept renders.
+
+/// The shipped configuration rendering through the Handlebars registry alone, to compare.
+fn reference() -> &'static Core {
+    static CORE: OnceLock<Core> = OnceLock::new();
+    CORE.get_or_init(|| {
+        let mut core = Core::load(&common::root().join("routes.toml")).unwrap();
+        core.engine.renderer.set_handlebars_only(true);
+        core
+    })
+}
+
+/// Every valid example, by file name: at least one per event type.
+fn examples() -> &'static [(String, Value)] {
+    static EXAMPLES: OnceLock<Vec<(String, Value)>> = OnceLock::new();
+    EXAMPLES.get_or_init(|| {
+        let dir = common::root().join("schemas/examples/valid");
+        let mut names: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".json"))
+            .collect();
+        names.sort();
+        names
+            .into_iter()
+            .map(|name| {
+                let doc = common::example(&name);
+                (name, doc)
+            })
+            .collect()
+    })
+}
+
+/// What kind of value a leaf of an example holds, so a new value can be of the same kind.
+#[derive(Debug, Clone, Copy)]
+enum Leaf {
+    Date,
+    DateTime,
+    Text,
+    /// Capitals, digits, `-` and `/`: a code or an identifier, which routing reads.
+    Code,
+    Flag,
+    Number,
+}
+
+impl Leaf {
+    fn of(value: &Value) -> Option<Leaf> {
+        Some(match value {
+            Value::String(s) => {
+                let b = s.as_bytes();
+                let code =
+                    |c: &u8| c.is_ascii_uppercase() || c.is_ascii_digit() || b"-/".contains(c);
+                match b.len() >= 10 && b[4] == b'-' && b[7] == b'-' {
+                    true if b.len() == 10 => Leaf::Date,
+                    true => Leaf::DateTime,
+                    false if !b.is_empty() && b.iter().all(code) => Leaf::Code,
+                    false => Leaf::Text,
+                }
+            }
+            Value::Bool(_) => Leaf::Flag,
+            Value::Number(_) => Leaf::Number,
+            _ => return None,
+        })
+    }
+}
+
+/// An example's leaves (pointer and kind) and every member and item that could be dropped,
+/// last first so that dropping one leaves the pointers of those still to try unchanged.
+struct Plan {
+    leaves: Vec<(String, Leaf)>,
+    members: Vec<String>,
+}
+
+fn survey(value: &Value, at: String, out: &mut Plan) {
+    let children: Vec<(String, &Value)> = match value {
+        Value::Object(map) => map
+            .iter()
+            .map(|(k, v)| (k.replace('~', "~0").replace('/', "~1"), v))
+            .collect(),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (i.to_string(), v))
+            .collect(),
+        leaf => {
+            if let Some(kind) = Leaf::of(leaf) {
+                out.leaves.push((at, kind));
+            }
+            return;
+        }
+    };
+    for (key, child) in children {
+        let pointer = format!("{at}/{key}");
+        out.members.push(pointer.clone());
+        survey(child, pointer, out);
+    }
+}
+
+fn plans() -> &'static [Plan] {
+    static PLANS: OnceLock<Vec<Plan>> = OnceLock::new();
+    PLANS.get_or_init(|| {
+        examples()
+            .iter()
+            .map(|(_, doc)| {
+                let mut p = Plan {
+                    leaves: Vec::new(),
+                    members: Vec::new(),
+                };
+                survey(doc, String::new(), &mut p);
+                p.members.reverse();
+                p
+            })
+            .collect()
+    })
+}
+
+/// A date anywhere in the contract's range, often at its edges, on a leap day or on a day the
+/// clocks change.
+fn date() -> impl Strategy<Value = String> {
+    let first = chrono::NaiveDate::from_ymd_opt(1900, 1, 1).unwrap();
+    prop_oneof![
+        3 => (0u64..73_049).prop_map(move |days| (first + chrono::Days::new(days)).to_string()),
+        1 => prop::sample::select(
+            &[
+                "1900-01-01",
+                "2099-12-31",
+                "1904-02-29",
+                "2000-02-29",
+                "2096-02-29",
+                "2026-03-29",
+                "2026-10-25",
+            ][..]
+        )
+        .prop_map(str::to_owned),
+    ]
+}
+
+/// A date-time in the contract's range: any time, fractions of a second, lower-case `t` and
+/// `z`, and offsets from -23:59 to +23:59 (+14:00, -12:00 and +05:45 among them).
+fn date_time() -> impl Strategy<Value = String> {
+    let offset = prop_oneof![
+        prop::sample::select(
+            &[
+                "Z", "z", "+00:00", "-00:00", "+14:00", "-12:00", "+05:45", "+23:59", "-23:59",
+                "+01:00",
+            ][..]
+        )
+        .prop_map(str::to_owned),
+        (any::<bool>(), 0u32..24, 0u32..60)
+            .prop_map(|(east, h, m)| format!("{}{h:02}:{m:02}", if east { '+' } else { '-' })),
+    ];
+    let fraction = prop_oneof![Just(String::new()), "\\.[0-9]{1,12}"];
+    prop_oneof![
+        6 => (
+            date(),
+            prop::sample::select(&["T", "T", "t"][..]),
+            (0u32..24, 0u32..60, 0u32..60),
+            fraction,
+            offset,
+        )
+            .prop_map(|(day, t, (h, m, s), fraction, offset)| {
+                format!("{day}{t}{h:02}:{m:02}:{s:02}{fraction}{offset}")
+            }),
+        1 => prop::sample::select(
+            &[
+                "1900-01-01T00:00:00+23:59",
+                "2099-12-31T23:59:59-23:59",
+                "2026-03-29T01:30:00+00:00",
+                "2026-10-25T01:30:00+01:00",
+            ][..]
+        )
+        .prop_map(str::to_owned),
+    ]
+}
+
+/// Text without control characters: names, markup and template syntax, other scripts, and
+/// now and then a few KB.
+fn text() -> impl Strategy<Value = String> {
+    prop_oneof![
+        4 => "[A-Za-z][A-Za-z' -]{0,20}",
+        3 => "\\PC{1,40}",
+        1 => prop::sample::select(
+            &[
+                "<script>alert(1)</script>",
+                "{{info}} {{{info.offender}}} {{& x}}",
+                "Zoë O'Neil-Ñúñez & \"Co\" `=`",
+                "\u{202e}evil\u{202c} \u{2028}two\u{2029}lines",
+                "🦀🦀🦀",
+                "   ",
+            ][..]
+        )
+        .prop_map(str::to_owned),
+        1 => "\\PC{200,2500}",
+    ]
+}
+
+/// A new value for a leaf of this kind, or `None` to keep it. Codes and flags decide which
+/// routes match and whom they reach, so they change less often: most events still reach
+/// someone.
+fn new_value(kind: Leaf) -> BoxedStrategy<Option<Value>> {
+    let (new, odds) = match kind {
+        Leaf::Date => (date().prop_map(Value::String).boxed(), 0.6),
+        Leaf::DateTime => (date_time().prop_map(Value::String).boxed(), 0.6),
+        Leaf::Text => (text().prop_map(Value::String).boxed(), 0.6),
+        Leaf::Code => (
+            prop_oneof!["[A-Z][A-Z0-9-]{0,12}", text()]
+                .prop_map(Value::String)
+                .boxed(),
+            0.15,
+        ),
+        Leaf::Flag => (any::<bool>().prop_map(Value::Bool).boxed(), 0.3),
+        Leaf::Number => (
+            prop_oneof![0i64..5, 1i64..1_000, any::<i64>()]
+                .prop_map(Value::from)
+                .boxed(),
+            0.6,
+        ),
+    };
+    prop::option::weighted(odds, new).boxed()
+}
+
+/// An example, new values for some of its leaves and which of its members and items to drop.
+fn variant() -> impl Strategy<Value = (usize, Vec<Option<Value>>, Vec<bool>)> {
+    (0..examples().len()).prop_flat_map(|i| {
+        let plan = &plans()[i];
+        let leaves: Vec<_> = plan
+            .leaves
+            .iter()
+            .map(|(_, kind)| new_value(*kind))
+            .collect();
+        let drops = prop::collection::vec(prop::bool::weighted(0.2), plan.members.len());
+        (Just(i), leaves, drops)
+    })
+}
+
+fn accepted(doc: &Value) -> Result<Event, Rejection> {
+    let body = serde_json::to_vec(doc).unwrap();
+    common::core()
+        .intake
+        .accept(&body, EventId::from_content(&body))
+}
+
+/// Applies the variant's changes one at a time, keeping each the intake accepts: the event
+/// stays valid while as much as the schema allows is dropped or replaced. A date or date-time
+/// in the range is never refused.
+fn build(
+    i: usize,
+    values: &[Option<Value>],
+    drops: &[bool],
+) -> Result<(Value, Vec<String>), TestCaseError> {
+    let (name, original) = &examples()[i];
+    let plan = &plans()[i];
+    let mut doc = original.clone();
+    let mut changed = Vec::new();
+    for (pointer, _) in plan.members.iter().zip(drops).filter(|(_, drop)| **drop) {
+        let Some((parent, key)) = pointer.rsplit_once('/') else {
+            continue;
+        };
+        let before = doc.clone();
+        let removed = match doc.pointer_mut(parent) {
+            Some(Value::Object(map)) => map.remove(&key.replace("~1", "/").replace("~0", "~")),
+            Some(Value::Array(items)) => match key.parse::<usize>() {
+                Ok(k) if k < items.len() => Some(items.remove(k)),
+                _ => None,
+            },
+            _ => None,
+        };
+        if removed.is_some() && accepted(&doc).is_ok() {
+            changed.push(format!("dropped {pointer}"));
+        } else {
+            doc = before;
+        }
+    }
+    for ((pointer, kind), value) in plan.leaves.iter().zip(values) {
+        let Some(value) = value else { continue };
+        let Some(slot) = doc.pointer_mut(pointer) else {
+            continue;
+        };
+        let old = std::mem::replace(slot, value.clone());
+        match accepted(&doc) {
+            Ok(_) => changed.push(format!("{pointer} = {value:.60}")),
+            Err(r) => {
+                prop_assert!(
+                    !matches!(kind, Leaf::Date | Leaf::DateTime),
+                    "{name}: {pointer} = {value} refused: {r}"
+                );
+                if let Some(slot) = doc.pointer_mut(pointer) {
+                    *slot = old;
+                }
+            }
+        }
+    }
+    Ok((doc, changed))
+}
+
+#[test]
+fn the_generated_events_start_from_every_event_type() {
+    let from: std::collections::BTreeSet<&str> = examples()
+        .iter()
+        .filter_map(|(_, doc)| doc["eventType"].as_str())
+        .collect();
+    let types: std::collections::BTreeSet<&str> = common::core()
+        .intake
+        .schemas()
+        .event_types()
+        .map(|t| t.as_str())
+        .collect();
+    assert_eq!(from, types);
+}
+
+/// A subject as sent: one line, the markings and at most SUBJECT_CHARS more.
+fn check_subject(subject: &str, marks: &[String]) -> Result<(), TestCaseError> {
+    prop_assert!(!subject.contains(['\r', '\n']), "{subject:?}");
+    let marks_len: usize = marks.iter().map(|m| m.chars().count() + 3).sum();
+    let len = subject.chars().count();
+    prop_assert!(
+        len <= marks_len + SUBJECT_CHARS,
+        "{len} characters: {subject:?}"
+    );
+    prop_assert!(len <= 998);
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 64,
+        failure_persistence: Some(Box::new(FileFailurePersistence::WithSource("proptest-regressions"))),
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn every_event_the_schemas_accept_renders_for_every_route_and_class(
+        (i, values, drops) in variant()
+    ) {
+        let core = common::core();
+        let (doc, changed) = build(i, &values, &drops)?;
+        let event = accepted(&doc).map_err(|r| TestCaseError::fail(r.to_string()))?;
+        let context = format!("{} with {changed:#?}", examples()[i].0);
+
+        let routing = core.engine.route(&event);
+        for problem in &routing.problems {
+            prop_assert!(
+                !matches!(problem, Problem::RenderFailed { .. }),
+                "{}: {}", context, problem
+            );
+        }
+        for n in &routing.notifications {
+            if let Content::Email { subject, html, .. } = &n.content {
+                check_subject(subject, &n.marks)?;
+                prop_assert!(!html.contains("<script"), "{}", context);
+            }
+        }
+        prop_assert_eq!(
+            serde_json::to_value(&routing).unwrap(),
+            serde_json::to_value(reference().engine.route(&event)).unwrap(),
+            "{}", context
+        );
+
+        for route in core.engine.routes.iter().filter(|r| r.matches(&event)) {
+            for recipient in core.sample_recipients(route) {
+                let email = core.engine.preview_email(route, &event, &recipient);
+                let email = email.map_err(|e| {
+                    TestCaseError::fail(format!("{context}: route {}, {}: {e}", route.name, recipient.class))
+                })?;
+                // The markings the route can give: its own and short notice.
+                let marks: Vec<String> = route
+                    .mark
+                    .iter()
+                    .cloned()
+                    .chain([SHORT_NOTICE.to_owned()])
+                    .collect();
+                check_subject(&email.subject, &marks)?;
+                prop_assert!(!email.html.contains("<script"), "{}", context);
+                let same = reference().engine.preview_email(route, &event, &recipient);
+                prop_assert_eq!(Ok(&email), same.as_ref(), "{}", context);
+            }
+        }
+    }
 }
