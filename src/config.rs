@@ -541,13 +541,11 @@ fn blank(text: &mut String, range: std::ops::Range<usize>) {
     match after.map(|i| end + i) {
         Some(i) if bytes[i] == b',' => end = i + 1,
         _ => {
-            if let Some(i) = bytes[..start]
+            let before = bytes[..start]
                 .iter()
-                .rposition(|b| !b.is_ascii_whitespace())
-            {
-                if bytes[i] == b',' {
-                    start = i;
-                }
+                .rposition(|b| !b.is_ascii_whitespace());
+            if let Some(i) = before.filter(|&i| bytes[i] == b',') {
+                start = i;
             }
         }
     }

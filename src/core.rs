@@ -253,8 +253,9 @@ impl Core {
         report
     }
 
-    /// One recipient per class a route can reach, to render its template as each would see it.
-    fn sample_recipients(&self, route: &Route) -> Vec<Arc<Recipient>> {
+    /// One recipient per class a route can reach, to render its template as each would see it
+    /// (`herald check`, and tests that render every route for every class).
+    pub fn sample_recipients(&self, route: &Route) -> Vec<Arc<Recipient>> {
         let mut classes: Vec<RecipientClass> = route.to.iter().map(Selector::class).collect();
         classes.sort();
         classes.dedup();

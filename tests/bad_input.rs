@@ -351,7 +351,8 @@ fn a_whole_number_written_as_a_float_version_is_accepted_or_refused_at_version()
 #[test]
 fn an_accepted_event_with_a_far_off_deadline_still_gets_its_emails() {
     let mut doc = example("court.bail.decided.json");
-    doc["occurredAt"] = json!("9999-12-31T12:00:00Z");
+    // The latest instant the contract allows: 2099-12-31 in the last offset of the day.
+    doc["occurredAt"] = json!("2099-12-31T23:59:59-23:59");
     let (_, routing) =
         process(&serde_json::to_vec(&doc).unwrap()).unwrap_or_else(|r| panic!("refused: {r}"));
     assert_eq!(
@@ -429,6 +430,11 @@ const INTERESTING: &[&str] = &[
     "9999-12-31",
     "9999-12-31T23:59:59-23:59",
     "0000-01-01T00:00:00+23:59",
+    "1900-01-01",
+    "2099-12-31",
+    "1900-01-01T00:00:00+23:59",
+    "2099-12-31T23:59:59-23:59",
+    "2026-12-31T23:59:60Z",
     "WYP-LEEDS",
     "PDU-LEEDS",
     "LEEDSMC",

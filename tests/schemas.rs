@@ -125,3 +125,124 @@ fn conditional_requirements_follow_the_decision() {
     info["outcome"] = "unconditional-bail".into();
     common::accept(&doc);
 }
+
+/// JSON pointers of every string in `value` that reads as a date (`YYYY-MM-DD`) or, with
+/// `true`, as a date-time.
+fn dates(value: &serde_json::Value, at: String, out: &mut Vec<(String, bool)>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (k, v) in map {
+                dates(v, format!("{at}/{k}"), out);
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for (i, v) in items.iter().enumerate() {
+                dates(v, format!("{at}/{i}"), out);
+            }
+        }
+        serde_json::Value::String(s) => {
+            let b = s.as_bytes();
+            if b.len() >= 10
+                && b[4] == b'-'
+                && b[7] == b'-'
+                && b[..4].iter().all(u8::is_ascii_digit)
+            {
+                out.push((at, b.len() > 10));
+            }
+        }
+        _ => {}
+    }
+}
+
+#[test]
+fn every_date_and_date_time_is_from_1900_to_2099_and_a_refusal_says_so() {
+    const DATE: &str = "must be a date from 1900-01-01 to 2099-12-31 (YYYY-MM-DD)";
+    const DATE_TIME: &str = "must be a date-time from 1900-01-01 to 2099-12-31 with an offset \
+                             and seconds 00 to 59, e.g. 2026-11-20T15:42:00Z";
+    let accepted_dates = ["1900-01-01", "2099-12-31", "2000-02-29", "2096-02-29"];
+    let refused_dates = ["0000-01-01", "1899-12-31", "2100-01-01", "9999-12-31"];
+    let accepted_times = [
+        "1900-01-01T00:00:00+23:59",
+        "2099-12-31T23:59:59-23:59",
+        "2024-02-29T12:00:00.5+05:45",
+        "2026-03-29T01:30:00+14:00",
+    ];
+    let refused_times = [
+        "2026-12-31T23:59:60Z",
+        "2026-06-30T23:59:60+00:00",
+        "1899-12-31T23:59:59Z",
+        "2100-01-01T00:00:00Z",
+        "0000-01-01T00:00:00+23:59",
+    ];
+    let core = common::core();
+    let mut tried = 0;
+    for name in files("valid") {
+        let doc = common::example(&name);
+        let mut found = Vec::new();
+        dates(&doc, String::new(), &mut found);
+        assert!(!found.is_empty(), "{name}");
+        for (pointer, is_time) in found {
+            let (accepted, refused, message) = if is_time {
+                (&accepted_times[..], &refused_times[..], DATE_TIME)
+            } else {
+                (&accepted_dates[..], &refused_dates[..], DATE)
+            };
+            let with = |value: &str| {
+                let mut doc = doc.clone();
+                *doc.pointer_mut(&pointer).unwrap() = value.into();
+                serde_json::to_vec(&doc).unwrap()
+            };
+            for value in accepted {
+                let body = with(value);
+                if let Err(r) = core.intake.accept(&body, EventId::from_content(&body)) {
+                    panic!("{name}: {pointer} = {value}: {r}");
+                }
+            }
+            for value in refused {
+                let body = with(value);
+                let r = core
+                    .intake
+                    .accept(&body, EventId::from_content(&body))
+                    .map(|_| ())
+                    .expect_err(value);
+                assert_eq!(r.reason.as_str(), "schema-violation", "{r}");
+                assert_eq!(r.violations.len(), 1, "{name}: {pointer} = {value}: {r}");
+                assert_eq!(r.violations[0].pointer, pointer, "{r}");
+                assert_eq!(r.violations[0].message, message, "{r}");
+                assert!(!r.detail.contains(value), "{r}");
+            }
+            tried += 1;
+        }
+    }
+    assert!(tried >= 60, "{tried} fields tried");
+}
+
+#[test]
+fn every_date_in_the_event_schemas_is_one_of_the_shared_definitions() {
+    fn formats(value: &serde_json::Value, file: &str) {
+        match value {
+            serde_json::Value::Object(map) => {
+                if let Some(format) = map.get("format").and_then(|f| f.as_str()) {
+                    assert!(
+                        !format.starts_with("date") && format != "time",
+                        "{file} has its own {format}: use common.schema.json's date or dateTime"
+                    );
+                }
+                map.values().for_each(|v| formats(v, file));
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|v| formats(v, file)),
+            _ => {}
+        }
+    }
+    let dir = common::root().join("schemas");
+    let mut paths = vec![dir.join("envelope.schema.json")];
+    for entry in std::fs::read_dir(dir.join("events")).unwrap() {
+        paths.push(entry.unwrap().path());
+    }
+    assert!(paths.len() >= 10);
+    for path in paths {
+        let doc: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        formats(&doc, &path.display().to_string());
+    }
+}

@@ -175,7 +175,8 @@ pub fn check_tls(url: &str) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
-    use super::check_tls;
+    use super::*;
+    use mailparse::MailHeaderMap;
 
     #[test]
     fn plain_smtp_only_to_loopback() {
@@ -212,5 +213,50 @@ mod tests {
             .unwrap_or_else(|| panic!("{url} was accepted"));
             assert!(!e.to_string().contains("s3cret"), "{url}: {e}");
         }
+    }
+
+    /// The subject is the only header made from event data (the addresses come from the
+    /// directory and the configuration, the Message-ID from the key): at its longest, in the
+    /// characters that take most room once encoded, and with bodies of one 300 KB line each,
+    /// every line of the message stays within RFC 5322's 998 characters and reads back whole.
+    #[test]
+    fn no_line_of_a_message_is_over_998_characters() {
+        let outbox = tempfile::tempdir().unwrap();
+        let sender =
+            EmailSender::new(None, outbox.path(), "Herald <herald@example.gov.uk>", 1).unwrap();
+        let subject = format!(
+            "[CAT A] [SHORT NOTICE] {}…",
+            "ß🦀".repeat(crate::render::SUBJECT_CHARS / 2)
+        );
+        let text = "Zoë ".repeat(75_000);
+        let html = format!("<p>{}</p>", "&lt;ł&gt;".repeat(35_000));
+        let content = Content::Email {
+            to: vec!["ppo.leeds@example.police.uk".into()],
+            subject: subject.clone(),
+            text: text.clone(),
+            html: html.clone(),
+        };
+        let message = sender
+            .message(Outgoing {
+                key: "msg_0123",
+                recipient: "police:WYP-LEEDS",
+                content: &content,
+                urgent: false,
+            })
+            .unwrap()
+            .formatted();
+        for line in message.split(|&b| b == b'\n') {
+            assert!(line.len() <= 998, "a line of {} bytes", line.len());
+        }
+        let parsed = mailparse::parse_mail(&message).unwrap();
+        assert_eq!(
+            parsed.headers.get_first_value("Subject").as_deref(),
+            Some(subject.as_str())
+        );
+        assert_eq!(
+            parsed.subparts[0].get_body().unwrap().trim_end(),
+            text.trim_end()
+        );
+        assert_eq!(parsed.subparts[1].get_body().unwrap().trim_end(), html);
     }
 }

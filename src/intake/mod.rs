@@ -316,7 +316,7 @@ fn timestamp(doc: &Value, field: &str) -> Result<DateTime<Utc>, Rejection> {
         .ok_or_else(|| {
             Rejection::schema(vec![Violation {
                 pointer: format!("/{field}"),
-                message: "must be a date-time with an offset, e.g. 2026-11-20T15:42:00Z".into(),
+                message: schema::DATE_TIME_MESSAGE.into(),
             }])
         })
 }

@@ -1,7 +1,7 @@
 //! The published JSON Schemas, compiled once: the envelope, and one schema per event
 //! type and version (`schemas/events/<eventType>.v<version>.schema.json`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -13,7 +13,7 @@ use crate::event::EventType;
 use crate::field::{FieldPath, Segment};
 
 /// One way an event breaks its schema: where, and what is wrong.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
 pub struct Violation {
     /// JSON pointer to the offending field. For a missing or unknown field it names that
     /// field, e.g. `/additionalInformation/releaseDate`.
@@ -50,6 +50,17 @@ pub enum SchemaError {
     Invalid { path: PathBuf, message: String },
 }
 
+/// What a date must be, said when one is refused (`$defs/date` in common.schema.json).
+pub const DATE_MESSAGE: &str = "must be a date from 1900-01-01 to 2099-12-31 (YYYY-MM-DD)";
+
+/// What a date-time must be, said when one is refused (`$defs/dateTime`).
+pub const DATE_TIME_MESSAGE: &str = "must be a date-time from 1900-01-01 to 2099-12-31 with an offset \
+     and seconds 00 to 59, e.g. 2026-11-20T15:42:00Z";
+
+/// The shared definitions whose `pattern` a refusal explains in words: a pattern quoted
+/// back would tell a publisher little.
+const EXPLAINED: [(&str, &str); 2] = [("date", DATE_MESSAGE), ("dateTime", DATE_TIME_MESSAGE)];
+
 /// Every schema Herald validates against.
 pub struct SchemaSet {
     envelope: Validator,
@@ -61,6 +72,8 @@ pub struct SchemaSet {
     /// paths an event type has ([`SchemaSet::has_field`]).
     documents: HashMap<String, Value>,
     event_ids: HashMap<(EventType, u64), String>,
+    /// The message for a value that fails one of the [`EXPLAINED`] patterns, by pattern.
+    patterns: HashMap<String, &'static str>,
 }
 
 impl std::fmt::Debug for SchemaSet {
@@ -124,6 +137,16 @@ impl SchemaSet {
             .collect();
         let local = Local(Arc::new(by_id.clone()));
         let mut event_ids = HashMap::new();
+        let patterns = documents
+            .iter()
+            .filter(|(path, _)| path.ends_with("common.schema.json"))
+            .flat_map(|(_, doc)| {
+                EXPLAINED.iter().filter_map(|(name, message)| {
+                    let pattern = doc["$defs"][name]["pattern"].as_str()?;
+                    Some((pattern.to_owned(), *message))
+                })
+            })
+            .collect();
 
         let mut envelope = None;
         let mut events = HashMap::new();
@@ -183,6 +206,7 @@ impl SchemaSet {
                 versions,
                 documents: by_id,
                 event_ids,
+                patterns,
             }),
             _ => Err(errors),
         }
@@ -205,7 +229,7 @@ impl SchemaSet {
 
     /// Checks the envelope alone (used when the event type cannot be told).
     pub fn check_envelope(&self, doc: &Value) -> Vec<Violation> {
-        violations(&self.envelope, doc)
+        self.violations(&self.envelope, doc)
     }
 
     /// Checks a document against its event type's schema; `None` if there is no such schema.
@@ -216,7 +240,48 @@ impl SchemaSet {
         doc: &Value,
     ) -> Option<Vec<Violation>> {
         let validator = self.events.get(&(event_type.clone(), version))?;
-        Some(violations(validator, doc))
+        Some(self.violations(validator, doc))
+    }
+
+    fn violations(&self, validator: &Validator, doc: &Value) -> Vec<Violation> {
+        let mut out = Vec::new();
+        if validator.is_valid(doc) {
+            return out;
+        }
+        for error in validator.iter_errors(doc) {
+            self.push_violations(&error, &mut out);
+        }
+        // A value can fail two keywords with the same words (a date's format and pattern).
+        let mut seen = HashSet::new();
+        out.retain(|v| seen.insert(v.clone()));
+        out
+    }
+
+    fn push_violations(&self, error: &ValidationError<'_>, out: &mut Vec<Violation>) {
+        let at = error.instance_path().as_str();
+        match error.kind() {
+            ValidationErrorKind::Required { property } => out.push(Violation {
+                pointer: child(at, property.as_str().unwrap_or_default()),
+                message: "required field is missing".into(),
+            }),
+            ValidationErrorKind::AdditionalProperties { unexpected }
+            | ValidationErrorKind::UnevaluatedProperties { unexpected } => {
+                // The name is the publisher's: repeated only as a bounded excerpt.
+                out.extend(unexpected.iter().map(|name| Violation {
+                    pointer: child(at, &super::excerpt(name)),
+                    message: "unknown field (not in the schema)".into(),
+                }))
+            }
+            ValidationErrorKind::Pattern { pattern } if self.patterns.contains_key(pattern) => out
+                .push(Violation {
+                    pointer: at.to_owned(),
+                    message: self.patterns[pattern].to_owned(),
+                }),
+            kind => out.push(Violation {
+                pointer: at.to_owned(),
+                message: describe(kind),
+            }),
+        }
     }
 }
 
@@ -424,40 +489,6 @@ fn parse_event_file_name(name: &str) -> Option<(&str, u64)> {
     Some((event_type, version.parse().ok()?))
 }
 
-fn violations(validator: &Validator, doc: &Value) -> Vec<Violation> {
-    let mut out = Vec::new();
-    if validator.is_valid(doc) {
-        return out;
-    }
-    for error in validator.iter_errors(doc) {
-        push_violations(&error, &mut out);
-    }
-    out.dedup();
-    out
-}
-
-fn push_violations(error: &ValidationError<'_>, out: &mut Vec<Violation>) {
-    let at = error.instance_path().as_str();
-    match error.kind() {
-        ValidationErrorKind::Required { property } => out.push(Violation {
-            pointer: child(at, property.as_str().unwrap_or_default()),
-            message: "required field is missing".into(),
-        }),
-        ValidationErrorKind::AdditionalProperties { unexpected }
-        | ValidationErrorKind::UnevaluatedProperties { unexpected } => {
-            // The name is the publisher's: repeated only as a bounded excerpt.
-            out.extend(unexpected.iter().map(|name| Violation {
-                pointer: child(at, &super::excerpt(name)),
-                message: "unknown field (not in the schema)".into(),
-            }))
-        }
-        kind => out.push(Violation {
-            pointer: at.to_owned(),
-            message: describe(kind),
-        }),
-    }
-}
-
 /// The pointer of a property under `parent`, escaped per RFC 6901.
 fn child(parent: &str, name: &str) -> String {
     format!("{parent}/{}", name.replace('~', "~0").replace('/', "~1"))
@@ -480,8 +511,8 @@ fn describe(kind: &ValidationErrorKind) -> String {
         K::Constant { expected_value } => format!("must be {expected_value}"),
         K::Pattern { pattern } => format!("does not match the pattern {pattern}"),
         K::Format { format } => match format.as_str() {
-            "date" => "must be a date, YYYY-MM-DD".into(),
-            "date-time" => "must be a date-time with an offset, e.g. 2026-11-20T15:42:00Z".into(),
+            "date" => DATE_MESSAGE.into(),
+            "date-time" => DATE_TIME_MESSAGE.into(),
             other => format!("is not a valid {other}"),
         },
         K::MinItems { limit } => format!("must have at least {limit} item(s)"),

@@ -270,4 +270,51 @@ mod tests {
             assert_eq!(out, date.format("%A %-d %B %Y").to_string());
         }
     }
+
+    /// The contract's dates run from 1900 to 2099: at both ends and in between, times read in
+    /// a London zone (never the local mean time of before 1847), with summer time to the end.
+    #[test]
+    fn dates_at_the_edges_of_the_contract_read_in_london_time() {
+        for (text, date) in [
+            ("1900-01-01", "Monday 1 January 1900"),
+            ("2099-12-31", "Thursday 31 December 2099"),
+            ("2000-02-29", "Tuesday 29 February 2000"),
+            ("2096-02-29", "Wednesday 29 February 2096"),
+        ] {
+            assert_eq!(uk_date(text).as_deref(), Some(date));
+        }
+        for (text, at) in [
+            (
+                "1900-01-01T00:00:00+23:59",
+                "Sunday 31 December 1899, 00:01 GMT",
+            ),
+            (
+                "2099-12-31T23:59:59-23:59",
+                "Friday 1 January 2100, 23:58 GMT",
+            ),
+            ("2099-07-01T12:00:00Z", "Wednesday 1 July 2099, 13:00 BST"),
+            (
+                "2026-03-29T01:30:00+05:45",
+                "Saturday 28 March 2026, 19:45 GMT",
+            ),
+            (
+                "2026-11-20t15:42:00.123456789012z",
+                "Friday 20 November 2026, 15:42 GMT",
+            ),
+        ] {
+            assert_eq!(uk_datetime(text).as_deref(), Some(at), "{text}");
+        }
+        let mut day = NaiveDate::from_ymd_opt(1900, 1, 1).unwrap();
+        while day.year() < 2100 {
+            for time in ["00:00:00+14:00", "12:00:00Z", "23:59:59-12:00"] {
+                let text = format!("{day}T{time}");
+                let at = uk_datetime(&text).unwrap();
+                assert!(
+                    ["GMT", "BST", "BDST"].iter().any(|z| at.ends_with(z)),
+                    "{text}: {at}"
+                );
+            }
+            day += chrono::Duration::days(5);
+        }
+    }
 }

@@ -3,9 +3,10 @@
 //! Each template is a folder under `templates/` with `subject.hbs`, `text.hbs` and
 //! `html.hbs`; `templates/partials/*.hbs` are shared partials. Templates run in strict mode,
 //! so a field the event lacks is an error, never an empty string. HTML templates escape every
-//! value and may not use the unescaped forms `{{{ }}}` or `{{& }}`.
+//! value: one that could write a value unescaped is refused at load (see [`escaping`]).
 
 mod compiled;
+mod escaping;
 mod helpers;
 pub mod payload;
 
@@ -26,7 +27,7 @@ use compiled::Compiled;
 /// The three parts of an email.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EmailParts {
-    /// One line, never a line break.
+    /// One line, never a line break: the markings, then at most [`SUBJECT_CHARS`] characters.
     pub subject: String,
     pub text: String,
     pub html: String,
@@ -109,29 +110,40 @@ impl Renderer {
                         continue;
                     }
                 };
-                let text = match include_partials(&text, &partials, 0) {
+                let mut used = BTreeSet::new();
+                let expanded = match include_partials(&text, &partials, 0, &mut used) {
                     Ok(t) => t,
                     Err(message) => {
                         errors.push(TemplateError { path, message });
                         continue;
                     }
                 };
-                if part == "html" && (text.contains("{{{") || text.contains("{{&")) {
-                    errors.push(TemplateError {
-                        path: path.clone(),
-                        message: "HTML templates must escape every value: use {{ }}, not {{{ }}} or {{& }}".into(),
-                    });
-                }
+                let key = format!("{name}/{part}");
                 let target = if part == "html" {
                     &mut html
                 } else {
                     &mut plain
                 };
-                if let Err(e) = target.register_template_string(&format!("{name}/{part}"), text) {
+                if let Err(e) = target.register_template_string(&key, &expanded) {
                     errors.push(TemplateError {
                         path,
                         message: e.to_string(),
                     });
+                    continue;
+                }
+                if part == "html"
+                    && let Some(template) = html.get_template(&key)
+                    && let Some(finding) = escaping::find(template, true)
+                {
+                    let sources = Sources {
+                        path: &path,
+                        text: &text,
+                        expanded: expanded != text,
+                        partials: &partials,
+                        partials_dir: &dir.join(PARTIALS),
+                        used: &used,
+                    };
+                    errors.push(sources.locate(finding));
                 }
             }
             names.insert(name);
@@ -186,7 +198,7 @@ impl Renderer {
     }
 
     /// Renders the email parts of `template` with `data`. The subject is put on one line,
-    /// prefixed with the markings (`[CAT A]`).
+    /// prefixed with the markings (`[CAT A]`) and cut to [`SUBJECT_CHARS`] after them.
     pub fn email(
         &self,
         template: &str,
@@ -284,7 +296,7 @@ impl EmailDraft<'_> {
                 let subject = fill(0)?;
                 let mut line = String::with_capacity(self.marks.len() + subject.len());
                 line.push_str(&self.marks);
-                line.push_str(&one_line(&subject));
+                push_subject(&subject, &mut line);
                 line
             }
         };
@@ -296,6 +308,11 @@ impl EmailDraft<'_> {
     }
 }
 
+/// The most characters of a subject after its markings. Event data can make a subject of
+/// any length; this keeps the header line far under RFC 5322's 998 characters, and no mail
+/// client shows more.
+pub const SUBJECT_CHARS: usize = 200;
+
 /// The subject as sent: the markings in brackets, then the subject on one line.
 fn subject_line(marks: &[String], subject: &str) -> String {
     let mut line = String::new();
@@ -304,8 +321,25 @@ fn subject_line(marks: &[String], subject: &str) -> String {
         line.push_str(mark);
         line.push_str("] ");
     }
-    line.push_str(&one_line(subject));
+    push_subject(subject, &mut line);
     line
+}
+
+/// Writes `subject` on one line (see [`one_line`]) of at most [`SUBJECT_CHARS`] characters:
+/// a longer one is cut at a character boundary and ends in `…`.
+fn push_subject(subject: &str, out: &mut String) {
+    let line = one_line(subject);
+    match line.char_indices().nth(SUBJECT_CHARS) {
+        None => out.push_str(&line),
+        Some(_) => {
+            let cut = line
+                .char_indices()
+                .nth(SUBJECT_CHARS - 1)
+                .map_or(line.len(), |(i, _)| i);
+            out.push_str(line[..cut].trim_end());
+            out.push('…');
+        }
+    }
 }
 
 fn registry(escape_html: bool) -> Handlebars<'static> {
@@ -316,6 +350,58 @@ fn registry(escape_html: bool) -> Handlebars<'static> {
     }
     helpers::register(&mut r);
     r
+}
+
+/// Where an HTML template's text came from, to say which file an unescaped value is in.
+struct Sources<'a> {
+    path: &'a Path,
+    /// The template's own text, before partials are expanded.
+    text: &'a str,
+    /// Whether expanding partials changed it.
+    expanded: bool,
+    partials: &'a HashMap<String, String>,
+    partials_dir: &'a Path,
+    /// The partials it includes.
+    used: &'a BTreeSet<String>,
+}
+
+impl Sources<'_> {
+    /// The error for a finding in the expanded template. Its position is in the expanded
+    /// text, so an unescaped value is looked for in the template's own text and then in each
+    /// partial it includes, to name the file and the line there; failing that (a value only
+    /// formed where pieces join, or a partial left unexpanded) the expanded text's position is
+    /// given as such.
+    fn locate(&self, finding: escaping::Finding) -> TemplateError {
+        if !self.expanded {
+            return TemplateError {
+                path: self.path.to_owned(),
+                message: finding.message(),
+            };
+        }
+        if finding.what == escaping::Unescaped::Value {
+            let own = std::iter::once((self.path.to_owned(), self.text));
+            let partials = self.used.iter().filter_map(|name| {
+                let text = self.partials.get(name)?;
+                Some((self.partials_dir.join(format!("{name}.hbs")), text.as_str()))
+            });
+            for (path, text) in own.chain(partials) {
+                let Ok(template) = handlebars::template::Template::compile(text) else {
+                    continue;
+                };
+                if let Some(found) = escaping::find(&template, false) {
+                    let mut message = found.message();
+                    if path != self.path {
+                        message.push_str(&format!(" (included by {})", self.path.display()));
+                    }
+                    return TemplateError { path, message };
+                }
+            }
+        }
+        TemplateError {
+            path: self.path.to_owned(),
+            message: format!("with its partials expanded, {}", finding.message()),
+        }
+    }
 }
 
 /// Reads `partials/*.hbs` (a missing folder means no partials).
@@ -352,6 +438,7 @@ fn include_partials(
     text: &str,
     partials: &HashMap<String, String>,
     depth: usize,
+    used: &mut BTreeSet<String>,
 ) -> Result<String, String> {
     const MAX_DEPTH: usize = 8;
     static INLINE: LazyLock<Regex> =
@@ -362,7 +449,8 @@ fn include_partials(
     if depth >= MAX_DEPTH {
         return Err(format!("partials nest deeper than {MAX_DEPTH} levels"));
     }
-    let find = |name: &str| {
+    let mut find = |name: &str| {
+        used.insert(name.to_owned());
         partials
             .get(name)
             .ok_or_else(|| format!("partial \"{name}\" not found in {PARTIALS}/"))
@@ -371,7 +459,9 @@ fn include_partials(
     // Blocks first: the body between {{#> name}} and {{/name}} fills {{> @partial-block}}.
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
+    let mut blocks = false;
     while let Some(open) = rest.find("{{#>") {
+        blocks = true;
         out.push_str(&rest[..open]);
         let after = &rest[open + 4..];
         let close = after.find("}}").ok_or("unclosed {{#>")?;
@@ -396,9 +486,13 @@ fn include_partials(
             String::new()
         }
     });
+    // What is left when nothing more expands (`{{~> name}}`, `{{> name arg}}`, ...) stays as
+    // it is: the HTML check refuses it, and elsewhere Handlebars reports it at render.
+    let unchanged = !blocks && matches!(text, std::borrow::Cow::Borrowed(_));
     match error {
         Some(e) => Err(e),
-        None => include_partials(&text, partials, depth + 1),
+        None if unchanged => Ok(text.into_owned()),
+        None => include_partials(&text, partials, depth + 1, used),
     }
 }
 
@@ -423,20 +517,28 @@ mod tests {
             ("loop".to_string(), "{{> loop}}".to_string()),
         ]
         .into();
-        let out =
-            include_partials("{{#> layout}}\nHi {{> name}}{{/layout}}", &partials, 0).unwrap();
+        let mut used = BTreeSet::new();
+        let out = include_partials(
+            "{{#> layout}}\nHi {{> name}}{{/layout}}",
+            &partials,
+            0,
+            &mut used,
+        )
+        .unwrap();
         assert_eq!(out, "<body>Hi {{given}} {{family}}</body>");
-        assert!(
-            include_partials("{{> missing}}", &partials, 0)
-                .unwrap_err()
-                .contains("missing")
+        assert_eq!(
+            used.into_iter().collect::<Vec<_>>(),
+            ["given", "layout", "name"]
         );
-        assert!(
-            include_partials("{{> loop}}", &partials, 0)
-                .unwrap_err()
-                .contains("deeper")
+        let expand = |text: &str| include_partials(text, &partials, 0, &mut BTreeSet::new());
+        assert!(expand("{{> missing}}").unwrap_err().contains("missing"));
+        assert!(expand("{{> loop}}").unwrap_err().contains("deeper"));
+        assert!(expand("{{#> layout}}x{{/name}}").is_err());
+        // Forms it does not expand are left as they are, not taken for endless nesting.
+        assert_eq!(
+            expand("{{> name x}}{{~> name}}").unwrap(),
+            "{{> name x}}{{~> name}}"
         );
-        assert!(include_partials("{{#> layout}}x{{/name}}", &partials, 0).is_err());
     }
 
     #[test]
@@ -445,5 +547,35 @@ mod tests {
             one_line(" PPO\r\nreceived\tinto  custody \n"),
             "PPO received into custody"
         );
+    }
+
+    #[test]
+    fn long_subjects_are_cut_after_the_marks_with_an_ellipsis() {
+        let marks = ["CAT A".to_owned(), "SHORT NOTICE".to_owned()];
+        let exact = "é".repeat(SUBJECT_CHARS);
+        assert_eq!(
+            subject_line(&marks, &exact),
+            format!("[CAT A] [SHORT NOTICE] {exact}")
+        );
+        let long = format!("{exact}x");
+        let line = subject_line(&marks, &long);
+        assert_eq!(
+            line,
+            format!("[CAT A] [SHORT NOTICE] {}…", "é".repeat(SUBJECT_CHARS - 1))
+        );
+        // Whitespace is collapsed before counting, and no space is left before the ellipsis.
+        let spaced = format!(
+            "{}\n\n  b{}",
+            "a".repeat(SUBJECT_CHARS - 2),
+            "c".repeat(500)
+        );
+        assert_eq!(
+            subject_line(&[], &spaced),
+            format!("{}…", "a".repeat(SUBJECT_CHARS - 2))
+        );
+        let mut out = String::new();
+        push_subject(&"🦀 ".repeat(10_000), &mut out);
+        assert_eq!(out.chars().count(), SUBJECT_CHARS);
+        assert!(out.ends_with("🦀…"), "{out}");
     }
 }

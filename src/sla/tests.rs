@@ -250,3 +250,51 @@ fn rules_parse_and_print_back() {
         assert!(SlaRule::parse(bad).is_err(), "{bad:?} should not parse");
     }
 }
+
+#[test]
+fn deadlines_at_the_edges_of_the_contracts_dates_are_london_times() {
+    // 1900-01-01 and 2099-12-31 are the first and last dates an event may carry.
+    assert_eq!(
+        due(
+            "on the day of releaseDate",
+            "2026-11-20T15:42:00Z",
+            json!({"releaseDate": "1900-01-01"})
+        ),
+        at("1900-01-01T23:59:59Z")
+    );
+    assert_eq!(
+        due(
+            "28d notice before releaseDate",
+            "2026-11-20T15:42:00Z",
+            json!({"releaseDate": "1900-01-01"})
+        ),
+        at("1899-12-04T23:59:59Z")
+    );
+    let last = deadline(
+        "28d notice before releaseDate",
+        "2099-12-31T23:59:59-23:59",
+        json!({"releaseDate": "2099-12-31"}),
+    );
+    assert_eq!(last.due, at("2099-12-03T23:59:59Z"));
+    assert!(last.short_notice);
+    assert_eq!(
+        due(
+            "on the day of releasedAt",
+            "2026-11-20T15:42:00Z",
+            json!({"releasedAt": "2099-07-01T12:00:00Z"})
+        ),
+        at("2099-07-01T22:59:59Z"),
+        "summer time to the end of the range"
+    );
+    assert_eq!(
+        due("within 24h", "2099-12-31T23:59:59-23:59", json!({})),
+        at("2100-01-02T23:58:59Z")
+    );
+    // Beyond the bank holiday calendar a working-day deadline is unknown, not wrong.
+    let beyond = SlaRule::parse("within 1 working day").unwrap().deadline(
+        at("2099-12-31T12:00:00Z"),
+        &json!({}),
+        &Calendar::england_and_wales(),
+    );
+    assert!(matches!(beyond, Err(SlaError::Calendar(_))), "{beyond:?}");
+}
