@@ -389,6 +389,72 @@ fn route_test_exits_non_zero_when_the_service_would_park_a_problem() {
 }
 
 #[test]
+fn check_reports_every_wrong_key_at_once_with_the_word_meant() {
+    let sandbox = Sandbox::new();
+    let text = std::fs::read_to_string(sandbox.config()).unwrap();
+    let text = text
+        .replacen("prefetch = 100", "prefetch = 100\nprefetsh = 5", 1)
+        .replacen("max_depth = 32", "max_depth = \"deep\"", 1)
+        .replacen(
+            "template = \"prisoner-received\"",
+            "template = \"prisoner-received\"\nchanels = [\"email\"]",
+            1,
+        );
+    std::fs::write(sandbox.config(), text).unwrap();
+    let run = sandbox.check();
+    assert_eq!(run.code, 2, "{run:?}");
+    let errors: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("error:"))
+        .collect();
+    for words in [
+        &["amqp.prefetsh", "did you mean `prefetch`?"][..],
+        &["limits.max_depth", "expected usize"],
+        &[
+            "ppo-received-into-custody",
+            "chanels",
+            "did you mean `channels`?",
+        ],
+    ] {
+        assert!(
+            errors.iter().any(|l| words.iter().all(|w| l.contains(w))),
+            "no error with {words:?}: {run:?}"
+        );
+    }
+    assert_eq!(errors.len(), 3, "{run:?}");
+    assert!(
+        !run.stderr.contains("\"deep\""),
+        "values are not quoted: {run:?}"
+    );
+}
+
+#[test]
+fn check_goes_on_past_a_wrong_key_to_the_routes() {
+    let sandbox = Sandbox::new();
+    let text = std::fs::read_to_string(sandbox.config()).unwrap();
+    std::fs::write(
+        sandbox.config(),
+        text.replacen("prefetch = 100", "prefetch = 100\nprefetsh = 5", 1),
+    )
+    .unwrap();
+    sandbox.set_route(
+        "ppo-bail-decision",
+        "sla",
+        toml::Value::String("within 1 workday".into()),
+    );
+    let run = sandbox.check();
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("did you mean `prefetch`?"), "{run:?}");
+    let sla = run
+        .stderr
+        .lines()
+        .find(|l| l.contains("route ppo-bail-decision"))
+        .unwrap_or_else(|| panic!("the route was checked too: {run:?}"));
+    assert!(sla.contains("did you mean \"working day\"?"), "{sla}");
+}
+
+#[test]
 fn check_reports_a_bad_regex_matcher_on_one_line() {
     let sandbox = Sandbox::new();
     sandbox.set_route(
