@@ -455,6 +455,41 @@ fn check_goes_on_past_a_wrong_key_to_the_routes() {
 }
 
 #[test]
+fn check_explains_handlebars_syntax_errors_in_plain_words_with_file_line_and_column() {
+    let sandbox = Sandbox::new();
+    sandbox.edit_template("bail-decided/text.hbs", |t| {
+        format!("{{{{info.court.}}}}\n{t}")
+    });
+    sandbox.edit_template("hdc-decided/text.hbs", |t| {
+        format!("{{{{#if info.decision}}}}x{{{{/unless}}}}\n{t}")
+    });
+    sandbox.edit_template("warrant-issued/text.hbs", |t| {
+        format!("{{{{#if info.kind}}}}\n{t}")
+    });
+    let run = sandbox.check();
+    assert_eq!(run.code, 2, "{run:?}");
+    for (file, words) in [
+        (
+            "bail-decided/text.hbs",
+            "line 1, column 14: a field name is missing",
+        ),
+        (
+            "hdc-decided/text.hbs",
+            "close each block with its own name, {{/if}}",
+        ),
+        ("warrant-issued/text.hbs", "is not closed by its {{/...}}"),
+    ] {
+        let line = run
+            .stderr
+            .lines()
+            .find(|l| l.contains(file))
+            .unwrap_or_else(|| panic!("nothing about {file}: {run:?}"));
+        assert!(line.contains(words), "{line}");
+        assert!(!line.contains("path_id") && !line.contains("-->"), "{line}");
+    }
+}
+
+#[test]
 fn check_reports_a_bad_regex_matcher_on_one_line() {
     let sandbox = Sandbox::new();
     sandbox.set_route(

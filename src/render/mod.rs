@@ -125,10 +125,25 @@ impl Renderer {
                     &mut plain
                 };
                 if let Err(e) = target.register_template_string(&key, &expanded) {
-                    errors.push(TemplateError {
-                        path,
-                        message: e.to_string(),
+                    // Where the mistake is written: the template's own text, or a partial.
+                    let own = std::iter::once((path.clone(), text.as_str()));
+                    let partials_dir = dir.join(PARTIALS);
+                    let included = used.iter().filter_map(|name| {
+                        let text = partials.get(name)?;
+                        Some((partials_dir.join(format!("{name}.hbs")), text.as_str()))
                     });
+                    let found = own.chain(included).find_map(|(at, source)| {
+                        let e = handlebars::template::Template::compile(source).err()?;
+                        let mut message = in_plain_words(&e);
+                        if at != path {
+                            message.push_str(&format!(" (included by {})", path.display()));
+                        }
+                        Some(TemplateError { path: at, message })
+                    });
+                    errors.push(found.unwrap_or_else(|| TemplateError {
+                        path: path.clone(),
+                        message: format!("with its partials expanded, {}", in_plain_words(&e)),
+                    }));
                     continue;
                 }
                 if part == "html"
@@ -401,6 +416,38 @@ impl Sources<'_> {
             path: self.path.to_owned(),
             message: format!("with its partials expanded, {}", finding.message()),
         }
+    }
+}
+
+/// A Handlebars syntax error as an operator reads it: where, and what is wrong, without the
+/// parser's own vocabulary.
+fn in_plain_words(e: &handlebars::TemplateError) -> String {
+    use handlebars::TemplateErrorReason as R;
+    let what = match e.reason() {
+        R::MismatchingClosedHelper(open, close) | R::MismatchingClosedDecorator(open, close) => {
+            format!(
+                "the block {{{{#{open}}}}} is closed by {{{{/{close}}}}}: close each block with its own name, {{{{/{open}}}}}"
+            )
+        }
+        R::InvalidSyntax(parser) if parser.contains("path_id") => {
+            "a field name is missing or cut short here (a path cannot be empty or end in a dot)"
+                .to_owned()
+        }
+        R::InvalidSyntax(parser) if parser.contains("helper_block_end") => {
+            "a block opened above ({{#if}}, {{#each}}, {{#unless}}) is not closed by its {{/...}} before here"
+                .to_owned()
+        }
+        R::InvalidSyntax(_) => {
+            "this is not valid Handlebars: a {{ is not closed by }}, or a name or helper is written wrongly"
+                .to_owned()
+        }
+        R::InvalidParam(param) => format!("\"{param}\" cannot be given to a helper here"),
+        R::NestedSubexpression => "a subexpression inside another is not supported".to_owned(),
+        other => other.to_string(),
+    };
+    match e.pos() {
+        Some((line, column)) => format!("line {line}, column {column}: {what}"),
+        None => what,
     }
 }
 
