@@ -103,7 +103,7 @@ sla = "within 24h"
         })
     });
     c.bench_function("parts/route+render court.bail.decided", |b| {
-        b.iter(|| core.engine.route(black_box(&event)).notifications.len())
+        b.iter(|| core.route(black_box(&event)).notifications.len())
     });
 }
 

@@ -9,10 +9,10 @@ use std::sync::Arc;
 use crate::config::Config;
 use crate::event::{Event, EventId};
 use crate::intake::{Intake, Message, Publishers, Rejection, SchemaSet};
-use crate::notification::Routing;
 use crate::render::Renderer;
+use crate::render::Routing;
 use crate::route::{
-    Directory, Engine, Recipient, RecipientClass, RecipientId, Redaction, Route, Selector,
+    Directory, Engine, Recipient, RecipientClass, RecipientId, Redaction, Route, Selector, View,
 };
 use crate::sla::Calendar;
 
@@ -24,6 +24,8 @@ pub struct Core {
     pub intake: Intake,
     pub publishers: Publishers,
     pub engine: Engine,
+    /// The templates, and how a plan becomes notifications.
+    pub renderer: Renderer,
 }
 
 impl Core {
@@ -91,7 +93,13 @@ impl Core {
                 if !names.insert(rc.name.as_str()) {
                     errors.push(format!("{file}: route {}: the name is used twice", rc.name));
                 }
-                match Route::compile(rc, schemas, &directory, renderer.as_ref()) {
+                if renderer.as_ref().is_some_and(|r| !r.has(&rc.template)) {
+                    errors.push(format!(
+                        "{file}: route {}: template: \"{}\" has no folder under templates/ (subject.hbs, text.hbs, html.hbs)",
+                        rc.name, rc.template
+                    ));
+                }
+                match Route::compile(rc, schemas, &directory) {
                     Ok(r) => routes.push(r),
                     Err(es) => errors.extend(
                         es.into_iter()
@@ -110,8 +118,8 @@ impl Core {
                     directory,
                     redaction,
                     calendar,
-                    renderer,
                 },
+                renderer,
                 config,
                 config_path: path.to_owned(),
             }),
@@ -138,8 +146,38 @@ impl Core {
     /// Checks a body and routes the event.
     pub fn process(&self, body: &[u8], id: EventId) -> Result<(Event, Routing), Rejection> {
         let event = self.intake.accept(body, id)?;
-        let routing = self.engine.route(&event);
+        let routing = self.route(&event);
         Ok((event, routing))
+    }
+
+    /// Every notification for an event: the engine's plan, rendered. Pure: no I/O, no clock.
+    pub fn route(&self, event: &Event) -> Routing {
+        self.renderer.render(event, self.engine.plan(event))
+    }
+
+    /// Renders a route's email for an event as `recipient` would get it, whoever the event
+    /// names, with what its class may see: `herald check` tries every template this way.
+    pub fn preview_email(
+        &self,
+        route: &Route,
+        event: &Event,
+        recipient: &Recipient,
+    ) -> Result<crate::render::EmailParts, String> {
+        let description = event.description();
+        let (info, withheld) =
+            self.engine
+                .redaction
+                .apply(recipient.class, event.info(), description);
+        let view = View {
+            classes: vec![recipient.class],
+            info,
+            withheld,
+            description: description
+                .filter(|_| self.engine.redaction.shows_description(recipient.class)),
+        };
+        let facts = self.engine.facts(route, event);
+        self.renderer
+            .preview_email(route, &facts, event, &view, recipient)
     }
 
     /// The deeper checks of `herald check`: every example validates, and every route's
@@ -180,7 +218,7 @@ impl Core {
         // Each example as the service would route it: a problem here would be parked for
         // every event like it.
         for (path, event) in &examples {
-            for problem in self.engine.route(event).problems {
+            for problem in self.route(event).problems {
                 report.errors.push(format!(
                     "{file}: example {}: {problem} ({})",
                     path.display(),
@@ -193,7 +231,7 @@ impl Core {
             for (path, event) in examples.iter().filter(|(_, e)| route.matches(e)) {
                 exercised = true;
                 for recipient in self.sample_recipients(route) {
-                    if let Err(e) = self.engine.preview_email(route, event, &recipient) {
+                    if let Err(e) = self.preview_email(route, event, &recipient) {
                         report.errors.push(format!(
                             "{file}: route {}: template {} for a {} recipient, example {}: {e}",
                             route.name,

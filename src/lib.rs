@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod core;
 pub mod deliver;
+pub mod directory;
 pub mod event;
 pub mod field;
 pub mod intake;

@@ -1,13 +1,12 @@
-//! What the routing engine produces: one notification per recipient and channel, each ready
-//! to deliver, and every reason a notification could not be made.
+//! The words of a notification, shared by every stage: how it travels, its priority, its
+//! idempotency key, its deadline, its rendered content, and every reason one could not be
+//! made or may not be.
 
 use std::fmt;
-use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::event::{EventId, EventType};
-use crate::route::Recipient;
+use crate::event::EventId;
 use crate::sla::Deadline;
 
 /// How a notification travels.
@@ -172,30 +171,6 @@ impl Content {
     }
 }
 
-/// One message to one recipient on one channel.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Notification {
-    pub key: IdempotencyKey,
-    pub event_id: EventId,
-    pub event_type: EventType,
-    pub route: Arc<str>,
-    #[serde(serialize_with = "recipient_id")]
-    pub recipient: Arc<Recipient>,
-    pub channel: Channel,
-    pub priority: Priority,
-    /// Markings shown to the recipient, e.g. `CAT A`, `SHORT NOTICE`.
-    pub marks: Vec<String>,
-    pub sla: Sla,
-    /// Fields removed before rendering because this recipient's class may not see them.
-    pub withheld: Vec<String>,
-    pub content: Content,
-}
-
-fn recipient_id<S: serde::Serializer>(r: &Arc<Recipient>, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(r.id.as_str())
-}
-
 /// A notification that a matching route wanted but could not make. Each is reported; none is
 /// silently dropped.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -311,25 +286,5 @@ impl fmt::Display for Skip {
                 "route {route}: {selector}: no one in the directory acts for this person; no one told"
             ),
         }
-    }
-}
-
-/// Everything the engine decided for one event.
-#[derive(Debug, Clone, Default, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Routing {
-    /// Routes whose event types and matchers matched, in order.
-    pub matched_routes: Vec<Arc<str>>,
-    pub notifications: Vec<Notification>,
-    /// Notifications that could not be made: each is a failure, parked for an operator.
-    pub problems: Vec<Problem>,
-    /// Notifications not made because the recipient is not entitled to them: counted only.
-    pub skipped: Vec<Skip>,
-}
-
-impl Routing {
-    /// No route matched: the event concerns nobody Herald serves (counted, not an error).
-    pub fn unrouted(&self) -> bool {
-        self.matched_routes.is_empty()
     }
 }

@@ -425,7 +425,7 @@ fn reference() -> &'static Core {
     static CORE: OnceLock<Core> = OnceLock::new();
     CORE.get_or_init(|| {
         let mut core = Core::load(&common::root().join("routes.toml")).unwrap();
-        core.engine.renderer.set_handlebars_only(true);
+        core.renderer.set_handlebars_only(true);
         core
     })
 }
@@ -757,7 +757,7 @@ proptest! {
         let event = accepted(&doc).map_err(|r| TestCaseError::fail(r.to_string()))?;
         let context = format!("{} with {changed:#?}", examples()[i].0);
 
-        let routing = core.engine.route(&event);
+        let routing = core.route(&event);
         for problem in &routing.problems {
             prop_assert!(
                 !matches!(problem, Problem::RenderFailed { .. }),
@@ -772,13 +772,13 @@ proptest! {
         }
         prop_assert_eq!(
             serde_json::to_value(&routing).unwrap(),
-            serde_json::to_value(reference().engine.route(&event)).unwrap(),
+            serde_json::to_value(reference().route(&event)).unwrap(),
             "{}", context
         );
 
         for route in core.engine.routes.iter().filter(|r| r.matches(&event)) {
             for recipient in core.sample_recipients(route) {
-                let email = core.engine.preview_email(route, &event, &recipient);
+                let email = core.preview_email(route, &event, &recipient);
                 let email = email.map_err(|e| {
                     TestCaseError::fail(format!("{context}: route {}, {}: {e}", route.name, recipient.class))
                 })?;
@@ -791,7 +791,7 @@ proptest! {
                     .collect();
                 check_subject(&email.subject, &marks)?;
                 prop_assert!(!email.html.contains("<script"), "{}", context);
-                let same = reference().engine.preview_email(route, &event, &recipient);
+                let same = reference().preview_email(route, &event, &recipient);
                 prop_assert_eq!(Ok(&email), same.as_ref(), "{}", context);
             }
         }

@@ -9,11 +9,12 @@ use chrono::{DateTime, Utc};
 use herald::config::Config;
 use herald::core::Core;
 use herald::event::{Event, EventId};
-use herald::notification::{Content, Notification, Priority, Problem, Routing, Skip, Sla};
+use herald::notification::{Content, Priority, Problem, Skip, Sla};
+use herald::render::{Notification, Routing};
 use serde_json::{Value, json};
 
 fn route(doc: &Value) -> Routing {
-    common::core().engine.route(&common::accept(doc))
+    common::core().route(&common::accept(doc))
 }
 
 fn targets(routing: &Routing) -> BTreeSet<(String, String)> {
@@ -479,7 +480,7 @@ why = "aliases and offence wording are not for the panel in this test"
     )
     .unwrap_or_else(|e| panic!("{e:#?}"));
     let event = common::accept(&common::example("ppud.document.uploaded.json"));
-    let r = core.engine.route(&event);
+    let r = core.route(&event);
     assert!(r.problems.is_empty(), "{:?}", r.problems);
     let judge: Vec<&Notification> = r
         .notifications
@@ -508,7 +509,7 @@ why = "aliases and offence wording are not for the panel in this test"
 
     let mut warrant = common::example("court.warrant.issued.json");
     warrant["additionalInformation"]["offences"] = serde_json::json!([{"description": "Theft from a shop"}, {"description": "Assault by beating"}]);
-    let r = core.engine.route(&common::accept(&warrant));
+    let r = core.route(&common::accept(&warrant));
     for n in r
         .notifications
         .iter()
@@ -556,7 +557,7 @@ fn the_envelope_description_goes_only_to_the_classes_routes_toml_names() {
     let core = core_with_routes(EVERY_CLASS);
     let mut doc = common::example("ppud.document.uploaded.json");
     doc["description"] = serde_json::json!("Prolific and priority offender: dossier updated");
-    let r = core.engine.route(&common::accept(&doc));
+    let r = core.route(&common::accept(&doc));
     assert!(r.problems.is_empty(), "{:?}", r.problems);
     for n in &r.notifications {
         let class = n.recipient.class.as_str();
@@ -588,7 +589,7 @@ to = ["prison:*"]
 template = "prisoner-received"
 "#,
     );
-    let r = core.engine.route(&common::accept(&common::example(
+    let r = core.route(&common::accept(&common::example(
         "prison.prisoner.received.json",
     )));
     assert!(r.skipped.is_empty());
@@ -613,7 +614,7 @@ template = "prisoner-released"
 "#,
     );
     let event = common::accept(&common::example("prison.prisoner.released.json"));
-    let r = core.engine.route(&event);
+    let r = core.route(&event);
     assert!(r.problems.is_empty(), "{:?}", r.problems);
     for n in &r.notifications {
         let sees = !n.withheld.contains(&"releaseAddress".to_string());
@@ -646,7 +647,7 @@ template = "document-uploaded"
 "#,
     );
     let event = common::accept(&common::example("ppud.document.uploaded--recall.json"));
-    let r = core.engine.route(&event);
+    let r = core.route(&event);
     assert!(r.notifications.is_empty());
     assert!(r.problems.is_empty(), "{:?}", r.problems);
     assert_eq!(
@@ -674,7 +675,6 @@ fn idempotency_keys_are_stable_per_event_route_recipient_and_channel() {
             .accept(&body, EventId::new(id))
             .unwrap();
         common::core()
-            .engine
             .route(&event)
             .notifications
             .iter()
@@ -753,14 +753,14 @@ fn altered(info: &Value, depth: usize) -> Vec<Value> {
 #[test]
 fn compiled_templates_render_exactly_what_handlebars_renders() {
     let fast = common::core();
-    let renderer = &fast.engine.renderer;
+    let renderer = &fast.renderer;
     assert_eq!(
         renderer.compiled_parts(),
         3 * renderer.names().count(),
         "every part of every shipped template renders by compiled steps"
     );
     let mut reference = Core::load(&common::root().join("routes.toml")).unwrap();
-    reference.engine.renderer.set_handlebars_only(true);
+    reference.renderer.set_handlebars_only(true);
 
     let (mut same_text, mut same_error, mut same_routing) = (0, 0, 0);
     let mut names: Vec<_> = std::fs::read_dir(common::root().join("schemas/examples/valid"))
@@ -782,10 +782,10 @@ fn compiled_templates_render_exactly_what_handlebars_renders() {
                 continue;
             };
             // The engine drafts each email once for the recipients who see the same data.
-            let routed = serde_json::to_value(fast.engine.route(&event)).unwrap();
+            let routed = serde_json::to_value(fast.route(&event)).unwrap();
             assert_eq!(
                 routed,
-                serde_json::to_value(reference.engine.route(&event)).unwrap(),
+                serde_json::to_value(reference.route(&event)).unwrap(),
                 "{name} (variant {i}): routed"
             );
             same_routing += routed["notifications"]
@@ -800,8 +800,8 @@ fn compiled_templates_render_exactly_what_handlebars_renders() {
                     continue;
                 }
                 for recipient in fast.engine.directory.all() {
-                    let ours = fast.engine.preview_email(route, &event, recipient);
-                    let theirs = reference.engine.preview_email(route, &event, recipient);
+                    let ours = fast.preview_email(route, &event, recipient);
+                    let theirs = reference.preview_email(route, &event, recipient);
                     match (&ours, &theirs) {
                         (Ok(a), Ok(b)) => {
                             assert_eq!(a, b, "{name} (variant {i}), route {}", route.name);

@@ -791,7 +791,7 @@ async fn replay(
             )
         }
     };
-    let routing = core.engine.route(&event);
+    let routing = core.route(&event);
     let wanted = |route: &str| only_route.as_deref().is_none_or(|r| r == route);
     if let Some(p) = routing.problems.iter().find(|p| wanted(p.route())) {
         return Err(format!("still fails: {p}"));

@@ -9,8 +9,9 @@ use serde_json::{Value, json};
 
 use crate::core::Core;
 use crate::event::{Event, EventId};
-use crate::notification::{Content, Notification, Routing, Sla};
+use crate::notification::{Content, Sla};
 use crate::render::uk_datetime;
+use crate::render::{Notification, Routing};
 
 pub fn run(
     core: &Core,

@@ -164,7 +164,7 @@ pub fn check_tls(url: &str) -> Result<(), String> {
         ));
     }
     let host = parsed.host().ok_or("no host")?;
-    if tls_required || super::is_loopback(&host) {
+    if tls_required || crate::directory::is_loopback(&host) {
         Ok(())
     } else {
         Err(format!(

@@ -8,7 +8,8 @@ pub mod webhook;
 use std::fmt;
 use std::time::Duration;
 
-use crate::notification::{Content, Notification};
+use crate::notification::Content;
+use crate::render::Notification;
 
 /// Why a delivery attempt did not succeed. The reason names a status or an error kind, never a
 /// person or an address.
@@ -97,22 +98,5 @@ impl Deliverer {
         };
         let state = self.guard.record(&endpoint, &result);
         (result, state)
-    }
-}
-
-/// Whether a URL host is a loopback address (`127.0.0.0/8`, `::1`, `localhost`): the only
-/// place plain-text SMTP and HTTP may go.
-pub fn is_loopback(host: &url::Host<&str>) -> bool {
-    match host {
-        // Hosts of schemes the URL standard does not know (smtp) stay text, even when numeric.
-        url::Host::Domain(d) => {
-            d.eq_ignore_ascii_case("localhost")
-                || d.trim_start_matches('[')
-                    .trim_end_matches(']')
-                    .parse::<std::net::IpAddr>()
-                    .is_ok_and(|ip| ip.is_loopback())
-        }
-        url::Host::Ipv4(ip) => ip.is_loopback(),
-        url::Host::Ipv6(ip) => ip.is_loopback(),
     }
 }

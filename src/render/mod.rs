@@ -8,6 +8,7 @@
 mod compiled;
 mod escaping;
 mod helpers;
+mod notify;
 pub mod payload;
 
 use std::collections::{BTreeSet, HashMap};
@@ -21,6 +22,7 @@ use handlebars::{Context, Handlebars};
 use compiled::Draft;
 pub use compiled::{Data, Facts, RECIPIENT_FIELDS};
 pub use helpers::{uk_date, uk_datetime};
+pub use notify::{Notification, Routing};
 
 use compiled::Compiled;
 

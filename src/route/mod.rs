@@ -1,35 +1,29 @@
 //! The routing engine: for a validated event, which routes match, who they name, what each
-//! recipient may see, the deadline, and the rendered notification for each channel.
+//! recipient may see, and the deadline: a [`Plan`] that rendering (`crate::render`) turns into
+//! notifications.
 //!
 //! Routes are tried in order; the first that matches wins unless it says `continue = true`.
 
 mod matcher;
-mod recipient;
 mod redact;
+mod selector;
 
 use std::borrow::Cow;
-use std::cell::OnceCell;
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use serde_json::value::RawValue;
-use serde_json::{Value, json};
+use serde_json::Value;
 
+pub use crate::directory::{Directory, Recipient, RecipientClass, RecipientId, Webhook};
 pub use matcher::Matcher;
-pub use recipient::{
-    Directory, Recipient, RecipientClass, RecipientId, Selected, Selector, Webhook,
-};
 pub use redact::Redaction;
+pub use selector::{Selected, Selector};
 
 use crate::config::RouteConfig;
 use crate::event::{Event, EventType};
 use crate::field::FieldPath;
 use crate::intake::SchemaSet;
-use crate::notification::{
-    Channel, Content, IdempotencyKey, Notification, Priority, Problem, Routing, Skip, Sla,
-};
-use crate::render::payload::{self, WebhookView, event_json, webhook_body};
-use crate::render::{Data, EmailDraft, Facts, RECIPIENT_FIELDS, Renderer};
+use crate::notification::{Channel, Priority, Problem, Skip, Sla};
 use crate::sla::{Calendar, SlaRule};
 
 /// The marking added to short-notice notifications.
@@ -56,7 +50,6 @@ impl Route {
         config: &RouteConfig,
         schemas: &SchemaSet,
         directory: &Directory,
-        renderer: Option<&Renderer>,
     ) -> Result<Route, Vec<String>> {
         let mut errors = Vec::new();
         let mut events = HashSet::new();
@@ -86,12 +79,6 @@ impl Route {
         );
         if config.channels.is_empty() {
             errors.push("channels: lists no channel".into());
-        }
-        if renderer.is_some_and(|r| !r.has(&config.template)) {
-            errors.push(format!(
-                "template: \"{}\" has no folder under templates/ (subject.hbs, text.hbs, html.hbs)",
-                config.template
-            ));
         }
         let sla = match config.sla.as_deref().map(SlaRule::parse).transpose() {
             Ok(sla) => sla,
@@ -184,26 +171,25 @@ fn collect<T>(
         .collect()
 }
 
-/// Everything needed to turn an event into notifications.
+/// Everything needed to decide who is told what: the routes, the directory, the redaction
+/// rules and the calendar deadlines are counted in.
 #[derive(Debug)]
 pub struct Engine {
     pub routes: Vec<Route>,
     pub directory: Directory,
     pub redaction: Redaction,
     pub calendar: Calendar,
-    pub renderer: Renderer,
 }
 
 /// The event's data as some classes of recipient may see it: classes from which the same
-/// fields are withheld share one view, and so one webhook `event` part.
-struct View<'e> {
-    classes: Vec<RecipientClass>,
-    info: Cow<'e, Value>,
-    withheld: Vec<String>,
+/// fields are withheld share one view, and so one rendering of it.
+#[derive(Debug)]
+pub struct View<'e> {
+    pub classes: Vec<RecipientClass>,
+    pub info: Cow<'e, Value>,
+    pub withheld: Vec<String>,
     /// The envelope's `description`, when these classes may see it.
-    description: Option<&'e Value>,
-    /// The webhook body's `event` part, written at the view's first webhook.
-    event_json: OnceCell<Box<RawValue>>,
+    pub description: Option<&'e Value>,
 }
 
 impl<'e> View<'e> {
@@ -232,7 +218,6 @@ impl<'e> View<'e> {
                             info,
                             withheld,
                             description,
-                            event_json: OnceCell::new(),
                         });
                         views.len() - 1
                     }
@@ -242,26 +227,68 @@ impl<'e> View<'e> {
     }
 }
 
+/// The deadline, markings and priority a route gives an event.
+#[derive(Debug, Clone)]
+pub struct RouteFacts {
+    pub sla: Sla,
+    pub marks: Vec<String>,
+    pub priority: Priority,
+}
+
+/// One recipient a route reaches, the view of the event it may see, and the channels it
+/// is sent by.
+#[derive(Debug)]
+pub struct Pick<'a> {
+    pub recipient: &'a Arc<Recipient>,
+    pub view: usize,
+    pub channels: Vec<Channel>,
+}
+
+/// What one matching route decided.
+#[derive(Debug)]
+pub struct RoutePlan<'a> {
+    pub route: &'a Route,
+    pub facts: RouteFacts,
+    pub picks: Vec<Pick<'a>>,
+}
+
+/// Everything the engine decided for one event, before anything is rendered: the routes
+/// that matched, who each reaches and on which channels, the views of the event they may
+/// see, and every notification that could not be made or may not be.
+#[derive(Debug, Default)]
+pub struct Plan<'a, 'e> {
+    pub matched_routes: Vec<Arc<str>>,
+    pub routes: Vec<RoutePlan<'a>>,
+    pub views: Vec<View<'e>>,
+    pub problems: Vec<Problem>,
+    pub skipped: Vec<Skip>,
+}
+
 impl Engine {
-    /// Decides and renders every notification for an event. Pure: no I/O, no clock.
-    pub fn route(&self, event: &Event) -> Routing {
-        let mut routing = Routing::default();
-        let mut views: Vec<View> = Vec::new();
+    /// Decides who is told about an event, by which channels, seeing what. Pure: no I/O, no
+    /// clock.
+    pub fn plan<'a, 'e>(&'a self, event: &'e Event) -> Plan<'a, 'e> {
+        let mut plan = Plan::default();
         for route in &self.routes {
             if !route.matches(event) {
                 continue;
             }
-            routing.matched_routes.push(Arc::clone(&route.name));
-            self.apply(route, event, &mut views, &mut routing);
+            plan.matched_routes.push(Arc::clone(&route.name));
+            let picks = self.picks(route, event, &mut plan);
+            plan.routes.push(RoutePlan {
+                route,
+                facts: self.facts(route, event),
+                picks,
+            });
             if !route.continue_matching {
                 break;
             }
         }
-        routing
+        plan
     }
 
     /// The deadline, markings and priority a route gives an event.
-    fn facts(&self, route: &Route, event: &Event) -> (Sla, Vec<String>, Priority) {
+    pub fn facts(&self, route: &Route, event: &Event) -> RouteFacts {
         let sla = match &route.sla {
             None => Sla::Untracked,
             Some(rule) => match rule.deadline(event.occurred_at, event.info(), &self.calendar) {
@@ -281,66 +308,23 @@ impl Engine {
             marks.push(SHORT_NOTICE.into());
             priority = Priority::Urgent;
         }
-        (sla, marks, priority)
+        RouteFacts {
+            sla,
+            marks,
+            priority,
+        }
     }
 
-    /// Renders a route's email for an event as a recipient would get it, whoever the event
-    /// names: `herald check` uses this to try every template on every example.
-    pub fn preview_email(
-        &self,
-        route: &Route,
-        event: &Event,
-        recipient: &Recipient,
-    ) -> Result<crate::render::EmailParts, String> {
-        let (sla, marks, priority) = self.facts(route, event);
-        let description = event.description();
-        let (info, _) = self
-            .redaction
-            .apply(recipient.class, event.info(), description);
-        let facts = TemplateFacts::new(event, route, &sla, &marks, priority);
-        let facts = ViewFacts {
-            facts: &facts,
-            description: description.filter(|_| self.redaction.shows_description(recipient.class)),
-        };
-        self.email(route, &facts, recipient, &info, &marks)
-    }
-
-    /// Renders a route's email for one recipient from the route's facts and the event data
-    /// redacted for the recipient.
-    fn email(
-        &self,
-        route: &Route,
-        facts: &dyn Facts,
-        recipient: &Recipient,
-        info: &Value,
-        marks: &[String],
-    ) -> Result<crate::render::EmailParts, String> {
-        let data = Data {
-            facts,
-            recipient: &recipient_data(recipient),
-            info,
-        };
-        self.renderer.email(&route.template, &data, marks)
-    }
-
-    fn apply<'e>(
-        &self,
-        route: &Route,
+    /// The recipients a route reaches for an event, each with its view and channels; what
+    /// stops one is recorded in the plan.
+    fn picks<'a, 'e>(
+        &'a self,
+        route: &'a Route,
         event: &'e Event,
-        views: &mut Vec<View<'e>>,
-        routing: &mut Routing,
-    ) {
+        plan: &mut Plan<'a, 'e>,
+    ) -> Vec<Pick<'a>> {
         let name: &str = &route.name;
-        let (sla, marks, priority) = self.facts(route, event);
-        // Built at the first email of the route: the same for each of its recipients.
-        let mut facts = None;
-        // The deadline as webhook bodies give it, written at the route's first webhook.
-        let sla_json = OnceCell::new();
-        // Each view's email, drafted at its first recipient for all who share the view.
-        let mut drafts: Vec<(usize, Option<Result<EmailDraft, String>>)> = Vec::new();
-
-        // A route names a handful of recipients: a list is cheaper than a set.
-        let mut seen: Vec<&RecipientId> = Vec::new();
+        let mut picks: Vec<Pick<'a>> = Vec::new();
         for selector in &route.to {
             let recipients = match selector.select(event.info(), event, &self.directory) {
                 Selected::Recipients(r) if r.is_empty() => {
@@ -348,12 +332,12 @@ impl Engine {
                     // none of them acts for this person, and no one should be told.
                     let filtered = self.directory.of_class(selector.class()).next().is_some();
                     if filtered {
-                        routing.skipped.push(Skip::NoAuthorisedRecipient {
+                        plan.skipped.push(Skip::NoAuthorisedRecipient {
                             route: name.to_owned(),
                             selector: selector.text(),
                         });
                     } else {
-                        routing.problems.push(Problem::NoRecipients {
+                        plan.problems.push(Problem::NoRecipients {
                             route: name.to_owned(),
                             selector: selector.text(),
                         });
@@ -362,7 +346,7 @@ impl Engine {
                 }
                 Selected::Recipients(r) => r,
                 Selected::Unknown { reason } => {
-                    routing.problems.push(Problem::UnknownRecipient {
+                    plan.problems.push(Problem::UnknownRecipient {
                         route: name.to_owned(),
                         pattern: selector.text(),
                         reason,
@@ -371,269 +355,38 @@ impl Engine {
                 }
             };
             for recipient in recipients {
-                if seen.contains(&&recipient.id) {
+                // A route names a handful of recipients: a list is cheaper than a set.
+                if picks.iter().any(|p| p.recipient.id == recipient.id) {
                     continue;
                 }
-                seen.push(&recipient.id);
                 if !recipient.may_hear_about(event) {
-                    routing.skipped.push(Skip::NotAuthorised {
+                    plan.skipped.push(Skip::NotAuthorised {
                         route: name.to_owned(),
                         recipient: recipient.id.to_string(),
                     });
                     continue;
                 }
-                let channels = route
+                let channels: Vec<Channel> = route
                     .channels
                     .iter()
                     .copied()
-                    .filter(|c| recipient.has_channel(*c));
-                if channels.clone().next().is_none() {
-                    routing.problems.push(Problem::NoChannel {
+                    .filter(|c| recipient.has_channel(*c))
+                    .collect();
+                if channels.is_empty() {
+                    plan.problems.push(Problem::NoChannel {
                         route: name.to_owned(),
                         recipient: recipient.id.to_string(),
                     });
                     continue;
                 }
-                let view_index = View::find(views, recipient.class, &self.redaction, event);
-                let view = &views[view_index];
-                for channel in channels {
-                    let key =
-                        IdempotencyKey::derive(&event.id, name, recipient.id.as_str(), channel);
-                    let content = match channel {
-                        Channel::Email => {
-                            let facts = ViewFacts {
-                                facts: facts.get_or_insert_with(|| {
-                                    TemplateFacts::new(event, route, &sla, &marks, priority)
-                                }),
-                                description: view.description,
-                            };
-                            let facts = &facts;
-                            let draft = match drafts.iter().position(|(v, _)| *v == view_index) {
-                                Some(i) => &drafts[i].1,
-                                None => {
-                                    let data = Data {
-                                        facts,
-                                        recipient: &Value::Null,
-                                        info: &view.info,
-                                    };
-                                    let draft =
-                                        self.renderer.email_draft(&route.template, &data, &marks);
-                                    drafts.push((view_index, draft));
-                                    &drafts[drafts.len() - 1].1
-                                }
-                            };
-                            match draft {
-                                Some(Ok(draft)) => draft.fill(|f| recipient_field(recipient, f)),
-                                Some(Err(e)) => Err(e.clone()),
-                                None => self.email(route, facts, recipient, &view.info, &marks),
-                            }
-                            .map(|parts| Content::Email {
-                                to: recipient.email.clone(),
-                                subject: parts.subject,
-                                text: parts.text,
-                                html: parts.html,
-                            })
-                        }
-                        Channel::Webhook => {
-                            let url = recipient
-                                .webhook
-                                .as_ref()
-                                .map(|w| w.url.clone())
-                                .unwrap_or_default();
-                            let body = webhook_body(
-                                event,
-                                &WebhookView {
-                                    key: &key,
-                                    route: name,
-                                    recipient: recipient.id.as_str(),
-                                    priority,
-                                    marks: &marks,
-                                    sla: sla_json.get_or_init(|| payload::sla_json(&sla)),
-                                    withheld: &view.withheld,
-                                    event: view.event_json.get_or_init(|| {
-                                        event_json(event, &view.info, view.description)
-                                    }),
-                                },
-                            );
-                            Ok(Content::Webhook { url, body })
-                        }
-                    };
-                    match content {
-                        Ok(content) => routing.notifications.push(Notification {
-                            key,
-                            event_id: event.id.clone(),
-                            event_type: event.event_type.clone(),
-                            route: Arc::clone(&route.name),
-                            recipient: Arc::clone(recipient),
-                            channel,
-                            priority,
-                            marks: marks.clone(),
-                            sla: sla.clone(),
-                            withheld: view.withheld.clone(),
-                            content,
-                        }),
-                        Err(reason) => routing.problems.push(Problem::RenderFailed {
-                            route: name.to_owned(),
-                            recipient: recipient.id.to_string(),
-                            channel,
-                            reason,
-                        }),
-                    }
-                }
+                let view = View::find(&mut plan.views, recipient.class, &self.redaction, event);
+                picks.push(Pick {
+                    recipient,
+                    view,
+                    channels,
+                });
             }
         }
+        picks
     }
-}
-
-/// What a template sees besides the event data (`info`, from the recipient's view) and the
-/// recipient (`recipient.id`, `.name`, `.class`): the person's identifiers as `person.NOMS`
-/// etc. (and all of them on one line as `identifiers`), and the notification's own facts. The
-/// same for every recipient of a route.
-struct TemplateFacts<'e> {
-    event_id: Value,
-    event_type: Value,
-    occurred_at: &'e Value,
-    published_at: &'e Value,
-    identifiers: Value,
-    person: Value,
-    route: Value,
-    priority: Value,
-    marks: Value,
-    urgent: Value,
-    short_notice: Value,
-    sla: Option<Value>,
-}
-
-impl<'e> TemplateFacts<'e> {
-    /// The names, in the order [`Facts::to_map`] gives them.
-    const NAMES: [&'static str; 13] = [
-        "eventId",
-        "eventType",
-        "occurredAt",
-        "publishedAt",
-        "description",
-        "identifiers",
-        "person",
-        "route",
-        "priority",
-        "marks",
-        "urgent",
-        "shortNotice",
-        "sla",
-    ];
-
-    fn new(
-        event: &'e Event,
-        route: &Route,
-        sla: &Sla,
-        marks: &[String],
-        priority: Priority,
-    ) -> TemplateFacts<'e> {
-        let text = |s: &str| Value::String(s.to_owned());
-        let person: serde_json::Map<String, Value> = event
-            .identifiers()
-            .map(|(kind, value)| (kind.to_owned(), text(value)))
-            .collect();
-        let mut identifiers = String::new();
-        for (kind, value) in &person {
-            if !identifiers.is_empty() {
-                identifiers.push_str(", ");
-            }
-            identifiers.push_str(kind);
-            identifiers.push(' ');
-            identifiers.push_str(value.as_str().unwrap_or_default());
-        }
-        let short_notice = Value::Bool(sla.short_notice());
-        let sla = sla.deadline().map(|d| {
-            let rule = match sla {
-                Sla::Due { rule, .. } => rule.as_str(),
-                _ => "",
-            };
-            json!({"rule": rule, "due": d.due.to_rfc3339_opts(chrono::SecondsFormat::Secs, true), "shortNotice": d.short_notice})
-        });
-        TemplateFacts {
-            event_id: text(event.id.as_str()),
-            event_type: text(event.event_type.as_str()),
-            occurred_at: &event.body["occurredAt"],
-            published_at: &event.body["publishedAt"],
-            identifiers: Value::String(identifiers),
-            person: Value::Object(person),
-            route: text(&route.name),
-            priority: text(priority.as_str()),
-            marks: Value::Array(marks.iter().map(|m| text(m)).collect()),
-            urgent: Value::Bool(priority == Priority::Urgent),
-            short_notice,
-            sla,
-        }
-    }
-}
-
-impl Facts for TemplateFacts<'_> {
-    fn get(&self, name: &str) -> Option<&Value> {
-        Some(match name {
-            "eventId" => &self.event_id,
-            "eventType" => &self.event_type,
-            "occurredAt" => self.occurred_at,
-            "publishedAt" => self.published_at,
-            "description" => return None,
-            "identifiers" => &self.identifiers,
-            "person" => &self.person,
-            "route" => &self.route,
-            "priority" => &self.priority,
-            "marks" => &self.marks,
-            "urgent" => &self.urgent,
-            "shortNotice" => &self.short_notice,
-            "sla" => return self.sla.as_ref(),
-            _ => return None,
-        })
-    }
-
-    fn to_map(&self) -> serde_json::Map<String, Value> {
-        Self::NAMES
-            .iter()
-            .filter_map(|name| Some(((*name).to_owned(), self.get(name)?.clone())))
-            .collect()
-    }
-}
-
-/// A route's facts with the envelope's `description` as one view of the event may see it.
-struct ViewFacts<'a> {
-    facts: &'a TemplateFacts<'a>,
-    description: Option<&'a Value>,
-}
-
-impl Facts for ViewFacts<'_> {
-    fn get(&self, name: &str) -> Option<&Value> {
-        match name {
-            "description" => self.description,
-            _ => self.facts.get(name),
-        }
-    }
-
-    fn to_map(&self) -> serde_json::Map<String, Value> {
-        let mut map = self.facts.to_map();
-        if let Some(d) = self.description {
-            map.insert("description".into(), d.clone());
-        }
-        map
-    }
-}
-
-/// What a template sees as `recipient`: `id`, `name` and `class`.
-fn recipient_field<'r>(recipient: &'r Recipient, field: &str) -> Option<&'r str> {
-    match field {
-        "id" => Some(recipient.id.as_str()),
-        "name" => Some(&recipient.name),
-        "class" => Some(recipient.class.as_str()),
-        _ => None,
-    }
-}
-
-/// The recipient as one JSON object, for a template that is not drafted.
-fn recipient_data(recipient: &Recipient) -> Value {
-    RECIPIENT_FIELDS
-        .iter()
-        .filter_map(|f| Some(((*f).to_owned(), recipient_field(recipient, f)?.into())))
-        .collect::<serde_json::Map<_, _>>()
-        .into()
 }

@@ -11,8 +11,8 @@ use std::collections::HashMap;
 use serde_json::Value;
 
 use crate::config::{FreeText, SensitiveRule};
+use crate::directory::RecipientClass;
 use crate::field::FieldPath;
-use crate::route::RecipientClass;
 
 /// How `withheld` names the envelope's `description` when it is removed (every other entry is
 /// a path inside `additionalInformation`).

@@ -155,7 +155,7 @@ fn check(ctx: &Ctx, delivery: &Delivery) -> Result<Event, Rejection> {
 
 /// Routes and delivers; true when everything is delivered or parked.
 async fn route_and_deliver(ctx: &Ctx, event: Event) -> bool {
-    let routing = ctx.core.engine.route(&event);
+    let routing = ctx.core.route(&event);
     // Each notification and each problem gets its own line below; only an event that makes
     // neither needs one of its own at info. (A line per event and per notification cost a
     // third of Herald's CPU: docs/performance.md.)

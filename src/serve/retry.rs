@@ -18,7 +18,8 @@ use super::park::ParkError;
 use super::topology::{dead_letter_to, declare_or_keep, quorum};
 use crate::deliver::Outgoing;
 use crate::event::Event;
-use crate::notification::{Channel as Medium, Content, Notification, Priority, Sla};
+use crate::notification::{Channel as Medium, Content, Priority, Sla};
+use crate::render::Notification;
 use crate::route::Directory;
 use crate::sla::format_span;
 
