@@ -5,6 +5,7 @@
 //! the broker's prefetch bounds how many are in flight, and each is handled in its own task.
 
 mod acks;
+mod confirm;
 mod dedup;
 mod handler;
 mod http;

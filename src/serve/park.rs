@@ -2,53 +2,17 @@
 //! its reason, before the event is acknowledged. Publishing waits for the broker's confirm.
 
 use chrono::Utc;
-use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel};
 use serde_json::{Value, json};
 
+use super::confirm::{PublishError, publish};
 use super::retry::Pending;
 use crate::intake::{Rejection, excerpt};
 use crate::notification::Problem;
 
-/// Why parking did not happen: the event must not be acknowledged.
-#[derive(Debug, thiserror::Error)]
-pub enum ParkError {
-    #[error("broker: {0}")]
-    Broker(#[from] lapin::Error),
-    #[error("the broker did not confirm the parked message")]
-    NotConfirmed,
-}
-
 fn text(value: impl Into<String>) -> AMQPValue {
     AMQPValue::LongString(LongString::from(value.into()))
-}
-
-/// Publishes to a queue through the default exchange and waits for the confirm.
-pub(crate) async fn publish(
-    channel: &Channel,
-    queue: &str,
-    body: &[u8],
-    properties: BasicProperties,
-) -> Result<(), ParkError> {
-    let confirm = channel
-        .basic_publish(
-            ShortString::from(""),
-            queue.into(),
-            BasicPublishOptions {
-                mandatory: true,
-                ..BasicPublishOptions::default()
-            },
-            body,
-            properties,
-        )
-        .await?
-        .await?;
-    if confirm.is_ack() && confirm.take_message().is_none() {
-        Ok(())
-    } else {
-        Err(ParkError::NotConfirmed)
-    }
 }
 
 /// Parks a refused event in the rejected queue: the original body and properties, with
@@ -65,7 +29,7 @@ pub async fn reject(
     delivery: &lapin::message::Delivery,
     rejection: &Rejection,
     max_header_bytes: usize,
-) -> Result<(), ParkError> {
+) -> Result<(), PublishError> {
     let original = &delivery.properties;
     let mut headers = FieldTable::default();
     if let Some(table) = original.headers() {
@@ -136,7 +100,7 @@ pub async fn failed_notification(
     p: &Pending,
     reason: &str,
     detail: &str,
-) -> Result<(), ParkError> {
+) -> Result<(), PublishError> {
     let record = json!({
         "kind": "notification",
         "reason": reason,
@@ -156,7 +120,7 @@ pub async fn unreadable(
     queue: &str,
     body: &[u8],
     detail: &str,
-) -> Result<(), ParkError> {
+) -> Result<(), PublishError> {
     let properties = properties("unreadable", "unreadable", detail, None);
     publish(channel, queue, body, properties).await
 }
@@ -168,7 +132,7 @@ pub async fn problem(
     queue: &str,
     event: &crate::event::Event,
     problem: &Problem,
-) -> Result<(), ParkError> {
+) -> Result<(), PublishError> {
     let record = json!({
         "kind": "problem",
         "reason": problem.kind(),

@@ -14,7 +14,7 @@ use lapin::{BasicProperties, Channel, Connection};
 use serde::{Deserialize, Serialize};
 
 use super::Settings;
-use super::park::ParkError;
+use super::confirm::{PublishError, publish};
 use super::topology::{dead_letter_to, declare_or_keep, quorum};
 use crate::deliver::Outgoing;
 use crate::event::Event;
@@ -245,14 +245,14 @@ pub async fn schedule(
     s: &Settings,
     p: &Pending,
     wait: Duration,
-) -> Result<(), ParkError> {
+) -> Result<(), PublishError> {
     let expiration = jittered(wait, &p.key, p.attempts).as_millis().to_string();
     enqueue_with(channel, &delay_queue(s, wait), p, Some(expiration)).await
 }
 
 /// Publishes a pending notification to a queue (a delay queue, or the deliveries queue for an
 /// attempt now) and waits for the confirm.
-pub async fn enqueue(channel: &Channel, queue: &str, p: &Pending) -> Result<(), ParkError> {
+pub async fn enqueue(channel: &Channel, queue: &str, p: &Pending) -> Result<(), PublishError> {
     enqueue_with(channel, queue, p, None).await
 }
 
@@ -261,7 +261,7 @@ async fn enqueue_with(
     queue: &str,
     p: &Pending,
     expiration: Option<String>,
-) -> Result<(), ParkError> {
+) -> Result<(), PublishError> {
     let body = serde_json::to_vec(p).unwrap_or_default();
     let mut headers = FieldTable::default();
     headers.insert(
@@ -284,7 +284,7 @@ async fn enqueue_with(
     if let Some(expiration) = expiration.and_then(|e| ShortString::try_new(e).ok()) {
         properties = properties.with_expiration(expiration);
     }
-    super::park::publish(channel, queue, &body, properties).await
+    publish(channel, queue, &body, properties).await
 }
 
 #[cfg(test)]
