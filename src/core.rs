@@ -59,7 +59,9 @@ impl Core {
             .ok();
         let calendar = match &config.calendar.bank_holidays {
             None => Some(Calendar::england_and_wales()),
-            Some(p) => Calendar::load(p)
+            Some(p) => std::fs::read_to_string(p)
+                .map_err(|e| format!("cannot read {}: {e}", p.display()))
+                .and_then(|text| Calendar::parse(&text).map_err(|e| e.to_string()))
                 .map_err(|e| errors.push(format!("{file}: [calendar]: {e}")))
                 .ok(),
         };

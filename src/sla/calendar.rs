@@ -1,7 +1,6 @@
 //! Working days in England and Wales: Monday to Friday, less bank holidays.
 
 use std::collections::BTreeSet;
-use std::path::Path;
 
 use chrono::{Datelike, NaiveDate, Weekday};
 use serde::Deserialize;
@@ -54,13 +53,7 @@ impl Calendar {
         Calendar::parse(BUILT_IN).unwrap_or_else(|e| panic!("built-in bank holidays: {e}"))
     }
 
-    /// Reads a GOV.UK-format file.
-    pub fn load(path: &Path) -> Result<Calendar, CalendarError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| CalendarError::File(format!("cannot read {}: {e}", path.display())))?;
-        Calendar::parse(&text)
-    }
-
+    /// Reads the text of a GOV.UK-format file (the caller reads the file).
     pub fn parse(text: &str) -> Result<Calendar, CalendarError> {
         let file: HolidayFile =
             serde_json::from_str(text).map_err(|e| CalendarError::File(e.to_string()))?;
