@@ -65,6 +65,8 @@ pub struct Metrics {
     pub notifications: IntCounterVec,
     /// One delivery attempt, by channel.
     pub delivery_duration: HistogramVec,
+    /// Failed delivery attempts, by channel and kind (`FailureKind::as_str`).
+    pub delivery_failures: IntCounterVec,
     /// From `occurredAt` to delivery, by route.
     pub notification_latency: HistogramVec,
     /// Each delivered notification against its deadline: `met`, `breached` (Herald was late),
@@ -148,6 +150,11 @@ impl Metrics {
                 "herald_notifications_total",
                 "Notifications by route, channel and outcome.",
                 &["route", "channel", "outcome"],
+            ),
+            delivery_failures: counter(
+                "herald_delivery_failures_total",
+                "Failed delivery attempts, by channel and kind of failure.",
+                &["channel", "kind"],
             ),
             delivery_duration: histogram(
                 "herald_delivery_duration_seconds",

@@ -173,7 +173,7 @@ impl Content {
 
 /// A notification that a matching route wanted but could not make. Each is reported; none is
 /// silently dropped.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "outcome", rename_all = "kebab-case")]
 pub enum Problem {
     /// A recipient pattern gave an id that is not in the directory, or could not be filled.
@@ -285,6 +285,48 @@ impl fmt::Display for Skip {
                 f,
                 "route {route}: {selector}: no one in the directory acts for this person; no one told"
             ),
+        }
+    }
+}
+
+/// How a notification's delivery stood at the end of one handling: the value of
+/// `herald_notifications_total`'s `outcome` label and of the log line's `outcome` field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeliveryOutcome {
+    /// The recipient has it.
+    Delivered,
+    /// It failed transiently; a retry is durably scheduled.
+    Retrying,
+    /// It failed for good and is parked.
+    Failed,
+}
+
+impl DeliveryOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryOutcome::Delivered => "delivered",
+            DeliveryOutcome::Retrying => "retrying",
+            DeliveryOutcome::Failed => "failed",
+        }
+    }
+}
+
+/// Why a notification was parked in the failed queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ParkReason {
+    /// A permanent refusal (410 Gone, another 4xx, SMTP 5xx, no secret...).
+    DeliveryFailed,
+    /// Transient failures until the retry schedule or `retry.max_age` ran out.
+    RetriesExhausted,
+}
+
+impl ParkReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ParkReason::DeliveryFailed => "delivery-failed",
+            ParkReason::RetriesExhausted => "retries-exhausted",
         }
     }
 }

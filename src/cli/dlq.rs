@@ -26,7 +26,8 @@ use serde_json::{Map, Value, json};
 use crate::core::Core;
 use crate::event::{Event, EventId};
 use crate::intake::{Message, Rejection};
-use crate::serve::park::{header_json, header_text, value_text};
+use crate::notification::Problem;
+use crate::serve::park::{ParkedRecord, header_json, header_text, value_text};
 use crate::serve::retry::{self, Pending};
 use crate::serve::{Settings, redact_url};
 
@@ -343,38 +344,49 @@ impl Record {
             },
             ..Record::default()
         };
-        let record_kind = match which {
-            Which::Failed if herald_reason.is_some() => body["kind"].as_str(),
+        let record = match which {
+            Which::Failed if herald_reason.is_some() => ParkedRecord::read(data),
             _ => None,
         };
-        match record_kind {
-            Some("notification") => {
-                let n = &body["notification"];
+        match record {
+            Some(ParkedRecord::Notification(parked)) => {
+                let n = &parked.notification;
                 r.kind = "notification";
-                r.reason = text(&body["reason"]).or(herald_reason).unwrap_or_default();
-                r.detail = text(&body["detail"]);
-                r.parked_at = text(&body["parkedAt"]);
-                r.attempts = body["attempts"].as_u64();
-                r.channel = text(&body["channel"]);
-                r.route = text(&n["route"]);
-                r.recipient = text(&n["recipient"]);
-                r.event_id = text(&n["eventId"]);
-                r.event_type = text(&n["eventType"]);
+                r.reason = parked.reason.as_str().to_owned();
+                r.detail = Some(parked.detail.clone()).filter(|d| !d.is_empty());
+                r.parked_at = Some(parked.parked_at.to_rfc3339());
+                r.attempts = Some(u64::from(parked.attempts));
+                r.channel = Some(parked.channel.as_str().to_owned());
+                r.route = Some(n.route.clone());
+                r.recipient = Some(n.recipient.clone());
+                r.event_id = Some(n.event_id.clone());
+                r.event_type = Some(n.event_type.clone());
             }
-            Some("problem") => {
-                let p = &body["problem"];
+            Some(ParkedRecord::Problem(parked)) => {
                 r.kind = "problem";
-                r.reason = text(&body["reason"]).or(herald_reason).unwrap_or_default();
-                r.detail = text(&body["detail"]);
-                r.parked_at = text(&body["parkedAt"]);
-                r.route = text(&p["route"]);
+                r.reason = parked.reason.clone();
+                r.detail = Some(parked.detail.clone()).filter(|d| !d.is_empty());
+                r.parked_at = Some(parked.parked_at.to_rfc3339());
                 // What the route named: a recipient, or the pattern or class that found none.
-                r.recipient = text(&p["recipient"])
-                    .or_else(|| text(&p["pattern"]))
-                    .or_else(|| text(&p["selector"]));
-                r.channel = text(&p["channel"]);
-                r.event_id = text(&body["eventId"]);
-                r.event_type = text(&body["eventType"]);
+                let (route, named, channel) = match &parked.problem {
+                    Problem::UnknownRecipient { route, pattern, .. } => (route, pattern, None),
+                    Problem::NoRecipients { route, selector } => (route, selector, None),
+                    Problem::NoChannel { route, recipient } => (route, recipient, None),
+                    Problem::RenderFailed {
+                        route,
+                        recipient,
+                        channel,
+                        ..
+                    } => (route, recipient, Some(channel.as_str().to_owned())),
+                };
+                r.route = Some(route.clone());
+                r.recipient = Some(named.clone());
+                r.channel = channel;
+                r.event_id = Some(parked.event_id.clone());
+                r.event_type = Some(parked.event_type.clone());
+                if parked.publisher.is_some() {
+                    r.publisher = parked.publisher.clone();
+                }
             }
             _ => match herald_reason {
                 Some(reason) => {
@@ -749,47 +761,42 @@ async fn replay(
             readmit(core, m).map_err(|r| format!("still rejected: {r}"))?,
             None,
         ),
-        Which::Failed => {
-            let record: Value =
-                serde_json::from_slice(&m.data).map_err(|_| "not a parked record".to_string())?;
-            if record["kind"] == "notification" {
-                let mut p: Pending = serde_json::from_value(record["notification"].clone())
-                    .map_err(|e| format!("cannot read the notification: {e}"))?;
+        Which::Failed => match ParkedRecord::read(&m.data).ok_or("not a parked record")? {
+            ParkedRecord::Notification(parked) => {
+                let mut p = parked.notification;
                 if p.readdress(&core.engine.directory)? {
                     println!("{}: sent to the address routes.toml now gives", p.recipient);
                 }
                 p.attempts = 0;
                 p.first_failure = None;
                 p.last_error = None;
+                p.last_failure = None;
                 p.replay = true;
                 retry::enqueue(ch, &deliveries, &p)
                     .await
                     .map_err(|e| e.to_string())?;
                 return Ok(1);
             }
-            let body = serde_json::to_vec(&record["event"]).unwrap_or_default();
-            let id = record["eventId"]
-                .as_str()
-                .ok_or("the record has no event id")?;
-            let event = match record["publisher"].as_str() {
-                // The event passed admission once; it passes the same gate again.
-                Some(publisher) => core.admit(&Message {
-                    body: &body,
-                    routing_key: record["eventType"].as_str().unwrap_or_default(),
-                    message_id: Some(id),
-                    user_id: Some(publisher),
-                    content_type: Some("application/json"),
-                    header_bytes: 0,
-                }),
-                // Parked by an older Herald, which did not record the publisher.
-                None => core.intake.accept(&body, EventId::new(id)),
+            ParkedRecord::Problem(parked) => {
+                let body = serde_json::to_vec(&parked.event).unwrap_or_default();
+                let id = parked.event_id.as_str();
+                let event = match parked.publisher.as_deref() {
+                    // The event passed admission once; it passes the same gate again.
+                    Some(publisher) => core.admit(&Message {
+                        body: &body,
+                        routing_key: &parked.event_type,
+                        message_id: Some(id),
+                        user_id: Some(publisher),
+                        content_type: Some("application/json"),
+                        header_bytes: 0,
+                    }),
+                    // Parked by an older Herald, which did not record the publisher.
+                    None => core.intake.accept(&body, EventId::new(id)),
+                }
+                .map_err(|r| format!("still rejected: {r}"))?;
+                (event, Some(parked.problem.route().to_owned()))
             }
-            .map_err(|r| format!("still rejected: {r}"))?;
-            (
-                event,
-                record["problem"]["route"].as_str().map(str::to_owned),
-            )
-        }
+        },
     };
     let routing = core.route(&event);
     let wanted = |route: &str| only_route.as_deref().is_none_or(|r| r == route);
@@ -934,7 +941,10 @@ mod tests {
             "kind": "notification", "reason": "delivery-failed", "detail": "HTTP 410 Gone",
             "attempts": 3, "channel": "webhook", "parkedAt": "2026-11-20T16:00:00+00:00",
             "notification": { "key": "msg_0123", "eventId": "evt-2", "eventType": "court.warrant.issued",
-                              "route": "ppo-fta-warrant", "recipient": "police:WYP-LEEDS" }
+                              "route": "ppo-fta-warrant", "recipient": "police:WYP-LEEDS",
+                              "occurredAt": "2026-11-20T15:42:00Z", "sla": {"kind": "untracked"},
+                              "content": {"channel": "webhook", "url": "http://127.0.0.1:9900/x", "body": "{}"},
+                              "attempts": 3, "firstFailure": null, "lastError": "HTTP 410 Gone" }
         });
         let r = read(Which::Failed, p(), notification.to_string().as_bytes());
         assert!(r.id.starts_with("p-") && r.id.len() == 18, "{}", r.id);

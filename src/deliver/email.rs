@@ -7,7 +7,7 @@ use lettre::message::{Mailbox, MultiPart};
 use lettre::transport::smtp::PoolConfig;
 use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
-use super::{Failure, Outgoing};
+use super::{Failure, FailureKind, Outgoing};
 use crate::notification::Content;
 
 enum Transport {
@@ -88,29 +88,28 @@ impl EmailSender {
         match &self.transport {
             Transport::Smtp(t) => t.send(message).await.map(drop).map_err(|e| {
                 let code = e.status().map(|c| c.to_string());
-                let reason = match &code {
-                    Some(code) => format!("SMTP reply {code}"),
-                    None if e.is_timeout() => "SMTP timeout".into(),
-                    None => "SMTP connection failed".into(),
-                };
-                if e.is_permanent() {
-                    Failure::Permanent { reason }
-                } else {
-                    Failure::Transient {
-                        reason,
-                        retry_after: None,
+                let failure = match &code {
+                    Some(code) if e.is_permanent() => {
+                        Failure::new(FailureKind::SmtpPermanent, format!("SMTP reply {code}"))
                     }
-                }
+                    Some(code) => {
+                        Failure::new(FailureKind::SmtpTransient, format!("SMTP reply {code}"))
+                    }
+                    None if e.is_timeout() => {
+                        Failure::new(FailureKind::SmtpConnect, "SMTP timeout")
+                    }
+                    None => Failure::new(FailureKind::SmtpConnect, "SMTP connection failed"),
+                };
+                let failure = match code.as_deref().and_then(|c| c.parse().ok()) {
+                    Some(c) => failure.with_code(c),
+                    None => failure,
+                };
+                failure.with_source(e)
             }),
-            Transport::Files(t) => {
-                t.send(message)
-                    .await
-                    .map(drop)
-                    .map_err(|_| Failure::Transient {
-                        reason: "cannot write to the outbox folder".into(),
-                        retry_after: None,
-                    })
-            }
+            Transport::Files(t) => t.send(message).await.map(drop).map_err(|e| {
+                Failure::new(FailureKind::Outbox, "cannot write to the outbox folder")
+                    .with_source(e)
+            }),
         }
     }
 
@@ -122,17 +121,21 @@ impl EmailSender {
             html,
         } = out.content
         else {
-            return Err(Failure::Permanent {
-                reason: "not an email notification".into(),
-            });
+            return Err(Failure::new(
+                FailureKind::WrongChannel,
+                "not an email notification",
+            ));
         };
         let mut builder = Message::builder()
             .from(self.from.clone())
             .subject(subject.as_str())
             .message_id(Some(format!("<{}@{}>", out.key, self.id_domain)));
         for address in to {
-            let mailbox: Mailbox = address.parse().map_err(|_| Failure::Permanent {
-                reason: format!("recipient {} has an invalid email address", out.recipient),
+            let mailbox: Mailbox = address.parse().map_err(|_| {
+                Failure::new(
+                    FailureKind::BadAddress,
+                    format!("recipient {} has an invalid email address", out.recipient),
+                )
             })?;
             builder = builder.to(mailbox);
         }
@@ -141,8 +144,8 @@ impl EmailSender {
                 text.clone(),
                 html.clone(),
             ))
-            .map_err(|e| Failure::Permanent {
-                reason: format!("cannot build the email: {e}"),
+            .map_err(|e| {
+                Failure::new(FailureKind::BadMessage, "cannot build the email").with_source(e)
             })
     }
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::Failure;
+use super::{Failure, FailureKind};
 
 /// The limits, from routes.toml's `[webhook]` section.
 #[derive(Debug, Clone, Copy)]
@@ -84,25 +84,27 @@ impl Guard {
         let now = Instant::now();
         let slots = self.with(endpoint, |e| {
             if e.disabled {
-                return Err(Failure::Permanent {
-                    reason: "endpoint disabled after HTTP 410 Gone".into(),
-                });
+                return Err(Failure::new(
+                    FailureKind::EndpointDisabled,
+                    "endpoint disabled after HTTP 410 Gone",
+                ));
             }
             match e.open_until {
-                Some(until) if now < until => Err(Failure::Transient {
-                    reason: "circuit open: the endpoint keeps failing".into(),
-                    retry_after: Some(until - now),
-                }),
+                Some(until) if now < until => Err(Failure::new(
+                    FailureKind::CircuitOpen,
+                    "circuit open: the endpoint keeps failing",
+                )
+                .with_retry_after(Some(until - now))),
                 _ if urgent => Ok(Arc::clone(&e.urgent_slots)),
                 _ => Ok(Arc::clone(&e.slots)),
             }
         })?;
         match tokio::time::timeout(self.limits.queue_wait, slots.acquire_owned()).await {
             Ok(Ok(permit)) => Ok(Pass { _permit: permit }),
-            _ => Err(Failure::Transient {
-                reason: "endpoint at its limit of requests in flight".into(),
-                retry_after: None,
-            }),
+            _ => Err(Failure::new(
+                FailureKind::EndpointBusy,
+                "endpoint at its limit of requests in flight",
+            )),
         }
     }
 
@@ -129,16 +131,14 @@ impl Guard {
                     e.failures = 0;
                     e.open_until = None;
                 }
-                Err(Failure::Permanent { reason }) if reason.starts_with("HTTP 410") => {
-                    e.disabled = true
-                }
-                Err(Failure::Permanent { .. }) => {}
-                Err(Failure::Transient { .. }) => {
+                Err(f) if f.kind == FailureKind::HttpGone => e.disabled = true,
+                Err(f) if f.kind.counts_against_endpoint() => {
                     e.failures += 1;
                     if e.failures >= limits.failures_to_open {
                         e.open_until = Some(Instant::now() + limits.open_for);
                     }
                 }
+                Err(_) => {}
             }
             e.state()
         })
@@ -171,10 +171,7 @@ mod tests {
     }
 
     fn transient() -> Result<(), Failure> {
-        Err(Failure::Transient {
-            reason: "HTTP 503".into(),
-            retry_after: None,
-        })
+        Err(Failure::new(FailureKind::HttpRetryable, "HTTP 503").with_code(503))
     }
 
     #[tokio::test]
@@ -183,7 +180,7 @@ mod tests {
         assert_eq!(g.record("a", &transient()), State::Closed);
         assert_eq!(g.record("a", &transient()), State::Open);
         let refused = g.enter("a", false).await.err().expect("open circuit");
-        assert!(refused.is_transient() && refused.reason().starts_with("circuit open"));
+        assert!(refused.is_transient() && refused.kind == FailureKind::CircuitOpen);
         assert!(
             g.enter("b", false).await.is_ok(),
             "other endpoints are not affected"
@@ -195,9 +192,7 @@ mod tests {
     #[tokio::test]
     async fn gone_disables_and_a_busy_endpoint_defers() {
         let g = guard();
-        let gone = Err(Failure::Permanent {
-            reason: "HTTP 410 Gone: the endpoint asked not to be sent to again".into(),
-        });
+        let gone = Err(Failure::new(FailureKind::HttpGone, "HTTP 410 Gone").with_code(410));
         assert_eq!(g.record("a", &gone), State::Disabled);
         assert!(
             !g.enter("a", false)

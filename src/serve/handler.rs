@@ -17,6 +17,7 @@ use crate::deliver::Failure;
 use crate::deliver::guard::State;
 use crate::event::Event;
 use crate::intake::{Message, Rejection, excerpt};
+use crate::notification::{DeliveryOutcome, ParkReason};
 
 /// How one notification ended in this handling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -268,62 +269,40 @@ async fn attempt(ctx: &Ctx, mut p: Pending) -> Outcome {
     };
     let now = Utc::now();
     p.first_failure.get_or_insert(now);
-    p.last_error = Some(failure.reason().to_owned());
-    let (reason, wait) = match &failure {
-        Failure::Transient { retry_after, .. } => {
-            match retry::next_wait(&ctx.settings, &p, *retry_after, now) {
-                Some(wait) => ("retrying", Some(wait)),
-                None => ("retries-exhausted", None),
-            }
+    p.last_error = Some(failure.detail.clone());
+    p.last_failure = Some(failure.kind);
+    ctx.metrics
+        .delivery_failures
+        .with_label_values(&[channel, failure.kind.as_str()])
+        .inc();
+    let parked = if failure.is_transient() {
+        match retry::next_wait(&ctx.settings, &p, failure.retry_after, now) {
+            Some(wait) => return schedule(ctx, p, &failure, wait, now).await,
+            None => ParkReason::RetriesExhausted,
         }
-        Failure::Permanent { .. } => ("delivery-failed", None),
+    } else {
+        ParkReason::DeliveryFailed
     };
-    if let Some(wait) = wait {
-        return match retry::schedule(&ctx.publisher(), &ctx.settings, &p, wait).await {
-            Ok(()) => {
-                ctx.metrics
-                    .notifications
-                    .with_label_values(&[&p.route, channel, "retrying"])
-                    .inc();
-                ctx.metrics.waiting.start(
-                    &p.key,
-                    &p.route,
-                    p.first_failure.unwrap_or(now),
-                    p.due(),
-                );
-                warn!(
-                    event_id = %p.event_id, event_type = %p.event_type, route = %p.route, recipient = %p.recipient,
-                    channel, key = %p.key, attempts = p.attempts, outcome = "retrying", reason = failure.reason(),
-                    retry_in_secs = wait.as_secs(),
-                    deadline = p.due().map(|d| d.to_rfc3339()).unwrap_or_default(),
-                    "delivery failed; retry scheduled"
-                );
-                Outcome::Scheduled
-            }
-            Err(e) => {
-                error!(event_id = %p.event_id, error = %e, "cannot schedule a retry; the message stays on its queue");
-                Outcome::Retry
-            }
-        };
-    }
     match park::failed_notification(
         &ctx.publisher(),
         &ctx.settings.failed_queue,
         &p,
-        reason,
-        failure.reason(),
+        parked,
+        &failure,
     )
     .await
     {
         Ok(()) => {
+            let outcome = DeliveryOutcome::Failed;
             ctx.metrics
                 .notifications
-                .with_label_values(&[&p.route, channel, "failed"])
+                .with_label_values(&[&p.route, channel, outcome.as_str()])
                 .inc();
             ctx.metrics.waiting.end(&p.key);
             warn!(
                 event_id = %p.event_id, event_type = %p.event_type, route = %p.route, recipient = %p.recipient,
-                channel, key = %p.key, attempts = p.attempts, reason = failure.reason(), outcome = reason,
+                channel, key = %p.key, attempts = p.attempts, outcome = outcome.as_str(),
+                reason = parked.as_str(), failure = failure.kind.as_str(), detail = %failure.chain(),
                 deadline = p.due().map(|d| d.to_rfc3339()).unwrap_or_default(),
                 "delivery failed; parked"
             );
@@ -336,13 +315,49 @@ async fn attempt(ctx: &Ctx, mut p: Pending) -> Outcome {
     }
 }
 
+/// Schedules the next attempt of a notification that failed transiently.
+async fn schedule(
+    ctx: &Ctx,
+    p: Pending,
+    failure: &Failure,
+    wait: Duration,
+    now: chrono::DateTime<Utc>,
+) -> Outcome {
+    let channel = p.channel().as_str();
+    match retry::schedule(&ctx.publisher(), &ctx.settings, &p, wait).await {
+        Ok(()) => {
+            let outcome = DeliveryOutcome::Retrying;
+            ctx.metrics
+                .notifications
+                .with_label_values(&[&p.route, channel, outcome.as_str()])
+                .inc();
+            ctx.metrics
+                .waiting
+                .start(&p.key, &p.route, p.first_failure.unwrap_or(now), p.due());
+            warn!(
+                event_id = %p.event_id, event_type = %p.event_type, route = %p.route, recipient = %p.recipient,
+                channel, key = %p.key, attempts = p.attempts, outcome = outcome.as_str(),
+                failure = failure.kind.as_str(), detail = %failure.chain(),
+                retry_in_secs = wait.as_secs(),
+                deadline = p.due().map(|d| d.to_rfc3339()).unwrap_or_default(),
+                "delivery failed; retry scheduled"
+            );
+            Outcome::Scheduled
+        }
+        Err(e) => {
+            error!(event_id = %p.event_id, error = %e, "cannot schedule a retry; the message stays on its queue");
+            Outcome::Retry
+        }
+    }
+}
+
 fn delivered(ctx: &Ctx, p: &Pending) {
     let now = Utc::now();
     let route = p.route.as_str();
     let channel = p.channel().as_str();
     ctx.metrics
         .notifications
-        .with_label_values(&[route, channel, "delivered"])
+        .with_label_values(&[route, channel, DeliveryOutcome::Delivered.as_str()])
         .inc();
     let latency = (now - p.occurred_at).num_milliseconds().max(0) as f64 / 1000.0;
     ctx.metrics
@@ -366,7 +381,7 @@ fn delivered(ctx: &Ctx, p: &Pending) {
         channel,
         key = %p.key,
         attempts = p.attempts,
-        outcome = "delivered",
+        outcome = DeliveryOutcome::Delivered.as_str(),
         sla = outcome,
         deadline = due.map(|d| d.to_rfc3339()).unwrap_or_default(),
         "notification delivered"

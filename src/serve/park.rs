@@ -1,15 +1,18 @@
 //! Parking: what cannot be routed or delivered goes to a queue an operator can inspect, with
 //! its reason, before the event is acknowledged. Publishing waits for the broker's confirm.
 
+use chrono::DateTime;
 use chrono::Utc;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel};
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::confirm::{PublishError, publish};
 use super::retry::Pending;
+use crate::deliver::{Failure, FailureKind};
 use crate::intake::{Rejection, excerpt};
-use crate::notification::Problem;
+use crate::notification::{ParkReason, Problem};
 
 fn text(value: impl Into<String>) -> AMQPValue {
     AMQPValue::LongString(LongString::from(value.into()))
@@ -98,20 +101,21 @@ pub async fn failed_notification(
     channel: &Channel,
     queue: &str,
     p: &Pending,
-    reason: &str,
-    detail: &str,
+    reason: ParkReason,
+    failure: &Failure,
 ) -> Result<(), PublishError> {
-    let record = json!({
-        "kind": "notification",
-        "reason": reason,
-        "detail": detail,
-        "attempts": p.attempts,
-        "channel": p.channel(),
-        "parkedAt": Utc::now().to_rfc3339(),
-        "notification": p,
+    let record = ParkedRecord::Notification(ParkedNotification {
+        v: RECORD_VERSION,
+        reason,
+        failure: Some(failure.kind),
+        detail: failure.detail.clone(),
+        attempts: p.attempts,
+        channel: p.channel(),
+        parked_at: Utc::now(),
+        notification: p.clone(),
     });
-    let properties = properties(&p.key, reason, detail, Some(p));
-    publish(channel, queue, record.to_string().as_bytes(), properties).await
+    let properties = properties(&p.key, reason.as_str(), &failure.detail, Some(p));
+    publish(channel, queue, &record.to_json(), properties).await
 }
 
 /// Parks a message Herald cannot read back (a retry written by an incompatible version).
@@ -133,20 +137,20 @@ pub async fn problem(
     event: &crate::event::Event,
     problem: &Problem,
 ) -> Result<(), PublishError> {
-    let record = json!({
-        "kind": "problem",
-        "reason": problem.kind(),
-        "detail": problem.to_string(),
-        "parkedAt": Utc::now().to_rfc3339(),
-        "problem": problem,
-        "eventId": event.id,
-        "publisher": event.id.publisher(),
-        "eventType": event.event_type,
-        "event": event.body,
+    let record = ParkedRecord::Problem(ParkedProblem {
+        v: RECORD_VERSION,
+        reason: problem.kind().to_owned(),
+        detail: problem.to_string(),
+        parked_at: Utc::now(),
+        problem: problem.clone(),
+        event_id: event.id.to_string(),
+        publisher: event.id.publisher().map(str::to_owned),
+        event_type: event.event_type.to_string(),
+        event: event.body.clone(),
     });
     let id = format!("{}/{}", event.id, problem.route());
     let properties = properties(&id, problem.kind(), &problem.to_string(), None);
-    publish(channel, queue, record.to_string().as_bytes(), properties).await
+    publish(channel, queue, &record.to_json(), properties).await
 }
 
 /// The properties of a record in the failed queue. `x-herald-parked-at` says when, for every
@@ -173,6 +177,74 @@ fn properties(id: &str, reason: &str, detail: &str, p: Option<&Pending>) -> Basi
         p = p.with_message_id(id);
     }
     p
+}
+
+/// The version of [`ParkedRecord`] Herald writes. A record without `v` was written before
+/// records were versioned, and reads as version 1.
+pub const RECORD_VERSION: u32 = 1;
+
+fn version_one() -> u32 {
+    1
+}
+
+/// What Herald writes to the failed queue, and `herald dlq` reads back: one type for both
+/// sides, tagged by `kind`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum ParkedRecord {
+    /// A notification that could not be delivered.
+    Notification(ParkedNotification),
+    /// A notification the engine could not make (an unknown recipient, a template failure).
+    Problem(ParkedProblem),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ParkedNotification {
+    #[serde(default = "version_one")]
+    pub v: u32,
+    pub reason: ParkReason,
+    /// The kind of the last failure (absent in records from before it was kept).
+    #[serde(default)]
+    pub failure: Option<FailureKind>,
+    pub detail: String,
+    pub attempts: u32,
+    pub channel: crate::notification::Channel,
+    pub parked_at: DateTime<Utc>,
+    /// Everything needed to send it again.
+    pub notification: Pending,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ParkedProblem {
+    #[serde(default = "version_one")]
+    pub v: u32,
+    /// The problem's kind (`unknown-recipient`, `render-failed`...).
+    pub reason: String,
+    pub detail: String,
+    pub parked_at: DateTime<Utc>,
+    pub problem: Problem,
+    pub event_id: String,
+    /// The login that published the event (absent in records from before it was kept).
+    #[serde(default)]
+    pub publisher: Option<String>,
+    pub event_type: String,
+    /// The event as it was accepted, to route again once the cause is fixed.
+    pub event: Value,
+}
+
+impl ParkedRecord {
+    /// The record as the failed queue holds it.
+    pub fn to_json(&self) -> Vec<u8> {
+        // Plain data: serialising cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// A record read back, if the bytes are one.
+    pub fn read(bytes: &[u8]) -> Option<ParkedRecord> {
+        serde_json::from_slice(bytes).ok()
+    }
 }
 
 /// Herald's own headers on parked messages; never taken from a publisher.
@@ -276,5 +348,69 @@ pub fn header_json(value: &AMQPValue) -> Value {
             .and_then(|t| chrono::DateTime::from_timestamp(t, 0))
             .map_or_else(|| json!(t), |at| json!(at.to_rfc3339())),
         AMQPValue::Void => Value::Null,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A parked notification exactly as Herald wrote it before records carried a version.
+    const OLDER: &str = r#"{"kind":"notification","reason":"delivery-failed","detail":"HTTP 410 Gone: the endpoint asked not to be sent to again","attempts":1,"channel":"webhook","parkedAt":"2026-11-20T16:00:00+00:00","notification":{"key":"msg_0123","eventId":"evt-1","eventType":"court.warrant.issued","route":"ppo-fta-warrant","recipient":"police:WYP-LEEDS","occurredAt":"2026-11-20T15:42:00Z","publishedAt":"2026-11-20T15:43:10Z","sla":{"kind":"untracked"},"priority":"urgent","content":{"channel":"webhook","url":"http://127.0.0.1:9900/police/WYP-LEEDS","body":"{}"},"attempts":1,"firstFailure":"2026-11-20T16:00:00Z","lastError":"HTTP 410 Gone"}}"#;
+
+    #[test]
+    fn a_record_written_before_versions_reads_as_version_one() {
+        let Some(ParkedRecord::Notification(n)) = ParkedRecord::read(OLDER.as_bytes()) else {
+            panic!("the older record is not read");
+        };
+        assert_eq!(n.v, 1);
+        assert_eq!(n.reason, ParkReason::DeliveryFailed);
+        assert_eq!(n.failure, None);
+        assert_eq!(n.notification.key, "msg_0123");
+        assert_eq!(n.notification.last_failure, None);
+    }
+
+    #[test]
+    fn a_record_reads_back_as_it_was_written() {
+        let Some(ParkedRecord::Notification(mut n)) = ParkedRecord::read(OLDER.as_bytes()) else {
+            panic!("the older record is not read");
+        };
+        n.v = RECORD_VERSION;
+        n.failure = Some(FailureKind::HttpGone);
+        n.notification.last_failure = Some(FailureKind::HttpGone);
+        let written = ParkedRecord::Notification(n).to_json();
+        let text = String::from_utf8(written.clone()).unwrap();
+        assert!(
+            text.contains(r#""v":1"#) && text.contains(r#""failure":"http-gone""#),
+            "{text}"
+        );
+        let Some(ParkedRecord::Notification(back)) = ParkedRecord::read(&written) else {
+            panic!("{text}");
+        };
+        assert_eq!(back.failure, Some(FailureKind::HttpGone));
+        assert_eq!(back.notification.last_failure, Some(FailureKind::HttpGone));
+
+        let problem = ParkedRecord::Problem(ParkedProblem {
+            v: RECORD_VERSION,
+            reason: "unknown-recipient".into(),
+            detail:
+                "route r: recipient police:{offender.homeBcu}: police:X is not in the directory"
+                    .into(),
+            parked_at: Utc::now(),
+            problem: Problem::UnknownRecipient {
+                route: "r".into(),
+                pattern: "police:{offender.homeBcu}".into(),
+                reason: "police:X is not in the directory".into(),
+            },
+            event_id: "evt-2".into(),
+            publisher: Some("court".into()),
+            event_type: "court.warrant.issued".into(),
+            event: serde_json::json!({"eventType": "court.warrant.issued"}),
+        });
+        let Some(ParkedRecord::Problem(back)) = ParkedRecord::read(&problem.to_json()) else {
+            panic!("the problem record is not read back");
+        };
+        assert_eq!(back.publisher.as_deref(), Some("court"));
+        assert_eq!(back.problem.kind(), "unknown-recipient");
     }
 }

@@ -46,6 +46,9 @@ pub struct Pending {
     pub attempts: u32,
     pub first_failure: Option<DateTime<Utc>>,
     pub last_error: Option<String>,
+    /// The kind of the last failure, for the parked record and the ledger.
+    #[serde(default)]
+    pub last_failure: Option<crate::deliver::FailureKind>,
     /// Sent again by an operator (`herald dlq replay`): the endpoint is given another chance
     /// even if it was disabled or its circuit is open.
     #[serde(default)]
@@ -70,6 +73,7 @@ impl Pending {
             attempts: 0,
             first_failure: None,
             last_error: None,
+            last_failure: None,
             replay: false,
         }
     }
@@ -317,6 +321,7 @@ mod tests {
             attempts,
             first_failure: Some(now - chrono::Duration::seconds(failed_secs_ago)),
             last_error: None,
+            last_failure: None,
             replay: false,
         }
     }

@@ -25,7 +25,7 @@ use tokio::net::TcpStream;
 
 pub use signature::Secret;
 
-use super::{Failure, Outgoing};
+use super::{Failure, FailureKind, Outgoing};
 use crate::notification::Content;
 use crate::route::Directory;
 
@@ -126,18 +126,20 @@ impl WebhookSender {
 
     pub async fn send(&self, out: Outgoing<'_>) -> Result<(), Failure> {
         let Content::Webhook { url, body } = out.content else {
-            return Err(Failure::Permanent {
-                reason: "not a webhook notification".into(),
-            });
+            return Err(Failure::new(
+                FailureKind::WrongChannel,
+                "not a webhook notification",
+            ));
         };
         let Some(secrets) = self.secrets.get(out.recipient) else {
             let var = self
                 .missing
                 .get(out.recipient)
                 .map_or("its secret variable", String::as_str);
-            return Err(Failure::Permanent {
-                reason: format!("no signing secret: set {var}"),
-            });
+            return Err(Failure::new(
+                FailureKind::NoSecret,
+                format!("no signing secret: set {var}"),
+            ));
         };
         // A URL not in the directory (a retry made before a configuration change) is parsed
         // here.
@@ -147,9 +149,10 @@ impl WebhookSender {
             .cloned()
             .or_else(|| parse_uri(url))
         else {
-            return Err(Failure::Permanent {
-                reason: "the webhook URL is not a valid URL".into(),
-            });
+            return Err(Failure::new(
+                FailureKind::BadUrl,
+                "the webhook URL is not a valid URL",
+            ));
         };
         let timestamp = chrono::Utc::now().timestamp();
         let id = out.key;
@@ -161,8 +164,12 @@ impl WebhookSender {
                 .collect::<Vec<_>>()
                 .join(" "),
         };
-        let invalid = |_| Failure::Permanent {
-            reason: "the webhook request cannot be built".into(),
+        let invalid = |e: http::header::InvalidHeaderValue| {
+            Failure::new(
+                FailureKind::BadMessage,
+                "the webhook request cannot be built",
+            )
+            .with_source(e)
         };
         // Room for these and the two hyper adds (host, content-length), allocated once.
         let mut headers = HeaderMap::with_capacity(8);
@@ -179,17 +186,16 @@ impl WebhookSender {
         *request.uri_mut() = uri;
         *request.headers_mut() = headers;
         let deadline = tokio::time::Instant::now() + self.timeout;
-        let response =
-            match tokio::time::timeout_at(deadline, self.client.request(request)).await {
-                Err(_) => Err("HTTP timeout"),
-                Ok(Err(e)) if e.is_connect() => Err("HTTP connection failed"),
-                Ok(Err(_)) => Err("HTTP request failed"),
-                Ok(Ok(response)) => Ok(response),
+        let response = match tokio::time::timeout_at(deadline, self.client.request(request)).await {
+            Err(_) => Err(Failure::new(FailureKind::HttpTimeout, "HTTP timeout")),
+            Ok(Err(e)) if e.is_connect() => {
+                Err(Failure::new(FailureKind::HttpConnect, "HTTP connection failed").with_source(e))
             }
-            .map_err(|reason| Failure::Transient {
-                reason: reason.into(),
-                retry_after: None,
-            })?;
+            Ok(Err(e)) => {
+                Err(Failure::new(FailureKind::HttpRequest, "HTTP request failed").with_source(e))
+            }
+            Ok(Ok(response)) => Ok(response),
+        }?;
         let outcome = classify(response.status(), response.headers());
         // Reads what is left of the answer (up to 64 KiB, within the same deadline; its body
         // means nothing to Herald), so the keep-alive connection can carry the next request
@@ -250,21 +256,32 @@ pub fn classify(status: StatusCode, headers: &HeaderMap) -> Result<(), Failure> 
     if status.is_success() {
         return Ok(());
     }
-    let reason = format!("HTTP {}", status.as_u16());
-    match status.as_u16() {
-        408 | 429 | 500..=599 => Err(Failure::Transient {
-            reason,
-            retry_after: headers
-                .get(RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .map(Duration::from_secs),
-        }),
-        410 => Err(Failure::Permanent {
-            reason: "HTTP 410 Gone: the endpoint asked not to be sent to again".into(),
-        }),
-        _ => Err(Failure::Permanent { reason }),
+    let code = status.as_u16();
+    let failure = match code {
+        408 | 429 | 500..=599 => Failure::new(FailureKind::HttpRetryable, format!("HTTP {code}"))
+            .with_retry_after(retry_after(headers, chrono::Utc::now())),
+        410 => Failure::new(
+            FailureKind::HttpGone,
+            "HTTP 410 Gone: the endpoint asked not to be sent to again",
+        ),
+        _ => Failure::new(FailureKind::HttpRefused, format!("HTTP {code}")),
+    };
+    Err(failure.with_code(code))
+}
+
+/// `Retry-After` in either form RFC 9110 (10.2.3) gives it: a number of seconds, or an
+/// HTTP-date (a date in the past means now). The retry schedule caps what it asks for.
+fn retry_after(headers: &HeaderMap, now: chrono::DateTime<chrono::Utc>) -> Option<Duration> {
+    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
     }
+    let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+    Some(
+        (at.with_timezone(&chrono::Utc) - now)
+            .to_std()
+            .unwrap_or_default(),
+    )
 }
 
 #[cfg(test)]
@@ -274,16 +291,17 @@ mod tests {
     #[test]
     fn statuses_are_classified_as_the_standard_says() {
         let none = HeaderMap::new();
-        assert_eq!(classify(StatusCode::NO_CONTENT, &none), Ok(()));
+        assert!(classify(StatusCode::NO_CONTENT, &none).is_ok());
         let mut retry = HeaderMap::new();
         retry.insert(RETRY_AFTER, "120".parse().unwrap());
+        let throttled = classify(StatusCode::TOO_MANY_REQUESTS, &retry).unwrap_err();
         assert_eq!(
-            classify(StatusCode::TOO_MANY_REQUESTS, &retry),
-            Err(Failure::Transient {
-                reason: "HTTP 429".into(),
-                retry_after: Some(Duration::from_secs(120))
-            })
+            (throttled.kind, throttled.code, throttled.detail.as_str()),
+            (FailureKind::HttpRetryable, Some(429), "HTTP 429")
         );
+        assert_eq!(throttled.retry_after, Some(Duration::from_secs(120)));
+        let gone = classify(StatusCode::GONE, &none).unwrap_err();
+        assert_eq!((gone.kind, gone.code), (FailureKind::HttpGone, Some(410)));
         assert!(
             classify(StatusCode::SERVICE_UNAVAILABLE, &none)
                 .unwrap_err()
@@ -309,5 +327,32 @@ mod tests {
                 .unwrap_err()
                 .is_transient()
         );
+    }
+
+    #[test]
+    fn retry_after_is_read_as_seconds_or_as_an_http_date() {
+        let now = chrono::DateTime::parse_from_rfc3339("2026-11-20T15:42:00Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        let header = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(RETRY_AFTER, v.parse().unwrap());
+            h
+        };
+        assert_eq!(
+            retry_after(&header("30"), now),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            retry_after(&header("Fri, 20 Nov 2026 15:47:00 GMT"), now),
+            Some(Duration::from_secs(300))
+        );
+        assert_eq!(
+            retry_after(&header("Fri, 20 Nov 2026 15:00:00 GMT"), now),
+            Some(Duration::ZERO),
+            "a date already past means now"
+        );
+        assert_eq!(retry_after(&header("soon"), now), None);
+        assert_eq!(retry_after(&HeaderMap::new(), now), None);
     }
 }
