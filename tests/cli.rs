@@ -212,6 +212,102 @@ fn strings(items: &[&str]) -> toml::Value {
 }
 
 // ---------------------------------------------------------------------------------------
+// The command line itself
+
+#[test]
+fn every_command_lists_the_environment_it_reads_with_its_defaults() {
+    let amqp = "amqp://guest:guest@127.0.0.1:5672/%2f";
+    let cases: [(&[&str], &[&str]); 8] = [
+        (
+            &["serve", "--help"],
+            &[
+                "HERALD_CONFIG",
+                "[default: routes.toml]",
+                "HERALD_AMQP_URL",
+                "overrides [amqp] url",
+                amqp,
+                "HERALD_SMTP_URL",
+                "overrides [email] url",
+                "HERALD_METRICS_ADDR",
+                "overrides\n",
+                "127.0.0.1:9464",
+                SECRET_ENV,
+                "RUST_LOG",
+                "HERALD_LOG_FORMAT",
+            ],
+        ),
+        (
+            &["publish", "--help"],
+            &[
+                "HERALD_CONFIG",
+                "HERALD_AMQP_URL",
+                amqp,
+                "HERALD_PUBLISH_PASSWORD",
+            ],
+        ),
+        (
+            &["dlq", "--help"],
+            &["HERALD_CONFIG", "HERALD_AMQP_URL", amqp],
+        ),
+        (
+            &["receive", "--help"],
+            &[SECRET_ENV, "[default: 127.0.0.1:9900]"],
+        ),
+        (&["check", "--help"], &["HERALD_CONFIG", SECRET_ENV]),
+        (&["validate", "--help"], &["HERALD_CONFIG"]),
+        (&["route-test", "--help"], &["HERALD_CONFIG"]),
+        (
+            &["--help"],
+            &[
+                "HERALD_CONFIG",
+                "HERALD_AMQP_URL",
+                "HERALD_SMTP_URL",
+                "HERALD_METRICS_ADDR",
+                "HERALD_PUBLISH_PASSWORD",
+                SECRET_ENV,
+                "RUST_LOG",
+            ],
+        ),
+    ];
+    // A value set in the environment is never shown: the broker URL carries a password.
+    let env = [(
+        "HERALD_AMQP_URL",
+        "amqp://guest:h3lp-pa55@127.0.0.1:5672/%2f",
+    )];
+    for (args, words) in cases {
+        let run = herald_with(args, &env);
+        assert_eq!(run.code, 0, "{args:?}: {run:?}");
+        for word in words {
+            assert!(
+                run.stdout.contains(word),
+                "{args:?} does not name {word:?}: {run:?}"
+            );
+        }
+        assert!(!run.both().contains("h3lp-pa55"), "{args:?}: {run:?}");
+    }
+}
+
+#[test]
+fn the_config_option_works_before_the_command_as_after_it() {
+    let sandbox = Sandbox::new();
+    let file = sandbox.config_arg();
+    for args in [
+        &["--config", &file, "check"][..],
+        &["check", "--config", &file],
+    ] {
+        let run = herald_with(args, &[(SECRET_ENV, SECRET)]);
+        assert_eq!(run.code, 0, "{args:?}: {run:?}");
+        assert!(
+            run.stdout.lines().any(|l| l == format!("{file}: ok")),
+            "{args:?} did not check {file}: {run:?}"
+        );
+    }
+    let run = herald(&["--config", "no-such-routes.toml", "route-test", WARRANT]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("no-such-routes.toml"), "{run:?}");
+}
+
+// ---------------------------------------------------------------------------------------
 // herald check
 
 #[test]

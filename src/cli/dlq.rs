@@ -978,7 +978,10 @@ mod tests {
         assert_eq!(r.event_id.as_deref(), Some("evt-3"));
         let table = table(&[r]);
         assert!(!table.contains("null") && !table.contains("()"), "{table}");
-        assert!(table.starts_with("ID                  PARKED AT"), "{table}");
+        assert!(
+            table.starts_with("ID                  PARKED AT"),
+            "{table}"
+        );
     }
 
     #[test]

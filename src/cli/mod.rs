@@ -13,17 +13,100 @@ mod validate;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 
 use crate::core::Core;
+
+// What each command reads from the environment, for its help. Where routes.toml has the
+// setting too, the variable wins, as `Settings::new` applies them.
+macro_rules! env_amqp {
+    () => {
+        concat!(
+            "  HERALD_AMQP_URL          the broker; overrides [amqp] url in routes.toml\n",
+            "                           (default amqp://guest:guest@127.0.0.1:5672/%2f)\n",
+        )
+    };
+}
+macro_rules! env_smtp_metrics {
+    () => {
+        concat!(
+            "  HERALD_SMTP_URL          the SMTP server; overrides [email] url (default: none,\n",
+            "                           emails are written as .eml files to [email] outbox)\n",
+            "  HERALD_METRICS_ADDR      /metrics, /healthz and /readyz; overrides\n",
+            "                           [service] metrics_addr (default 127.0.0.1:9464)\n",
+        )
+    };
+}
+macro_rules! env_secrets {
+    () => {
+        concat!(
+            "  <secret_env>             each webhook's whsec_ signing secret, in the variable\n",
+            "                           its secret_env names (HERALD_WEBHOOK_SECRET in the\n",
+            "                           sample routes.toml)\n",
+        )
+    };
+}
+macro_rules! env_logs {
+    () => {
+        concat!(
+            "  RUST_LOG                 which log lines are written (default info)\n",
+            "  HERALD_LOG_FORMAT        json or text (default: text on a terminal, json\n",
+            "                           otherwise)\n",
+        )
+    };
+}
+
+const HERALD_ENV: &str = concat!(
+    "Environment (--config's is HERALD_CONFIG):\n",
+    env_amqp!(),
+    env_smtp_metrics!(),
+    env_secrets!(),
+    "  HERALD_PUBLISH_PASSWORD  `publish --user`'s password (see --password-env)\n",
+    "  HERALD_WEBHOOK_SECRET    the secret `receive` verifies with (see --secret-env)\n",
+    env_logs!(),
+);
+
+const SERVE_ENV: &str = concat!(
+    "Environment:\n",
+    env_amqp!(),
+    env_smtp_metrics!(),
+    env_secrets!(),
+    env_logs!(),
+);
+
+const PUBLISH_ENV: &str = concat!(
+    "Environment:\n",
+    env_amqp!(),
+    "  HERALD_PUBLISH_PASSWORD  --user's password (the variable --password-env names)\n",
+);
+
+const DLQ_ENV: &str = concat!("Environment:\n", env_amqp!());
+
+const RECEIVE_ENV: &str = concat!(
+    "Environment:\n",
+    "  HERALD_WEBHOOK_SECRET    the whsec_ signing secret (the variable --secret-env\n",
+    "                           names)\n",
+);
+
+const CHECK_ENV: &str = concat!("Environment:\n", env_secrets!());
 
 #[derive(Debug, Parser)]
 #[command(
     name = "herald",
     version,
-    about = "Inter-agency notification router: validate, route, render and deliver criminal justice events"
+    about = "Inter-agency notification router: validate, route, render and deliver criminal justice events",
+    after_help = HERALD_ENV
 )]
 pub struct Cli {
+    /// The configuration file, before or after the command (`receive` reads none).
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        env = "HERALD_CONFIG",
+        default_value = crate::config::DEFAULT_CONFIG
+    )]
+    pub config: PathBuf,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -31,11 +114,11 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the service: consume events from RabbitMQ and deliver notifications.
-    Serve(ConfigArg),
+    #[command(after_help = SERVE_ENV)]
+    Serve,
     /// Publish event files to the events exchange, as an agency system would.
+    #[command(after_help = PUBLISH_ENV)]
     Publish {
-        #[command(flatten)]
-        config: ConfigArg,
         /// Log in to RabbitMQ as this user (its password in --password-env); the message's
         /// user_id is the login. Default: the login in HERALD_AMQP_URL or routes.toml.
         #[arg(long)]
@@ -51,13 +134,13 @@ pub enum Command {
         files: Vec<PathBuf>,
     },
     /// Inspect, replay or purge the parked messages (herald.rejected, herald.failed).
+    #[command(after_help = DLQ_ENV)]
     Dlq {
-        #[command(flatten)]
-        config: ConfigArg,
         #[command(subcommand)]
         action: dlq::Action,
     },
     /// Receive webhooks on a loopback address, verify their signatures and print them.
+    #[command(after_help = RECEIVE_ENV)]
     Receive {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:9900")]
@@ -67,11 +150,10 @@ pub enum Command {
         secret_env: String,
     },
     /// Load schemas, routes.toml and templates; render every template against every example.
-    Check(ConfigArg),
+    #[command(after_help = CHECK_ENV)]
+    Check,
     /// Validate event files offline against the schemas.
     Validate {
-        #[command(flatten)]
-        config: ConfigArg,
         /// Print the results as JSON.
         #[arg(long)]
         json: bool,
@@ -81,8 +163,6 @@ pub enum Command {
     },
     /// Show who an event would notify, when, and how. Nothing is sent.
     RouteTest {
-        #[command(flatten)]
-        config: ConfigArg,
         /// Also show the rendered emails and webhook bodies.
         #[arg(long)]
         render: bool,
@@ -102,10 +182,9 @@ pub enum Command {
     },
 }
 
-#[derive(Debug, Args)]
+/// The configuration file a command reads.
+#[derive(Debug)]
 pub struct ConfigArg {
-    /// The configuration file.
-    #[arg(long, env = "HERALD_CONFIG", default_value = crate::config::DEFAULT_CONFIG)]
     pub config: PathBuf,
 }
 
@@ -128,10 +207,10 @@ impl ConfigArg {
 
 /// Runs a parsed command line; the exit code says whether everything passed.
 pub fn run(cli: Cli) -> ExitCode {
+    let config = ConfigArg { config: cli.config };
     let result = match cli.command {
-        Command::Serve(config) => config.load().map(|core| runtime(serve::run(core))),
+        Command::Serve => config.load().map(|core| runtime(serve::run(core))),
         Command::Publish {
-            config,
             user,
             password_env,
             routing_key,
@@ -153,18 +232,13 @@ pub fn run(cli: Cli) -> ExitCode {
                     files,
                 }))
             }),
-        Command::Dlq { config, action } => {
-            config.load().map(|core| runtime(dlq::run(core, action)))
-        }
+        Command::Dlq { action } => config.load().map(|core| runtime(dlq::run(core, action))),
         Command::Receive { addr, secret_env } => Ok(runtime(receive::run(&addr, &secret_env))),
-        Command::Check(config) => config.load().map(|core| check::run(&core)),
-        Command::Validate {
-            config,
-            json,
-            files,
-        } => config.load().map(|core| validate::run(&core, &files, json)),
+        Command::Check => config.load().map(|core| check::run(&core)),
+        Command::Validate { json, files } => {
+            config.load().map(|core| validate::run(&core, &files, json))
+        }
         Command::RouteTest {
-            config,
             render,
             json,
             message_id,
