@@ -2,8 +2,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::io::{BufRead, BufReader, Lines};
+use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::Duration;
 
 use base64::Engine;
@@ -105,40 +105,80 @@ fn sign(id: &str, ts: i64, body: &str) -> String {
     format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()))
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn receive_verifies_signatures_and_prints_each_delivery() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
+/// A free port on loopback.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
-        .port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args(["receive", "--addr", &format!("127.0.0.1:{port}")])
-        .env("HERALD_WEBHOOK_SECRET", service::SECRET)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    assert!(lines.next().unwrap().unwrap().starts_with("listening on"));
+        .port()
+}
 
-    let body = r#"{"type":"court.warrant.issued","data":{"notification":{"recipient":"police:WYP-LEEDS","route":"ppo-fta-warrant"}}}"#;
+/// `herald receive` running with these arguments, stopped when dropped.
+struct Receive {
+    child: Child,
+    lines: Lines<BufReader<ChildStdout>>,
+}
+
+impl Receive {
+    /// Starts it and reads its first line, which says where it listens.
+    fn start(args: &[&str]) -> (Receive, String) {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
+            .arg("receive")
+            .args(args)
+            .env("HERALD_WEBHOOK_SECRET", service::SECRET)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = lines.next().unwrap().unwrap();
+        (Receive { child, lines }, first)
+    }
+
+    fn line(&mut self) -> String {
+        self.lines.next().unwrap().unwrap()
+    }
+}
+
+impl Drop for Receive {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A warrant's webhook as Herald would send it, signed with `id`.
+const HOOK: &str = r#"{"type":"court.warrant.issued","data":{"notification":{"recipient":"police:WYP-LEEDS","route":"ppo-fta-warrant"}}}"#;
+
+/// Posts [`HOOK`] to `/police/WYP-LEEDS` on `port` with these Standard Webhooks headers;
+/// the status the receiver answered.
+async fn post_hook(port: u16, id: &str, signed_as: &str) -> u16 {
     let ts = chrono::Utc::now().timestamp();
     service::install_tls();
-    let client = reqwest::Client::new();
-    let post = |sig: String| {
-        client
-            .post(format!("http://127.0.0.1:{port}/police/WYP-LEEDS"))
-            .header("webhook-id", "msg_1")
-            .header("webhook-timestamp", ts.to_string())
-            .header("webhook-signature", sig)
-            .body(body)
-            .timeout(Duration::from_secs(5))
-            .send()
-    };
-    assert_eq!(post(sign("msg_1", ts, body)).await.unwrap().status(), 204);
-    assert_eq!(post(sign("msg_2", ts, body)).await.unwrap().status(), 401);
-    let good = lines.next().unwrap().unwrap();
+    reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{port}/police/WYP-LEEDS"))
+        .header("webhook-id", id)
+        .header("webhook-timestamp", ts.to_string())
+        .header("webhook-signature", sign(signed_as, ts, HOOK))
+        .header("content-type", "application/json")
+        .body(HOOK)
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn receive_verifies_signatures_and_prints_each_delivery() {
+    let port = free_port();
+    let (mut receive, first) = Receive::start(&["--addr", &format!("127.0.0.1:{port}")]);
+    assert!(first.starts_with("listening on"), "{first}");
+    assert_eq!(post_hook(port, "msg_1", "msg_1").await, 204);
+    assert_eq!(post_hook(port, "msg_1", "msg_2").await, 401);
+    let good = receive.line();
     assert!(
         good.starts_with("verified")
             && good.contains("msg_1")
@@ -146,8 +186,35 @@ async fn receive_verifies_signatures_and_prints_each_delivery() {
             && good.contains("ppo-fta-warrant"),
         "{good}"
     );
-    let bad = lines.next().unwrap().unwrap();
+    let bad = receive.line();
     assert!(bad.starts_with("NOT VERIFIED"), "{bad}");
-    let _ = child.kill();
-    let _ = child.wait();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn receive_takes_a_bare_port_as_loopback_and_refuses_any_other_address() {
+    let port = free_port();
+    let (mut receive, first) = Receive::start(&["--addr", &port.to_string()]);
+    assert!(
+        first.starts_with(&format!("listening on http://127.0.0.1:{port}/")),
+        "{first}"
+    );
+    assert_eq!(post_hook(port, "msg_1", "msg_1").await, 204);
+    assert!(receive.line().starts_with("verified"));
+
+    for far in [format!("0.0.0.0:{}", free_port()), "192.0.2.7:9900".into()] {
+        let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args(["receive", "--addr", &far])
+            .env("HERALD_WEBHOOK_SECRET", service::SECRET)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{far}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+        assert!(
+            stderr.starts_with(&format!("error: --addr {far}: "))
+                && stderr.contains("loopback only"),
+            "{stderr}"
+        );
+        assert!(out.stdout.is_empty(), "it never listened");
+    }
 }

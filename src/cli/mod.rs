@@ -142,7 +142,8 @@ pub enum Command {
     /// Receive webhooks on a loopback address, verify their signatures and print them.
     #[command(after_help = RECEIVE_ENV)]
     Receive {
-        /// Address to listen on.
+        /// Address to listen on: a port (19901, meaning 127.0.0.1:19901) or a loopback
+        /// address and port; any other address is refused.
         #[arg(long, default_value = "127.0.0.1:9900")]
         addr: String,
         /// The environment variable holding the whsec_ signing secret.
