@@ -12,6 +12,17 @@ use serde::Deserialize;
 /// Default location of the configuration, relative to the working directory.
 pub const DEFAULT_CONFIG: &str = "routes.toml";
 
+/// A webhook url may start with this to follow one setting: the sample directory's endpoints
+/// are all `herald receive` on this machine, and moving the receiver to another port should
+/// take one variable, not an edit per recipient.
+pub const RECEIVER_URL: &str = "${HERALD_RECEIVER_URL}";
+
+/// The variable that says what [`RECEIVER_URL`] stands for.
+pub const RECEIVER_URL_VAR: &str = "HERALD_RECEIVER_URL";
+
+/// What [`RECEIVER_URL`] stands for when the variable is unset: `herald receive`'s default.
+pub const DEFAULT_RECEIVER_URL: &str = "http://127.0.0.1:9900";
+
 /// The whole of routes.toml.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -383,23 +394,43 @@ fn lines(path: &Path, problems: &[String]) -> Vec<String> {
 pub struct ParseError(pub Vec<String>);
 
 impl Config {
-    /// Reads and parses the file; paths inside it are resolved against its folder.
+    /// Reads and parses the file; paths inside it are resolved against its folder, and
+    /// `${HERALD_RECEIVER_URL}` in webhook urls is what the environment says.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Config::load_with(path, |name| std::env::var(name).ok())
+    }
+
+    /// [`Config::load`] with the environment read through `env`.
+    pub fn load_with(
+        path: &Path,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
-        Config::parse_in(&text, path.parent().unwrap_or(Path::new(""))).map_err(|problems| {
-            ConfigError::Parse {
+        Config::parse_in_with(&text, path.parent().unwrap_or(Path::new("")), env).map_err(
+            |problems| ConfigError::Parse {
                 path: path.to_owned(),
                 problems,
-            }
-        })
+            },
+        )
     }
 
     /// Parses TOML text as if it were a file in `base`: its paths are resolved against `base`.
+    /// `${HERALD_RECEIVER_URL}` is its default, whatever the environment says.
     pub fn parse_in(text: &str, base: &Path) -> Result<Config, ParseError> {
-        let mut config = Config::parse(text)?;
+        Config::parse_in_with(text, base, |_| None)
+    }
+
+    /// [`Config::parse_in`] with `${HERALD_RECEIVER_URL}` read through `env`.
+    pub fn parse_in_with(
+        text: &str,
+        base: &Path,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ParseError> {
+        let mut config = Config::parse_toml(text)?;
+        config.fill_receiver_url(env(RECEIVER_URL_VAR));
         config.paths.schemas = base.join(&config.paths.schemas);
         config.paths.templates = base.join(&config.paths.templates);
         config.paths.examples = base.join(&config.paths.examples);
@@ -410,10 +441,38 @@ impl Config {
         Ok(config)
     }
 
+    /// Parses TOML text, `${HERALD_RECEIVER_URL}` standing for its default.
+    pub fn parse(text: &str) -> Result<Config, ParseError> {
+        let mut config = Config::parse_toml(text)?;
+        config.fill_receiver_url(None);
+        Ok(config)
+    }
+
+    /// Webhook urls written `${HERALD_RECEIVER_URL}/...` with the receiver's URL (`value`, or
+    /// the default when unset or empty) in its place. The result is checked as any URL is
+    /// when the directory is built (https or loopback http, no credentials), so the variable
+    /// cannot bring in what routes.toml may not hold.
+    fn fill_receiver_url(&mut self, value: Option<String>) {
+        let value = value.filter(|v| !v.is_empty());
+        let base = value
+            .as_deref()
+            .unwrap_or(DEFAULT_RECEIVER_URL)
+            .trim_end_matches('/');
+        for webhook in self
+            .recipients
+            .iter_mut()
+            .filter_map(|r| r.webhook.as_mut())
+        {
+            if webhook.url.contains(RECEIVER_URL) {
+                webhook.url = webhook.url.replace(RECEIVER_URL, base);
+            }
+        }
+    }
+
     /// Parses TOML text. Each problem names its line, column and key without quoting the
     /// text (toml's own message shows the line, which may be `secret = "whsec_…"`), and a
     /// secret written into the file is refused: secrets live in environment variables.
-    pub fn parse(text: &str) -> Result<Config, ParseError> {
+    fn parse_toml(text: &str) -> Result<Config, ParseError> {
         let (tree, syntax) = toml::de::DeTable::parse_recoverable(text);
         let tree = tree.into_inner();
         // A syntax error is reported with any secret in what could be read around it; the
@@ -816,6 +875,29 @@ mod tests {
                 "{RECIPIENT}webhook = {{ url = \"https://h.example/\", secret_env = \"S\", previous_secret_env = \"T\" }}\n"
             ))
             .is_ok()
+        );
+    }
+
+    #[test]
+    fn webhook_urls_written_with_the_receiver_url_follow_it() {
+        let text = format!(
+            "{RECIPIENT}webhook = {{ url = \"${{HERALD_RECEIVER_URL}}/police/X\", secret_env = \"S\" }}\n"
+        );
+        let url = |value: Option<&str>| {
+            let config =
+                Config::parse_in_with(&text, Path::new(""), |_| value.map(str::to_owned)).unwrap();
+            config.recipients[0].webhook.as_ref().unwrap().url.clone()
+        };
+        assert_eq!(url(None), "http://127.0.0.1:9900/police/X");
+        assert_eq!(url(Some("")), "http://127.0.0.1:9900/police/X");
+        assert_eq!(
+            url(Some("http://127.0.0.1:19901/")),
+            "http://127.0.0.1:19901/police/X"
+        );
+        let parsed = Config::parse(&text).unwrap();
+        assert_eq!(
+            parsed.recipients[0].webhook.as_ref().unwrap().url,
+            "http://127.0.0.1:9900/police/X"
         );
     }
 

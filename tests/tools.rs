@@ -218,3 +218,47 @@ async fn receive_takes_a_bare_port_as_loopback_and_refuses_any_other_address() {
         assert!(out.stdout.is_empty(), "it never listened");
     }
 }
+
+/// The sample directory's webhooks go where HERALD_RECEIVER_URL says: Herald, started as a
+/// user starts it with routes.toml's webhook urls left as shipped, delivers a warrant to a
+/// receiver on a port of the test's own.
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_sends_the_sample_webhooks_to_the_receiver_url() {
+    let (receiver, names) = (service::Receiver::start().await, Names::new("receiverurl"));
+    let dir = tempfile::tempdir().unwrap();
+    let text = service::config_text(&names, "\"court.*\"", "");
+    assert!(text.contains("url = \"${HERALD_RECEIVER_URL}/police/WYP-LEEDS\""));
+    let config = dir.path().join("routes.toml");
+    std::fs::write(&config, text).unwrap();
+    let mut herald = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("HERALD_AMQP_URL", service::AMQP_URL)
+        .env("HERALD_RECEIVER_URL", receiver.url())
+        .env("HERALD_METRICS_ADDR", "127.0.0.1:0")
+        .env("HERALD_WEBHOOK_SECRET", service::SECRET)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    service::wait_for_queue(&names.queue).await;
+    let (_conn, ch) = service::channel().await;
+    service::publish(
+        &ch,
+        &names.exchange,
+        "court.warrant.issued",
+        &std::fs::read(common::example_path("valid", "court.warrant.issued.json")).unwrap(),
+        service::agency("receiver-url-1"),
+    )
+    .await;
+    service::wait_until("the warrant's webhook", Duration::from_secs(30), || async {
+        receiver
+            .hooks()
+            .iter()
+            .any(|h| h.path == "/police/WYP-LEEDS" && h.verified)
+    })
+    .await;
+    let _ = herald.kill();
+    let _ = herald.wait();
+    service::cleanup(&ch, &names).await;
+}

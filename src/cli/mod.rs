@@ -37,6 +37,14 @@ macro_rules! env_smtp_metrics {
         )
     };
 }
+macro_rules! env_receiver {
+    () => {
+        concat!(
+            "  HERALD_RECEIVER_URL      what ${HERALD_RECEIVER_URL} at the start of a webhook url\n",
+            "                           stands for (default http://127.0.0.1:9900, receive's)\n",
+        )
+    };
+}
 macro_rules! env_secrets {
     () => {
         concat!(
@@ -60,6 +68,7 @@ const HERALD_ENV: &str = concat!(
     "Environment (--config's is HERALD_CONFIG):\n",
     env_amqp!(),
     env_smtp_metrics!(),
+    env_receiver!(),
     env_secrets!(),
     "  HERALD_PUBLISH_PASSWORD  `publish --user`'s password (see --password-env)\n",
     "  HERALD_WEBHOOK_SECRET    the secret `receive` verifies with (see --secret-env)\n",
@@ -70,6 +79,7 @@ const SERVE_ENV: &str = concat!(
     "Environment:\n",
     env_amqp!(),
     env_smtp_metrics!(),
+    env_receiver!(),
     env_secrets!(),
     env_logs!(),
 );
@@ -80,7 +90,7 @@ const PUBLISH_ENV: &str = concat!(
     "  HERALD_PUBLISH_PASSWORD  --user's password (the variable --password-env names)\n",
 );
 
-const DLQ_ENV: &str = concat!("Environment:\n", env_amqp!());
+const DLQ_ENV: &str = concat!("Environment:\n", env_amqp!(), env_receiver!());
 
 const RECEIVE_ENV: &str = concat!(
     "Environment:\n",
@@ -88,7 +98,9 @@ const RECEIVE_ENV: &str = concat!(
     "                           names)\n",
 );
 
-const CHECK_ENV: &str = concat!("Environment:\n", env_secrets!());
+const CHECK_ENV: &str = concat!("Environment:\n", env_receiver!(), env_secrets!());
+
+const ROUTE_TEST_ENV: &str = concat!("Environment:\n", env_receiver!());
 
 #[derive(Debug, Parser)]
 #[command(
@@ -163,6 +175,7 @@ pub enum Command {
         files: Vec<PathBuf>,
     },
     /// Show who an event would notify, when, and how. Nothing is sent.
+    #[command(after_help = ROUTE_TEST_ENV)]
     RouteTest {
         /// Also show the rendered emails and webhook bodies.
         #[arg(long)]

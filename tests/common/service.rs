@@ -269,6 +269,11 @@ impl Receiver {
         receiver
     }
 
+    /// What `${HERALD_RECEIVER_URL}` stands for to send the sample webhooks here.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
     pub fn answer(&self, path: &str, status: u16) {
         self.statuses
             .lock()
@@ -572,14 +577,10 @@ pub async fn cleanup(ch: &Channel, names: &Names) {
 /// to publish everything but `court.hearing.concluded` (for the spoofing test).
 pub fn config(receiver: &Receiver) -> Config {
     let root = super::root();
-    let mut config = Config::load(&root.join("routes.toml")).unwrap();
-    for r in &mut config.recipients {
-        if let Some(w) = &mut r.webhook {
-            w.url = w
-                .url
-                .replace("127.0.0.1:9900", &format!("127.0.0.1:{}", receiver.port));
-        }
-    }
+    let mut config = Config::load_with(&root.join("routes.toml"), |name| {
+        (name == herald::config::RECEIVER_URL_VAR).then(|| receiver.url())
+    })
+    .unwrap();
     config.publishers.insert(
         "guest".into(),
         vec![
@@ -686,6 +687,18 @@ pub fn config_file_with(
     guest_may: &str,
     extra: &str,
 ) -> std::path::PathBuf {
+    // Written into the file, so every Herald the test starts sends to its receiver whatever
+    // the environment holds.
+    let text =
+        config_text(names, guest_may, extra).replace(herald::config::RECEIVER_URL, &receiver.url());
+    let path = dir.join("routes.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// The shipped routes.toml naming this test's queues, with `extra` TOML appended; webhook
+/// urls still start with `${HERALD_RECEIVER_URL}`.
+pub fn config_text(names: &Names, guest_may: &str, extra: &str) -> String {
     let root = super::root().display().to_string();
     let text = std::fs::read_to_string(super::root().join("routes.toml"))
         .unwrap()
@@ -716,15 +729,11 @@ pub fn config_file_with(
             "bank_holidays = \"data/bank-holidays.json\"",
             &format!("bank_holidays = \"{root}/data/bank-holidays.json\""),
         )
-        .replace("127.0.0.1:9900", &format!("127.0.0.1:{}", receiver.port))
         .replace(
             "[publishers]\n",
             &format!("[publishers]\nguest = [{guest_may}]\n"),
         );
-    let path = dir.join("routes.toml");
-    let text = format!("{text}\n{extra}\n");
-    std::fs::write(&path, text).unwrap();
-    path
+    format!("{text}\n{extra}\n")
 }
 
 /// Runs `herald dlq ARGS` with `config` against the test broker: whether it succeeded, and
