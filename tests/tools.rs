@@ -54,7 +54,7 @@ async fn publish_sets_the_properties_agencies_must_set() {
         .args(["publish", "--config"])
         .arg(&config)
         .arg(&file)
-        .env("HERALD_AMQP_URL", service::AMQP_URL)
+        .env("HERALD_AMQP_URL", service::amqp_url())
         .output()
         .unwrap();
     assert!(
@@ -88,7 +88,7 @@ async fn publish_sets_the_properties_agencies_must_set() {
         .args(["publish", "--config"])
         .arg(&config)
         .arg(&file)
-        .env("HERALD_AMQP_URL", service::AMQP_URL)
+        .env("HERALD_AMQP_URL", service::amqp_url())
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -233,7 +233,7 @@ async fn serve_sends_the_sample_webhooks_to_the_receiver_url() {
     let mut herald = Command::new(env!("CARGO_BIN_EXE_herald"))
         .args(["serve", "--config"])
         .arg(&config)
-        .env("HERALD_AMQP_URL", service::AMQP_URL)
+        .env("HERALD_AMQP_URL", service::amqp_url())
         .env("HERALD_RECEIVER_URL", receiver.url())
         .env("HERALD_METRICS_ADDR", "127.0.0.1:0")
         .env("HERALD_WEBHOOK_SECRET", service::SECRET)
