@@ -262,3 +262,132 @@ async fn serve_sends_the_sample_webhooks_to_the_receiver_url() {
     let _ = herald.wait();
     service::cleanup(&ch, &names).await;
 }
+
+/// Runs the binary from the repository's folder (so the shipped routes.toml) with `env`; its
+/// exit code and stderr.
+fn herald_stderr(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(args)
+        .current_dir(common::root())
+        .env_remove("HERALD_CONFIG")
+        .env_remove("RUST_LOG")
+        .env("HERALD_LOG_FORMAT", "json")
+        .env("HERALD_METRICS_ADDR", "127.0.0.1:0")
+        .env("HERALD_WEBHOOK_SECRET", service::SECRET)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn publish_before_serve_ever_ran_says_the_exchange_does_not_exist_yet() {
+    let (receiver, names) = (service::Receiver::start().await, Names::new("noexchange"));
+    let dir = tempfile::tempdir().unwrap();
+    let config = service::config_file(dir.path(), &names, &receiver, "\"court.*\"");
+    let file = common::example_path("valid", "court.warrant.issued.json");
+    let (code, stderr) = herald_stderr(
+        &[
+            "publish",
+            "--config",
+            config.to_str().unwrap(),
+            file.to_str().unwrap(),
+        ],
+        &[("HERALD_AMQP_URL", &service::amqp_url())],
+    );
+    assert_eq!(code, Some(1), "{stderr}");
+    assert_eq!(
+        stderr.trim_end(),
+        format!(
+            "error: the exchange {} does not exist yet: start `herald serve` once (it declares the topology)",
+            names.exchange
+        )
+    );
+    // Nothing was declared on the way.
+    let (_conn, ch) = service::channel().await;
+    let passive = ExchangeDeclareOptions {
+        passive: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    assert!(
+        ch.exchange_declare(
+            names.exchange.as_str().into(),
+            lapin::ExchangeKind::Topic,
+            passive,
+            FieldTable::default(),
+        )
+        .await
+        .is_err()
+    );
+}
+
+/// A wrong password (guest's, so nothing is created on the broker) and a virtual host that
+/// does not exist: serve, dlq and publish each say so in one line, with the login and where
+/// the password comes from, never the password, and none of the broker client's JSON lines.
+#[test]
+fn a_refused_login_or_a_missing_vhost_is_one_line_that_says_which() {
+    let password = "wr0ng-pa55word";
+    let wrong = service::amqp_url_as("guest", password);
+    let warrant = common::example_path("valid", "court.warrant.issued.json");
+    let warrant = warrant.to_str().unwrap();
+    let commands: [&[&str]; 3] = [
+        &["serve"],
+        &["dlq", "list", "failed"],
+        &["publish", warrant],
+    ];
+    let one_line = |args: &[&str], stderr: &str| -> String {
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{args:?}: one line: {stderr}");
+        assert!(
+            lines[0].starts_with("error: RabbitMQ at "),
+            "{args:?}: {stderr}"
+        );
+        assert!(!stderr.contains(password), "{args:?}: {stderr}");
+        lines[0].to_owned()
+    };
+    for args in commands {
+        let (code, stderr) = herald_stderr(args, &[("HERALD_AMQP_URL", &wrong)]);
+        assert_eq!(code, Some(1), "{args:?}: {stderr}");
+        let line = one_line(args, &stderr);
+        assert!(
+            line.contains("refused the login for user guest: check the password (HERALD_AMQP_URL"),
+            "{args:?}: {line}"
+        );
+        assert!(
+            !line.contains("start it") && !line.contains("Start it"),
+            "{line}"
+        );
+    }
+    // publish --user: the password is the one --password-env names.
+    let (code, stderr) = herald_stderr(
+        &["publish", "--user", "guest", warrant],
+        &[
+            ("HERALD_AMQP_URL", &service::amqp_url()),
+            ("HERALD_PUBLISH_PASSWORD", password),
+        ],
+    );
+    assert_eq!(code, Some(1), "{stderr}");
+    let line = one_line(&["publish", "--user"], &stderr);
+    assert!(
+        line.ends_with(
+            "refused the login for user guest: check the password (HERALD_PUBLISH_PASSWORD)"
+        ),
+        "{line}"
+    );
+
+    let mut url = url::Url::parse(&service::amqp_url()).unwrap();
+    let vhost = format!("herald-test-no-such-vhost-{}", std::process::id());
+    url.set_path(&format!("/{vhost}"));
+    for args in commands {
+        let (code, stderr) = herald_stderr(args, &[("HERALD_AMQP_URL", url.as_str())]);
+        assert_eq!(code, Some(1), "{args:?}: {stderr}");
+        let line = one_line(args, &stderr);
+        assert!(
+            line.contains(&format!("has no virtual host \"{vhost}\"")),
+            "{args:?}: {line}"
+        );
+    }
+}

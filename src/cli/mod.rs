@@ -12,6 +12,7 @@ mod validate;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::{Parser, Subcommand};
 
@@ -279,16 +280,55 @@ fn runtime(task: impl std::future::Future<Output = ExitCode>) -> ExitCode {
     }
 }
 
+/// Whether the broker client's own log lines (target `lapin`) are written.
+static BROKER_CLIENT_LOG: AtomicBool = AtomicBool::new(false);
+
+/// Lets lapin's log lines through from now on: `serve` does once it is connected, when they
+/// may tell what Herald's own lines do not. Until then (and in every other command) each
+/// broker error a user meets is Herald's one line, which lapin would precede with several
+/// of its own (the same refusal as JSON, at ERROR).
+pub fn show_broker_client_log() {
+    BROKER_CLIENT_LOG.store(true, Ordering::Relaxed);
+}
+
+fn is_broker_client(target: &str) -> bool {
+    target == "lapin" || target.starts_with("lapin::")
+}
+
+/// Holds lapin's lines back until [`show_broker_client_log`]. Asked at every lapin line, since
+/// the answer changes; every other line is let through once and for all, so the service's own
+/// lines cost nothing more.
+fn broker_client_gate<S: tracing::Subscriber>() -> impl tracing_subscriber::Layer<S> {
+    use tracing::subscriber::Interest;
+    tracing_subscriber::filter::DynFilterFn::new(|meta, _| {
+        !is_broker_client(meta.target()) || BROKER_CLIENT_LOG.load(Ordering::Relaxed)
+    })
+    .with_callsite_filter(|meta| {
+        if is_broker_client(meta.target()) {
+            Interest::sometimes()
+        } else {
+            Interest::always()
+        }
+    })
+}
+
 /// Logs go to stderr: JSON when `HERALD_LOG_FORMAT=json` or stderr is not a terminal
-/// (production), readable text on a terminal. `RUST_LOG` filters (default `info`).
+/// (production), readable text on a terminal. `RUST_LOG` filters (default `info`); lapin's
+/// lines wait for [`show_broker_client_log`] unless `RUST_LOG` names lapin.
 ///
 /// Lines are gathered in a buffer and written out in batches (see [`logging::Batched`]): a
 /// busy service makes one write for many lines instead of one each. Keep the returned guard
 /// until the end of `main`: dropping it writes out what is left.
 pub fn init_logging() -> logging::Flusher<std::io::Stderr> {
     use std::io::IsTerminal;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    if std::env::var("RUST_LOG").is_ok_and(|spec| spec.contains("lapin")) {
+        show_broker_client_log();
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+
     let json = match std::env::var("HERALD_LOG_FORMAT").as_deref() {
         Ok("json") => true,
         Ok("text") => false,
@@ -307,9 +347,11 @@ pub fn init_logging() -> logging::Flusher<std::io::Stderr> {
             .flatten_event(true)
             .with_current_span(false)
             .with_span_list(false)
+            .finish()
+            .with(broker_client_gate())
             .try_init()
     } else {
-        builder.try_init()
+        builder.finish().with(broker_client_gate()).try_init()
     };
     flusher
 }
