@@ -191,6 +191,56 @@ async fn receive_verifies_signatures_and_prints_each_delivery() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn receive_verbose_prints_each_requests_headers_and_body_after_its_line() {
+    let port = free_port();
+    let (mut receive, _) = Receive::start(&["--addr", &port.to_string(), "--verbose"]);
+    assert_eq!(post_hook(port, "msg_v1", "msg_v1").await, 204);
+    let summary = receive.line();
+    assert!(
+        summary.starts_with("verified  id msg_v1  court.warrant.issued"),
+        "{summary}"
+    );
+    let mut block = Vec::new();
+    loop {
+        let line = receive.line();
+        if line.is_empty() && block.last().is_some_and(|l: &String| l.contains('{')) {
+            break;
+        }
+        block.push(line);
+    }
+    assert_eq!(block[0], "    POST /police/WYP-LEEDS", "{block:#?}");
+    let headers: Vec<&str> = block[1..]
+        .iter()
+        .take_while(|l| !l.is_empty())
+        .map(String::as_str)
+        .collect();
+    for want in [
+        "    webhook-id: msg_v1",
+        "    content-type: application/json",
+        &format!("    content-length: {}", HOOK.len()),
+    ] {
+        assert!(headers.contains(&want), "no {want:?}: {block:#?}");
+    }
+    assert!(
+        headers
+            .iter()
+            .any(|h| h.starts_with("    webhook-timestamp: ")),
+        "{block:#?}"
+    );
+    assert!(
+        headers
+            .iter()
+            .any(|h| h.starts_with("    webhook-signature: v1,")),
+        "{block:#?}"
+    );
+    assert_eq!(
+        block.last().map(String::as_str),
+        Some(format!("    {HOOK}").as_str()),
+        "the body exactly as sent: {block:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn receive_takes_a_bare_port_as_loopback_and_refuses_any_other_address() {
     let port = free_port();
     let (mut receive, first) = Receive::start(&["--addr", &port.to_string()]);

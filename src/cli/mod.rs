@@ -162,6 +162,9 @@ pub enum Command {
         /// The environment variable holding the whsec_ signing secret.
         #[arg(long, default_value = "HERALD_WEBHOOK_SECRET")]
         secret_env: String,
+        /// Also print each request's headers and its body as received.
+        #[arg(long, short)]
+        verbose: bool,
     },
     /// Load schemas, routes.toml and templates; render every template against every example.
     #[command(after_help = CHECK_ENV)]
@@ -248,7 +251,11 @@ pub fn run(cli: Cli) -> ExitCode {
                 }))
             }),
         Command::Dlq { action } => config.load().map(|core| runtime(dlq::run(core, action))),
-        Command::Receive { addr, secret_env } => Ok(runtime(receive::run(&addr, &secret_env))),
+        Command::Receive {
+            addr,
+            secret_env,
+            verbose,
+        } => Ok(runtime(receive::run(&addr, &secret_env, verbose))),
         Command::Check => config.load().map(|core| check::run(&core)),
         Command::Validate { json, files } => {
             config.load().map(|core| validate::run(&core, &files, json))

@@ -1,5 +1,6 @@
 //! `herald receive`: a loopback webhook receiver that verifies Standard Webhooks signatures
-//! and prints each delivery, so a recipient's developers see exactly what Herald sends.
+//! and prints each delivery (with `--verbose`, its headers and body), so a recipient's
+//! developers see exactly what Herald sends.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
@@ -8,7 +9,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use serde_json::Value;
 
 use crate::deliver::webhook::Secret;
@@ -48,7 +49,14 @@ pub fn listen_addr(text: &str) -> Result<SocketAddr, AddrError> {
     }
 }
 
-pub async fn run(addr: &str, secret_env: &str) -> ExitCode {
+/// What each request is checked with and how much of it is printed.
+struct Receiver {
+    secret: Secret,
+    /// Print each request's headers and body after its line.
+    verbose: bool,
+}
+
+pub async fn run(addr: &str, secret_env: &str, verbose: bool) -> ExitCode {
     let addr = match listen_addr(addr) {
         Ok(a) => a,
         Err(e) => {
@@ -76,7 +84,9 @@ pub async fn run(addr: &str, secret_env: &str) -> ExitCode {
     };
     let addr = listener.local_addr().unwrap_or(addr);
     println!("listening on http://{addr}/ (any path); verifying with {secret_env}");
-    let app = Router::new().fallback(receive).with_state(Arc::new(secret));
+    let app = Router::new()
+        .fallback(receive)
+        .with_state(Arc::new(Receiver { secret, verbose }));
     match axum::serve(listener, app).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -87,7 +97,8 @@ pub async fn run(addr: &str, secret_env: &str) -> ExitCode {
 }
 
 async fn receive(
-    State(secret): State<Arc<Secret>>,
+    State(receiver): State<Arc<Receiver>>,
+    method: Method,
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
@@ -100,7 +111,7 @@ async fn receive(
     };
     let id = header("webhook-id");
     let verdict = verify(
-        &secret,
+        &receiver.secret,
         id,
         header("webhook-timestamp"),
         &body,
@@ -114,14 +125,44 @@ async fn receive(
         Ok(()) => (StatusCode::NO_CONTENT, "verified".to_string()),
         Err(e) => (StatusCode::UNAUTHORIZED, format!("NOT VERIFIED ({e})")),
     };
-    println!(
+    let mut out = format!(
         "{shown}  id {id}  {}  to {}  route {}  {}",
         field(&payload["type"]),
         field(&notification["recipient"]),
         field(&notification["route"]),
         uri.path()
     );
+    if receiver.verbose {
+        out.push_str(&details(&method, &uri, &headers, &body));
+    }
+    // One write per request, so the lines of requests arriving together do not interleave.
+    println!("{out}");
     status
+}
+
+/// The request as it came, under its line: method and path, each header, then the body
+/// exactly as received (the bytes the signature covers), indented; control characters a
+/// sender put in are shown as `?`, so they cannot drive the terminal.
+fn details(method: &Method, uri: &Uri, headers: &HeaderMap, body: &[u8]) -> String {
+    let mut out = format!("\n    {method} {uri}");
+    for (name, value) in headers {
+        out.push_str(&format!(
+            "\n    {name}: {}",
+            printable(&String::from_utf8_lossy(value.as_bytes()))
+        ));
+    }
+    out.push('\n');
+    for line in String::from_utf8_lossy(body).lines() {
+        out.push_str(&format!("\n    {}", printable(line)));
+    }
+    out.push('\n');
+    out
+}
+
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() && c != '\t' { '?' } else { c })
+        .collect()
 }
 
 #[cfg(test)]
