@@ -1487,3 +1487,57 @@ async fn an_event_past_the_delivery_limit_is_explained_and_replayed_with_its_pub
     assert_eq!(ready(&names.rejected).await, 0);
     service::cleanup(&ch, &names).await;
 }
+
+/// Urgent notifications (a PPO's failure-to-appear warrant is Cat A) carry the flags mail
+/// clients show; routine ones (a bail decision) carry neither.
+#[tokio::test(flavor = "multi_thread")]
+async fn urgent_email_carries_importance_high_and_routine_email_does_not() {
+    let (smtp, receiver, names) = (
+        Smtp::start(),
+        Receiver::start().await,
+        Names::new("importance"),
+    );
+    let herald = service::start(service::config(&receiver), &names, Some(&smtp)).await;
+    let (_conn, ch) = service::channel().await;
+    for (id, name) in [
+        ("evt-importance-1", "court.warrant.issued.json"),
+        ("evt-importance-2", "court.bail.decided.json"),
+    ] {
+        let event_type = name.trim_end_matches(".json");
+        service::publish(&ch, &names.exchange, event_type, &body(name), agency(id)).await;
+    }
+    wait_until("three emails", WAIT, || async {
+        smtp.messages().len() == 3
+    })
+    .await;
+    let mails = smtp.messages();
+    let (urgent, routine): (Vec<_>, Vec<_>) = mails
+        .iter()
+        .partition(|m| m.subject.starts_with("[CAT A] "));
+    assert_eq!(
+        (urgent.len(), routine.len()),
+        (1, 2),
+        "{:?}",
+        count(mails.iter().map(|m| m.subject.clone()))
+    );
+    let warrant = urgent[0];
+    assert_eq!(
+        warrant.header("Importance"),
+        Some("high"),
+        "{:?}",
+        warrant.headers
+    );
+    assert_eq!(
+        warrant.header("X-Priority"),
+        Some("1"),
+        "{:?}",
+        warrant.headers
+    );
+    for bail in routine {
+        assert!(bail.subject.contains("ail"), "{}", bail.subject);
+        assert_eq!(bail.header("Importance"), None, "{:?}", bail.headers);
+        assert_eq!(bail.header("X-Priority"), None, "{:?}", bail.headers);
+    }
+    herald.stop().await.unwrap();
+    service::cleanup(&ch, &names).await;
+}

@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use lettre::message::header::{Header, HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MultiPart};
 use lettre::transport::smtp::PoolConfig;
 use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
@@ -130,6 +131,9 @@ impl EmailSender {
             .from(self.from.clone())
             .subject(subject.as_str())
             .message_id(Some(format!("<{}@{}>", out.key, self.id_domain)));
+        if out.urgent {
+            builder = builder.header(Importance).header(XPriority);
+        }
         for address in to {
             let mailbox: Mailbox = address.parse().map_err(|_| Failure::Permanent {
                 reason: format!("recipient {} has an invalid email address", out.recipient),
@@ -144,6 +148,50 @@ impl EmailSender {
             .map_err(|e| Failure::Permanent {
                 reason: format!("cannot build the email: {e}"),
             })
+    }
+}
+
+/// `Importance: high` (RFC 2156), the flag most mail clients show for an urgent message: a
+/// Cat A warrant or a short-notice release must stand out in a caseworker's inbox.
+#[derive(Debug, Clone, Copy)]
+struct Importance;
+
+impl Header for Importance {
+    fn name() -> HeaderName {
+        HeaderName::new_from_ascii_str("Importance")
+    }
+
+    fn parse(s: &str) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        match s.trim() {
+            v if v.eq_ignore_ascii_case("high") => Ok(Importance),
+            _ => Err("Herald sets only Importance: high".into()),
+        }
+    }
+
+    fn display(&self) -> HeaderValue {
+        HeaderValue::new(Self::name(), "high".into())
+    }
+}
+
+/// `X-Priority: 1`, the older form of the same flag, which other clients read instead.
+#[derive(Debug, Clone, Copy)]
+struct XPriority;
+
+impl Header for XPriority {
+    fn name() -> HeaderName {
+        HeaderName::new_from_ascii_str("X-Priority")
+    }
+
+    fn parse(s: &str) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        match s.trim() {
+            // "1 (Highest)" is a common spelling of it.
+            v if v == "1" || v.starts_with("1 ") => Ok(XPriority),
+            _ => Err("Herald sets only X-Priority: 1".into()),
+        }
+    }
+
+    fn display(&self) -> HeaderValue {
+        HeaderValue::new(Self::name(), "1".into())
     }
 }
 
@@ -175,7 +223,30 @@ pub fn check_tls(url: &str) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
-    use super::check_tls;
+    use super::*;
+
+    #[test]
+    fn urgent_email_is_flagged_and_routine_email_is_not() {
+        let sender =
+            EmailSender::new(None, &std::env::temp_dir(), "Herald <h@example.gov.uk>", 1).unwrap();
+        let content = Content::Email {
+            to: vec!["ppo@example.gov.uk".into()],
+            subject: "[CAT A] Warrant".into(),
+            text: "text".into(),
+            html: "<p>html</p>".into(),
+        };
+        for urgent in [true, false] {
+            let out = Outgoing {
+                key: "msg_1",
+                recipient: "police:X",
+                content: &content,
+                urgent,
+            };
+            let text = String::from_utf8(sender.message(out).unwrap().formatted()).unwrap();
+            assert_eq!(text.contains("\r\nImportance: high\r\n"), urgent, "{text}");
+            assert_eq!(text.contains("\r\nX-Priority: 1\r\n"), urgent, "{text}");
+        }
+    }
 
     #[test]
     fn plain_smtp_only_to_loopback() {

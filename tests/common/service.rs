@@ -146,6 +146,18 @@ pub struct Mail {
     pub message_id: String,
     pub text: String,
     pub html: String,
+    /// Every header of the message, in order.
+    pub headers: Vec<(String, String)>,
+}
+
+impl Mail {
+    /// The value of the first header named `name` (any case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 fn has_aiosmtpd() -> bool {
@@ -248,6 +260,11 @@ impl Smtp {
                     message_id: header("Message-ID"),
                     text: part("text/plain"),
                     html: part("text/html"),
+                    headers: parsed
+                        .headers
+                        .iter()
+                        .map(|h| (h.get_key(), h.get_value()))
+                        .collect(),
                 });
             }
         }
