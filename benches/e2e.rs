@@ -1185,8 +1185,8 @@ impl Setup {
             head = head.replacen(&from, &to, 1);
         }
         head = head.replace(
-            "127.0.0.1:9900",
-            &format!("127.0.0.1:{}", self.receiver_port),
+            herald::config::RECEIVER_URL,
+            &format!("http://127.0.0.1:{}", self.receiver_port),
         );
         let prefetch = set_prefetch(&head, self.opts.prefetch)?;
         let channels = if self.smtp.is_some() {

@@ -12,6 +12,17 @@ use serde::Deserialize;
 /// Default location of the configuration, relative to the working directory.
 pub const DEFAULT_CONFIG: &str = "routes.toml";
 
+/// A webhook url may start with this to follow one setting: the sample directory's endpoints
+/// are all `herald receive` on this machine, and moving the receiver to another port should
+/// take one variable, not an edit per recipient.
+pub const RECEIVER_URL: &str = "${HERALD_RECEIVER_URL}";
+
+/// The variable that says what [`RECEIVER_URL`] stands for.
+pub const RECEIVER_URL_VAR: &str = "HERALD_RECEIVER_URL";
+
+/// What [`RECEIVER_URL`] stands for when the variable is unset: `herald receive`'s default.
+pub const DEFAULT_RECEIVER_URL: &str = "http://127.0.0.1:9900";
+
 /// The whole of routes.toml.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -383,23 +394,42 @@ fn lines(path: &Path, problems: &[String]) -> Vec<String> {
 pub struct ParseError(pub Vec<String>);
 
 impl Config {
-    /// Reads and parses the file; paths inside it are resolved against its folder.
+    /// Reads and parses the file; paths inside it are resolved against its folder, and
+    /// `${HERALD_RECEIVER_URL}` in webhook urls is what the environment says.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Config::load_with(path, |name| std::env::var(name).ok())
+    }
+
+    /// [`Config::load`] with the environment read through `env`.
+    pub fn load_with(
+        path: &Path,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
-        Config::parse_in(&text, path.parent().unwrap_or(Path::new(""))).map_err(|problems| {
-            ConfigError::Parse {
+        Config::parse_in_with(&text, path.parent().unwrap_or(Path::new("")), env).map_err(
+            |problems| ConfigError::Parse {
                 path: path.to_owned(),
                 problems,
-            }
-        })
+            },
+        )
     }
 
     /// Parses TOML text as if it were a file in `base`: its paths are resolved against `base`.
+    /// `${HERALD_RECEIVER_URL}` is its default, whatever the environment says.
     pub fn parse_in(text: &str, base: &Path) -> Result<Config, ParseError> {
-        match Config::parse_in_all(text, base) {
+        Config::parse_in_with(text, base, |_| None)
+    }
+
+    /// [`Config::parse_in`] with `${HERALD_RECEIVER_URL}` read through `env`.
+    pub fn parse_in_with(
+        text: &str,
+        base: &Path,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ParseError> {
+        match Config::parse_in_all(text, base, env) {
             (Some(config), problems) if problems.is_empty() => Ok(config),
             (_, problems) => Err(ParseError(problems)),
         }
@@ -413,14 +443,25 @@ impl Config {
             source,
         })?;
         let (config, problems) =
-            Config::parse_in_all(&text, path.parent().unwrap_or(Path::new("")));
+            Config::parse_in_all(&text, path.parent().unwrap_or(Path::new("")), |name| {
+                std::env::var(name).ok()
+            });
         Ok((config, lines(path, &problems)))
     }
 
-    /// [`Config::parse_all_text`] with paths resolved against `base`.
-    fn parse_in_all(text: &str, base: &Path) -> (Option<Config>, Vec<String>) {
+    /// [`Config::parse_all_text`] with the receiver's URL filled in and paths resolved
+    /// against `base`.
+    fn parse_in_all(
+        text: &str,
+        base: &Path,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> (Option<Config>, Vec<String>) {
         let (config, problems) = Config::parse_all_text(text);
-        (config.map(|c| c.resolved(base)), problems)
+        let config = config.map(|mut c| {
+            c.fill_receiver_url(env(RECEIVER_URL_VAR));
+            c.resolved(base)
+        });
+        (config, problems)
     }
 
     fn resolved(mut self, base: &Path) -> Config {
@@ -435,16 +476,41 @@ impl Config {
         self
     }
 
-    /// Parses TOML text. Each problem names its line, column and key without quoting the
-    /// text (toml's own message shows the line, which may be `secret = "whsec_…"`), and a
-    /// secret written into the file is refused: secrets live in environment variables.
+    /// Parses TOML text, `${HERALD_RECEIVER_URL}` standing for its default.
     pub fn parse(text: &str) -> Result<Config, ParseError> {
         match Config::parse_all_text(text) {
-            (Some(config), problems) if problems.is_empty() => Ok(config),
+            (Some(mut config), problems) if problems.is_empty() => {
+                config.fill_receiver_url(None);
+                Ok(config)
+            }
             (_, problems) => Err(ParseError(problems)),
         }
     }
 
+    /// Webhook urls written `${HERALD_RECEIVER_URL}/...` with the receiver's URL (`value`, or
+    /// the default when unset or empty) in its place. The result is checked as any URL is
+    /// when the directory is built (https or loopback http, no credentials), so the variable
+    /// cannot bring in what routes.toml may not hold.
+    fn fill_receiver_url(&mut self, value: Option<String>) {
+        let value = value.filter(|v| !v.is_empty());
+        let base = value
+            .as_deref()
+            .unwrap_or(DEFAULT_RECEIVER_URL)
+            .trim_end_matches('/');
+        for webhook in self
+            .recipients
+            .iter_mut()
+            .filter_map(|r| r.webhook.as_mut())
+        {
+            if webhook.url.contains(RECEIVER_URL) {
+                webhook.url = webhook.url.replace(RECEIVER_URL, base);
+            }
+        }
+    }
+
+    /// Parses TOML text. Each problem names its line, column and key without quoting the
+    /// text (toml's own message shows the line, which may be `secret = "whsec_…"`), and a
+    /// secret written into the file is refused: secrets live in environment variables.
     /// Every problem of the text, and the configuration read from what is sound, if any.
     fn parse_all_text(text: &str) -> (Option<Config>, Vec<String>) {
         let (tree, syntax) = toml::de::DeTable::parse_recoverable(text);
@@ -937,6 +1003,29 @@ mod tests {
                 "{RECIPIENT}webhook = {{ url = \"https://h.example/\", secret_env = \"S\", previous_secret_env = \"T\" }}\n"
             ))
             .is_ok()
+        );
+    }
+
+    #[test]
+    fn webhook_urls_written_with_the_receiver_url_follow_it() {
+        let text = format!(
+            "{RECIPIENT}webhook = {{ url = \"${{HERALD_RECEIVER_URL}}/police/X\", secret_env = \"S\" }}\n"
+        );
+        let url = |value: Option<&str>| {
+            let config =
+                Config::parse_in_with(&text, Path::new(""), |_| value.map(str::to_owned)).unwrap();
+            config.recipients[0].webhook.as_ref().unwrap().url.clone()
+        };
+        assert_eq!(url(None), "http://127.0.0.1:9900/police/X");
+        assert_eq!(url(Some("")), "http://127.0.0.1:9900/police/X");
+        assert_eq!(
+            url(Some("http://127.0.0.1:19901/")),
+            "http://127.0.0.1:19901/police/X"
+        );
+        let parsed = Config::parse(&text).unwrap();
+        assert_eq!(
+            parsed.recipients[0].webhook.as_ref().unwrap().url,
+            "http://127.0.0.1:9900/police/X"
         );
     }
 

@@ -246,6 +246,14 @@ fn is_variable_name(name: &str) -> bool {
 /// user name, password or a query parameter named like a secret. Messages show the URL
 /// masked (see [`crate::mask::url`]), never a credential.
 fn check_webhook_url(url: &str) -> Result<(), String> {
+    if url.contains("${") {
+        return Err(format!(
+            "webhook url {} has a ${{...}} that is not filled in: only {} is, at the start \
+             of the url",
+            crate::mask::url(url),
+            crate::config::RECEIVER_URL
+        ));
+    }
     let parsed = url::Url::parse(url).map_err(|e| format!("webhook url is not a URL: {e}"))?;
     if !parsed.username().is_empty() || parsed.password().is_some() {
         return Err(
@@ -309,6 +317,8 @@ mod tests {
         assert!(check_webhook_url("https://hooks.example.gov.uk/herald").is_ok());
         assert!(check_webhook_url("http://127.0.0.1:8080/hook").is_ok());
         assert!(check_webhook_url("http://hooks.example.gov.uk/herald").is_err());
+        let e = check_webhook_url("https://${HOOKS_HOST}/herald").unwrap_err();
+        assert!(e.contains("only ${HERALD_RECEIVER_URL}"), "{e}");
         assert!(check_webhook_url("ftp://hooks.example.gov.uk/herald").is_err());
         let e = check_webhook_url("https://herald:s3cret@hooks.example.gov.uk/").unwrap_err();
         assert!(

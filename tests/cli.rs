@@ -15,7 +15,7 @@ const HDC_NO_DATE: &str = "schemas/examples/invalid/hdc-approved-without-release
 const SECRET_ENV: &str = "HERALD_WEBHOOK_SECRET";
 /// A valid signing secret (Standard Webhooks' own example), and its first webhook line.
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-const FIRST_WEBHOOK: &str = r#"webhook = { url = "http://127.0.0.1:9900/police/WYP-LEEDS", secret_env = "HERALD_WEBHOOK_SECRET" }"#;
+const FIRST_WEBHOOK: &str = r#"webhook = { url = "${HERALD_RECEIVER_URL}/police/WYP-LEEDS", secret_env = "HERALD_WEBHOOK_SECRET" }"#;
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -60,6 +60,7 @@ fn herald_with(args: &[&str], env: &[(&str, &str)]) -> Run {
         .args(args)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .env_remove("HERALD_CONFIG")
+        .env_remove("HERALD_RECEIVER_URL")
         .env_remove(SECRET_ENV)
         .envs(env.iter().copied())
         .output()
@@ -209,6 +210,172 @@ fn strings(items: &[&str]) -> toml::Value {
             .map(|s| toml::Value::String((*s).to_owned()))
             .collect(),
     )
+}
+
+// ---------------------------------------------------------------------------------------
+// The command line itself
+
+#[test]
+fn every_command_lists_the_environment_it_reads_with_its_defaults() {
+    let amqp = "amqp://guest:guest@127.0.0.1:5672/%2f";
+    let cases: [(&[&str], &[&str]); 8] = [
+        (
+            &["serve", "--help"],
+            &[
+                "HERALD_CONFIG",
+                "[default: routes.toml]",
+                "HERALD_AMQP_URL",
+                "overrides [amqp] url",
+                amqp,
+                "HERALD_SMTP_URL",
+                "overrides [email] url",
+                "HERALD_METRICS_ADDR",
+                "overrides\n",
+                "127.0.0.1:9464",
+                "HERALD_RECEIVER_URL",
+                "http://127.0.0.1:9900",
+                SECRET_ENV,
+                "RUST_LOG",
+                "HERALD_LOG_FORMAT",
+            ],
+        ),
+        (
+            &["publish", "--help"],
+            &[
+                "HERALD_CONFIG",
+                "HERALD_AMQP_URL",
+                amqp,
+                "HERALD_PUBLISH_PASSWORD",
+            ],
+        ),
+        (
+            &["dlq", "--help"],
+            &["HERALD_CONFIG", "HERALD_AMQP_URL", amqp],
+        ),
+        (
+            &["receive", "--help"],
+            &[SECRET_ENV, "[default: 127.0.0.1:9900]"],
+        ),
+        (
+            &["check", "--help"],
+            &["HERALD_CONFIG", "HERALD_RECEIVER_URL", SECRET_ENV],
+        ),
+        (&["validate", "--help"], &["HERALD_CONFIG"]),
+        (
+            &["route-test", "--help"],
+            &["HERALD_CONFIG", "HERALD_RECEIVER_URL"],
+        ),
+        (
+            &["--help"],
+            &[
+                "HERALD_CONFIG",
+                "HERALD_AMQP_URL",
+                "HERALD_SMTP_URL",
+                "HERALD_METRICS_ADDR",
+                "HERALD_PUBLISH_PASSWORD",
+                SECRET_ENV,
+                "RUST_LOG",
+            ],
+        ),
+    ];
+    // A value set in the environment is never shown: the broker URL carries a password.
+    let env = [(
+        "HERALD_AMQP_URL",
+        "amqp://guest:h3lp-pa55@127.0.0.1:5672/%2f",
+    )];
+    for (args, words) in cases {
+        let run = herald_with(args, &env);
+        assert_eq!(run.code, 0, "{args:?}: {run:?}");
+        for word in words {
+            assert!(
+                run.stdout.contains(word),
+                "{args:?} does not name {word:?}: {run:?}"
+            );
+        }
+        assert!(!run.both().contains("h3lp-pa55"), "{args:?}: {run:?}");
+    }
+}
+
+#[test]
+fn the_config_option_works_before_the_command_as_after_it() {
+    let sandbox = Sandbox::new();
+    let file = sandbox.config_arg();
+    for args in [
+        &["--config", &file, "check"][..],
+        &["check", "--config", &file],
+    ] {
+        let run = herald_with(args, &[(SECRET_ENV, SECRET)]);
+        assert_eq!(run.code, 0, "{args:?}: {run:?}");
+        assert!(
+            run.stdout.lines().any(|l| l == format!("{file}: ok")),
+            "{args:?} did not check {file}: {run:?}"
+        );
+    }
+    let run = herald(&["--config", "no-such-routes.toml", "route-test", WARRANT]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("no-such-routes.toml"), "{run:?}");
+}
+
+#[test]
+fn the_receiver_url_setting_moves_every_sample_webhook_and_is_checked_as_a_url_is() {
+    let moved = "http://127.0.0.1:19901";
+    let doc = herald_with(
+        &["route-test", WARRANT, "--json"],
+        &[("HERALD_RECEIVER_URL", moved)],
+    )
+    .json();
+    let webhook = notifications(&doc)
+        .iter()
+        .find(|n| n["channel"] == "webhook")
+        .unwrap_or_else(|| panic!("no webhook: {doc:#}"));
+    assert_eq!(
+        webhook["content"]["url"],
+        format!("{moved}/police/WYP-LEEDS"),
+        "{webhook:#}"
+    );
+
+    // Every webhook of the directory follows it, and the URL it makes is checked.
+    let webhooks = [
+        "police:WYP-LEEDS",
+        "police:WYP-BRADFORD",
+        "probation:PDU-LEEDS",
+        "judiciary:PAROLE-BOARD",
+    ];
+    let run = herald_with(
+        &["check"],
+        &[
+            ("HERALD_RECEIVER_URL", "http://192.0.2.7:9900"),
+            (SECRET_ENV, SECRET),
+        ],
+    );
+    assert_eq!(run.code, 2, "{run:?}");
+    for recipient in webhooks {
+        error_line(
+            &run,
+            &[
+                &format!("recipient {recipient}: webhook url http://192.0.2.7:9900/"),
+                "plain HTTP is allowed only to loopback",
+            ],
+        );
+    }
+    let run = herald_with(
+        &["check"],
+        &[
+            (
+                "HERALD_RECEIVER_URL",
+                "http://herald:r3c3iver-pw@127.0.0.1:9900",
+            ),
+            (SECRET_ENV, SECRET),
+        ],
+    );
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("user name or password"), "{run:?}");
+    assert!(!run.both().contains("r3c3iver-pw"), "{run:?}");
+    let run = herald_with(
+        &["check"],
+        &[("HERALD_RECEIVER_URL", moved), (SECRET_ENV, SECRET)],
+    );
+    assert_eq!(run.code, 0, "{run:?}");
 }
 
 // ---------------------------------------------------------------------------------------

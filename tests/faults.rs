@@ -88,7 +88,7 @@ fn spawn_logging(config: &std::path::Path, log: Option<std::path::PathBuf>, leve
         Command::new(env!("CARGO_BIN_EXE_herald"))
             .args(["serve", "--config"])
             .arg(config)
-            .env("HERALD_AMQP_URL", service::AMQP_URL)
+            .env("HERALD_AMQP_URL", service::amqp_url())
             .env("HERALD_METRICS_ADDR", "127.0.0.1:0")
             .env("HERALD_WEBHOOK_SECRET", service::SECRET)
             .env("HERALD_LOG_FORMAT", "json")
@@ -228,7 +228,8 @@ async fn sigterm_drains_and_exits_cleanly_and_nothing_is_lost() {
 /// Messages on `queue` delivered to a consumer and not yet acknowledged, as the broker counts.
 fn unacknowledged(queue: &str) -> Option<usize> {
     let out = Command::new("rabbitmqctl")
-        .args(["list_queues", "name", "messages_unacknowledged", "-q"])
+        .args(["list_queues", "-p", &service::vhost()])
+        .args(["name", "messages_unacknowledged", "-q"])
         .output()
         .ok()?;
     String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {

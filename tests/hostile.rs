@@ -62,12 +62,20 @@ impl Login {
             .stderr(std::process::Stdio::null())
             .status();
         ctl(&["add_user", &name, &password]);
-        ctl(&["set_permissions", "-p", "/", &name, ".*", ".*", ".*"]);
+        ctl(&[
+            "set_permissions",
+            "-p",
+            &service::vhost(),
+            &name,
+            ".*",
+            ".*",
+            ".*",
+        ]);
         Login { name, password }
     }
 
     fn url(&self) -> String {
-        format!("amqp://{}:{}@127.0.0.1:5672/%2f", self.name, self.password)
+        service::amqp_url_as(&self.name, &self.password)
     }
 }
 

@@ -1487,3 +1487,140 @@ async fn an_event_past_the_delivery_limit_is_explained_and_replayed_with_its_pub
     assert_eq!(ready(&names.rejected).await, 0);
     service::cleanup(&ch, &names).await;
 }
+
+/// Urgent notifications (a PPO's failure-to-appear warrant is Cat A) carry the flags mail
+/// clients show; routine ones (a bail decision) carry neither.
+#[tokio::test(flavor = "multi_thread")]
+async fn urgent_email_carries_importance_high_and_routine_email_does_not() {
+    let (smtp, receiver, names) = (
+        Smtp::start(),
+        Receiver::start().await,
+        Names::new("importance"),
+    );
+    let herald = service::start(service::config(&receiver), &names, Some(&smtp)).await;
+    let (_conn, ch) = service::channel().await;
+    for (id, name) in [
+        ("evt-importance-1", "court.warrant.issued.json"),
+        ("evt-importance-2", "court.bail.decided.json"),
+    ] {
+        let event_type = name.trim_end_matches(".json");
+        service::publish(&ch, &names.exchange, event_type, &body(name), agency(id)).await;
+    }
+    wait_until("three emails", WAIT, || async {
+        smtp.messages().len() == 3
+    })
+    .await;
+    let mails = smtp.messages();
+    let (urgent, routine): (Vec<_>, Vec<_>) = mails
+        .iter()
+        .partition(|m| m.subject.starts_with("[CAT A] "));
+    assert_eq!(
+        (urgent.len(), routine.len()),
+        (1, 2),
+        "{:?}",
+        count(mails.iter().map(|m| m.subject.clone()))
+    );
+    let warrant = urgent[0];
+    assert_eq!(
+        warrant.header("Importance"),
+        Some("high"),
+        "{:?}",
+        warrant.headers
+    );
+    assert_eq!(
+        warrant.header("X-Priority"),
+        Some("1"),
+        "{:?}",
+        warrant.headers
+    );
+    for bail in routine {
+        assert!(bail.subject.contains("ail"), "{}", bail.subject);
+        assert_eq!(bail.header("Importance"), None, "{:?}", bail.headers);
+        assert_eq!(bail.header("X-Priority"), None, "{:?}", bail.headers);
+    }
+    herald.stop().await.unwrap();
+    service::cleanup(&ch, &names).await;
+}
+
+/// The idempotency key of each notification `herald route-test` says the service would give
+/// this event from guest, by (recipient, channel).
+fn keys_for(file: &str, message_id: &str) -> BTreeMap<(String, String), String> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args([
+            "route-test",
+            "--json",
+            "--publisher",
+            "guest",
+            "--message-id",
+            message_id,
+        ])
+        .arg(common::example_path("valid", file))
+        .current_dir(common::root())
+        .env_remove("HERALD_CONFIG")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    doc["notifications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            let s = |k: &str| n[k].as_str().unwrap().to_owned();
+            ((s("recipient"), s("channel")), s("key"))
+        })
+        .collect()
+}
+
+/// With no SMTP server, each email is an `.eml` file in the outbox named by the key its
+/// recipient can drop a repeat by, and nothing else is left there.
+#[tokio::test(flavor = "multi_thread")]
+async fn with_no_smtp_url_each_email_is_an_eml_file_named_by_its_idempotency_key() {
+    let (receiver, names) = (Receiver::start().await, Names::new("outbox"));
+    let outbox = tempfile::tempdir().unwrap();
+    let herald = service::start_with(service::config(&receiver), &names, None, |s| {
+        s.outbox = outbox.path().to_owned();
+    })
+    .await;
+    let (_conn, ch) = service::channel().await;
+    service::publish(
+        &ch,
+        &names.exchange,
+        "court.bail.decided",
+        &body("court.bail.decided.json"),
+        agency("evt-outbox-1"),
+    )
+    .await;
+    let keys = keys_for("court.bail.decided.json", "evt-outbox-1");
+    let mut want: Vec<String> = keys
+        .iter()
+        .filter(|((_, channel), _)| channel == "email")
+        .map(|(_, key)| format!("{key}.eml"))
+        .collect();
+    want.sort();
+    assert_eq!(want.len(), 2, "police and probation: {keys:?}");
+    let files = || {
+        let mut names: Vec<String> = std::fs::read_dir(outbox.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    wait_until("two outbox files", WAIT, || async { files().len() >= 2 }).await;
+    herald.stop().await.unwrap();
+    assert_eq!(files(), want, "named by key, no temporary file left");
+    for name in &want {
+        let text = std::fs::read_to_string(outbox.path().join(name)).unwrap();
+        let key = name.trim_end_matches(".eml");
+        assert!(
+            text.contains(&format!("Message-ID: <{key}@notify.example.gov.uk>")),
+            "{text}"
+        );
+    }
+    service::cleanup(&ch, &names).await;
+}

@@ -29,7 +29,7 @@ use crate::intake::{Message, Rejection};
 use crate::notification::Problem;
 use crate::serve::park::{ParkedRecord, header_json, header_text, value_text};
 use crate::serve::retry::{self, Pending};
-use crate::serve::{Settings, redact_url};
+use crate::serve::{AMQP_PASSWORD_IN, Settings, connect_error};
 
 /// Which parking queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -91,13 +91,7 @@ async fn dlq(core: Core, action: Action) -> Result<ExitCode, String> {
     let settings = Settings::new(&core.config, |k| std::env::var(k).ok());
     let connection = Connection::connect(&settings.amqp_url, ConnectionProperties::default())
         .await
-        .map_err(|e| {
-            format!(
-                "cannot reach RabbitMQ at {}: {}",
-                redact_url(&settings.amqp_url),
-                crate::mask::scrub(&e.to_string(), &settings.amqp_url)
-            )
-        })?;
+        .map_err(|e| connect_error(&settings.amqp_url, &e, AMQP_PASSWORD_IN).to_string())?;
     let ch = connection
         .create_channel()
         .await

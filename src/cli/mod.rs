@@ -12,18 +12,114 @@ mod validate;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 
 use crate::core::Core;
+
+// What each command reads from the environment, for its help. Where routes.toml has the
+// setting too, the variable wins, as `Settings::new` applies them.
+macro_rules! env_amqp {
+    () => {
+        concat!(
+            "  HERALD_AMQP_URL          the broker; overrides [amqp] url in routes.toml\n",
+            "                           (default amqp://guest:guest@127.0.0.1:5672/%2f)\n",
+        )
+    };
+}
+macro_rules! env_smtp_metrics {
+    () => {
+        concat!(
+            "  HERALD_SMTP_URL          the SMTP server; overrides [email] url (default: none,\n",
+            "                           emails are written as .eml files to [email] outbox)\n",
+            "  HERALD_METRICS_ADDR      /metrics, /healthz and /readyz; overrides\n",
+            "                           [service] metrics_addr (default 127.0.0.1:9464)\n",
+        )
+    };
+}
+macro_rules! env_receiver {
+    () => {
+        concat!(
+            "  HERALD_RECEIVER_URL      what ${HERALD_RECEIVER_URL} at the start of a webhook url\n",
+            "                           stands for (default http://127.0.0.1:9900, receive's)\n",
+        )
+    };
+}
+macro_rules! env_secrets {
+    () => {
+        concat!(
+            "  <secret_env>             each webhook's whsec_ signing secret, in the variable\n",
+            "                           its secret_env names (HERALD_WEBHOOK_SECRET in the\n",
+            "                           sample routes.toml)\n",
+        )
+    };
+}
+macro_rules! env_logs {
+    () => {
+        concat!(
+            "  RUST_LOG                 which log lines are written (default info)\n",
+            "  HERALD_LOG_FORMAT        json or text (default: text on a terminal, json\n",
+            "                           otherwise)\n",
+        )
+    };
+}
+
+const HERALD_ENV: &str = concat!(
+    "Environment (--config's is HERALD_CONFIG):\n",
+    env_amqp!(),
+    env_smtp_metrics!(),
+    env_receiver!(),
+    env_secrets!(),
+    "  HERALD_PUBLISH_PASSWORD  `publish --user`'s password (see --password-env)\n",
+    "  HERALD_WEBHOOK_SECRET    the secret `receive` verifies with (see --secret-env)\n",
+    env_logs!(),
+);
+
+const SERVE_ENV: &str = concat!(
+    "Environment:\n",
+    env_amqp!(),
+    env_smtp_metrics!(),
+    env_receiver!(),
+    env_secrets!(),
+    env_logs!(),
+);
+
+const PUBLISH_ENV: &str = concat!(
+    "Environment:\n",
+    env_amqp!(),
+    "  HERALD_PUBLISH_PASSWORD  --user's password (the variable --password-env names)\n",
+);
+
+const DLQ_ENV: &str = concat!("Environment:\n", env_amqp!(), env_receiver!());
+
+const RECEIVE_ENV: &str = concat!(
+    "Environment:\n",
+    "  HERALD_WEBHOOK_SECRET    the whsec_ signing secret (the variable --secret-env\n",
+    "                           names)\n",
+);
+
+const CHECK_ENV: &str = concat!("Environment:\n", env_receiver!(), env_secrets!());
+
+const ROUTE_TEST_ENV: &str = concat!("Environment:\n", env_receiver!());
 
 #[derive(Debug, Parser)]
 #[command(
     name = "herald",
     version,
-    about = "Inter-agency notification router: validate, route, render and deliver criminal justice events"
+    about = "Inter-agency notification router: validate, route, render and deliver criminal justice events",
+    after_help = HERALD_ENV
 )]
 pub struct Cli {
+    /// The configuration file, before or after the command (`receive` reads none).
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        env = "HERALD_CONFIG",
+        default_value = crate::config::DEFAULT_CONFIG
+    )]
+    pub config: PathBuf,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -31,11 +127,11 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the service: consume events from RabbitMQ and deliver notifications.
-    Serve(ConfigArg),
+    #[command(after_help = SERVE_ENV)]
+    Serve,
     /// Publish event files to the events exchange, as an agency system would.
+    #[command(after_help = PUBLISH_ENV)]
     Publish {
-        #[command(flatten)]
-        config: ConfigArg,
         /// Log in to RabbitMQ as this user (its password in --password-env); the message's
         /// user_id is the login. Default: the login in HERALD_AMQP_URL or routes.toml.
         #[arg(long)]
@@ -51,27 +147,30 @@ pub enum Command {
         files: Vec<PathBuf>,
     },
     /// Inspect, replay or purge the parked messages (herald.rejected, herald.failed).
+    #[command(after_help = DLQ_ENV)]
     Dlq {
-        #[command(flatten)]
-        config: ConfigArg,
         #[command(subcommand)]
         action: dlq::Action,
     },
     /// Receive webhooks on a loopback address, verify their signatures and print them.
+    #[command(after_help = RECEIVE_ENV)]
     Receive {
-        /// Address to listen on.
+        /// Address to listen on: a port (19901, meaning 127.0.0.1:19901) or a loopback
+        /// address and port; any other address is refused.
         #[arg(long, default_value = "127.0.0.1:9900")]
         addr: String,
         /// The environment variable holding the whsec_ signing secret.
         #[arg(long, default_value = "HERALD_WEBHOOK_SECRET")]
         secret_env: String,
+        /// Also print each request's headers and its body as received.
+        #[arg(long, short)]
+        verbose: bool,
     },
     /// Load schemas, routes.toml and templates; render every template against every example.
-    Check(ConfigArg),
+    #[command(after_help = CHECK_ENV)]
+    Check,
     /// Validate event files offline against the schemas.
     Validate {
-        #[command(flatten)]
-        config: ConfigArg,
         /// Print the results as JSON.
         #[arg(long)]
         json: bool,
@@ -80,9 +179,8 @@ pub enum Command {
         files: Vec<PathBuf>,
     },
     /// Show who an event would notify, when, and how. Nothing is sent.
+    #[command(after_help = ROUTE_TEST_ENV)]
     RouteTest {
-        #[command(flatten)]
-        config: ConfigArg,
         /// Also show the rendered emails and webhook bodies.
         #[arg(long)]
         render: bool,
@@ -102,10 +200,9 @@ pub enum Command {
     },
 }
 
-#[derive(Debug, Args)]
+/// The configuration file a command reads.
+#[derive(Debug)]
 pub struct ConfigArg {
-    /// The configuration file.
-    #[arg(long, env = "HERALD_CONFIG", default_value = crate::config::DEFAULT_CONFIG)]
     pub config: PathBuf,
 }
 
@@ -128,10 +225,10 @@ impl ConfigArg {
 
 /// Runs a parsed command line; the exit code says whether everything passed.
 pub fn run(cli: Cli) -> ExitCode {
+    let config = ConfigArg { config: cli.config };
     let result = match cli.command {
-        Command::Serve(config) => config.load().map(|core| runtime(serve::run(core))),
+        Command::Serve => config.load().map(|core| runtime(serve::run(core))),
         Command::Publish {
-            config,
             user,
             password_env,
             routing_key,
@@ -153,18 +250,17 @@ pub fn run(cli: Cli) -> ExitCode {
                     files,
                 }))
             }),
-        Command::Dlq { config, action } => {
-            config.load().map(|core| runtime(dlq::run(core, action)))
+        Command::Dlq { action } => config.load().map(|core| runtime(dlq::run(core, action))),
+        Command::Receive {
+            addr,
+            secret_env,
+            verbose,
+        } => Ok(runtime(receive::run(&addr, &secret_env, verbose))),
+        Command::Check => config.load().map(|core| check::run(&core)),
+        Command::Validate { json, files } => {
+            config.load().map(|core| validate::run(&core, &files, json))
         }
-        Command::Receive { addr, secret_env } => Ok(runtime(receive::run(&addr, &secret_env))),
-        Command::Check(config) => config.load().map(|core| check::run(&core)),
-        Command::Validate {
-            config,
-            json,
-            files,
-        } => config.load().map(|core| validate::run(&core, &files, json)),
         Command::RouteTest {
-            config,
             render,
             json,
             message_id,
@@ -191,16 +287,55 @@ fn runtime(task: impl std::future::Future<Output = ExitCode>) -> ExitCode {
     }
 }
 
+/// Whether the broker client's own log lines (target `lapin`) are written.
+static BROKER_CLIENT_LOG: AtomicBool = AtomicBool::new(false);
+
+/// Lets lapin's log lines through from now on: `serve` does once it is connected, when they
+/// may tell what Herald's own lines do not. Until then (and in every other command) each
+/// broker error a user meets is Herald's one line, which lapin would precede with several
+/// of its own (the same refusal as JSON, at ERROR).
+pub fn show_broker_client_log() {
+    BROKER_CLIENT_LOG.store(true, Ordering::Relaxed);
+}
+
+fn is_broker_client(target: &str) -> bool {
+    target == "lapin" || target.starts_with("lapin::")
+}
+
+/// Holds lapin's lines back until [`show_broker_client_log`]. Asked at every lapin line, since
+/// the answer changes; every other line is let through once and for all, so the service's own
+/// lines cost nothing more.
+fn broker_client_gate<S: tracing::Subscriber>() -> impl tracing_subscriber::Layer<S> {
+    use tracing::subscriber::Interest;
+    tracing_subscriber::filter::DynFilterFn::new(|meta, _| {
+        !is_broker_client(meta.target()) || BROKER_CLIENT_LOG.load(Ordering::Relaxed)
+    })
+    .with_callsite_filter(|meta| {
+        if is_broker_client(meta.target()) {
+            Interest::sometimes()
+        } else {
+            Interest::always()
+        }
+    })
+}
+
 /// Logs go to stderr: JSON when `HERALD_LOG_FORMAT=json` or stderr is not a terminal
-/// (production), readable text on a terminal. `RUST_LOG` filters (default `info`).
+/// (production), readable text on a terminal. `RUST_LOG` filters (default `info`); lapin's
+/// lines wait for [`show_broker_client_log`] unless `RUST_LOG` names lapin.
 ///
 /// Lines are gathered in a buffer and written out in batches (see [`logging::Batched`]): a
 /// busy service makes one write for many lines instead of one each. Keep the returned guard
 /// until the end of `main`: dropping it writes out what is left.
 pub fn init_logging() -> logging::Flusher<std::io::Stderr> {
     use std::io::IsTerminal;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    if std::env::var("RUST_LOG").is_ok_and(|spec| spec.contains("lapin")) {
+        show_broker_client_log();
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+
     let json = match std::env::var("HERALD_LOG_FORMAT").as_deref() {
         Ok("json") => true,
         Ok("text") => false,
@@ -219,9 +354,11 @@ pub fn init_logging() -> logging::Flusher<std::io::Stderr> {
             .flatten_event(true)
             .with_current_span(false)
             .with_span_list(false)
+            .finish()
+            .with(broker_client_gate())
             .try_init()
     } else {
-        builder.try_init()
+        builder.finish().with(broker_client_gate()).try_init()
     };
     flusher
 }

@@ -5,12 +5,12 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::types::ShortString;
-use lapin::{BasicProperties, Connection, ConnectionProperties};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
+use lapin::types::{FieldTable, ShortString};
+use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
 
 use crate::event::EventId;
-use crate::serve::redact_url;
+use crate::serve::{AMQP_PASSWORD_IN, connect_error};
 
 pub struct Args {
     pub url: String,
@@ -46,13 +46,14 @@ async fn publish(args: Args) -> Result<(), String> {
         "" => "guest".to_owned(),
         u => percent_decode(u),
     };
-    let shown = redact_url(url.as_str());
+    let password_in = match &args.user {
+        Some(_) => args.password_env.as_str(),
+        None => AMQP_PASSWORD_IN,
+    };
     let connection = Connection::connect(url.as_str(), ConnectionProperties::default())
         .await
-        .map_err(|e| {
-            let e = crate::mask::scrub(&e.to_string(), url.as_str());
-            format!("cannot reach RabbitMQ at {shown}: {e}. Start it (`rabbitmq-server -detached`) or set HERALD_AMQP_URL")
-        })?;
+        .map_err(|e| connect_error(url.as_str(), &e, password_in).to_string())?;
+    check_exchange(&connection, &args.exchange).await?;
     let channel = connection
         .create_channel()
         .await
@@ -91,9 +92,9 @@ async fn publish(args: Args) -> Result<(), String> {
                 properties,
             )
             .await
-            .map_err(|e| format!("{}: {e}", file.display()))?
+            .map_err(|e| published_error(file, &args.exchange, &e))?
             .await
-            .map_err(|e| format!("{}: {e}", file.display()))?;
+            .map_err(|e| published_error(file, &args.exchange, &e))?;
         let acked = confirm.is_ack();
         if confirm.take_message().is_some() {
             failures += 1;
@@ -117,6 +118,57 @@ async fn publish(args: Args) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("{failures} file(s) not published"))
+    }
+}
+
+/// The exchange exists, or one line saying it does not yet. Asked before any file, on a
+/// channel of its own: the broker closes a channel whose passive declare fails.
+async fn check_exchange(connection: &Connection, exchange: &str) -> Result<(), String> {
+    let probe = connection
+        .create_channel()
+        .await
+        .map_err(|e| e.to_string())?;
+    let passive = ExchangeDeclareOptions {
+        passive: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    match probe
+        .exchange_declare(
+            exchange.into(),
+            ExchangeKind::Topic,
+            passive,
+            FieldTable::default(),
+        )
+        .await
+    {
+        Ok(()) => {
+            let _ = probe.close(200, "checked".into()).await;
+            Ok(())
+        }
+        Err(e) if is_not_found(&e) => Err(no_exchange(exchange)),
+        Err(e) => Err(format!("exchange {exchange}: {e}")),
+    }
+}
+
+/// The one line for an exchange that is not there: `serve` declares it at its first start.
+fn no_exchange(exchange: &str) -> String {
+    format!(
+        "the exchange {exchange} does not exist yet: start `herald serve` once (it declares the topology)"
+    )
+}
+
+/// Whether a broker error is its NOT_FOUND (404), as for a publish to a missing exchange.
+fn is_not_found(e: &lapin::Error) -> bool {
+    matches!(e.kind(), lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == 404)
+}
+
+/// A publish the broker refused: the exchange gone since the check (deleted meanwhile) is
+/// said as before any file; anything else with the file's name.
+fn published_error(file: &std::path::Path, exchange: &str, e: &lapin::Error) -> String {
+    if is_not_found(e) {
+        no_exchange(exchange)
+    } else {
+        format!("{}: {e}", file.display())
     }
 }
 

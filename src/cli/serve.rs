@@ -18,6 +18,7 @@ pub async fn run(core: Core) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    super::show_broker_client_log();
     let stop = running.shutdown_token();
     tokio::spawn(async move {
         wait_for_signal().await;

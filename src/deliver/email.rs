@@ -1,18 +1,22 @@
 //! The email channel: lettre over SMTP with pooled connections, or `.eml` files in an outbox
-//! folder when no SMTP server is configured.
+//! folder when no SMTP server is configured, each named by its notification's idempotency key.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
+use lettre::message::header::{Header, HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MultiPart};
 use lettre::transport::smtp::PoolConfig;
-use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
 use super::{Failure, FailureKind, Outgoing};
 use crate::notification::Content;
 
 enum Transport {
     Smtp(AsyncSmtpTransport<Tokio1Executor>),
-    Files(AsyncFileTransport<Tokio1Executor>),
+    /// The outbox folder. Not lettre's file transport, which names each file by a random id:
+    /// a file named by the key is found from the log line, and a repeat replaces it.
+    Files(PathBuf),
 }
 
 /// Sends the email notifications.
@@ -65,7 +69,7 @@ impl EmailSender {
                     path: outbox.display().to_string(),
                     source,
                 })?;
-                Transport::Files(AsyncFileTransport::new(outbox))
+                Transport::Files(outbox.to_owned())
             }
         };
         Ok(EmailSender {
@@ -106,10 +110,20 @@ impl EmailSender {
                 };
                 failure.with_source(e)
             }),
-            Transport::Files(t) => t.send(message).await.map(drop).map_err(|e| {
-                Failure::new(FailureKind::Outbox, "cannot write to the outbox folder")
-                    .with_source(e)
-            }),
+            Transport::Files(dir) => {
+                let name = outbox_name(out.key).ok_or_else(|| {
+                    Failure::new(
+                        FailureKind::BadMessage,
+                        "the idempotency key cannot name an outbox file",
+                    )
+                })?;
+                write_whole(dir, &name, &message.formatted())
+                    .await
+                    .map_err(|e| {
+                        Failure::new(FailureKind::Outbox, "cannot write to the outbox folder")
+                            .with_source(e)
+                    })
+            }
         }
     }
 
@@ -130,6 +144,9 @@ impl EmailSender {
             .from(self.from.clone())
             .subject(subject.as_str())
             .message_id(Some(format!("<{}@{}>", out.key, self.id_domain)));
+        if out.urgent {
+            builder = builder.header(Importance).header(XPriority);
+        }
         for address in to {
             let mailbox: Mailbox = address.parse().map_err(|_| {
                 Failure::new(
@@ -147,6 +164,80 @@ impl EmailSender {
             .map_err(|e| {
                 Failure::new(FailureKind::BadMessage, "cannot build the email").with_source(e)
             })
+    }
+}
+
+/// `<key>.eml`, for a key that can only name a file in the folder (a replayed notification's
+/// key is read back from the broker, so it is checked rather than trusted).
+fn outbox_name(key: &str) -> Option<String> {
+    let plain = !key.is_empty()
+        && key.len() <= 128
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    plain.then(|| format!("{key}.eml"))
+}
+
+/// Writes `bytes` to `dir/name` whole or not at all: to a temporary name in the same folder,
+/// then renamed over any earlier copy, so a reader never sees half a message and a repeat of a
+/// notification replaces its own file. (Not synced to disk, as lettre's file transport was
+/// not: the outbox is the channel for trying Herald out.)
+async fn write_whole(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+    // Two attempts at one notification at once each write a temporary file of their own.
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let temporary = dir.join(format!(".{name}.{}.{n}.tmp", std::process::id()));
+    let written = match tokio::fs::write(&temporary, bytes).await {
+        Ok(()) => tokio::fs::rename(&temporary, dir.join(name)).await,
+        Err(e) => Err(e),
+    };
+    if written.is_err() {
+        let _ = tokio::fs::remove_file(&temporary).await;
+    }
+    written
+}
+
+/// `Importance: high` (RFC 2156), the flag most mail clients show for an urgent message: a
+/// Cat A warrant or a short-notice release must stand out in a caseworker's inbox.
+#[derive(Debug, Clone, Copy)]
+struct Importance;
+
+impl Header for Importance {
+    fn name() -> HeaderName {
+        HeaderName::new_from_ascii_str("Importance")
+    }
+
+    fn parse(s: &str) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        match s.trim() {
+            v if v.eq_ignore_ascii_case("high") => Ok(Importance),
+            _ => Err("Herald sets only Importance: high".into()),
+        }
+    }
+
+    fn display(&self) -> HeaderValue {
+        HeaderValue::new(Self::name(), "high".into())
+    }
+}
+
+/// `X-Priority: 1`, the older form of the same flag, which other clients read instead.
+#[derive(Debug, Clone, Copy)]
+struct XPriority;
+
+impl Header for XPriority {
+    fn name() -> HeaderName {
+        HeaderName::new_from_ascii_str("X-Priority")
+    }
+
+    fn parse(s: &str) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        match s.trim() {
+            // "1 (Highest)" is a common spelling of it.
+            v if v == "1" || v.starts_with("1 ") => Ok(XPriority),
+            _ => Err("Herald sets only X-Priority: 1".into()),
+        }
+    }
+
+    fn display(&self) -> HeaderValue {
+        HeaderValue::new(Self::name(), "1".into())
     }
 }
 
@@ -180,6 +271,77 @@ pub fn check_tls(url: &str) -> Result<(), String> {
 mod tests {
     use super::*;
     use mailparse::MailHeaderMap;
+
+    #[test]
+    fn urgent_email_is_flagged_and_routine_email_is_not() {
+        let sender =
+            EmailSender::new(None, &std::env::temp_dir(), "Herald <h@example.gov.uk>", 1).unwrap();
+        let content = Content::Email {
+            to: vec!["ppo@example.gov.uk".into()],
+            subject: "[CAT A] Warrant".into(),
+            text: "text".into(),
+            html: "<p>html</p>".into(),
+        };
+        for urgent in [true, false] {
+            let out = Outgoing {
+                key: "msg_1",
+                recipient: "police:X",
+                content: &content,
+                urgent,
+            };
+            let text = String::from_utf8(sender.message(out).unwrap().formatted()).unwrap();
+            assert_eq!(text.contains("\r\nImportance: high\r\n"), urgent, "{text}");
+            assert_eq!(text.contains("\r\nX-Priority: 1\r\n"), urgent, "{text}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_outbox_file_is_named_by_the_key_and_a_repeat_replaces_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let sender = EmailSender::new(None, dir.path(), "Herald <h@example.gov.uk>", 1).unwrap();
+        let key = "msg_0123456789abcdef0123456789abcdef";
+        for subject in ["first", "repeat"] {
+            let content = Content::Email {
+                to: vec!["ppo@example.gov.uk".into()],
+                subject: subject.into(),
+                text: "text".into(),
+                html: "<p>html</p>".into(),
+            };
+            let out = Outgoing {
+                key,
+                recipient: "police:X",
+                content: &content,
+                urgent: false,
+            };
+            sender.send(out).await.unwrap();
+            let names: Vec<String> = std::fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            assert_eq!(names, [format!("{key}.eml")], "one file, no temporary one");
+            let text = std::fs::read_to_string(dir.path().join(&names[0])).unwrap();
+            assert!(text.contains(&format!("Subject: {subject}\r\n")), "{text}");
+            assert!(text.contains(&format!("Message-ID: <{key}@example.gov.uk>")));
+        }
+        let content = Content::Email {
+            to: vec!["ppo@example.gov.uk".into()],
+            subject: "s".into(),
+            text: "text".into(),
+            html: "<p>html</p>".into(),
+        };
+        for bad in ["../escape", "msg_1/x", "", "msg .eml"] {
+            let out = Outgoing {
+                key: bad,
+                recipient: "police:X",
+                content: &content,
+                urgent: false,
+            };
+            assert!(
+                sender.send(out).await.is_err_and(|f| !f.is_transient()),
+                "{bad:?}"
+            );
+        }
+    }
 
     #[test]
     fn plain_smtp_only_to_loopback() {

@@ -113,6 +113,31 @@ pub enum ServeError {
         "cannot reach RabbitMQ at {url}: {reason}. Start it (`rabbitmq-server -detached`, or `docker compose up -d rabbitmq`) or set HERALD_AMQP_URL"
     )]
     Unreachable { url: String, reason: String },
+    #[error(
+        "RabbitMQ at {url} refused the login for user {user}: check the password ({password_in})"
+    )]
+    LoginRefused {
+        url: String,
+        user: String,
+        /// Where the password came from, for the user to correct it there.
+        password_in: String,
+    },
+    #[error(
+        "RabbitMQ at {url} has no virtual host {vhost:?}: create it (`rabbitmqctl add_vhost {vhost}`, then `rabbitmqctl set_permissions -p {vhost} {user} ...`) or name another in the URL"
+    )]
+    NoVhost {
+        url: String,
+        vhost: String,
+        user: String,
+    },
+    #[error(
+        "RabbitMQ at {url} does not let user {user} use virtual host {vhost:?}: give it permissions (`rabbitmqctl set_permissions -p {vhost} {user} ...`) or log in as another user"
+    )]
+    VhostRefused {
+        url: String,
+        vhost: String,
+        user: String,
+    },
     #[error("RabbitMQ at {url}: {reason}")]
     Broker { url: String, reason: String },
     #[error("the connection to RabbitMQ was lost: {0}")]
@@ -126,6 +151,65 @@ pub enum ServeError {
         addr: String,
         source: std::io::Error,
     },
+}
+
+/// Why a connection to the broker at `url` could not be opened, told apart so the one line a
+/// user sees says what to do: nothing answers (start the broker), the login is refused (the
+/// password, which `password_in` says where to correct), or the virtual host is missing or
+/// closed to the user. The URL is shown masked, and no library text that could quote it is
+/// kept unscrubbed.
+pub fn connect_error(url: &str, e: &lapin::Error, password_in: &str) -> ServeError {
+    let shown = redact_url(url);
+    let parsed = url::Url::parse(url).ok();
+    let user = parsed
+        .as_ref()
+        .map(|u| decode(u.username()))
+        .filter(|u| !u.is_empty())
+        // What lapin logs in as when the URL names no one.
+        .unwrap_or_else(|| "guest".into());
+    // As lapin reads it: the path after its first `/`, or the default `/` without one.
+    let vhost = parsed
+        .as_ref()
+        .map(|u| decode(u.path().get(1..).unwrap_or("/")))
+        .unwrap_or_else(|| "/".into());
+    let refusal = match e.kind() {
+        lapin::ErrorKind::ProtocolError(amqp) => Some((amqp.get_id(), amqp.get_message().as_str())),
+        _ => None,
+    };
+    match refusal {
+        // ACCESS_REFUSED when opening the connection: the user or its password is wrong.
+        Some((403, _)) => ServeError::LoginRefused {
+            url: shown,
+            user,
+            password_in: password_in.to_owned(),
+        },
+        // NOT_ALLOWED: "vhost x not found", or "access to vhost 'x' refused for user 'y'".
+        Some((530, text)) if text.contains("not found") => ServeError::NoVhost {
+            url: shown,
+            vhost,
+            user,
+        },
+        Some((530, _)) => ServeError::VhostRefused {
+            url: shown,
+            vhost,
+            user,
+        },
+        Some(_) => ServeError::Broker {
+            url: shown,
+            reason: crate::mask::scrub(&e.to_string(), url),
+        },
+        None => ServeError::Unreachable {
+            url: shown,
+            reason: crate::mask::scrub(&e.to_string(), url),
+        },
+    }
+}
+
+/// Percent-decoding, as URLs carry user names and virtual hosts.
+fn decode(text: &str) -> String {
+    url::form_urlencoded::parse(format!("v={text}").as_bytes())
+        .next()
+        .map_or_else(|| text.to_owned(), |(_, v)| v.into_owned())
 }
 
 /// What every event handler shares.
@@ -179,6 +263,9 @@ impl Running {
     }
 }
 
+/// Where serve and dlq read the broker's password from.
+pub const AMQP_PASSWORD_IN: &str = "HERALD_AMQP_URL, or [amqp] url in routes.toml";
+
 /// How long the last acknowledgements may take to go out when a link is given up.
 const ACK_WAIT: Duration = Duration::from_secs(5);
 
@@ -212,10 +299,7 @@ impl Link {
             .with_connection_name(settings.connection_name.clone().into());
         let connection = Connection::connect(&settings.amqp_url, properties)
             .await
-            .map_err(|e| ServeError::Unreachable {
-                url: url.clone(),
-                reason: reason(e),
-            })?;
+            .map_err(|e| connect_error(&settings.amqp_url, &e, AMQP_PASSWORD_IN))?;
         let consuming = connection.create_channel().await.map_err(broker)?;
         let publisher = connection.create_channel().await.map_err(broker)?;
         publisher
@@ -526,4 +610,57 @@ pub async fn start(
         shutdown,
         task,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use lapin::protocol::{AMQPError, AMQPErrorKind, AMQPHardError, AMQPSoftError};
+
+    use super::*;
+
+    fn refused(kind: AMQPErrorKind, text: &str) -> lapin::Error {
+        lapin::ErrorKind::ProtocolError(AMQPError::new(kind, text.into())).into()
+    }
+
+    #[test]
+    fn a_connection_refusal_says_which_it_is_without_the_password() {
+        let login = refused(
+            AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED),
+            "ACCESS_REFUSED - Login was refused using authentication mechanism PLAIN.",
+        );
+        let e = connect_error("amqp://court%40x:s3cret@h:5672/%2f", &login, "P").to_string();
+        assert_eq!(
+            e,
+            "RabbitMQ at amqp://court%40x:***@h:5672/%2f refused the login for user court@x: \
+             check the password (P)"
+        );
+        let e = connect_error("amqp://h", &login, "P").to_string();
+        assert!(e.contains("for user guest:"), "{e}");
+
+        let missing = refused(
+            AMQPErrorKind::Hard(AMQPHardError::NOTALLOWED),
+            "NOT_ALLOWED - vhost herald-ci not found",
+        );
+        let e = connect_error("amqp://guest:s3cret@h/herald-ci", &missing, "P").to_string();
+        assert!(e.contains("has no virtual host \"herald-ci\""), "{e}");
+        assert!(e.contains("rabbitmqctl add_vhost herald-ci"), "{e}");
+        let closed = refused(
+            AMQPErrorKind::Hard(AMQPHardError::NOTALLOWED),
+            "NOT_ALLOWED - access to vhost '/' refused for user 'court'",
+        );
+        let e = connect_error("amqp://court:s3cret@h/%2f", &closed, "P").to_string();
+        assert!(
+            e.contains("does not let user court use virtual host \"/\""),
+            "{e}"
+        );
+
+        let down: lapin::Error =
+            std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused").into();
+        let e = connect_error("amqp://guest:s3cret@h:1/%2f", &down, "P").to_string();
+        assert!(e.starts_with("cannot reach RabbitMQ at"), "{e}");
+        for e in [login, missing, closed, down] {
+            let shown = connect_error("amqp://guest:s3cret@h/%2f", &e, "P").to_string();
+            assert!(!shown.contains("s3cret"), "{shown}");
+        }
+    }
 }

@@ -1,6 +1,7 @@
 //! Real parts for the service tests: an SMTP server (Python's aiosmtpd) and an HTTP receiver
 //! that checks Standard Webhooks signatures itself, both on loopback; RabbitMQ on
-//! 127.0.0.1:5672 with names of the test's own; and Herald started as the binary starts it.
+//! 127.0.0.1:5672 (or `HERALD_TEST_AMQP_URL`) with names of the test's own; and Herald started
+//! as the binary starts it.
 
 use std::collections::BTreeMap;
 use std::net::TcpStream;
@@ -27,7 +28,54 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use serde_json::Value;
 use sha2::Sha256;
 
-pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+/// The broker the tests use when `HERALD_TEST_AMQP_URL` is unset.
+const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// The broker the tests use: `HERALD_TEST_AMQP_URL`, so the suite can run on a virtual host
+/// (or a port) of its own, or guest on the local broker's default vhost. The tests publish as
+/// guest (`user_id` guest, `guest` in `[publishers]`), so the login must be guest.
+pub fn amqp_url() -> String {
+    static URL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    URL.get_or_init(|| {
+        let url = std::env::var("HERALD_TEST_AMQP_URL").unwrap_or_else(|_| DEFAULT_AMQP_URL.into());
+        let parsed = url::Url::parse(&url)
+            .unwrap_or_else(|e| panic!("HERALD_TEST_AMQP_URL is not a URL: {e}"));
+        assert_eq!(
+            parsed.username(),
+            "guest",
+            "HERALD_TEST_AMQP_URL must log in as guest: the tests publish as guest"
+        );
+        url
+    })
+    .clone()
+}
+
+/// The virtual host of [`amqp_url`], for rabbitmqctl's `-p`.
+pub fn vhost() -> String {
+    let url = url::Url::parse(&amqp_url()).unwrap();
+    let path = url.path().trim_start_matches('/');
+    let name = url::form_urlencoded::parse(format!("v={path}").as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default();
+    if name.is_empty() { "/".into() } else { name }
+}
+
+/// [`amqp_url`] logged in as another user.
+pub fn amqp_url_as(user: &str, password: &str) -> String {
+    let mut url = url::Url::parse(&amqp_url()).unwrap();
+    url.set_username(user).unwrap();
+    url.set_password(Some(password)).unwrap();
+    url.to_string()
+}
+
+/// `rabbitmqctl list_queues` on the tests' virtual host, with these columns.
+fn list_queues(columns: &[&str]) -> std::io::Result<std::process::Output> {
+    Command::new("rabbitmqctl")
+        .args(["list_queues", "-p", &vhost(), "-q"])
+        .args(columns)
+        .output()
+}
 /// The signing secret every test webhook endpoint shares.
 pub const SECRET: &str = "whsec_dGVzdC1zZWNyZXQtZm9yLWhlcmFsZC10ZXN0cw==";
 
@@ -51,9 +99,7 @@ where
 
 /// The names of the broker's queues that start with `prefix`.
 fn queues_named(prefix: &str) -> Vec<String> {
-    Command::new("rabbitmqctl")
-        .args(["list_queues", "name", "-q"])
-        .output()
+    list_queues(&["name"])
         .map(|out| {
             String::from_utf8_lossy(&out.stdout)
                 .lines()
@@ -67,15 +113,7 @@ fn queues_named(prefix: &str) -> Vec<String> {
 /// Every `herald.` queue on the broker with its ready and unacknowledged counts, for the
 /// message of a test that timed out.
 fn queue_depths() -> String {
-    Command::new("rabbitmqctl")
-        .args([
-            "list_queues",
-            "name",
-            "messages_ready",
-            "messages_unacknowledged",
-            "-q",
-        ])
-        .output()
+    list_queues(&["name", "messages_ready", "messages_unacknowledged"])
         .map(|out| {
             String::from_utf8_lossy(&out.stdout)
                 .lines()
@@ -108,6 +146,18 @@ pub struct Mail {
     pub message_id: String,
     pub text: String,
     pub html: String,
+    /// Every header of the message, in order.
+    pub headers: Vec<(String, String)>,
+}
+
+impl Mail {
+    /// The value of the first header named `name` (any case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 fn has_aiosmtpd() -> bool {
@@ -210,6 +260,11 @@ impl Smtp {
                     message_id: header("Message-ID"),
                     text: part("text/plain"),
                     html: part("text/html"),
+                    headers: parsed
+                        .headers
+                        .iter()
+                        .map(|h| (h.get_key(), h.get_value()))
+                        .collect(),
                 });
             }
         }
@@ -267,6 +322,11 @@ impl Receiver {
         let app = Router::new().fallback(receive).with_state(receiver.clone());
         tokio::spawn(async move { axum::serve(listener, app).await });
         receiver
+    }
+
+    /// What `${HERALD_RECEIVER_URL}` stands for to send the sample webhooks here.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
     }
 
     pub fn answer(&self, path: &str, status: u16) {
@@ -451,9 +511,14 @@ impl Names {
 
 /// A channel in confirm mode, logged in as guest.
 pub async fn channel() -> (Connection, Channel) {
-    let conn = Connection::connect(AMQP_URL, ConnectionProperties::default())
+    let conn = Connection::connect(&amqp_url(), ConnectionProperties::default())
         .await
-        .expect("RabbitMQ on 127.0.0.1:5672 (start it with rabbitmq-server -detached)");
+        .unwrap_or_else(|e| {
+            panic!(
+                "RabbitMQ at {} (HERALD_TEST_AMQP_URL; start it with rabbitmq-server -detached): {e}",
+                herald::mask::url(&amqp_url())
+            )
+        });
     let ch = conn.create_channel().await.unwrap();
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
@@ -572,14 +637,10 @@ pub async fn cleanup(ch: &Channel, names: &Names) {
 /// to publish everything but `court.hearing.concluded` (for the spoofing test).
 pub fn config(receiver: &Receiver) -> Config {
     let root = super::root();
-    let mut config = Config::load(&root.join("routes.toml")).unwrap();
-    for r in &mut config.recipients {
-        if let Some(w) = &mut r.webhook {
-            w.url = w
-                .url
-                .replace("127.0.0.1:9900", &format!("127.0.0.1:{}", receiver.port));
-        }
-    }
+    let mut config = Config::load_with(&root.join("routes.toml"), |name| {
+        (name == herald::config::RECEIVER_URL_VAR).then(|| receiver.url())
+    })
+    .unwrap();
     config.publishers.insert(
         "guest".into(),
         vec![
@@ -607,7 +668,7 @@ pub async fn start_with(
     let core = Core::from_config(config, &super::root().join("routes.toml"))
         .unwrap_or_else(|e| panic!("{e:#?}"));
     let mut settings = Settings::new(&core.config, |_| None);
-    settings.amqp_url = AMQP_URL.into();
+    settings.amqp_url = amqp_url();
     settings.exchange = names.exchange.clone();
     settings.queue = names.queue.clone();
     settings.rejected_queue = names.rejected.clone();
@@ -686,6 +747,18 @@ pub fn config_file_with(
     guest_may: &str,
     extra: &str,
 ) -> std::path::PathBuf {
+    // Written into the file, so every Herald the test starts sends to its receiver whatever
+    // the environment holds.
+    let text =
+        config_text(names, guest_may, extra).replace(herald::config::RECEIVER_URL, &receiver.url());
+    let path = dir.join("routes.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// The shipped routes.toml naming this test's queues, with `extra` TOML appended; webhook
+/// urls still start with `${HERALD_RECEIVER_URL}`.
+pub fn config_text(names: &Names, guest_may: &str, extra: &str) -> String {
     let root = super::root().display().to_string();
     let text = std::fs::read_to_string(super::root().join("routes.toml"))
         .unwrap()
@@ -716,15 +789,11 @@ pub fn config_file_with(
             "bank_holidays = \"data/bank-holidays.json\"",
             &format!("bank_holidays = \"{root}/data/bank-holidays.json\""),
         )
-        .replace("127.0.0.1:9900", &format!("127.0.0.1:{}", receiver.port))
         .replace(
             "[publishers]\n",
             &format!("[publishers]\nguest = [{guest_may}]\n"),
         );
-    let path = dir.join("routes.toml");
-    let text = format!("{text}\n{extra}\n");
-    std::fs::write(&path, text).unwrap();
-    path
+    format!("{text}\n{extra}\n")
 }
 
 /// Runs `herald dlq ARGS` with `config` against the test broker: whether it succeeded, and
@@ -735,7 +804,7 @@ pub fn dlq(config: &std::path::Path, args: &[&str]) -> (bool, String) {
         .arg("--config")
         .arg(config)
         .args(args)
-        .env("HERALD_AMQP_URL", AMQP_URL)
+        .env("HERALD_AMQP_URL", amqp_url())
         .output()
         .unwrap();
     (
