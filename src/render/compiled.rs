@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde_json::{Map, Value};
 
-use super::helpers::{uk_date, uk_datetime};
+use super::helpers::{HERALD_HELPERS, join, uk_date, uk_datetime};
 
 /// The names a template sees at the top level besides `info` and `recipient`.
 pub trait Facts {
@@ -63,9 +63,9 @@ impl Data<'_> {
     }
 }
 
-/// Names Handlebars would call as helpers when written alone (`{{len}}`): such an expression
-/// is not a value lookup, so a template using one is left to the registry.
-const HELPER_NAMES: &[&str] = &[
+/// Handlebars' own helpers: written alone (`{{len}}`) such a name is a call, not a value
+/// lookup, so a template using one is left to the registry (as one naming Herald's is).
+const HANDLEBARS_HELPERS: &[&str] = &[
     "if",
     "unless",
     "each",
@@ -83,9 +83,6 @@ const HELPER_NAMES: &[&str] = &[
     "or",
     "not",
     "len",
-    "uk_date",
-    "uk_datetime",
-    "join",
 ];
 
 /// A compiled template.
@@ -328,7 +325,9 @@ fn expression(h: &HelperTemplate, escape: bool, in_each: bool) -> Option<Step> {
             return None;
         };
         let at = lookup(path, in_each)?;
-        if at.segments.len() == 1 && HELPER_NAMES.contains(&at.segments[0].as_str()) {
+        let alone = at.segments.len() == 1;
+        let name = at.segments.first().map_or("", String::as_str);
+        if alone && (HANDLEBARS_HELPERS.contains(&name) || HERALD_HELPERS.contains(&name)) {
             return None;
         }
         if let (false, None, [first, field]) = (in_each, at.local, at.segments.as_slice())
@@ -638,17 +637,7 @@ fn call<'a>(
                 None => None,
             }
             .unwrap_or_else(|| ", ".to_owned());
-            let mut text = String::new();
-            for (i, v) in items.iter().enumerate() {
-                if i > 0 {
-                    text.push_str(&separator);
-                }
-                match v.as_str() {
-                    Some(s) => text.push_str(s),
-                    None => text.push_str(&v.to_string()),
-                }
-            }
-            Ok(text)
+            Ok(join(items, &separator))
         }
     }
 }
@@ -680,27 +669,14 @@ fn write_value(v: &Value, escape: bool, out: &mut String) {
 
 /// The characters Handlebars escapes for HTML, escaped the same way.
 fn write(text: &str, escape: bool, out: &mut String) {
-    if !escape {
+    // Handlebars' own escape, so both ways of rendering escape alike; most values have nothing
+    // to escape and are copied as they are.
+    const SPECIAL: &[u8] = b"<>\"&'`=";
+    if escape && text.bytes().any(|b| SPECIAL.contains(&b)) {
+        out.push_str(&handlebars::html_escape(text));
+    } else {
         out.push_str(text);
-        return;
     }
-    let mut start = 0;
-    for (i, b) in text.bytes().enumerate() {
-        let entity = match b {
-            b'<' => "&lt;",
-            b'>' => "&gt;",
-            b'"' => "&quot;",
-            b'&' => "&amp;",
-            b'\'' => "&#x27;",
-            b'`' => "&#x60;",
-            b'=' => "&#x3D;",
-            _ => continue,
-        };
-        out.push_str(&text[start..i]);
-        out.push_str(entity);
-        start = i + 1;
-    }
-    out.push_str(&text[start..]);
 }
 
 #[cfg(test)]

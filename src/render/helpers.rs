@@ -14,10 +14,18 @@ use handlebars::{
 };
 use serde_json::Value;
 
+/// Herald's helpers, by name: the one table both ways of rendering know them by.
+pub const HERALD_HELPERS: [&str; 3] = ["uk_date", "uk_datetime", "join"];
+
 pub fn register(registry: &mut Handlebars<'static>) {
-    registry.register_helper("uk_date", Box::new(UkDate));
-    registry.register_helper("uk_datetime", Box::new(UkDateTime));
-    registry.register_helper("join", Box::new(Join));
+    for name in HERALD_HELPERS {
+        let helper: Box<dyn HelperDef + Send + Sync> = match name {
+            "uk_date" => Box::new(UkDate),
+            "uk_datetime" => Box::new(UkDateTime),
+            _ => Box::new(Join),
+        };
+        registry.register_helper(name, helper);
+    }
 }
 
 fn fail(message: String) -> RenderError {
@@ -183,6 +191,22 @@ impl HelperDef for UkDateTime {
     }
 }
 
+/// The items of a list as `join` writes them: strings as they are, anything else as JSON,
+/// with `separator` between them.
+pub fn join(items: &[Value], separator: &str) -> String {
+    let mut text = String::new();
+    for (i, v) in items.iter().enumerate() {
+        if i > 0 {
+            text.push_str(separator);
+        }
+        match v.as_str() {
+            Some(s) => text.push_str(s),
+            None => text.push_str(&v.to_string()),
+        }
+    }
+    text
+}
+
 /// `{{join info.conditions "; "}}`: the items of a list of strings, separated.
 struct Join;
 
@@ -206,11 +230,7 @@ impl HelperDef for Join {
             .as_array()
             .ok_or_else(|| fail(format!("join: field {name} is not a list")))?;
         let sep = h.param(1).and_then(|p| p.value().as_str()).unwrap_or(", ");
-        let parts: Vec<String> = items
-            .iter()
-            .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
-            .collect();
-        Ok(ScopedJson::Derived(Value::String(parts.join(sep))))
+        Ok(ScopedJson::Derived(Value::String(join(items, sep))))
     }
 }
 
