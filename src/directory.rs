@@ -4,8 +4,10 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
+use lettre::Address;
+use regex::Regex;
 use serde::Serialize;
 
 use crate::config::RecipientConfig;
@@ -100,7 +102,7 @@ pub struct Recipient {
     pub id: RecipientId,
     pub class: RecipientClass,
     pub name: String,
-    pub email: Vec<String>,
+    pub email: Vec<Address>,
     pub webhook: Option<Webhook>,
     /// `(identifier type, value)` of each person this recipient may hear about
     /// (legal representatives only).
@@ -127,13 +129,20 @@ impl Recipient {
 
 /// Identifier patterns, as in the schemas; used to check `acts_for` when loading.
 fn identifier_ok(kind: &str, value: &str) -> bool {
-    let pattern = match kind {
-        "NOMS" => r"^[A-Z][0-9]{4}[A-Z]{2}$",
-        "PNC" => r"^[0-9]{2,4}/[0-9]{1,7}[A-Z]$",
-        "CRN" => r"^[A-Z][0-9]{6}$",
-        _ => return false,
-    };
-    regex::Regex::new(pattern).is_ok_and(|re| re.is_match(value))
+    // Compiled once, at the first recipient that needs them.
+    static NOMS: LazyLock<Regex> = LazyLock::new(|| pattern(r"^[A-Z][0-9]{4}[A-Z]{2}$"));
+    static PNC: LazyLock<Regex> = LazyLock::new(|| pattern(r"^[0-9]{2,4}/[0-9]{1,7}[A-Z]$"));
+    static CRN: LazyLock<Regex> = LazyLock::new(|| pattern(r"^[A-Z][0-9]{6}$"));
+    match kind {
+        "NOMS" => NOMS.is_match(value),
+        "PNC" => PNC.is_match(value),
+        "CRN" => CRN.is_match(value),
+        _ => false,
+    }
+}
+
+fn pattern(text: &str) -> Regex {
+    Regex::new(text).expect("the identifier patterns are valid regular expressions")
 }
 
 /// Every recipient, by id.
@@ -168,8 +177,12 @@ impl Directory {
             if c.email.is_empty() && c.webhook.is_none() {
                 err("has neither email nor webhook".into());
             }
-            if let Some(bad) = c.email.iter().find(|a| !plausible_email(a)) {
-                err(format!("\"{bad}\" is not an email address"));
+            let mut email = Vec::new();
+            for address in &c.email {
+                match parse_email(address) {
+                    Some(a) => email.push(a),
+                    None => err(format!("\"{address}\" is not an email address")),
+                }
             }
             if let Some(w) = &c.webhook {
                 if let Err(e) = check_webhook_url(&w.url) {
@@ -207,7 +220,7 @@ impl Directory {
                 id: RecipientId(c.id.clone()),
                 class,
                 name: c.name.clone(),
-                email: c.email.clone(),
+                email,
                 webhook: c.webhook.as_ref().map(|w| Webhook {
                     url: w.url.clone(),
                     secret_env: w.secret_env.clone(),
@@ -285,10 +298,11 @@ fn check_webhook_url(url: &str) -> Result<(), String> {
     }
 }
 
-fn plausible_email(address: &str) -> bool {
-    address.split_once('@').is_some_and(|(local, domain)| {
-        !local.is_empty() && domain.contains('.') && !address.contains(char::is_whitespace)
-    })
+/// An address as lettre will send to it, with a domain that has a dot (no `user@localhost`
+/// slips into the directory), parsed once when the directory is built.
+fn parse_email(address: &str) -> Option<Address> {
+    let parsed: Address = address.parse().ok()?;
+    parsed.domain().contains('.').then_some(parsed)
 }
 
 /// Whether a URL host is a loopback address (`127.0.0.0/8`, `::1`, `localhost`): the only

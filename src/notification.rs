@@ -150,7 +150,8 @@ impl Sla {
 #[serde(tag = "channel", rename_all = "lowercase")]
 pub enum Content {
     Email {
-        to: Vec<String>,
+        /// Parsed once, when the directory was built.
+        to: Vec<lettre::Address>,
         subject: String,
         text: String,
         html: String,

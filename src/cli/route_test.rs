@@ -148,6 +148,7 @@ fn human(event: &Event, routing: &Routing, render: bool) -> String {
             }
             match &n.content {
                 Content::Email { to, .. } => {
+                    let to: Vec<&str> = to.iter().map(AsRef::as_ref).collect();
                     let _ = writeln!(out, "     email     {}  to {}", n.key, to.join(", "));
                 }
                 Content::Webhook { url, .. } => {

@@ -148,13 +148,7 @@ impl EmailSender {
             builder = builder.header(Importance).header(XPriority);
         }
         for address in to {
-            let mailbox: Mailbox = address.parse().map_err(|_| {
-                Failure::new(
-                    FailureKind::BadAddress,
-                    format!("recipient {} has an invalid email address", out.recipient),
-                )
-            })?;
-            builder = builder.to(mailbox);
+            builder = builder.to(Mailbox::new(None, address.clone()));
         }
         builder
             .multipart(MultiPart::alternative_plain_html(
@@ -277,7 +271,7 @@ mod tests {
         let sender =
             EmailSender::new(None, &std::env::temp_dir(), "Herald <h@example.gov.uk>", 1).unwrap();
         let content = Content::Email {
-            to: vec!["ppo@example.gov.uk".into()],
+            to: vec!["ppo@example.gov.uk".parse().unwrap()],
             subject: "[CAT A] Warrant".into(),
             text: "text".into(),
             html: "<p>html</p>".into(),
@@ -302,7 +296,7 @@ mod tests {
         let key = "msg_0123456789abcdef0123456789abcdef";
         for subject in ["first", "repeat"] {
             let content = Content::Email {
-                to: vec!["ppo@example.gov.uk".into()],
+                to: vec!["ppo@example.gov.uk".parse().unwrap()],
                 subject: subject.into(),
                 text: "text".into(),
                 html: "<p>html</p>".into(),
@@ -324,7 +318,7 @@ mod tests {
             assert!(text.contains(&format!("Message-ID: <{key}@example.gov.uk>")));
         }
         let content = Content::Email {
-            to: vec!["ppo@example.gov.uk".into()],
+            to: vec!["ppo@example.gov.uk".parse().unwrap()],
             subject: "s".into(),
             text: "text".into(),
             html: "<p>html</p>".into(),
@@ -396,7 +390,7 @@ mod tests {
         let text = "Zoë ".repeat(75_000);
         let html = format!("<p>{}</p>", "&lt;ł&gt;".repeat(35_000));
         let content = Content::Email {
-            to: vec!["ppo.leeds@example.police.uk".into()],
+            to: vec!["ppo.leeds@example.police.uk".parse().unwrap()],
             subject: subject.clone(),
             text: text.clone(),
             html: html.clone(),

@@ -66,23 +66,8 @@ impl Data<'_> {
 /// Handlebars' own helpers: written alone (`{{len}}`) such a name is a call, not a value
 /// lookup, so a template using one is left to the registry (as one naming Herald's is).
 const HANDLEBARS_HELPERS: &[&str] = &[
-    "if",
-    "unless",
-    "each",
-    "with",
-    "lookup",
-    "raw",
-    "log",
-    "eq",
-    "ne",
-    "gt",
-    "gte",
-    "lt",
-    "lte",
-    "and",
-    "or",
-    "not",
-    "len",
+    "if", "unless", "each", "with", "lookup", "raw", "log", "eq", "ne", "gt", "gte", "lt", "lte",
+    "and", "or", "not", "len",
 ];
 
 /// A compiled template.
