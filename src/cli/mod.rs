@@ -3,7 +3,6 @@
 
 mod check;
 mod dlq;
-pub mod logging;
 mod publish;
 mod receive;
 mod route_test;
@@ -323,10 +322,10 @@ fn broker_client_gate<S: tracing::Subscriber>() -> impl tracing_subscriber::Laye
 /// (production), readable text on a terminal. `RUST_LOG` filters (default `info`); lapin's
 /// lines wait for [`show_broker_client_log`] unless `RUST_LOG` names lapin.
 ///
-/// Lines are gathered in a buffer and written out in batches (see [`logging::Batched`]): a
+/// Lines are gathered in a buffer and written out in batches (see [`crate::logging::Batched`]): a
 /// busy service makes one write for many lines instead of one each. Keep the returned guard
 /// until the end of `main`: dropping it writes out what is left.
-pub fn init_logging() -> logging::Flusher<std::io::Stderr> {
+pub fn init_logging() -> crate::logging::Flusher<std::io::Stderr> {
     use std::io::IsTerminal;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
@@ -341,7 +340,8 @@ pub fn init_logging() -> logging::Flusher<std::io::Stderr> {
         Ok("text") => false,
         _ => !std::io::stderr().is_terminal(),
     };
-    let (writer, flusher) = logging::Batched::new(std::io::stderr(), logging::FLUSH_EVERY);
+    let (writer, flusher) =
+        crate::logging::Batched::new(std::io::stderr(), crate::logging::FLUSH_EVERY);
     let writer = writer.for_process();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -13,7 +13,7 @@ pub async fn run(core: Core) -> ExitCode {
     let running = match serve::start(Arc::new(core), settings, |k| std::env::var(k).ok()).await {
         Ok(r) => r,
         Err(e) => {
-            super::logging::flush();
+            crate::logging::flush();
             eprintln!("error: {e}");
             return ExitCode::FAILURE;
         }
@@ -32,7 +32,7 @@ pub async fn run(core: Core) -> ExitCode {
         }
         Err(e) => {
             error!(error = %e, "stopped");
-            super::logging::flush();
+            crate::logging::flush();
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
