@@ -523,6 +523,27 @@ async fn every_delivery_is_logged_once_with_its_key_and_attempts() {
                 !line.contains("Kershaw"),
                 "no personal data in the log: {line}"
             );
+            // The line is written in the event's span and the attempt's: a search for the
+            // message_id finds every line about the event, down to each delivery.
+            let spans = entry["spans"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{line}"));
+            assert_eq!(spans.len(), 2, "{line}");
+            let (event, delivery) = (&spans[0], &spans[1]);
+            assert_eq!(event["name"], "event", "{line}");
+            assert_eq!(event["message_id"], entry["event_id"], "{line}");
+            assert!(
+                event["message_id"]
+                    .as_str()
+                    .is_some_and(|id| id.starts_with("evt-audit-")),
+                "{line}"
+            );
+            assert_eq!(event["event_type"], "court.bail.decided", "{line}");
+            assert_eq!(event["publisher"], "guest", "{line}");
+            assert_eq!(delivery["name"], "delivery", "{line}");
+            assert_eq!(delivery["recipient"], entry["recipient"], "{line}");
+            assert_eq!(delivery["channel"], "webhook", "{line}");
+            assert_eq!(delivery["attempt"], entry["attempts"], "{line}");
             if entry["attempts"].as_u64().unwrap() > 1 {
                 retried += 1;
             }

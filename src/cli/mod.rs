@@ -348,12 +348,14 @@ pub fn init_logging() -> crate::logging::Flusher<std::io::Stderr> {
         .with_ansi(!json && std::io::stderr().is_terminal())
         .with_writer(writer);
     let _ = if json {
-        // Herald opens no spans; looking for them costs half the time of a JSON line.
+        // Each line carries the spans it was written in, outermost first: the event's
+        // (message_id, event_type, publisher) and, inside it, the delivery attempt's
+        // (recipient, channel, attempt). The list holds the current span too.
         builder
             .json()
             .flatten_event(true)
             .with_current_span(false)
-            .with_span_list(false)
+            .with_span_list(true)
             .finish()
             .with(broker_client_gate())
             .try_init()

@@ -7,7 +7,7 @@ use chrono::Utc;
 use futures_util::future::join_all;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
-use tracing::{debug, error, info, warn};
+use tracing::{Instrument, Span, debug, error, info, info_span, warn};
 
 use super::acks::Acks;
 use super::dedup::Claim;
@@ -32,7 +32,29 @@ enum Outcome {
 }
 
 pub async fn handle(ctx: &Ctx, delivery: Delivery, acks: &Acks) {
-    let done = handle_event(ctx, &delivery).await;
+    let label = ctx
+        .core
+        .intake
+        .schemas()
+        .event_type(delivery.routing_key.as_str())
+        .map_or("unknown", |t| t.as_str())
+        .to_owned();
+    // Every line about this event, down to each delivery attempt, carries these: one search of
+    // the log for the message_id follows the event end to end. All three are bounded: the id
+    // as an excerpt, the type and the publisher as known names or "unknown" / "other".
+    let props = &delivery.properties;
+    let span = event_span(
+        &props
+            .message_id()
+            .as_ref()
+            .map(|m| excerpt(m.as_str()))
+            .unwrap_or_default(),
+        &label,
+        ctx.core
+            .publishers
+            .label(props.user_id().as_ref().map_or("", |u| u.as_str())),
+    );
+    let done = handle_event(ctx, &delivery, label).instrument(span).await;
     if done {
         acks.done(delivery.delivery_tag, &delivery.acker).await;
     } else {
@@ -42,14 +64,7 @@ pub async fn handle(ctx: &Ctx, delivery: Delivery, acks: &Acks) {
 }
 
 /// Handles one event; true when it may be acknowledged, false when it must come back.
-async fn handle_event(ctx: &Ctx, delivery: &Delivery) -> bool {
-    let label = ctx
-        .core
-        .intake
-        .schemas()
-        .event_type(delivery.routing_key.as_str())
-        .map_or("unknown", |t| t.as_str())
-        .to_owned();
+async fn handle_event(ctx: &Ctx, delivery: &Delivery, label: String) -> bool {
     match check(ctx, delivery) {
         Err(rejection) => {
             ctx.metrics
@@ -216,7 +231,16 @@ async fn route_and_deliver(ctx: &Ctx, event: Event) -> bool {
 /// neither be delivered, rescheduled nor parked.
 pub async fn handle_retry(ctx: &Ctx, delivery: Delivery) {
     let done = match serde_json::from_slice::<Pending>(&delivery.data) {
-        Ok(pending) => attempt(ctx, pending).await != Outcome::Retry,
+        Ok(pending) => {
+            let span = event_span(
+                &pending.event_id,
+                &pending.event_type,
+                ctx.core
+                    .publishers
+                    .label(pending.publisher.as_deref().unwrap_or_default()),
+            );
+            attempt(ctx, pending).instrument(span).await != Outcome::Retry
+        }
         Err(e) => {
             error!(error = %e, "a retry message cannot be read; parking it");
             park::unreadable(
@@ -232,9 +256,26 @@ pub async fn handle_retry(ctx: &Ctx, delivery: Delivery) {
     settle(&delivery, done).await;
 }
 
-/// One delivery attempt. A transient failure is scheduled for a later attempt (or parked when
-/// the schedule is spent); a permanent one is parked.
-async fn attempt(ctx: &Ctx, mut p: Pending) -> Outcome {
+/// The span every line about one event is written in.
+fn event_span(message_id: &str, event_type: &str, publisher: &str) -> Span {
+    info_span!("event", message_id, event_type, publisher)
+}
+
+/// One delivery attempt, in a span of its own inside the event's: which recipient, by which
+/// channel, which attempt.
+async fn attempt(ctx: &Ctx, p: Pending) -> Outcome {
+    let span = info_span!(
+        "delivery",
+        recipient = %p.recipient,
+        channel = p.channel().as_str(),
+        attempt = p.attempts + 1
+    );
+    attempt_once(ctx, p).instrument(span).await
+}
+
+/// A transient failure is scheduled for a later attempt (or parked when the schedule is
+/// spent); a permanent one is parked.
+async fn attempt_once(ctx: &Ctx, mut p: Pending) -> Outcome {
     let channel = p.channel().as_str();
     let started = Instant::now();
     let (result, state) = ctx.deliverer.deliver(p.outgoing(), p.replay).await;

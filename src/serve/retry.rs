@@ -30,6 +30,9 @@ pub struct Pending {
     pub key: String,
     pub event_id: String,
     pub event_type: String,
+    /// The login that published the event, for the log's event span.
+    #[serde(default)]
+    pub publisher: Option<String>,
     pub route: String,
     pub recipient: String,
     pub occurred_at: DateTime<Utc>,
@@ -63,6 +66,7 @@ impl Pending {
             key: n.key.into_string(),
             event_id: event.id.to_string(),
             event_type: event.event_type.to_string(),
+            publisher: event.id.publisher().map(str::to_owned),
             route: n.route.to_string(),
             recipient: n.recipient.id.to_string(),
             occurred_at: event.occurred_at,
@@ -308,6 +312,7 @@ mod tests {
             key: "msg_1".into(),
             event_id: "e".into(),
             event_type: "t".into(),
+            publisher: None,
             route: "r".into(),
             recipient: "police:X".into(),
             occurred_at: now,
