@@ -159,6 +159,7 @@ impl Core {
 
     /// Renders a route's email for an event as `recipient` would get it, whoever the event
     /// names, with what its class may see: `herald check` tries every template this way.
+    // String error: Handlebars' own words (see the note at the top of render/mod.rs).
     pub fn preview_email(
         &self,
         route: &Route,

@@ -87,6 +87,7 @@ pub async fn run(core: Core, action: Action) -> ExitCode {
     }
 }
 
+// String error: one line for the operator, printed before exit status 1.
 async fn dlq(core: Core, action: Action) -> Result<ExitCode, String> {
     let settings = Settings::new(&core.config, |k| std::env::var(k).ok());
     let connection = Connection::connect(&settings.amqp_url, ConnectionProperties::default())
@@ -265,6 +266,7 @@ async fn release(messages: &[Delivery]) {
 
 /// How many messages are ready on a queue, by a passive declare on a channel of its own (a
 /// passive declare of a missing queue closes its channel).
+// String error: one line for the operator, printed before exit status 1.
 async fn depth(connection: &Connection, queue: &str) -> Result<u32, String> {
     let ch = connection
         .create_channel()
@@ -742,6 +744,7 @@ fn body_text(data: &[u8]) -> String {
 }
 
 /// Sends one parked message again; the number of notifications queued, or why it stays.
+// String error: one line for the operator, printed before exit status 1.
 async fn replay(
     core: &Core,
     settings: &Settings,
@@ -758,7 +761,9 @@ async fn replay(
         Which::Failed => match ParkedRecord::read(&m.data).ok_or("not a parked record")? {
             ParkedRecord::Notification(parked) => {
                 let mut p = parked.notification;
-                if p.readdress(&core.engine.directory)? {
+                if p.readdress(&core.engine.directory)
+                    .map_err(|e| e.to_string())?
+                {
                     println!("{}: sent to the address routes.toml now gives", p.recipient);
                 }
                 p.attempts = 0;

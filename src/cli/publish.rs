@@ -31,6 +31,7 @@ pub async fn run(args: Args) -> ExitCode {
     }
 }
 
+// String error: one line for the operator, printed before exit status 1.
 async fn publish(args: Args) -> Result<(), String> {
     let mut url = url::Url::parse(&args.url)
         .map_err(|e| format!("the AMQP URL (HERALD_AMQP_URL or amqp.url) is not a URL: {e}"))?;
@@ -123,6 +124,7 @@ async fn publish(args: Args) -> Result<(), String> {
 
 /// The exchange exists, or one line saying it does not yet. Asked before any file, on a
 /// channel of its own: the broker closes a channel whose passive declare fails.
+// String error: one line for the operator, printed before exit status 1.
 async fn check_exchange(connection: &Connection, exchange: &str) -> Result<(), String> {
     let probe = connection
         .create_channel()

@@ -238,6 +238,7 @@ impl Header for XPriority {
 /// TLS is required unless the server is on this machine: `smtps://` (implicit TLS) or
 /// `smtp://...?tls=required` (STARTTLS) anywhere; plain `smtp://` only to a loopback host.
 /// A refusal names the scheme or host, never the user or password.
+// String error: words for `herald check`, which adds the file and key; no caller branches.
 pub fn check_tls(url: &str) -> Result<(), String> {
     let parsed = url::Url::parse(url).map_err(|e| format!("not a URL: {e}"))?;
     let tls_required = parsed.scheme() == "smtps"

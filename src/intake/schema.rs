@@ -473,6 +473,7 @@ fn read_json(path: &Path) -> Result<Value, SchemaError> {
     })
 }
 
+// String error: words for `herald check` and start-up, which name the schema file.
 fn compile(doc: &Value, local: &Local) -> Result<Validator, String> {
     jsonschema::options()
         .with_draft(Draft::Draft202012)

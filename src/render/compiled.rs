@@ -187,6 +187,7 @@ impl Compiled {
     }
 
     /// Renders with `data`; an error names the field a strict render could not find.
+    // String error: Handlebars' own words (see the note at the top of render/mod.rs).
     pub fn render(&self, data: &Data<'_>) -> Result<String, String> {
         let mut out = String::with_capacity(self.size.load(Ordering::Relaxed));
         render(&self.steps, data, None, &mut out, &mut None)?;
@@ -202,6 +203,7 @@ impl Compiled {
     /// Renders with `data` leaving a gap wherever the recipient is named, for
     /// [`Draft::fill`] to complete per recipient (`data.recipient` is not read). `None` when
     /// the template uses the recipient in a way a gap cannot stand for.
+    // String error: Handlebars' own words (see the note at the top of render/mod.rs).
     pub fn draft(&self, data: &Data<'_>) -> Option<Result<Draft, String>> {
         if !self.draftable {
             return None;
@@ -238,6 +240,7 @@ struct Gap {
 impl Draft {
     /// The text for one recipient, given the value of each of its [`RECIPIENT_FIELDS`]: the
     /// same as rendering with them as `recipient` in the data.
+    // String error: Handlebars' own words (see the note at the top of render/mod.rs).
     pub fn fill<'v>(&self, recipient: impl Fn(&str) -> Option<&'v str>) -> Result<String, String> {
         let mut out = String::with_capacity(self.text.len() + 32 * self.gaps.len());
         let mut from = 0;
@@ -474,6 +477,7 @@ fn find<'a>(
 }
 
 /// Renders `steps` into `out`; with `gaps`, each recipient step is left as a gap there.
+// String error: Handlebars' own words (see the note at the top of render/mod.rs).
 fn render<'a>(
     steps: &'a [Step],
     data: &'a Data<'a>,
@@ -576,6 +580,7 @@ fn missing(path: &str) -> String {
 }
 
 /// Herald's helpers, with the same answers and the same errors as their Handlebars forms.
+// String error: Handlebars' own words (see the note at the top of render/mod.rs).
 fn call<'a>(
     helper: HelperName,
     args: &'a [Arg],

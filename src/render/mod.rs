@@ -4,6 +4,10 @@
 //! `html.hbs`; `templates/partials/*.hbs` are shared partials. Templates run in strict mode,
 //! so a field the event lacks is an error, never an empty string. HTML templates escape every
 //! value: one that could write a value unescaped is refused at load (see [`escaping`]).
+//!
+//! A render error is a `String`: Handlebars' own words (the compiled path repeats them
+//! exactly, as the property test checks). It ends as `Problem::RenderFailed`'s detail, for the
+//! operator, and no caller branches on it.
 
 mod compiled;
 mod escaping;
@@ -216,6 +220,7 @@ impl Renderer {
 
     /// Renders the email parts of `template` with `data`. The subject is put on one line,
     /// prefixed with the markings (`[CAT A]`) and cut to [`SUBJECT_CHARS`] after them.
+    // String error: Handlebars' own words (see the note at the top of render/mod.rs).
     pub fn email(
         &self,
         template: &str,
@@ -298,6 +303,7 @@ pub struct EmailDraft<'r> {
 
 impl EmailDraft<'_> {
     /// The email for one recipient, given the value of each of its [`RECIPIENT_FIELDS`].
+    // String error: Handlebars' own words (see the note at the top of render/mod.rs).
     pub fn fill<'v>(
         &self,
         recipient: impl Fn(&str) -> Option<&'v str> + Copy,
@@ -483,6 +489,7 @@ fn load_partials(dir: &Path, errors: &mut Vec<TemplateError>) -> HashMap<String,
 /// Expands `{{> name}}` and `{{#> name}}...{{/name}}` (with `{{> @partial-block}}` in the
 /// partial) when templates load. Handlebars would copy the whole render context at every
 /// partial on every render; expanding once keeps rendering cheap with the same result.
+// String error: a template mistake in words for `herald check`, which adds the file.
 fn include_partials(
     text: &str,
     partials: &HashMap<String, String>,

@@ -88,6 +88,7 @@ impl Renderer {
             // The deadline as webhook bodies give it, written at the route's first webhook.
             let sla_json = OnceCell::new();
             // Each view's email, drafted at its first recipient for all who share the view.
+            // String error: Handlebars' own words (see the note at the top of render/mod.rs).
             let mut drafts: Vec<(usize, Option<Result<EmailDraft, String>>)> = Vec::new();
             for pick in &plan.picks {
                 let (recipient, view) = (pick.recipient, &views[pick.view]);
@@ -186,6 +187,7 @@ impl Renderer {
     /// Renders a route's email for an event as `recipient` would get it, from the route's
     /// facts and the view of the event its class may see, whoever the event names: `herald
     /// check` uses this to try every template on every example.
+    // String error: Handlebars' own words (see the note at the top of render/mod.rs).
     pub fn preview_email(
         &self,
         route: &Route,
@@ -204,6 +206,7 @@ impl Renderer {
 
     /// Renders a route's email for one recipient from the route's facts and the event data
     /// redacted for the recipient.
+    // String error: Handlebars' own words (see the note at the top of render/mod.rs).
     fn email_for(
         &self,
         route: &Route,

@@ -160,6 +160,7 @@ impl Route {
     }
 }
 
+// String error: the parser's words for `herald check` (see `Matcher::parse`, `Selector::parse`).
 fn collect<T>(
     items: &[String],
     parse: impl Fn(&str) -> Result<T, String>,

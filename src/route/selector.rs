@@ -37,6 +37,7 @@ pub enum Selected<'d> {
 }
 
 impl Selector {
+    // String error: words for `herald check`, which adds the file and key; no caller branches.
     pub fn parse(text: &str, directory: &Directory) -> Result<Selector, String> {
         let (prefix, rest) = text.split_once(':').ok_or_else(|| {
             format!("recipient \"{text}\" is not <class>:<code>, <class>:{{field}} or <class>:*")

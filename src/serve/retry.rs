@@ -58,6 +58,19 @@ pub struct Pending {
     pub replay: bool,
 }
 
+/// Why a parked notification cannot be sent again to its recipient as configured now.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unaddressable {
+    #[error(
+        "{0} is no longer in the directory; put it back in routes.toml, or purge this notification"
+    )]
+    Gone(String),
+    #[error("{0} no longer has a webhook in routes.toml")]
+    NoWebhook(String),
+    #[error("{0} no longer has an email address in routes.toml")]
+    NoEmail(String),
+}
+
 impl Pending {
     /// Takes the notification's parts rather than copying them: its content (a rendered
     /// body) is the largest thing Herald handles per event.
@@ -86,28 +99,24 @@ impl Pending {
     /// configuration), keeping everything else, its key first: a replay after an operator
     /// corrected a URL or an email address goes to the corrected one. Whether an address
     /// changed, or why the notification cannot go at all.
-    pub fn readdress(&mut self, directory: &Directory) -> Result<bool, String> {
-        let recipient = directory.get(&self.recipient).ok_or_else(|| {
-            format!(
-                "{} is no longer in the directory; put it back in routes.toml, or purge this notification",
-                self.recipient
-            )
-        })?;
+    pub fn readdress(&mut self, directory: &Directory) -> Result<bool, Unaddressable> {
+        let recipient = directory
+            .get(&self.recipient)
+            .ok_or_else(|| Unaddressable::Gone(self.recipient.clone()))?;
         match &mut self.content {
             Content::Webhook { url, .. } => {
-                let current = recipient.webhook.as_ref().map(|w| &w.url).ok_or_else(|| {
-                    format!("{} no longer has a webhook in routes.toml", self.recipient)
-                })?;
+                let current = recipient
+                    .webhook
+                    .as_ref()
+                    .map(|w| &w.url)
+                    .ok_or_else(|| Unaddressable::NoWebhook(self.recipient.clone()))?;
                 let changed = url != current;
                 url.clone_from(current);
                 Ok(changed)
             }
             Content::Email { to, .. } => {
                 if recipient.email.is_empty() {
-                    return Err(format!(
-                        "{} no longer has an email address in routes.toml",
-                        self.recipient
-                    ));
+                    return Err(Unaddressable::NoEmail(self.recipient.clone()));
                 }
                 let changed = *to != recipient.email;
                 to.clone_from(&recipient.email);

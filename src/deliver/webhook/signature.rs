@@ -28,6 +28,7 @@ impl std::fmt::Debug for Secret {
 impl Secret {
     /// Parses `whsec_<base64>` of 24 to 64 bytes, as Standard Webhooks has it. The reason
     /// for a refusal never repeats the text, which may be most of a secret.
+    // String error: words for `herald check`, which adds the file and key; no caller branches.
     pub fn parse(text: &str) -> Result<Secret, String> {
         let encoded = text
             .trim()
