@@ -392,6 +392,70 @@ fn check_passes_the_shipped_configuration() {
     assert!(!run.both().contains("error:"), "{run:?}");
 }
 
+/// A copy of the shipped configuration whose bail route asks for a court no example names:
+/// sound, but `check` warns that the route's template is never tried.
+fn sandbox_with_one_warning() -> Sandbox {
+    let sandbox = Sandbox::new();
+    sandbox.set_route(
+        "ppo-bail-decision",
+        "matchers",
+        strings(&["offender.ppo = true", "court.code = \"NO-SUCH-COURT\""]),
+    );
+    sandbox
+}
+
+#[test]
+fn check_strict_fails_on_a_warning_that_check_alone_passes() {
+    let sandbox = sandbox_with_one_warning();
+    let file = sandbox.config_arg();
+    let warning = "route ppo-bail-decision: no example in";
+
+    let run = sandbox.check_with(&[(SECRET_ENV, SECRET)]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let warnings: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("warning:"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{run:?}");
+    assert!(warnings[0].contains(warning), "{run:?}");
+    assert!(
+        run.stdout.lines().any(|l| l == format!("{file}: ok")),
+        "{run:?}"
+    );
+
+    let run = herald_with(
+        &["check", "--strict", "--config", &file],
+        &[(SECRET_ENV, SECRET)],
+    );
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains(warning), "{run:?}");
+    assert!(!run.both().contains("error:"), "{run:?}");
+    assert!(
+        run.stdout
+            .lines()
+            .any(|l| l == format!("{file}: 1 warning(s), which fail under --strict")),
+        "{run:?}"
+    );
+
+    // An unset signing secret is a warning too.
+    let run = herald(&["check", "--strict"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr
+            .contains(&format!("warning: routes.toml: {SECRET_ENV}")),
+        "{run:?}"
+    );
+    // The shipped configuration, its secret set, has no warning.
+    let run = herald_with(&["check", "--strict"], &[(SECRET_ENV, SECRET)]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stdout.lines().any(|l| l == "routes.toml: ok"),
+        "{run:?}"
+    );
+    assert!(!run.stderr.contains("warning:"), "{run:?}");
+}
+
 #[test]
 fn check_names_every_problem_of_a_broken_configuration_on_its_own_line() {
     let sandbox = Sandbox::new();

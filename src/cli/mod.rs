@@ -167,7 +167,12 @@ pub enum Command {
     },
     /// Load schemas, routes.toml and templates; render every template against every example.
     #[command(after_help = CHECK_ENV)]
-    Check,
+    Check {
+        /// Fail (exit 1) on warnings too: a route no example matches, an event type no route
+        /// handles, an unset signing secret.
+        #[arg(long)]
+        strict: bool,
+    },
     /// Validate event files offline against the schemas.
     Validate {
         /// Print the results as JSON.
@@ -255,7 +260,7 @@ pub fn run(cli: Cli) -> ExitCode {
             secret_env,
             verbose,
         } => Ok(runtime(receive::run(&addr, &secret_env, verbose))),
-        Command::Check => config.load().map(|core| check::run(&core)),
+        Command::Check { strict } => config.load().map(|core| check::run(&core, strict)),
         Command::Validate { json, files } => {
             config.load().map(|core| validate::run(&core, &files, json))
         }
