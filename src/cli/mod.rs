@@ -5,6 +5,7 @@ mod check;
 mod dlq;
 mod publish;
 mod receive;
+mod restamp;
 mod route_test;
 mod serve;
 mod validate;
@@ -141,6 +142,16 @@ pub enum Command {
         /// The routing key; default: each file's eventType.
         #[arg(long)]
         routing_key: Option<String>,
+        /// Publish each event as if it happened now: occurredAt and publishedAt become the
+        /// current time; every other date-time moves by as much as occurredAt did, and every
+        /// date (dateOfBirth too) by as many days as occurredAt's London date did, each
+        /// keeping its format and offset. The file is not changed.
+        #[arg(long)]
+        now: bool,
+        /// The AMQP message_id (one file only). Default: derived from the bytes published,
+        /// so the same bytes published again within service.dedup_window are a duplicate.
+        #[arg(long, value_name = "ID")]
+        message_id: Option<String>,
         /// Event files.
         #[arg(required = true)]
         files: Vec<PathBuf>,
@@ -225,6 +236,17 @@ impl ConfigArg {
             ExitCode::from(2)
         })
     }
+
+    /// Reads routes.toml alone, for the commands that need none of the schemas or templates,
+    /// or prints every problem and gives the exit code for a bad configuration.
+    fn load_file(&self) -> Result<crate::config::Config, ExitCode> {
+        crate::config::Config::load(&self.config).map_err(|e| {
+            for line in e.lines() {
+                eprintln!("error: {line}");
+            }
+            ExitCode::from(2)
+        })
+    }
 }
 
 /// Runs a parsed command line; the exit code says whether everything passed.
@@ -236,24 +258,22 @@ pub fn run(cli: Cli) -> ExitCode {
             user,
             password_env,
             routing_key,
+            now,
+            message_id,
             files,
-        } => crate::config::Config::load(&config.config)
-            .map_err(|e| {
-                for line in e.lines() {
-                    eprintln!("error: {line}");
-                }
-                ExitCode::from(2)
-            })
-            .map(|c| {
-                runtime(publish::run(publish::Args {
-                    url: std::env::var("HERALD_AMQP_URL").unwrap_or(c.amqp.url),
-                    exchange: c.amqp.exchange,
-                    user,
-                    password_env,
-                    routing_key,
-                    files,
-                }))
-            }),
+        } => config.load_file().map(|c| {
+            runtime(publish::run(publish::Args {
+                url: std::env::var("HERALD_AMQP_URL").unwrap_or(c.amqp.url),
+                exchange: c.amqp.exchange,
+                user,
+                password_env,
+                routing_key,
+                now,
+                message_id,
+                dedup_window: c.service.dedup_window,
+                files,
+            }))
+        }),
         Command::Dlq { action } => config.load().map(|core| runtime(dlq::run(core, action))),
         Command::Receive {
             addr,
