@@ -1,5 +1,5 @@
-//! The command line: the offline tools (`check`, `validate`, `route-test`), the service
-//! (`serve`), and the integration aids (`publish`, `receive`).
+//! The command line: the offline tools (`check`, `config show`, `validate`, `route-test`), the
+//! service (`serve`), and the integration aids (`publish`, `receive`).
 
 mod check;
 mod dlq;
@@ -8,6 +8,7 @@ mod receive;
 mod restamp;
 mod route_test;
 mod serve;
+mod show_config;
 mod validate;
 
 use std::path::PathBuf;
@@ -103,6 +104,14 @@ const CHECK_ENV: &str = concat!("Environment:\n", env_receiver!(), env_secrets!(
 
 const ROUTE_TEST_ENV: &str = concat!("Environment:\n", env_receiver!());
 
+const CONFIG_SHOW_ENV: &str = concat!(
+    "Environment:\n",
+    env_amqp!(),
+    env_smtp_metrics!(),
+    env_receiver!(),
+    env_secrets!(),
+);
+
 #[derive(Debug, Parser)]
 #[command(
     name = "herald",
@@ -184,6 +193,11 @@ pub enum Command {
         #[arg(long)]
         strict: bool,
     },
+    /// Show the configuration as Herald reads it.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
     /// Validate event files offline against the schemas.
     Validate {
         /// Print the results as JSON.
@@ -213,6 +227,14 @@ pub enum Command {
         /// The event file (JSON).
         file: PathBuf,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigAction {
+    /// Print the effective configuration as TOML: routes.toml with every default filled in,
+    /// ${HERALD_RECEIVER_URL} and the environment's overrides applied, secrets as ***.
+    #[command(after_help = CONFIG_SHOW_ENV)]
+    Show,
 }
 
 /// The configuration file a command reads.
@@ -281,6 +303,11 @@ pub fn run(cli: Cli) -> ExitCode {
             verbose,
         } => Ok(runtime(receive::run(&addr, &secret_env, verbose))),
         Command::Check { strict } => config.load().map(|core| check::run(&core, strict)),
+        Command::Config {
+            action: ConfigAction::Show,
+        } => config
+            .load_file()
+            .map(|c| show_config::run(&config.config, c, |name| std::env::var(name).ok())),
         Command::Validate { json, files } => {
             config.load().map(|core| validate::run(&core, &files, json))
         }
