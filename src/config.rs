@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Default location of the configuration, relative to the working directory.
 pub const DEFAULT_CONFIG: &str = "routes.toml";
@@ -24,7 +24,7 @@ pub const RECEIVER_URL_VAR: &str = "HERALD_RECEIVER_URL";
 pub const DEFAULT_RECEIVER_URL: &str = "http://127.0.0.1:9900";
 
 /// The whole of routes.toml.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Where schemas and templates live, relative to the config file.
@@ -69,7 +69,7 @@ pub struct Config {
 }
 
 /// Locations of the other files Herald reads.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Paths {
     /// Folder of JSON Schemas (`envelope.schema.json`, `common.schema.json`, `events/*.json`).
@@ -91,7 +91,7 @@ impl Default for Paths {
 }
 
 /// Broker settings; `HERALD_AMQP_URL` overrides the URL.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Amqp {
     pub url: String,
@@ -124,7 +124,7 @@ impl Default for Amqp {
 }
 
 /// Email channel settings; `HERALD_SMTP_URL` overrides the URL.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Email {
     /// The From header, `Name <address>`.
@@ -149,11 +149,14 @@ impl Default for Email {
 }
 
 /// Webhook delivery settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WebhookSettings {
     /// Time allowed for one request, e.g. `"15s"`.
-    #[serde(with = "humantime_serde")]
+    #[serde(
+        deserialize_with = "humantime_serde::deserialize",
+        serialize_with = "span"
+    )]
     pub timeout: std::time::Duration,
     /// Requests in flight to one endpoint (a recipient on a channel) at once. Each holds its
     /// slot until the recipient answers, so this bounds both the load on a recipient and the
@@ -161,7 +164,10 @@ pub struct WebhookSettings {
     pub concurrency_per_endpoint: usize,
     /// Consecutive transient failures after which an endpoint is left alone for `circuit_open_for`.
     pub circuit_failures: u32,
-    #[serde(with = "humantime_serde")]
+    #[serde(
+        deserialize_with = "humantime_serde::deserialize",
+        serialize_with = "span"
+    )]
     pub circuit_open_for: std::time::Duration,
 }
 
@@ -177,15 +183,18 @@ impl Default for WebhookSettings {
 }
 
 /// The retry schedule for notifications that fail transiently.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetrySettings {
     /// Waits before each retry, e.g. `["5s", "5m", "30m"]`; one delay queue per distinct wait.
-    #[serde(deserialize_with = "durations")]
+    #[serde(deserialize_with = "durations", serialize_with = "spans")]
     pub schedule: Vec<std::time::Duration>,
     /// After this long since the first failure a notification is parked, whatever is left of
     /// the schedule.
-    #[serde(with = "humantime_serde")]
+    #[serde(
+        deserialize_with = "humantime_serde::deserialize",
+        serialize_with = "span"
+    )]
     pub max_age: std::time::Duration,
 }
 
@@ -208,16 +217,22 @@ impl Default for RetrySettings {
 }
 
 /// The service's HTTP endpoints and shutdown.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServiceSettings {
     /// Address of `/metrics`, `/healthz` and `/readyz`; `HERALD_METRICS_ADDR` overrides.
     pub metrics_addr: String,
     /// How long a shutdown waits for events in flight, e.g. `"30s"`.
-    #[serde(with = "humantime_serde")]
+    #[serde(
+        deserialize_with = "humantime_serde::deserialize",
+        serialize_with = "span"
+    )]
     pub drain: std::time::Duration,
     /// An event id handled within this long is not routed again by the same process.
-    #[serde(with = "humantime_serde")]
+    #[serde(
+        deserialize_with = "humantime_serde::deserialize",
+        serialize_with = "span"
+    )]
     pub dedup_window: std::time::Duration,
 }
 
@@ -232,15 +247,17 @@ impl Default for ServiceSettings {
 }
 
 /// Limits on incoming events.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Largest accepted body, e.g. `"256 KiB"`.
+    #[serde(serialize_with = "size")]
     pub max_event_bytes: bytesize::ByteSize,
     /// Deepest accepted nesting of JSON arrays and objects.
     pub max_depth: usize,
     /// Largest accepted AMQP headers table, e.g. `"16 KiB"`. Bounded so a refused message,
     /// copied to the rejected queue with Herald's reason added, always fits in one frame.
+    #[serde(serialize_with = "size")]
     pub max_header_bytes: bytesize::ByteSize,
 }
 
@@ -255,7 +272,7 @@ impl Default for Limits {
 }
 
 /// Working-day calendar settings.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CalendarConfig {
     /// A bank-holiday file in the GOV.UK `bank-holidays.json` format; unset means the
@@ -264,7 +281,7 @@ pub struct CalendarConfig {
 }
 
 /// A field that only some recipient classes may receive.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SensitiveRule {
     /// Dotted paths inside `additionalInformation`.
@@ -279,7 +296,7 @@ pub struct SensitiveRule {
 
 /// The envelope's free text (`description`): it can say anything, so routes.toml says which
 /// classes of recipient receive it.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FreeText {
     /// Classes that receive the envelope's `description`. Unset: every class from which no
@@ -288,7 +305,7 @@ pub struct FreeText {
 }
 
 /// One entry of the recipient directory.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RecipientConfig {
     /// `<class>:<code>`, e.g. `police:WYP-LEEDS`.
@@ -306,7 +323,7 @@ pub struct RecipientConfig {
 }
 
 /// A recipient's webhook endpoint.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookConfig {
     pub url: String,
@@ -317,7 +334,7 @@ pub struct WebhookConfig {
 }
 
 /// One routing rule.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     /// Unique, used in logs, metrics and idempotency keys.
@@ -352,6 +369,28 @@ fn durations<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<std::time::Du
         .into_iter()
         .map(humantime_serde::Serde::into_inner)
         .collect())
+}
+
+/// A duration as routes.toml writes it (`"10m"`, `"48h"`), for `herald config show`.
+fn span<S: serde::Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&crate::sla::format_span(*d))
+}
+
+/// A list of durations as routes.toml writes them.
+fn spans<S: serde::Serializer>(list: &[std::time::Duration], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(list.iter().map(|d| crate::sla::format_span(*d)))
+}
+
+/// A size as routes.toml writes it (`"256 KiB"`): the largest binary unit that divides it.
+fn size<S: serde::Serializer>(b: &bytesize::ByteSize, s: S) -> Result<S::Ok, S::Error> {
+    let n = b.as_u64();
+    let unit = [("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)]
+        .into_iter()
+        .find(|(_, f)| n >= *f && n.is_multiple_of(*f));
+    match unit {
+        Some((name, f)) => s.serialize_str(&format!("{} {name}", n / f)),
+        None => s.serialize_str(&format!("{n} B")),
+    }
 }
 
 fn default_channels() -> Vec<String> {

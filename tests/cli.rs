@@ -1,5 +1,5 @@
-//! The `herald` binary as an operator or a publisher runs it: `check`, `validate` and
-//! `route-test`, their output and their exit codes.
+//! The `herald` binary as an operator or a publisher runs it: `check`, `config show`,
+//! `validate` and `route-test`, their output and their exit codes.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -218,7 +218,7 @@ fn strings(items: &[&str]) -> toml::Value {
 #[test]
 fn every_command_lists_the_environment_it_reads_with_its_defaults() {
     let amqp = "amqp://guest:guest@127.0.0.1:5672/%2f";
-    let cases: [(&[&str], &[&str]); 8] = [
+    let cases: [(&[&str], &[&str]); 9] = [
         (
             &["serve", "--help"],
             &[
@@ -259,6 +259,17 @@ fn every_command_lists_the_environment_it_reads_with_its_defaults() {
         (
             &["check", "--help"],
             &["HERALD_CONFIG", "HERALD_RECEIVER_URL", SECRET_ENV],
+        ),
+        (
+            &["config", "show", "--help"],
+            &[
+                "HERALD_CONFIG",
+                "HERALD_AMQP_URL",
+                "HERALD_SMTP_URL",
+                "HERALD_METRICS_ADDR",
+                "HERALD_RECEIVER_URL",
+                SECRET_ENV,
+            ],
         ),
         (&["validate", "--help"], &["HERALD_CONFIG"]),
         (
@@ -390,6 +401,70 @@ fn check_passes_the_shipped_configuration() {
         "{run:?}"
     );
     assert!(!run.both().contains("error:"), "{run:?}");
+}
+
+/// A copy of the shipped configuration whose bail route asks for a court no example names:
+/// sound, but `check` warns that the route's template is never tried.
+fn sandbox_with_one_warning() -> Sandbox {
+    let sandbox = Sandbox::new();
+    sandbox.set_route(
+        "ppo-bail-decision",
+        "matchers",
+        strings(&["offender.ppo = true", "court.code = \"NO-SUCH-COURT\""]),
+    );
+    sandbox
+}
+
+#[test]
+fn check_strict_fails_on_a_warning_that_check_alone_passes() {
+    let sandbox = sandbox_with_one_warning();
+    let file = sandbox.config_arg();
+    let warning = "route ppo-bail-decision: no example in";
+
+    let run = sandbox.check_with(&[(SECRET_ENV, SECRET)]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let warnings: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("warning:"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{run:?}");
+    assert!(warnings[0].contains(warning), "{run:?}");
+    assert!(
+        run.stdout.lines().any(|l| l == format!("{file}: ok")),
+        "{run:?}"
+    );
+
+    let run = herald_with(
+        &["check", "--strict", "--config", &file],
+        &[(SECRET_ENV, SECRET)],
+    );
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains(warning), "{run:?}");
+    assert!(!run.both().contains("error:"), "{run:?}");
+    assert!(
+        run.stdout
+            .lines()
+            .any(|l| l == format!("{file}: 1 warning(s), which fail under --strict")),
+        "{run:?}"
+    );
+
+    // An unset signing secret is a warning too.
+    let run = herald(&["check", "--strict"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr
+            .contains(&format!("warning: routes.toml: {SECRET_ENV}")),
+        "{run:?}"
+    );
+    // The shipped configuration, its secret set, has no warning.
+    let run = herald_with(&["check", "--strict"], &[(SECRET_ENV, SECRET)]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stdout.lines().any(|l| l == "routes.toml: ok"),
+        "{run:?}"
+    );
+    assert!(!run.stderr.contains("warning:"), "{run:?}");
 }
 
 #[test]
@@ -908,7 +983,85 @@ fn no_command_prints_the_broker_password_whatever_form_the_url_takes() {
             assert!(run.stderr.contains("error:"), "{url} {args:?}: {run:?}");
             assert!(!run.both().contains(password), "{url} {args:?}: {run:?}");
         }
+        let run = herald_with(&["config", "show"], &env);
+        assert_eq!(run.code, 0, "{url}: {run:?}");
+        assert!(!run.both().contains(password), "{url}: {run:?}");
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// herald config show
+
+#[test]
+fn config_show_prints_the_effective_configuration_with_every_secret_masked() {
+    let broker_password = "c0urt-pa55";
+    let broker = format!("amqp://court:{broker_password}@broker.example.gov.uk:5671/%2f");
+    let run = herald_with(
+        &["config", "show"],
+        &[(SECRET_ENV, SECRET), ("HERALD_AMQP_URL", &broker)],
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_not_shown(&run, SECRET);
+    assert!(!run.both().contains(broker_password), "{run:?}");
+    let shown = &run.stdout;
+    assert!(
+        shown.contains(&format!(
+            "secret_env = \"{SECRET_ENV}\"  # {SECRET_ENV} is set: ***"
+        )),
+        "{run:?}"
+    );
+    assert!(
+        shown.contains("overrides applied: HERALD_AMQP_URL (amqp.url)"),
+        "{run:?}"
+    );
+
+    // It is TOML: the settings as Herald reads them.
+    let doc: toml::Table = shown.parse().unwrap_or_else(|e| panic!("{e}: {run:?}"));
+    assert_eq!(
+        doc["amqp"]["url"].as_str(),
+        Some("amqp://court:***@broker.example.gov.uk:5671/%2f")
+    );
+    // A default the file does not set.
+    let file = std::fs::read_to_string(root().join("routes.toml")).unwrap();
+    assert!(!file.contains("dedup_window"), "routes.toml sets it now");
+    assert_eq!(doc["service"]["dedup_window"].as_str(), Some("10m"));
+    // ${HERALD_RECEIVER_URL} as Herald fills it in.
+    assert!(
+        !shown
+            .lines()
+            .any(|l| !l.starts_with('#') && l.contains("${")),
+        "{run:?}"
+    );
+    let leeds = doc["recipient"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"].as_str() == Some("police:WYP-LEEDS"))
+        .unwrap();
+    assert_eq!(
+        leeds["webhook"]["url"].as_str(),
+        Some("http://127.0.0.1:9900/police/WYP-LEEDS")
+    );
+
+    // Without the variable, the line says so.
+    let run = herald(&["config", "show"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stdout.contains(&format!(
+            "# {SECRET_ENV} is not set: serve parks this endpoint's webhooks until it is"
+        )),
+        "{run:?}"
+    );
+}
+
+#[test]
+fn config_show_of_a_file_that_does_not_load_lists_its_problems() {
+    let sandbox = Sandbox::new();
+    sandbox.edit_config(|t| t.replacen("prefetch = 100", "prefetch = \"many\"", 1));
+    let run = herald(&["config", "show", "--config", &sandbox.config_arg()]);
+    assert_eq!(run.code, 2, "{run:?}");
+    error_line(&run, &["prefetch"]);
+    assert!(run.stdout.is_empty(), "{run:?}");
 }
 
 // ---------------------------------------------------------------------------------------

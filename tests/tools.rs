@@ -14,57 +14,94 @@ use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptio
 use lapin::types::FieldTable;
 use sha2::Sha256;
 
+/// An exchange and a queue of the test's own, the queue bound to every key, and a routes.toml
+/// naming the exchange: what `herald publish` sends waits in the queue to be read.
+struct Bound {
+    names: Names,
+    _conn: lapin::Connection,
+    ch: lapin::Channel,
+    _dir: tempfile::TempDir,
+    config: std::path::PathBuf,
+}
+
+impl Bound {
+    async fn new(test: &str) -> Bound {
+        let names = Names::new(test);
+        let (conn, ch) = service::channel().await;
+        ch.exchange_declare(
+            names.exchange.as_str().into(),
+            lapin::ExchangeKind::Topic,
+            ExchangeDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+        ch.queue_declare(
+            names.queue.as_str().into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+        ch.queue_bind(
+            names.queue.as_str().into(),
+            names.exchange.as_str().into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("routes.toml");
+        std::fs::write(
+            &config,
+            format!("[amqp]\nexchange = \"{}\"\n", names.exchange),
+        )
+        .unwrap();
+        Bound {
+            names,
+            _conn: conn,
+            ch,
+            _dir: dir,
+            config,
+        }
+    }
+
+    /// `herald publish ARGS` to the test's exchange.
+    fn publish(&self, args: &[&str]) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args(["publish", "--config"])
+            .arg(&self.config)
+            .args(args)
+            .env("HERALD_AMQP_URL", service::amqp_url())
+            .output()
+            .unwrap()
+    }
+
+    /// What has arrived in the test's queue, taken from it.
+    async fn received(&self) -> Vec<lapin::message::Delivery> {
+        service::drain(&self.ch, &self.names.queue).await
+    }
+
+    async fn cleanup(self) {
+        service::cleanup(&self.ch, &self.names).await;
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn publish_sets_the_properties_agencies_must_set() {
-    let names = Names::new("publish");
-    let (_conn, ch) = service::channel().await;
-    ch.exchange_declare(
-        names.exchange.as_str().into(),
-        lapin::ExchangeKind::Topic,
-        ExchangeDeclareOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
-    ch.queue_declare(
-        names.queue.as_str().into(),
-        QueueDeclareOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
-    ch.queue_bind(
-        names.queue.as_str().into(),
-        names.exchange.as_str().into(),
-        "#".into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("routes.toml");
-    std::fs::write(
-        &config,
-        format!("[amqp]\nexchange = \"{}\"\n", names.exchange),
-    )
-    .unwrap();
+    let bound = Bound::new("publish").await;
     let file = common::example_path("valid", "court.warrant.issued.json");
-    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args(["publish", "--config"])
-        .arg(&config)
-        .arg(&file)
-        .env("HERALD_AMQP_URL", service::amqp_url())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("as court.warrant.issued"));
+    let out = bound.publish(&[file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("as court.warrant.issued"));
 
-    let got = service::drain(&ch, &names.queue).await;
+    let got = bound.received().await;
     assert_eq!(got.len(), 1);
     let m = &got[0];
     assert_eq!(m.routing_key.as_str(), "court.warrant.issued");
@@ -83,6 +120,8 @@ async fn publish_sets_the_properties_agencies_must_set() {
     assert_eq!(*p.delivery_mode(), Some(2));
 
     // An exchange with no queue bound: the publish is returned, and said so.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("routes.toml");
     std::fs::write(&config, "[amqp]\nexchange = \"amq.topic\"\n").unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_herald"))
         .args(["publish", "--config"])
@@ -92,8 +131,167 @@ async fn publish_sets_the_properties_agencies_must_set() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not routed"));
-    service::cleanup(&ch, &names).await;
+    assert!(text(&out.stderr).contains("not routed"));
+    bound.cleanup().await;
+}
+
+fn instant(value: &serde_json::Value) -> chrono::DateTime<chrono::FixedOffset> {
+    chrono::DateTime::parse_from_rfc3339(value.as_str().unwrap())
+        .unwrap_or_else(|e| panic!("{value}: {e}"))
+}
+
+fn day(value: &serde_json::Value) -> chrono::NaiveDate {
+    chrono::NaiveDate::parse_from_str(value.as_str().unwrap(), "%Y-%m-%d")
+        .unwrap_or_else(|e| panic!("{value}: {e}"))
+}
+
+/// The Europe/London date of an instant, as Herald reads dates.
+fn london_day(at: chrono::DateTime<chrono::FixedOffset>) -> chrono::NaiveDate {
+    at.with_timezone(&chrono_tz::Europe::London).date_naive()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn publish_now_stamps_the_event_with_the_current_time_and_keeps_its_dates_apart() {
+    let bound = Bound::new("publish-now").await;
+    let bail = common::example_path("valid", "court.bail.decided.json");
+    let leave = common::example_path("valid", "prison.temporary-release.granted.json");
+    let before = (
+        std::fs::read(&bail).unwrap(),
+        std::fs::read(&leave).unwrap(),
+    );
+    let out = bound.publish(&["--now", bail.to_str().unwrap(), leave.to_str().unwrap()]);
+    let published = chrono::Utc::now();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains(", occurredAt "), "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .last()
+            .is_some_and(|l| l.starts_with("note: ")
+                && l.contains("(with --now they change every second)")
+                && l.contains("give --message-id")),
+        "{stdout}"
+    );
+    // The files themselves are as they were.
+    assert_eq!(
+        before,
+        (
+            std::fs::read(&bail).unwrap(),
+            std::fs::read(&leave).unwrap()
+        )
+    );
+
+    let got = bound.received().await;
+    assert_eq!(got.len(), 2, "{stdout}");
+    let event = |m: &lapin::message::Delivery| -> serde_json::Value {
+        serde_json::from_slice(&m.data).unwrap()
+    };
+    let original = |name: &str| common::example(name);
+    let (bail_now, leave_now) = (event(&got[0]), event(&got[1]));
+    for doc in [&bail_now, &leave_now] {
+        let occurred = instant(&doc["occurredAt"]);
+        let age = published.signed_duration_since(occurred);
+        assert!(
+            age >= chrono::Duration::zero() && age < chrono::Duration::minutes(1),
+            "occurredAt {occurred} is not now ({published})"
+        );
+        assert_eq!(doc["publishedAt"], doc["occurredAt"]);
+    }
+    // A date keeps its distance in days: the next hearing was 21 days after the bail hearing.
+    let was = original("court.bail.decided.json");
+    let info = &bail_now["additionalInformation"];
+    let today = london_day(instant(&bail_now["occurredAt"]));
+    assert_eq!(
+        day(&info["nextHearing"]["date"]) - today,
+        day(&was["additionalInformation"]["nextHearing"]["date"])
+            - london_day(instant(&was["occurredAt"]))
+    );
+    assert_eq!(day(&info["hearingDate"]), today);
+    // A date-time keeps its distance exactly, and the offset it was written with.
+    let was = original("prison.temporary-release.granted.json");
+    let info = &leave_now["additionalInformation"];
+    for field in ["leavesAt", "returnsBy"] {
+        assert_eq!(
+            instant(&info[field]) - instant(&leave_now["occurredAt"]),
+            instant(&was["additionalInformation"][field]) - instant(&was["occurredAt"]),
+            "{field}"
+        );
+        assert!(info[field].as_str().unwrap().ends_with('Z'), "{info}");
+    }
+    // Everything else is as the file has it.
+    assert_eq!(info["purpose"], was["additionalInformation"]["purpose"]);
+    assert_eq!(
+        leave_now["personReference"],
+        original("prison.temporary-release.granted.json")["personReference"]
+    );
+    // The id is derived from the bytes published, as the note says.
+    for m in &got {
+        assert_eq!(
+            m.properties.message_id().as_ref().map(|id| id.to_string()),
+            Some(herald::event::EventId::from_content(&m.data).to_string())
+        );
+    }
+    bound.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn publish_says_once_that_the_id_is_derived_and_message_id_sets_it() {
+    let bound = Bound::new("publish-id").await;
+    let warrant = common::example_path("valid", "court.warrant.issued.json");
+    let warrant = warrant.to_str().unwrap();
+
+    let out = bound.publish(&[warrant]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let notes: Vec<&str> = stdout.lines().filter(|l| l.starts_with("note:")).collect();
+    assert_eq!(
+        notes,
+        [
+            "note: message_id was derived from the bytes published: the same bytes published \
+             again within service.dedup_window (10m) are dropped by herald serve as a \
+             duplicate; give --message-id, or --now to re-stamp the event"
+        ],
+        "{stdout}"
+    );
+
+    let out = bound.publish(&["--message-id", "LEEDSMC-W-2026-004512-1", warrant]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("(message_id LEEDSMC-W-2026-004512-1, user_id guest)"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("note:"), "{stdout}");
+
+    let got = bound.received().await;
+    assert_eq!(got.len(), 2);
+    let ids: Vec<String> = got
+        .iter()
+        .map(|m| m.properties.message_id().as_ref().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            herald::event::EventId::from_content(&got[0].data).to_string(),
+            "LEEDSMC-W-2026-004512-1".to_owned()
+        ]
+    );
+
+    // One id is for one message: with two files, or empty, nothing is published.
+    let bail = common::example_path("valid", "court.bail.decided.json");
+    for args in [
+        &["--message-id", "x-1", warrant, bail.to_str().unwrap()][..],
+        &["--message-id", "", warrant],
+    ] {
+        let out = bound.publish(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let stderr = text(&out.stderr);
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.starts_with("error: --message-id "), "{stderr}");
+    }
+    assert!(bound.received().await.is_empty());
+    bound.cleanup().await;
 }
 
 fn sign(id: &str, ts: i64, body: &str) -> String {

@@ -1,6 +1,7 @@
 //! `herald check`: is the configuration sound, and does every template render? Beyond the
 //! core's checks, each webhook's signing secret is read from the environment as `serve`
 //! reads it, so a secret serve would refuse fails here first. Nothing printed shows a secret.
+//! Warnings (what serve runs with, but an operator should look at) fail only with `--strict`.
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -8,7 +9,7 @@ use std::process::ExitCode;
 use crate::core::{CheckReport, Core};
 use crate::deliver::webhook::Secret;
 
-pub fn run(core: &Core) -> ExitCode {
+pub fn run(core: &Core, strict: bool) -> ExitCode {
     let mut report = core.check();
     check_secrets(core, |name| std::env::var_os(name), &mut report);
     for e in &report.errors {
@@ -20,16 +21,19 @@ pub fn run(core: &Core) -> ExitCode {
     for n in &report.notes {
         println!("note: {n}");
     }
-    if report.errors.is_empty() {
-        println!("{}: ok", core.config_path.display());
-    } else {
+    let file = core.config_path.display();
+    let warned = strict && !report.warnings.is_empty();
+    if !report.errors.is_empty() {
+        println!("{file}: {} error(s)", report.errors.len());
+    } else if warned {
         println!(
-            "{}: {} error(s)",
-            core.config_path.display(),
-            report.errors.len()
+            "{file}: {} warning(s), which fail under --strict",
+            report.warnings.len()
         );
+    } else {
+        println!("{file}: ok");
     }
-    super::passed(report.errors.is_empty())
+    super::passed(report.errors.is_empty() && !warned)
 }
 
 /// Each webhook recipient's `secret_env` (and `previous_secret_env`) read through `env` and

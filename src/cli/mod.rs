@@ -1,12 +1,14 @@
-//! The command line: the offline tools (`check`, `validate`, `route-test`), the service
-//! (`serve`), and the integration aids (`publish`, `receive`).
+//! The command line: the offline tools (`check`, `config show`, `validate`, `route-test`), the
+//! service (`serve`), and the integration aids (`publish`, `receive`).
 
 mod check;
 mod dlq;
 mod publish;
 mod receive;
+mod restamp;
 mod route_test;
 mod serve;
+mod show_config;
 mod validate;
 
 use std::path::PathBuf;
@@ -102,6 +104,14 @@ const CHECK_ENV: &str = concat!("Environment:\n", env_receiver!(), env_secrets!(
 
 const ROUTE_TEST_ENV: &str = concat!("Environment:\n", env_receiver!());
 
+const CONFIG_SHOW_ENV: &str = concat!(
+    "Environment:\n",
+    env_amqp!(),
+    env_smtp_metrics!(),
+    env_receiver!(),
+    env_secrets!(),
+);
+
 #[derive(Debug, Parser)]
 #[command(
     name = "herald",
@@ -141,6 +151,16 @@ pub enum Command {
         /// The routing key; default: each file's eventType.
         #[arg(long)]
         routing_key: Option<String>,
+        /// Publish each event as if it happened now: occurredAt and publishedAt become the
+        /// current time; every other date-time moves by as much as occurredAt did, and every
+        /// date (dateOfBirth too) by as many days as occurredAt's London date did, each
+        /// keeping its format and offset. The file is not changed.
+        #[arg(long)]
+        now: bool,
+        /// The AMQP message_id (one file only). Default: derived from the bytes published,
+        /// so the same bytes published again within service.dedup_window are a duplicate.
+        #[arg(long, value_name = "ID")]
+        message_id: Option<String>,
         /// Event files.
         #[arg(required = true)]
         files: Vec<PathBuf>,
@@ -167,7 +187,17 @@ pub enum Command {
     },
     /// Load schemas, routes.toml and templates; render every template against every example.
     #[command(after_help = CHECK_ENV)]
-    Check,
+    Check {
+        /// Fail (exit 1) on warnings too: a route no example matches, an event type no route
+        /// handles, an unset signing secret.
+        #[arg(long)]
+        strict: bool,
+    },
+    /// Show the configuration as Herald reads it.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
     /// Validate event files offline against the schemas.
     Validate {
         /// Print the results as JSON.
@@ -199,6 +229,14 @@ pub enum Command {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum ConfigAction {
+    /// Print the effective configuration as TOML: routes.toml with every default filled in,
+    /// ${HERALD_RECEIVER_URL} and the environment's overrides applied, secrets as ***.
+    #[command(after_help = CONFIG_SHOW_ENV)]
+    Show,
+}
+
 /// The configuration file a command reads.
 #[derive(Debug)]
 pub struct ConfigArg {
@@ -220,6 +258,17 @@ impl ConfigArg {
             ExitCode::from(2)
         })
     }
+
+    /// Reads routes.toml alone, for the commands that need none of the schemas or templates,
+    /// or prints every problem and gives the exit code for a bad configuration.
+    fn load_file(&self) -> Result<crate::config::Config, ExitCode> {
+        crate::config::Config::load(&self.config).map_err(|e| {
+            for line in e.lines() {
+                eprintln!("error: {line}");
+            }
+            ExitCode::from(2)
+        })
+    }
 }
 
 /// Runs a parsed command line; the exit code says whether everything passed.
@@ -231,31 +280,34 @@ pub fn run(cli: Cli) -> ExitCode {
             user,
             password_env,
             routing_key,
+            now,
+            message_id,
             files,
-        } => crate::config::Config::load(&config.config)
-            .map_err(|e| {
-                for line in e.lines() {
-                    eprintln!("error: {line}");
-                }
-                ExitCode::from(2)
-            })
-            .map(|c| {
-                runtime(publish::run(publish::Args {
-                    url: std::env::var("HERALD_AMQP_URL").unwrap_or(c.amqp.url),
-                    exchange: c.amqp.exchange,
-                    user,
-                    password_env,
-                    routing_key,
-                    files,
-                }))
-            }),
+        } => config.load_file().map(|c| {
+            runtime(publish::run(publish::Args {
+                url: std::env::var("HERALD_AMQP_URL").unwrap_or(c.amqp.url),
+                exchange: c.amqp.exchange,
+                user,
+                password_env,
+                routing_key,
+                now,
+                message_id,
+                dedup_window: c.service.dedup_window,
+                files,
+            }))
+        }),
         Command::Dlq { action } => config.load().map(|core| runtime(dlq::run(core, action))),
         Command::Receive {
             addr,
             secret_env,
             verbose,
         } => Ok(runtime(receive::run(&addr, &secret_env, verbose))),
-        Command::Check => config.load().map(|core| check::run(&core)),
+        Command::Check { strict } => config.load().map(|core| check::run(&core, strict)),
+        Command::Config {
+            action: ConfigAction::Show,
+        } => config
+            .load_file()
+            .map(|c| show_config::run(&config.config, c, |name| std::env::var(name).ok())),
         Command::Validate { json, files } => {
             config.load().map(|core| validate::run(&core, &files, json))
         }
