@@ -70,12 +70,13 @@ pub fn amqp_url_as(user: &str, password: &str) -> String {
 }
 
 /// `rabbitmqctl list_queues` on the tests' virtual host, with these columns.
-fn list_queues(columns: &[&str]) -> std::io::Result<std::process::Output> {
+pub fn list_queues(columns: &[&str]) -> std::io::Result<std::process::Output> {
     Command::new("rabbitmqctl")
         .args(["list_queues", "-p", &vhost(), "-q"])
         .args(columns)
         .output()
 }
+
 /// The signing secret every test webhook endpoint shares.
 pub const SECRET: &str = "whsec_dGVzdC1zZWNyZXQtZm9yLWhlcmFsZC10ZXN0cw==";
 
@@ -124,7 +125,8 @@ fn queue_depths() -> String {
         .unwrap_or_else(|e| format!("rabbitmqctl failed: {e}"))
 }
 
-fn free_port() -> u16 {
+/// A free port on loopback.
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -365,6 +367,18 @@ impl Receiver {
     }
 }
 
+/// The Standard Webhooks signature of a body sent with this id and timestamp, signed with
+/// [`SECRET`]: `v1,` and the base64 of its HMAC-SHA256.
+pub fn sign(id: &str, timestamp: &str, body: &[u8]) -> String {
+    let key = STANDARD
+        .decode(SECRET.trim_start_matches("whsec_"))
+        .unwrap();
+    let mut mac = Hmac::<Sha256>::new_from_slice(&key).unwrap();
+    mac.update(format!("{id}.{timestamp}.").as_bytes());
+    mac.update(body);
+    format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()))
+}
+
 /// Checks the signature the way a recipient following Standard Webhooks would.
 fn signature_ok(headers: &HeaderMap, body: &[u8]) -> bool {
     let h = |n: &str| {
@@ -374,13 +388,7 @@ fn signature_ok(headers: &HeaderMap, body: &[u8]) -> bool {
             .unwrap_or("")
             .to_owned()
     };
-    let key = STANDARD
-        .decode(SECRET.trim_start_matches("whsec_"))
-        .unwrap();
-    let mut mac = Hmac::<Sha256>::new_from_slice(&key).unwrap();
-    mac.update(format!("{}.{}.", h("webhook-id"), h("webhook-timestamp")).as_bytes());
-    mac.update(body);
-    let expected = format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()));
+    let expected = sign(&h("webhook-id"), &h("webhook-timestamp"), body);
     let fresh = h("webhook-timestamp")
         .parse::<i64>()
         .is_ok_and(|t| (chrono::Utc::now().timestamp() - t).abs() < 300);
@@ -475,6 +483,23 @@ pub async fn wait_for_queue(queue: &str) {
         .is_ok()
     })
     .await;
+}
+
+/// Messages ready on a queue, by a passive declare on a channel of its own (a failed one
+/// closes its channel); the queue must exist.
+pub async fn ready(queue: &str) -> u32 {
+    let (_conn, ch) = channel().await;
+    ch.queue_declare(
+        queue.into(),
+        QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        },
+        Default::default(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("queue {queue}: {e}"))
+    .message_count()
 }
 
 /// Exchange and queue names of one test.
