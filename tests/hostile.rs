@@ -4,10 +4,10 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use common::body;
+use common::broker::rabbitmqctl;
 use common::service::{self, Names, Receiver, Smtp, agency, ready, total, wait_until};
 use herald::serve::park::header_text;
 use lapin::BasicProperties;
@@ -31,14 +31,14 @@ impl Login {
         let name = format!("herald-test-{tag}-{}", std::process::id());
         let password = format!("pw-{}", std::process::id());
         let ctl = |args: &[&str]| {
-            let status = Command::new("rabbitmqctl")
+            let status = rabbitmqctl()
                 .args(args)
                 .stdout(std::process::Stdio::null())
                 .status()
                 .expect("rabbitmqctl");
             assert!(status.success(), "rabbitmqctl {args:?}");
         };
-        let _ = Command::new("rabbitmqctl")
+        let _ = rabbitmqctl()
             .args(["delete_user", &name])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -63,7 +63,7 @@ impl Login {
 
 impl Drop for Login {
     fn drop(&mut self) {
-        let _ = Command::new("rabbitmqctl")
+        let _ = rabbitmqctl()
             .args(["delete_user", &self.name])
             .stdout(std::process::Stdio::null())
             .status();

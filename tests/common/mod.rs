@@ -1,10 +1,12 @@
-//! Shared by the test files: the shipped configuration and the example events, and (in
-//! `service`) the real parts the service tests talk to.
+//! Shared by the test files: the shipped configuration and the example events, a lock between
+//! test processes, and (in `service` and `broker`) the real parts the service tests talk to.
 
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::OnceLock;
+use std::time::{Duration, Instant, SystemTime};
 
 use herald::core::Core;
 use herald::event::{Event, EventId};
@@ -73,4 +75,67 @@ pub fn accept(doc: &Value) -> Event {
         .unwrap_or_else(|r| panic!("rejected: {r}"))
 }
 
+/// A lock between test processes (several test binaries, or two runs at once): a directory,
+/// made atomically, holding its owner's process id. A lock whose owner has died is taken over.
+pub struct DirLock(PathBuf);
+
+impl DirLock {
+    pub fn acquire(path: &Path, timeout: Duration) -> Result<DirLock, String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match std::fs::create_dir(path) {
+                Ok(()) => {
+                    let _ = std::fs::write(path.join("owner"), std::process::id().to_string());
+                    return Ok(DirLock(path.into()));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    if DirLock::abandoned(path) {
+                        let _ = std::fs::remove_dir_all(path);
+                        continue;
+                    }
+                }
+                Err(e) => return Err(format!("cannot create the lock {}: {e}", path.display())),
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "{} is still held after {timeout:?}: remove it if no test run is going on",
+                    path.display()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Its owner has died, or it never said who it is (it is made and its owner written in
+    /// one step, so that is a few seconds at most).
+    fn abandoned(path: &Path) -> bool {
+        match std::fs::read_to_string(path.join("owner")) {
+            Ok(pid) if !pid.trim().is_empty() => !process_alive(pid.trim()),
+            _ => std::fs::metadata(path)
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| {
+                    SystemTime::now()
+                        .duration_since(t)
+                        .is_ok_and(|age| age > Duration::from_secs(10))
+                }),
+        }
+    }
+}
+
+impl Drop for DirLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Whether a process with this id is running.
+pub fn process_alive(pid: &str) -> bool {
+    !pid.is_empty()
+        && Command::new("sh")
+            .args(["-c", "kill -0 \"$1\" 2>/dev/null", "sh", pid])
+            .status()
+            .is_ok_and(|s| s.success())
+}
+
+pub mod broker;
 pub mod service;

@@ -1,13 +1,13 @@
 //! Real parts for the service tests: an SMTP server (Python's aiosmtpd) and an HTTP receiver
-//! that checks Standard Webhooks signatures itself, both on loopback; RabbitMQ on
-//! 127.0.0.1:5672 (or `HERALD_TEST_AMQP_URL`) with names of the test's own; and Herald started
-//! as the binary starts it.
+//! that checks Standard Webhooks signatures itself, both on loopback; RabbitMQ (the one
+//! [`super::broker`] decides on) with names of the test's own; and Herald started as the binary
+//! starts it.
 
 use std::collections::BTreeMap;
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -28,16 +28,14 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use serde_json::Value;
 use sha2::Sha256;
 
-/// The broker the tests use when `HERALD_TEST_AMQP_URL` is unset.
-const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-
-/// The broker the tests use: `HERALD_TEST_AMQP_URL`, so the suite can run on a virtual host
-/// (or a port) of its own, or guest on the local broker's default vhost. The tests publish as
-/// guest (`user_id` guest, `guest` in `[publishers]`), so the login must be guest.
+/// The broker the tests use (see [`super::broker`]): `HERALD_TEST_AMQP_URL`, so the suite can
+/// run on a virtual host (or a port) of its own; or guest on the local broker's default vhost,
+/// or on the tests' private node when no broker answers. The tests publish as guest (`user_id`
+/// guest, `guest` in `[publishers]`), so the login must be guest.
 pub fn amqp_url() -> String {
-    static URL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    static URL: OnceLock<String> = OnceLock::new();
     URL.get_or_init(|| {
-        let url = std::env::var("HERALD_TEST_AMQP_URL").unwrap_or_else(|_| DEFAULT_AMQP_URL.into());
+        let url = super::broker::broker().url.clone();
         let parsed = url::Url::parse(&url)
             .unwrap_or_else(|e| panic!("HERALD_TEST_AMQP_URL is not a URL: {e}"));
         assert_eq!(
@@ -69,9 +67,9 @@ pub fn amqp_url_as(user: &str, password: &str) -> String {
     url.to_string()
 }
 
-/// `rabbitmqctl list_queues` on the tests' virtual host, with these columns.
+/// `rabbitmqctl list_queues` on the tests' broker and virtual host, with these columns.
 pub fn list_queues(columns: &[&str]) -> std::io::Result<std::process::Output> {
-    Command::new("rabbitmqctl")
+    super::broker::rabbitmqctl()
         .args(["list_queues", "-p", &vhost(), "-q"])
         .args(columns)
         .output()
@@ -540,7 +538,7 @@ pub async fn channel() -> (Connection, Channel) {
         .await
         .unwrap_or_else(|e| {
             panic!(
-                "RabbitMQ at {} (HERALD_TEST_AMQP_URL; start it with rabbitmq-server -detached): {e}",
+                "cannot connect to the tests' RabbitMQ at {}: {e}",
                 herald::mask::url(&amqp_url())
             )
         });
@@ -617,7 +615,7 @@ pub async fn drain(ch: &Channel, queue: &str) -> Vec<lapin::message::Delivery> {
 /// Closes Herald's broker connection from the broker's side, as a broker restart or a network
 /// cut would. Returns how many connections were closed.
 pub fn close_connection(name: &str) -> usize {
-    let out = Command::new("rabbitmqctl")
+    let out = super::broker::rabbitmqctl()
         .args(["list_connections", "pid", "client_properties", "-q"])
         .output()
         .expect("rabbitmqctl");
@@ -628,7 +626,7 @@ pub fn close_connection(name: &str) -> usize {
         .filter_map(|l| l.split_whitespace().next())
         .collect();
     for pid in &pids {
-        let status = Command::new("rabbitmqctl")
+        let status = super::broker::rabbitmqctl()
             .args(["close_connection", pid, "closed by a test"])
             .stdout(Stdio::null())
             .status()
