@@ -2,10 +2,13 @@
 //! that checks Standard Webhooks signatures itself, both on loopback; RabbitMQ (the one
 //! [`super::broker`] decides on) with names of the test's own; and Herald started as the binary
 //! starts it.
+//!
+//! aiosmtpd is taken from `python3` when it has it; otherwise it is installed once into a
+//! virtual environment of the tests' own, `target/tmp/herald-aiosmtpd/`, and run from there.
 
 use std::collections::BTreeMap;
 use std::net::TcpStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -160,27 +163,68 @@ impl Mail {
     }
 }
 
-fn has_aiosmtpd() -> bool {
-    Command::new("python3")
+fn has_aiosmtpd(python: &Path) -> bool {
+    Command::new(python)
         .args(["-c", "import aiosmtpd"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
 }
 
-/// Installs aiosmtpd from PyPI the first time a test needs it and it is missing.
-fn ensure_aiosmtpd() {
-    static READY: std::sync::OnceLock<()> = std::sync::OnceLock::new();
-    READY.get_or_init(|| {
-        if !has_aiosmtpd() {
-            let _ = Command::new("python3")
-                .args(["-m", "pip", "install", "--quiet", "aiosmtpd"])
-                .status();
-            assert!(
-                has_aiosmtpd(),
-                "the SMTP test server needs Python 3 with aiosmtpd: python3 -m pip install aiosmtpd"
-            );
+/// A Python that has aiosmtpd: `python3`, or the tests' own virtual environment, made (under a
+/// lock, as several test binaries may want it) the first time it is needed.
+fn python() -> &'static Path {
+    static PYTHON: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let found = PYTHON.get_or_init(|| {
+        let system = PathBuf::from("python3");
+        if has_aiosmtpd(&system) {
+            return Ok(system);
         }
+        let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("herald-aiosmtpd");
+        let python = venv.join("bin/python");
+        let _lock = super::DirLock::acquire(
+            &Path::new(env!("CARGO_TARGET_TMPDIR")).join("herald-aiosmtpd.lock"),
+            Duration::from_secs(300),
+        )?;
+        if has_aiosmtpd(&python) {
+            return Ok(python);
+        }
+        let run = |cmd: &mut Command, what: &str| match cmd.output() {
+            Ok(out) if out.status.success() => Ok(()),
+            Ok(out) => Err(format!(
+                "{what} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+                    .lines()
+                    .rfind(|l| !l.trim().is_empty())
+                    .unwrap_or("no message")
+            )),
+            Err(e) => Err(format!("{what} failed: {e}")),
+        };
+        let _ = std::fs::remove_dir_all(&venv);
+        run(
+            Command::new("python3").args(["-m", "venv"]).arg(&venv),
+            "python3 -m venv",
+        )
+        .and_then(|()| {
+            run(
+                Command::new(&python).args(["-m", "pip", "install", "--quiet", "aiosmtpd"]),
+                "pip install aiosmtpd",
+            )
+        })
+        .map_err(|e| {
+            format!(
+                "the SMTP test server needs Python 3 with aiosmtpd, and installing it into {} \
+                 did not work ({e}): python3 -m pip install aiosmtpd",
+                venv.display()
+            )
+        })?;
+        Ok(python)
     });
+    match found {
+        Ok(python) => python,
+        Err(line) => panic!("{line}"),
+    }
 }
 
 impl Smtp {
@@ -194,8 +238,7 @@ impl Smtp {
     }
 
     pub fn start_on(port: u16, dir: tempfile::TempDir) -> Smtp {
-        ensure_aiosmtpd();
-        let child = Command::new("python3")
+        let child = Command::new(python())
             .args([
                 "-m",
                 "aiosmtpd",
@@ -209,7 +252,7 @@ impl Smtp {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("python3 with aiosmtpd (pip install aiosmtpd)");
+            .unwrap_or_else(|e| panic!("cannot start aiosmtpd: {e}"));
         let deadline = Instant::now() + Duration::from_secs(15);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(
