@@ -1,11 +1,11 @@
 //! Hostile and broken input at the intake: every rejection reason with a specific detail,
 //! no personal data in any rejection, and no input of any shape that makes Herald panic.
 
-use std::collections::HashSet;
-use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+mod common;
 
-use herald::core::Core;
+use std::collections::HashSet;
+
+use common::{core, example, examples};
 use herald::event::{Event, EventId};
 use herald::intake::{Message, Reason, Rejection};
 use herald::notification::Problem;
@@ -17,18 +17,6 @@ use serde_json::{Value, json};
 
 /// The size limit routes.toml sets (`max_event_bytes = "256 KiB"`).
 const LIMIT: usize = 256 * 1024;
-
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn core() -> &'static Core {
-    static CORE: OnceLock<Core> = OnceLock::new();
-    CORE.get_or_init(|| {
-        Core::load(&root().join("routes.toml"))
-            .unwrap_or_else(|errors| panic!("routes.toml does not load: {errors:#?}"))
-    })
-}
 
 fn process(body: &[u8]) -> Result<(Event, Routing), Rejection> {
     core().process(body, EventId::new("test"))
@@ -43,40 +31,6 @@ fn reject(body: &[u8]) -> Rejection {
 
 fn reject_doc(doc: &Value) -> Rejection {
     reject(&serde_json::to_vec(doc).unwrap())
-}
-
-fn valid_dir() -> PathBuf {
-    root().join("schemas/examples/valid")
-}
-
-/// Every valid example, by file name, parsed once.
-fn examples() -> &'static [(String, Value)] {
-    static EXAMPLES: OnceLock<Vec<(String, Value)>> = OnceLock::new();
-    EXAMPLES.get_or_init(|| {
-        let mut names: Vec<String> = std::fs::read_dir(valid_dir())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|n| n.ends_with(".json"))
-            .collect();
-        names.sort();
-        assert!(!names.is_empty(), "no valid examples found");
-        names
-            .into_iter()
-            .map(|name| {
-                let text = std::fs::read(valid_dir().join(&name)).unwrap();
-                let doc = serde_json::from_slice(&text).unwrap();
-                (name, doc)
-            })
-            .collect()
-    })
-}
-
-fn example(name: &str) -> Value {
-    examples()
-        .iter()
-        .find(|(n, _)| n == name)
-        .map(|(_, doc)| doc.clone())
-        .unwrap_or_else(|| panic!("no valid example {name}"))
 }
 
 fn warrant() -> Value {

@@ -1,11 +1,14 @@
 //! The `herald` binary as an operator or a publisher runs it: `check`, `config show`,
 //! `validate` and `route-test`, their output and their exit codes.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use chrono::{DateTime, Utc};
+use common::root;
 use serde_json::Value;
 use tempfile::TempDir;
 
@@ -16,10 +19,6 @@ const SECRET_ENV: &str = "HERALD_WEBHOOK_SECRET";
 /// A valid signing secret (Standard Webhooks' own example), and its first webhook line.
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const FIRST_WEBHOOK: &str = r#"webhook = { url = "${HERALD_RECEIVER_URL}/police/WYP-LEEDS", secret_env = "HERALD_WEBHOOK_SECRET" }"#;
-
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
 
 /// What one run of the binary gave.
 struct Run {

@@ -227,11 +227,7 @@ async fn sigterm_drains_and_exits_cleanly_and_nothing_is_lost() {
 
 /// Messages on `queue` delivered to a consumer and not yet acknowledged, as the broker counts.
 fn unacknowledged(queue: &str) -> Option<usize> {
-    let out = Command::new("rabbitmqctl")
-        .args(["list_queues", "-p", &service::vhost()])
-        .args(["name", "messages_unacknowledged", "-q"])
-        .output()
-        .ok()?;
+    let out = service::list_queues(&["name", "messages_unacknowledged"]).ok()?;
     String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
         let mut fields = l.split_whitespace();
         (fields.next()? == queue).then(|| fields.next()?.parse().ok())?

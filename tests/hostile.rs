@@ -4,35 +4,17 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
-use common::service::{self, Names, Receiver, Smtp, agency, total, wait_until};
+use common::body;
+use common::broker::rabbitmqctl;
+use common::service::{self, Names, Receiver, Smtp, agency, ready, total, wait_until};
 use herald::serve::park::header_text;
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(30);
-
-fn body(name: &str) -> Vec<u8> {
-    serde_json::to_vec(&common::example(name)).unwrap()
-}
-
-/// Messages ready in a queue (a passive declare; the queue exists).
-async fn ready(ch: &lapin::Channel, queue: &str) -> u32 {
-    ch.queue_declare(
-        queue.into(),
-        lapin::options::QueueDeclareOptions {
-            passive: true,
-            ..Default::default()
-        },
-        Default::default(),
-    )
-    .await
-    .unwrap()
-    .message_count()
-}
 
 fn reason(m: &lapin::message::Delivery) -> Option<String> {
     header_text(m.properties.headers(), "x-herald-reason")
@@ -49,14 +31,14 @@ impl Login {
         let name = format!("herald-test-{tag}-{}", std::process::id());
         let password = format!("pw-{}", std::process::id());
         let ctl = |args: &[&str]| {
-            let status = Command::new("rabbitmqctl")
+            let status = rabbitmqctl()
                 .args(args)
                 .stdout(std::process::Stdio::null())
                 .status()
                 .expect("rabbitmqctl");
             assert!(status.success(), "rabbitmqctl {args:?}");
         };
-        let _ = Command::new("rabbitmqctl")
+        let _ = rabbitmqctl()
             .args(["delete_user", &name])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -81,7 +63,7 @@ impl Login {
 
 impl Drop for Login {
     fn drop(&mut self) {
-        let _ = Command::new("rabbitmqctl")
+        let _ = rabbitmqctl()
             .args(["delete_user", &self.name])
             .stdout(std::process::Stdio::null())
             .status();
@@ -384,12 +366,8 @@ async fn an_event_in_flight_when_the_connection_drops_is_delivered_once_and_neve
         1,
         "police were sent the notification once"
     );
-    assert_eq!(
-        ready(&ch, &names.rejected).await,
-        0,
-        "nothing dead-lettered"
-    );
-    assert_eq!(ready(&ch, &names.queue).await, 0);
+    assert_eq!(ready(&names.rejected).await, 0, "nothing dead-lettered");
+    assert_eq!(ready(&names.queue).await, 0);
     herald.stop().await.unwrap();
     service::cleanup(&ch, &names).await;
 }
@@ -538,7 +516,7 @@ async fn a_replay_cannot_be_made_to_act_as_a_publisher_named_in_a_header() {
     )
     .await;
     wait_until("the event refused", WAIT, || async {
-        ready(&ch, &names.rejected).await == 1
+        ready(&names.rejected).await == 1
     })
     .await;
     herald.stop().await.unwrap();
@@ -548,8 +526,8 @@ async fn a_replay_cannot_be_made_to_act_as_a_publisher_named_in_a_header() {
         out.contains("still rejected") && out.contains("user_id"),
         "{out}"
     );
-    assert_eq!(ready(&ch, &names.rejected).await, 1, "it stays parked");
-    assert_eq!(ready(&ch, &names.deliveries()).await, 0);
+    assert_eq!(ready(&names.rejected).await, 1, "it stays parked");
+    assert_eq!(ready(&names.deliveries()).await, 0);
     service::cleanup(&ch, &names).await;
 }
 
@@ -716,14 +694,14 @@ async fn any_message_the_broker_takes_is_routed_or_parked_never_lost() {
         || async {
             let m = service::scrape(&herald).await;
             total(&m, "herald_events_received_total", &[]) == MESSAGES as f64
-                && ready(&ch, &names.queue).await == 0
+                && ready(&names.queue).await == 0
         },
     )
     .await;
     let metrics = service::scrape(&herald).await;
     let rejected = total(&metrics, "herald_events_rejected_total", &[]) as u32;
     assert_eq!(
-        ready(&ch, &names.rejected).await,
+        ready(&names.rejected).await,
         rejected,
         "every refused message is parked"
     );
@@ -763,7 +741,7 @@ async fn thirty_looks_at_a_parked_notification_do_not_lose_it() {
     )
     .await;
     wait_until("the notification parked", WAIT, || async {
-        ready(&ch, &names.failed).await == 1
+        ready(&names.failed).await == 1
     })
     .await;
     for i in 0..30 {
@@ -775,11 +753,7 @@ async fn thirty_looks_at_a_parked_notification_do_not_lose_it() {
         let (ok, out) = service::dlq(&config, args);
         assert!(ok && out.contains("police:WYP-LEEDS"), "look {i}: {out}");
     }
-    assert_eq!(
-        ready(&ch, &names.failed).await,
-        1,
-        "still parked after 30 looks"
-    );
+    assert_eq!(ready(&names.failed).await, 1, "still parked after 30 looks");
     receiver.answer("/police/WYP-LEEDS", 204);
     let (ok, out) = service::dlq(&config, &["replay", "failed", "--all"]);
     assert!(ok, "{out}");
@@ -825,7 +799,7 @@ async fn parking_queues_an_older_herald_declared_are_kept_and_used() {
     wait_until(
         "the refused event parked in the older queue",
         WAIT,
-        || async { ready(&ch, &names.rejected).await == 1 },
+        || async { ready(&names.rejected).await == 1 },
     )
     .await;
     herald.stop().await.unwrap();
@@ -849,7 +823,7 @@ async fn a_replay_goes_to_the_address_routes_toml_gives_now() {
     )
     .await;
     wait_until("the webhook parked after 410 Gone", WAIT, || async {
-        ready(&ch, &names.failed).await == 1
+        ready(&names.failed).await == 1
     })
     .await;
     herald.stop().await.unwrap();
@@ -865,7 +839,7 @@ async fn a_replay_goes_to_the_address_routes_toml_gives_now() {
     std::fs::write(&gone, format!("{}{}", &text[..start], &text[end + 2..])).unwrap();
     let (ok, out) = service::dlq(&gone, &["replay", "failed", "evt-moved"]);
     assert!(!ok && out.contains("no longer in the directory"), "{out}");
-    assert_eq!(ready(&ch, &names.failed).await, 1);
+    assert_eq!(ready(&names.failed).await, 1);
 
     // The endpoint moved and routes.toml says so: the replay goes to the new URL, same key.
     let moved = dir.path().join("moved.toml");

@@ -8,6 +8,7 @@ mod common;
 use std::path::Path;
 use std::sync::OnceLock;
 
+use common::examples;
 use herald::core::Core;
 use herald::event::{Event, EventId};
 use herald::intake::Rejection;
@@ -427,27 +428,6 @@ fn reference() -> &'static Core {
         let mut core = Core::load(&common::root().join("routes.toml")).unwrap();
         core.renderer.set_handlebars_only(true);
         core
-    })
-}
-
-/// Every valid example, by file name: at least one per event type.
-fn examples() -> &'static [(String, Value)] {
-    static EXAMPLES: OnceLock<Vec<(String, Value)>> = OnceLock::new();
-    EXAMPLES.get_or_init(|| {
-        let dir = common::root().join("schemas/examples/valid");
-        let mut names: Vec<String> = std::fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|n| n.ends_with(".json"))
-            .collect();
-        names.sort();
-        names
-            .into_iter()
-            .map(|name| {
-                let doc = common::example(&name);
-                (name, doc)
-            })
-            .collect()
     })
 }
 

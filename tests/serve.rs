@@ -5,15 +5,12 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::service::{self, Names, Receiver, Smtp, agency, dlq, total, wait_until};
+use common::body;
+use common::service::{self, Names, Receiver, Smtp, agency, dlq, ready, total, wait_until};
 use lapin::BasicProperties;
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(30);
-
-fn body(name: &str) -> Vec<u8> {
-    serde_json::to_vec(&common::example(name)).unwrap()
-}
 
 fn count<T: Ord + Clone>(items: impl IntoIterator<Item = T>) -> BTreeMap<T, usize> {
     let mut m = BTreeMap::new();
@@ -1098,22 +1095,6 @@ async fn an_urgent_warrant_overtakes_routine_notifications_queued_for_the_same_f
     );
     herald.stop().await.unwrap();
     service::cleanup(&ch, &names).await;
-}
-
-/// Messages ready on a queue, by a passive declare on a channel of its own.
-async fn ready(queue: &str) -> u32 {
-    let (_conn, ch) = service::channel().await;
-    ch.queue_declare(
-        queue.into(),
-        lapin::options::QueueDeclareOptions {
-            passive: true,
-            ..Default::default()
-        },
-        Default::default(),
-    )
-    .await
-    .map(|q| q.message_count())
-    .unwrap_or(0)
 }
 
 /// The JSON lines of `herald dlq list --json`.

@@ -6,13 +6,9 @@ use std::io::{BufRead, BufReader, Lines};
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::Duration;
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
 use common::service::{self, Names};
-use hmac::{Hmac, Mac};
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
-use sha2::Sha256;
 
 /// An exchange and a queue of the test's own, the queue bound to every key, and a routes.toml
 /// naming the exchange: what `herald publish` sends waits in the queue to be read.
@@ -294,24 +290,6 @@ async fn publish_says_once_that_the_id_is_derived_and_message_id_sets_it() {
     bound.cleanup().await;
 }
 
-fn sign(id: &str, ts: i64, body: &str) -> String {
-    let key = STANDARD
-        .decode(service::SECRET.trim_start_matches("whsec_"))
-        .unwrap();
-    let mut mac = Hmac::<Sha256>::new_from_slice(&key).unwrap();
-    mac.update(format!("{id}.{ts}.{body}").as_bytes());
-    format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()))
-}
-
-/// A free port on loopback.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// `herald receive` running with these arguments, stopped when dropped.
 struct Receive {
     child: Child,
@@ -358,7 +336,10 @@ async fn post_hook(port: u16, id: &str, signed_as: &str) -> u16 {
         .post(format!("http://127.0.0.1:{port}/police/WYP-LEEDS"))
         .header("webhook-id", id)
         .header("webhook-timestamp", ts.to_string())
-        .header("webhook-signature", sign(signed_as, ts, HOOK))
+        .header(
+            "webhook-signature",
+            service::sign(signed_as, &ts.to_string(), HOOK.as_bytes()),
+        )
         .header("content-type", "application/json")
         .body(HOOK)
         .timeout(Duration::from_secs(5))
@@ -371,7 +352,7 @@ async fn post_hook(port: u16, id: &str, signed_as: &str) -> u16 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn receive_verifies_signatures_and_prints_each_delivery() {
-    let port = free_port();
+    let port = service::free_port();
     let (mut receive, first) = Receive::start(&["--addr", &format!("127.0.0.1:{port}")]);
     assert!(first.starts_with("listening on"), "{first}");
     assert_eq!(post_hook(port, "msg_1", "msg_1").await, 204);
@@ -390,7 +371,7 @@ async fn receive_verifies_signatures_and_prints_each_delivery() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn receive_verbose_prints_each_requests_headers_and_body_after_its_line() {
-    let port = free_port();
+    let port = service::free_port();
     let (mut receive, _) = Receive::start(&["--addr", &port.to_string(), "--verbose"]);
     assert_eq!(post_hook(port, "msg_v1", "msg_v1").await, 204);
     let summary = receive.line();
@@ -440,7 +421,7 @@ async fn receive_verbose_prints_each_requests_headers_and_body_after_its_line() 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn receive_takes_a_bare_port_as_loopback_and_refuses_any_other_address() {
-    let port = free_port();
+    let port = service::free_port();
     let (mut receive, first) = Receive::start(&["--addr", &port.to_string()]);
     assert!(
         first.starts_with(&format!("listening on http://127.0.0.1:{port}/")),
@@ -449,7 +430,10 @@ async fn receive_takes_a_bare_port_as_loopback_and_refuses_any_other_address() {
     assert_eq!(post_hook(port, "msg_1", "msg_1").await, 204);
     assert!(receive.line().starts_with("verified"));
 
-    for far in [format!("0.0.0.0:{}", free_port()), "192.0.2.7:9900".into()] {
+    for far in [
+        format!("0.0.0.0:{}", service::free_port()),
+        "192.0.2.7:9900".into(),
+    ] {
         let out = Command::new(env!("CARGO_BIN_EXE_herald"))
             .args(["receive", "--addr", &far])
             .env("HERALD_WEBHOOK_SECRET", service::SECRET)

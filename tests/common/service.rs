@@ -1,13 +1,16 @@
 //! Real parts for the service tests: an SMTP server (Python's aiosmtpd) and an HTTP receiver
-//! that checks Standard Webhooks signatures itself, both on loopback; RabbitMQ on
-//! 127.0.0.1:5672 (or `HERALD_TEST_AMQP_URL`) with names of the test's own; and Herald started
-//! as the binary starts it.
+//! that checks Standard Webhooks signatures itself, both on loopback; RabbitMQ (the one
+//! [`super::broker`] decides on) with names of the test's own; and Herald started as the binary
+//! starts it.
+//!
+//! aiosmtpd is taken from `python3` when it has it; otherwise it is installed once into a
+//! virtual environment of the tests' own, `target/tmp/herald-aiosmtpd/`, and run from there.
 
 use std::collections::BTreeMap;
 use std::net::TcpStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -28,16 +31,14 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use serde_json::Value;
 use sha2::Sha256;
 
-/// The broker the tests use when `HERALD_TEST_AMQP_URL` is unset.
-const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-
-/// The broker the tests use: `HERALD_TEST_AMQP_URL`, so the suite can run on a virtual host
-/// (or a port) of its own, or guest on the local broker's default vhost. The tests publish as
-/// guest (`user_id` guest, `guest` in `[publishers]`), so the login must be guest.
+/// The broker the tests use (see [`super::broker`]): `HERALD_TEST_AMQP_URL`, so the suite can
+/// run on a virtual host (or a port) of its own; or guest on the local broker's default vhost,
+/// or on the tests' private node when no broker answers. The tests publish as guest (`user_id`
+/// guest, `guest` in `[publishers]`), so the login must be guest.
 pub fn amqp_url() -> String {
-    static URL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    static URL: OnceLock<String> = OnceLock::new();
     URL.get_or_init(|| {
-        let url = std::env::var("HERALD_TEST_AMQP_URL").unwrap_or_else(|_| DEFAULT_AMQP_URL.into());
+        let url = super::broker::broker().url.clone();
         let parsed = url::Url::parse(&url)
             .unwrap_or_else(|e| panic!("HERALD_TEST_AMQP_URL is not a URL: {e}"));
         assert_eq!(
@@ -69,13 +70,14 @@ pub fn amqp_url_as(user: &str, password: &str) -> String {
     url.to_string()
 }
 
-/// `rabbitmqctl list_queues` on the tests' virtual host, with these columns.
-fn list_queues(columns: &[&str]) -> std::io::Result<std::process::Output> {
-    Command::new("rabbitmqctl")
+/// `rabbitmqctl list_queues` on the tests' broker and virtual host, with these columns.
+pub fn list_queues(columns: &[&str]) -> std::io::Result<std::process::Output> {
+    super::broker::rabbitmqctl()
         .args(["list_queues", "-p", &vhost(), "-q"])
         .args(columns)
         .output()
 }
+
 /// The signing secret every test webhook endpoint shares.
 pub const SECRET: &str = "whsec_dGVzdC1zZWNyZXQtZm9yLWhlcmFsZC10ZXN0cw==";
 
@@ -124,7 +126,8 @@ fn queue_depths() -> String {
         .unwrap_or_else(|e| format!("rabbitmqctl failed: {e}"))
 }
 
-fn free_port() -> u16 {
+/// A free port on loopback.
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -160,27 +163,68 @@ impl Mail {
     }
 }
 
-fn has_aiosmtpd() -> bool {
-    Command::new("python3")
+fn has_aiosmtpd(python: &Path) -> bool {
+    Command::new(python)
         .args(["-c", "import aiosmtpd"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
 }
 
-/// Installs aiosmtpd from PyPI the first time a test needs it and it is missing.
-fn ensure_aiosmtpd() {
-    static READY: std::sync::OnceLock<()> = std::sync::OnceLock::new();
-    READY.get_or_init(|| {
-        if !has_aiosmtpd() {
-            let _ = Command::new("python3")
-                .args(["-m", "pip", "install", "--quiet", "aiosmtpd"])
-                .status();
-            assert!(
-                has_aiosmtpd(),
-                "the SMTP test server needs Python 3 with aiosmtpd: python3 -m pip install aiosmtpd"
-            );
+/// A Python that has aiosmtpd: `python3`, or the tests' own virtual environment, made (under a
+/// lock, as several test binaries may want it) the first time it is needed.
+fn python() -> &'static Path {
+    static PYTHON: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let found = PYTHON.get_or_init(|| {
+        let system = PathBuf::from("python3");
+        if has_aiosmtpd(&system) {
+            return Ok(system);
         }
+        let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("herald-aiosmtpd");
+        let python = venv.join("bin/python");
+        let _lock = super::DirLock::acquire(
+            &Path::new(env!("CARGO_TARGET_TMPDIR")).join("herald-aiosmtpd.lock"),
+            Duration::from_secs(300),
+        )?;
+        if has_aiosmtpd(&python) {
+            return Ok(python);
+        }
+        let run = |cmd: &mut Command, what: &str| match cmd.output() {
+            Ok(out) if out.status.success() => Ok(()),
+            Ok(out) => Err(format!(
+                "{what} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+                    .lines()
+                    .rfind(|l| !l.trim().is_empty())
+                    .unwrap_or("no message")
+            )),
+            Err(e) => Err(format!("{what} failed: {e}")),
+        };
+        let _ = std::fs::remove_dir_all(&venv);
+        run(
+            Command::new("python3").args(["-m", "venv"]).arg(&venv),
+            "python3 -m venv",
+        )
+        .and_then(|()| {
+            run(
+                Command::new(&python).args(["-m", "pip", "install", "--quiet", "aiosmtpd"]),
+                "pip install aiosmtpd",
+            )
+        })
+        .map_err(|e| {
+            format!(
+                "the SMTP test server needs Python 3 with aiosmtpd, and installing it into {} \
+                 did not work ({e}): python3 -m pip install aiosmtpd",
+                venv.display()
+            )
+        })?;
+        Ok(python)
     });
+    match found {
+        Ok(python) => python,
+        Err(line) => panic!("{line}"),
+    }
 }
 
 impl Smtp {
@@ -194,8 +238,7 @@ impl Smtp {
     }
 
     pub fn start_on(port: u16, dir: tempfile::TempDir) -> Smtp {
-        ensure_aiosmtpd();
-        let child = Command::new("python3")
+        let child = Command::new(python())
             .args([
                 "-m",
                 "aiosmtpd",
@@ -209,7 +252,7 @@ impl Smtp {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("python3 with aiosmtpd (pip install aiosmtpd)");
+            .unwrap_or_else(|e| panic!("cannot start aiosmtpd: {e}"));
         let deadline = Instant::now() + Duration::from_secs(15);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(
@@ -365,6 +408,18 @@ impl Receiver {
     }
 }
 
+/// The Standard Webhooks signature of a body sent with this id and timestamp, signed with
+/// [`SECRET`]: `v1,` and the base64 of its HMAC-SHA256.
+pub fn sign(id: &str, timestamp: &str, body: &[u8]) -> String {
+    let key = STANDARD
+        .decode(SECRET.trim_start_matches("whsec_"))
+        .unwrap();
+    let mut mac = Hmac::<Sha256>::new_from_slice(&key).unwrap();
+    mac.update(format!("{id}.{timestamp}.").as_bytes());
+    mac.update(body);
+    format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()))
+}
+
 /// Checks the signature the way a recipient following Standard Webhooks would.
 fn signature_ok(headers: &HeaderMap, body: &[u8]) -> bool {
     let h = |n: &str| {
@@ -374,13 +429,7 @@ fn signature_ok(headers: &HeaderMap, body: &[u8]) -> bool {
             .unwrap_or("")
             .to_owned()
     };
-    let key = STANDARD
-        .decode(SECRET.trim_start_matches("whsec_"))
-        .unwrap();
-    let mut mac = Hmac::<Sha256>::new_from_slice(&key).unwrap();
-    mac.update(format!("{}.{}.", h("webhook-id"), h("webhook-timestamp")).as_bytes());
-    mac.update(body);
-    let expected = format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()));
+    let expected = sign(&h("webhook-id"), &h("webhook-timestamp"), body);
     let fresh = h("webhook-timestamp")
         .parse::<i64>()
         .is_ok_and(|t| (chrono::Utc::now().timestamp() - t).abs() < 300);
@@ -477,6 +526,23 @@ pub async fn wait_for_queue(queue: &str) {
     .await;
 }
 
+/// Messages ready on a queue, by a passive declare on a channel of its own (a failed one
+/// closes its channel); the queue must exist.
+pub async fn ready(queue: &str) -> u32 {
+    let (_conn, ch) = channel().await;
+    ch.queue_declare(
+        queue.into(),
+        QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        },
+        Default::default(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("queue {queue}: {e}"))
+    .message_count()
+}
+
 /// Exchange and queue names of one test.
 #[derive(Clone, Debug)]
 pub struct Names {
@@ -515,7 +581,7 @@ pub async fn channel() -> (Connection, Channel) {
         .await
         .unwrap_or_else(|e| {
             panic!(
-                "RabbitMQ at {} (HERALD_TEST_AMQP_URL; start it with rabbitmq-server -detached): {e}",
+                "cannot connect to the tests' RabbitMQ at {}: {e}",
                 herald::mask::url(&amqp_url())
             )
         });
@@ -592,7 +658,7 @@ pub async fn drain(ch: &Channel, queue: &str) -> Vec<lapin::message::Delivery> {
 /// Closes Herald's broker connection from the broker's side, as a broker restart or a network
 /// cut would. Returns how many connections were closed.
 pub fn close_connection(name: &str) -> usize {
-    let out = Command::new("rabbitmqctl")
+    let out = super::broker::rabbitmqctl()
         .args(["list_connections", "pid", "client_properties", "-q"])
         .output()
         .expect("rabbitmqctl");
@@ -603,7 +669,7 @@ pub fn close_connection(name: &str) -> usize {
         .filter_map(|l| l.split_whitespace().next())
         .collect();
     for pid in &pids {
-        let status = Command::new("rabbitmqctl")
+        let status = super::broker::rabbitmqctl()
             .args(["close_connection", pid, "closed by a test"])
             .stdout(Stdio::null())
             .status()
