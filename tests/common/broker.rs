@@ -14,7 +14,8 @@
 //! in the `node` file there. It takes seconds to boot, so it is kept for later runs rather than
 //! started by each of the test binaries; each test process marks it used every 30 seconds, and
 //! a small watchdog started with it stops it once it has gone unused for five minutes. To stop
-//! it at once: `kill $(cat target/tmp/herald-rabbitmq/rabbitmq.pid)`.
+//! it at once: `kill $(cat target/tmp/herald-rabbitmq/rabbitmq.pid)`; do so before `cargo clean`,
+//! which takes its files (and the watchdog's) from under it.
 
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
