@@ -45,6 +45,9 @@ pub struct Config {
     /// When failed deliveries are tried again.
     #[serde(default)]
     pub retry: RetrySettings,
+    /// Where the delivery ledger is kept, and for how long.
+    #[serde(default)]
+    pub ledger: LedgerSettings,
     /// Limits applied to incoming events before they are trusted.
     #[serde(default)]
     pub limits: Limits,
@@ -213,6 +216,82 @@ impl Default for RetrySettings {
             ],
             max_age: h(48),
         }
+    }
+}
+
+/// The delivery ledger (docs/ledger.md); `HERALD_LEDGER_URL` overrides the store.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LedgerSettings {
+    /// `postgres://user@host/db` for a PostgreSQL ledger (a password goes in
+    /// `HERALD_LEDGER_URL` or PostgreSQL's own `PGPASSWORD`, never here); unset means the
+    /// SQLite file at `path`.
+    #[serde(deserialize_with = "ledger_url")]
+    pub url: Option<String>,
+    /// The SQLite file when no URL is set, relative to routes.toml.
+    pub path: PathBuf,
+    /// How long an event and everything about it stay in the ledger, e.g. `"400d"`.
+    #[serde(
+        deserialize_with = "humantime_serde::deserialize",
+        serialize_with = "span"
+    )]
+    pub keep: std::time::Duration,
+    /// Keep a SHA-256 of each notification as sent (never the notification itself).
+    pub keep_sent_hash: bool,
+    /// SQLite only: `full` makes every commit survive a power cut, `normal` (faster) a crash
+    /// of Herald or of the machine's processes but not a power cut.
+    pub synchronous: LedgerSync,
+}
+
+/// A ledger URL, refused when it carries a password.
+fn ledger_url<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let text = String::deserialize(d)?;
+    match url::Url::parse(&text) {
+        Ok(u) if u.password().is_some() => Err(serde::de::Error::custom(
+            "the ledger URL holds a password, which cannot be written in routes.toml: \
+             set HERALD_LEDGER_URL (or PostgreSQL's PGPASSWORD) instead",
+        )),
+        Ok(u) if !matches!(u.scheme(), "postgres" | "postgresql" | "sqlite") => {
+            Err(serde::de::Error::custom(format!(
+                "the ledger URL's scheme is {:?}: postgres://... (or leave url unset for the \
+                 SQLite file at ledger.path)",
+                u.scheme()
+            )))
+        }
+        Ok(_) => Ok(Some(text)),
+        Err(e) => Err(serde::de::Error::custom(format!(
+            "the ledger URL cannot be read: {e}"
+        ))),
+    }
+}
+
+/// SQLite's `synchronous` setting for the ledger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LedgerSync {
+    Normal,
+    Full,
+}
+
+impl Default for LedgerSettings {
+    fn default() -> Self {
+        LedgerSettings {
+            url: None,
+            path: "data/ledger.sqlite".into(),
+            keep: std::time::Duration::from_secs(400 * 86_400),
+            keep_sent_hash: false,
+            synchronous: LedgerSync::Full,
+        }
+    }
+}
+
+impl LedgerSettings {
+    /// The store's URL: `HERALD_LEDGER_URL`, else `url`, else the SQLite file.
+    pub fn store_url(&self, env: impl Fn(&str) -> Option<String>) -> String {
+        env("HERALD_LEDGER_URL")
+            .filter(|u| !u.is_empty())
+            .or_else(|| self.url.clone())
+            .unwrap_or_else(|| format!("sqlite://{}", self.path.display()))
     }
 }
 
@@ -509,6 +588,7 @@ impl Config {
         config.paths.templates = base.join(&config.paths.templates);
         config.paths.examples = base.join(&config.paths.examples);
         config.email.outbox = base.join(&config.email.outbox);
+        config.ledger.path = base.join(&config.ledger.path);
         if let Some(holidays) = &config.calendar.bank_holidays {
             config.calendar.bank_holidays = Some(base.join(holidays));
         }

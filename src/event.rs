@@ -108,7 +108,6 @@ pub struct Event {
 }
 
 impl Event {
-    /// The event-specific fields (`additionalInformation`).
     pub fn info(&self) -> &Value {
         &self.body["additionalInformation"]
     }

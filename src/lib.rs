@@ -14,6 +14,7 @@ pub mod directory;
 pub mod event;
 pub mod field;
 pub mod intake;
+pub mod ledger;
 pub mod logging;
 pub mod mask;
 pub mod metrics;

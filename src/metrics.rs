@@ -86,6 +86,18 @@ pub struct Metrics {
     /// Per endpoint (a directory recipient id and a channel): 0 sending, 1 circuit open
     /// (failing; left alone for a while), 2 disabled after 410 Gone.
     pub endpoint_state: IntGaugeVec,
+    /// Parked and expired notifications in the ledger, by route (read from the ledger).
+    pub parked: IntGaugeVec,
+    /// 1 while the ledger takes writes.
+    pub ledger_up: IntGauge,
+    /// Time to write and commit one group of ledger rows.
+    pub ledger_commit_seconds: HistogramVec,
+    /// Rows written to the ledger, by table.
+    pub ledger_rows: IntCounterVec,
+    /// Operations the ledger refused while it took others.
+    pub ledger_refused: IntCounterVec,
+    /// Events removed by retention.
+    pub ledger_pruned: IntCounterVec,
 }
 
 impl Metrics {
@@ -209,6 +221,45 @@ impl Metrics {
                 "herald_waiting_deadline_remaining_seconds",
                 "Per route, the least time left before the deadline of a notification waiting for a retry; negative once past.",
                 &["route"],
+            ),
+            parked: int_gauge(
+                "herald_notifications_parked",
+                "Notifications parked or expired in the failed queue according to the ledger, by route.",
+                &["route"],
+            ),
+            ledger_up: {
+                let g = IntGauge::new(
+                    "herald_ledger_up",
+                    "1 while the ledger takes writes; 0 while it does not (Herald takes no new events then).",
+                )
+                .expect("valid metric definition");
+                registry
+                    .register(Box::new(g.clone()))
+                    .expect("metric registered once");
+                g
+            },
+            ledger_commit_seconds: histogram(
+                "herald_ledger_commit_seconds",
+                "Time to write and commit one group of ledger rows.",
+                &[],
+                &[
+                    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0,
+                ],
+            ),
+            ledger_rows: counter(
+                "herald_ledger_rows_total",
+                "Rows written to the ledger, by table.",
+                &["table"],
+            ),
+            ledger_refused: counter(
+                "herald_ledger_refused_total",
+                "Ledger operations refused while the ledger took others; their events went back to the queue.",
+                &[],
+            ),
+            ledger_pruned: counter(
+                "herald_ledger_pruned_total",
+                "Events removed from the ledger by retention, with their notifications and attempts.",
+                &[],
             ),
             registry,
         }

@@ -36,6 +36,17 @@ pub enum State {
     Disabled = 2,
 }
 
+impl State {
+    /// The word the ledger and the log use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Closed => "closed",
+            State::Open => "open",
+            State::Disabled => "disabled",
+        }
+    }
+}
+
 struct Endpoint {
     slots: Arc<Semaphore>,
     urgent_slots: Arc<Semaphore>,
@@ -115,6 +126,11 @@ impl Guard {
             e.open_until = None;
             e.disabled = false;
         });
+    }
+
+    /// Stops sending to an endpoint that said 410 Gone before a restart, as the ledger recorded.
+    pub fn disable(&self, endpoint: &str) {
+        self.with(endpoint, |e| e.disabled = true);
     }
 
     /// The endpoint's state now.

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use futures_util::future::join_all;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
@@ -17,7 +17,11 @@ use crate::deliver::Failure;
 use crate::deliver::guard::State;
 use crate::event::Event;
 use crate::intake::{Message, Rejection, excerpt};
-use crate::notification::{DeliveryOutcome, ParkReason};
+use crate::ledger::{
+    AttemptRecord, EndpointRecord, EventOutcome, EventRecord, NotificationRecord, Seen, Status,
+    Update,
+};
+use crate::notification::{Content, DeliveryOutcome, ParkReason, Sla};
 
 /// How one notification ended in this handling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +69,7 @@ pub async fn handle(ctx: &Ctx, delivery: Delivery, acks: &Acks) {
 
 /// Handles one event; true when it may be acknowledged, false when it must come back.
 async fn handle_event(ctx: &Ctx, delivery: &Delivery, label: String) -> bool {
+    let received_at = Utc::now();
     match check(ctx, delivery) {
         Err(rejection) => {
             ctx.metrics
@@ -98,7 +103,23 @@ async fn handle_event(ctx: &Ctx, delivery: &Delivery, label: String) -> bool {
                         .events_rejected
                         .with_label_values(&[rejection.reason.as_str(), &label])
                         .inc();
-                    true
+                    let props = &delivery.properties;
+                    let record = EventRecord {
+                        publisher: props
+                            .user_id()
+                            .as_ref()
+                            .map(|u| excerpt(u.as_str()))
+                            .unwrap_or_default(),
+                        message_id: message_id.unwrap_or_default(),
+                        event_type: label,
+                        version: None,
+                        occurred_at: None,
+                        received_at,
+                        persons: Vec::new(),
+                        outcome: EventOutcome::Rejected,
+                        reason: Some(rejection.reason.as_str().to_owned()),
+                    };
+                    recorded(ctx.ledger.event(record, Vec::new()).await)
                 }
                 Err(e) => {
                     error!(error = %e, "cannot park a rejected event; it stays on the queue");
@@ -118,21 +139,14 @@ async fn handle_event(ctx: &Ctx, delivery: &Delivery, label: String) -> bool {
             let wait = ctx.settings.webhook_timeout * 2 + Duration::from_secs(5);
             match ctx.recent.claim_waiting(&event.id, wait).await {
                 Claim::Claimed => {}
-                Claim::Handled => {
-                    ctx.metrics
-                        .events_duplicate
-                        .with_label_values(&[event.event_type.as_str()])
-                        .inc();
-                    info!(event_id = %event.id, event_type = %event.event_type, "event already handled; not routed again");
-                    return true;
-                }
+                Claim::Handled => return duplicate(ctx, &event, received_at).await,
                 Claim::InFlight => {
                     warn!(event_id = %event.id, event_type = %event.event_type, wait_secs = wait.as_secs(), "a copy of this event is still being handled after the wait; this one goes back to the queue");
                     return false;
                 }
             }
             let id = event.id.clone();
-            let done = route_and_deliver(ctx, event).await;
+            let done = route_and_deliver(ctx, event, received_at).await;
             ctx.recent.finish(id, done, Instant::now());
             done
         }
@@ -169,14 +183,69 @@ fn check(ctx: &Ctx, delivery: &Delivery) -> Result<Event, Rejection> {
     Ok(event)
 }
 
-/// Routes and delivers; true when everything is delivered or parked.
-async fn route_and_deliver(ctx: &Ctx, event: Event) -> bool {
+/// Routes, records the event and its notifications in the ledger, and delivers; true when
+/// everything is delivered, scheduled or parked.
+async fn route_and_deliver(ctx: &Ctx, event: Event, received_at: DateTime<Utc>) -> bool {
     let routing = ctx.core.route(&event);
+    let pending: Vec<Pending> = routing
+        .notifications
+        .into_iter()
+        .map(|n| Pending::new(n, &event))
+        .collect();
+    let mut records: Vec<NotificationRecord> = pending.iter().map(notification_record).collect();
+    records.extend(routing.skipped.iter().map(|s| NotificationRecord {
+        key: unmade_key(&event, s.route(), &s.to_string()),
+        route: s.route().to_owned(),
+        recipient: match s {
+            crate::notification::Skip::NotAuthorised { recipient, .. } => recipient.clone(),
+            crate::notification::Skip::NoAuthorisedRecipient { selector, .. } => selector.clone(),
+        },
+        channel: "none".into(),
+        sla_rule: None,
+        deadline: None,
+        status: Status::Skipped,
+        reason: Some(s.kind().to_owned()),
+    }));
+    let problems: Vec<(String, &crate::notification::Problem)> = routing
+        .problems
+        .iter()
+        .map(|p| (unmade_key(&event, p.route(), &p.to_string()), p))
+        .collect();
+    records.extend(problems.iter().map(|(key, p)| NotificationRecord {
+        key: key.clone(),
+        route: p.route().to_owned(),
+        recipient: problem_recipient(p),
+        channel: "none".into(),
+        sla_rule: None,
+        deadline: None,
+        status: Status::Pending,
+        reason: Some(p.kind().to_owned()),
+    }));
+    let record = event_record(&event, EventOutcome::Routed, received_at);
+    let seen = match ctx.ledger.event(record, records).await {
+        Ok(seen) => seen,
+        Err(e) => {
+            error!(event_id = %event.id, error = %e, "cannot record the event in the ledger; it goes back to the queue");
+            return false;
+        }
+    };
+    let settled = |key: &str| match &seen {
+        Seen::New => false,
+        Seen::Before(before) => before.get(key).is_some_and(|s| s.settled()),
+    };
+    let first_time = seen == Seen::New;
+    if !first_time {
+        let open = pending.iter().filter(|p| !settled(&p.key)).count()
+            + problems.iter().filter(|(k, _)| !settled(k)).count();
+        if open == 0 {
+            return duplicate(ctx, &event, received_at).await;
+        }
+        info!(event_id = %event.id, event_type = %event.event_type, unsettled = open, "event seen before; only the notifications the ledger shows unsettled are handled again");
+    }
     // Each notification and each problem gets its own line below; only an event that makes
     // neither needs one of its own at info. (A line per event and per notification cost a
     // third of Herald's CPU: docs/performance.md.)
-    if routing.notifications.is_empty() && routing.problems.is_empty() && routing.skipped.is_empty()
-    {
+    if pending.is_empty() && problems.is_empty() && routing.skipped.is_empty() {
         info!(
             event_id = %event.id,
             event_type = %event.event_type,
@@ -188,43 +257,164 @@ async fn route_and_deliver(ctx: &Ctx, event: Event) -> bool {
             event_id = %event.id,
             event_type = %event.event_type,
             routes = routing.matched_routes.len(),
-            notifications = routing.notifications.len(),
-            problems = routing.problems.len(),
+            notifications = pending.len(),
+            problems = problems.len(),
             "event routed"
         );
     }
-    for s in &routing.skipped {
-        info!(event_id = %event.id, event_type = %event.event_type, route = s.route(), outcome = s.kind(), detail = %s, "notification not sent: the recipient is not entitled to it");
-        ctx.metrics
-            .notifications
-            .with_label_values(&[s.route(), "none", s.kind()])
-            .inc();
+    if first_time {
+        for s in &routing.skipped {
+            info!(event_id = %event.id, event_type = %event.event_type, route = s.route(), outcome = s.kind(), detail = %s, "notification not sent: the recipient is not entitled to it");
+            ctx.metrics
+                .notifications
+                .with_label_values(&[s.route(), "none", s.kind()])
+                .inc();
+        }
     }
     let mut done = true;
-    for p in &routing.problems {
+    for (key, p) in problems.iter().filter(|(k, _)| !settled(k)) {
         warn!(event_id = %event.id, event_type = %event.event_type, route = p.route(), outcome = p.kind(), detail = %p, "notification not made");
         match park::problem(&ctx.publisher(), &ctx.settings.failed_queue, &event, p).await {
-            Ok(()) => ctx
-                .metrics
-                .notifications
-                .with_label_values(&[p.route(), "none", p.kind()])
-                .inc(),
+            Ok(()) => {
+                ctx.metrics
+                    .notifications
+                    .with_label_values(&[p.route(), "none", p.kind()])
+                    .inc();
+                let update = Update {
+                    key: key.clone(),
+                    status: Status::Parked,
+                    reason: Some(p.to_string()),
+                    attempts: 0,
+                    first_failure_at: None,
+                    delivered_at: None,
+                    sla_outcome: None,
+                    sent_hash: None,
+                    attempt: None,
+                };
+                done &= recorded(ctx.ledger.update(update).await);
+            }
             Err(e) => {
                 error!(event_id = %event.id, error = %e, "cannot park a routing problem; the event stays on the queue");
                 done = false;
             }
         }
     }
-    let pending: Vec<Pending> = routing
-        .notifications
-        .into_iter()
-        .map(|n| Pending::new(n, &event))
-        .collect();
+    let pending: Vec<Pending> = pending.into_iter().filter(|p| !settled(&p.key)).collect();
     // Each notification carries what it needs: the document is freed now rather than held
     // until the slowest recipient answers.
     drop(event);
     let outcomes = join_all(pending.into_iter().map(|p| attempt(ctx, p))).await;
     done && outcomes.iter().all(|o| *o != Outcome::Retry)
+}
+
+/// A copy of an event already routed: counted, recorded, and acknowledged.
+async fn duplicate(ctx: &Ctx, event: &Event, received_at: DateTime<Utc>) -> bool {
+    ctx.metrics
+        .events_duplicate
+        .with_label_values(&[event.event_type.as_str()])
+        .inc();
+    info!(event_id = %event.id, event_type = %event.event_type, "event already handled; not routed again");
+    let mut record = event_record(event, EventOutcome::Duplicate, received_at);
+    record.persons.clear();
+    recorded(ctx.ledger.event(record, Vec::new()).await)
+}
+
+/// Whether a ledger write went through (a refusal is logged; the event comes back).
+fn recorded<T>(result: Result<T, crate::ledger::LedgerError>) -> bool {
+    match result {
+        Ok(_) => true,
+        Err(e) => {
+            error!(error = %e, "cannot record in the ledger; the message goes back to its queue");
+            false
+        }
+    }
+}
+
+fn event_record(event: &Event, outcome: EventOutcome, received_at: DateTime<Utc>) -> EventRecord {
+    EventRecord {
+        publisher: event.id.publisher().unwrap_or_default().to_owned(),
+        message_id: event.id.as_str().to_owned(),
+        event_type: event.event_type.to_string(),
+        version: i64::try_from(event.version).ok(),
+        occurred_at: Some(event.occurred_at),
+        received_at,
+        persons: event
+            .identifiers()
+            .map(|(t, v)| format!("{t}:{v}"))
+            .collect(),
+        outcome,
+        reason: None,
+    }
+}
+
+fn notification_record(p: &Pending) -> NotificationRecord {
+    let (sla_rule, deadline) = match &p.sla {
+        Sla::Due { rule, deadline } => (Some(rule.clone()), Some(deadline.due)),
+        Sla::Unknown { rule, .. } => (Some(rule.clone()), None),
+        Sla::Untracked => (None, None),
+    };
+    NotificationRecord {
+        key: p.key.clone(),
+        route: p.route.clone(),
+        recipient: p.recipient.clone(),
+        channel: p.channel().as_str().to_owned(),
+        sla_rule,
+        deadline,
+        status: Status::Pending,
+        reason: None,
+    }
+}
+
+/// The ledger key of a notification that was not made (skipped, or a routing problem): the
+/// same for the same event, route and reason, so a redelivered event finds it again.
+fn unmade_key(event: &Event, route: &str, what: &str) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    for part in [
+        event.id.publisher().unwrap_or_default(),
+        event.id.as_str(),
+        route,
+        what,
+    ] {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part.as_bytes());
+    }
+    format!("none_{}", hex::encode(&h.finalize()[..16]))
+}
+
+fn problem_recipient(p: &crate::notification::Problem) -> String {
+    use crate::notification::Problem;
+    match p {
+        Problem::UnknownRecipient { pattern, .. } => pattern.clone(),
+        Problem::NoRecipients { selector, .. } => selector.clone(),
+        Problem::NoChannel { recipient, .. } | Problem::RenderFailed { recipient, .. } => {
+            recipient.clone()
+        }
+    }
+}
+
+/// A SHA-256 of what a notification sends, when `[ledger] keep_sent_hash` asks for one.
+fn sent_hash(ctx: &Ctx, p: &Pending) -> Option<String> {
+    use sha2::Digest;
+    if !ctx.settings.keep_sent_hash {
+        return None;
+    }
+    let mut h = sha2::Sha256::new();
+    match &p.content {
+        Content::Webhook { body, .. } => h.update(body.as_bytes()),
+        Content::Email {
+            subject,
+            text,
+            html,
+            ..
+        } => {
+            for part in [subject, text, html] {
+                h.update((part.len() as u64).to_be_bytes());
+                h.update(part.as_bytes());
+            }
+        }
+    }
+    Some(hex::encode(h.finalize()))
 }
 
 /// A due retry from the deliveries queue: one more attempt, then acknowledged unless it could
@@ -277,36 +467,81 @@ async fn attempt(ctx: &Ctx, p: Pending) -> Outcome {
 /// spent); a permanent one is parked.
 async fn attempt_once(ctx: &Ctx, mut p: Pending) -> Outcome {
     let channel = p.channel().as_str();
-    let started = Instant::now();
+    let (at, started) = (Utc::now(), Instant::now());
     let (result, state) = ctx.deliverer.deliver(p.outgoing(), p.replay).await;
     p.replay = false;
+    let took = started.elapsed();
     let gauge = ctx
         .metrics
         .endpoint_state
         .with_label_values(&[p.recipient.as_str(), channel]);
     if gauge.get() != state as i64 {
-        match state {
+        let reason = match state {
             State::Disabled => {
-                error!(recipient = %p.recipient, channel, "endpoint disabled after HTTP 410 Gone; its notifications are parked until a replay")
+                error!(recipient = %p.recipient, channel, "endpoint disabled after HTTP 410 Gone; its notifications are parked until a replay");
+                Some("HTTP 410 Gone")
             }
             State::Open => {
-                warn!(recipient = %p.recipient, channel, "endpoint keeps failing; circuit open, its notifications wait in the delay queues")
+                warn!(recipient = %p.recipient, channel, "endpoint keeps failing; circuit open, its notifications wait in the delay queues");
+                Some("kept failing")
             }
-            State::Closed => info!(recipient = %p.recipient, channel, "endpoint accepting again"),
+            State::Closed => {
+                info!(recipient = %p.recipient, channel, "endpoint accepting again");
+                None
+            }
+        };
+        let endpoint = EndpointRecord {
+            recipient: p.recipient.clone(),
+            channel: channel.to_owned(),
+            state: state.as_str(),
+            since: Utc::now(),
+            reason: reason.map(str::to_owned),
+        };
+        if let Err(e) = ctx.ledger.endpoint(endpoint).await {
+            error!(recipient = %p.recipient, channel, error = %e, "cannot record the endpoint's state in the ledger");
         }
     }
     gauge.set(state as i64);
     ctx.metrics
         .delivery_duration
         .with_label_values(&[channel])
-        .observe(started.elapsed().as_secs_f64());
+        .observe(took.as_secs_f64());
     p.attempts += 1;
     let failure = match result {
         Ok(()) => {
-            delivered(ctx, &p);
+            let now = Utc::now();
+            let sla = p.sla_outcome(now);
+            let update = Update {
+                key: p.key.clone(),
+                status: Status::Delivered,
+                reason: None,
+                attempts: i64::from(p.attempts),
+                first_failure_at: p.first_failure,
+                delivered_at: Some(now),
+                sla_outcome: Some(sla),
+                sent_hash: sent_hash(ctx, &p),
+                attempt: Some(AttemptRecord {
+                    at,
+                    duration: took,
+                    outcome: DeliveryOutcome::Delivered.as_str(),
+                    code: None,
+                    breaker: state.as_str(),
+                }),
+            };
+            if !recorded(ctx.ledger.update(update).await) {
+                return Outcome::Retry;
+            }
+            delivered(ctx, &p, now);
             return Outcome::Delivered;
         }
         Err(f) => f,
+    };
+    let attempt = AttemptRecord {
+        at,
+        duration: took,
+        outcome: failure.kind.as_str(),
+        code: failure.code,
+        breaker: state.as_str(),
     };
     let now = Utc::now();
     p.first_failure.get_or_insert(now);
@@ -318,7 +553,7 @@ async fn attempt_once(ctx: &Ctx, mut p: Pending) -> Outcome {
         .inc();
     let parked = if failure.is_transient() {
         match retry::next_wait(&ctx.settings, &p, failure.retry_after, now) {
-            Some(wait) => return schedule(ctx, p, &failure, wait, now).await,
+            Some(wait) => return schedule(ctx, p, &failure, attempt, wait, now).await,
             None => ParkReason::RetriesExhausted,
         }
     } else {
@@ -335,6 +570,10 @@ async fn attempt_once(ctx: &Ctx, mut p: Pending) -> Outcome {
     {
         Ok(()) => {
             let outcome = DeliveryOutcome::Failed;
+            let update = failed_update(&p, Status::of(outcome, Some(parked)), &failure, attempt);
+            if !recorded(ctx.ledger.update(update).await) {
+                return Outcome::Retry;
+            }
             ctx.metrics
                 .notifications
                 .with_label_values(&[&p.route, channel, outcome.as_str()])
@@ -361,6 +600,7 @@ async fn schedule(
     ctx: &Ctx,
     p: Pending,
     failure: &Failure,
+    attempt: AttemptRecord,
     wait: Duration,
     now: chrono::DateTime<Utc>,
 ) -> Outcome {
@@ -368,6 +608,10 @@ async fn schedule(
     match retry::schedule(&ctx.publisher(), &ctx.settings, &p, wait).await {
         Ok(()) => {
             let outcome = DeliveryOutcome::Retrying;
+            let update = failed_update(&p, Status::of(outcome, None), failure, attempt);
+            if !recorded(ctx.ledger.update(update).await) {
+                return Outcome::Retry;
+            }
             ctx.metrics
                 .notifications
                 .with_label_values(&[&p.route, channel, outcome.as_str()])
@@ -392,8 +636,22 @@ async fn schedule(
     }
 }
 
-fn delivered(ctx: &Ctx, p: &Pending) {
-    let now = Utc::now();
+/// The ledger's update for a notification that failed this time.
+fn failed_update(p: &Pending, status: Status, failure: &Failure, attempt: AttemptRecord) -> Update {
+    Update {
+        key: p.key.clone(),
+        status,
+        reason: Some(failure.detail.clone()),
+        attempts: i64::from(p.attempts),
+        first_failure_at: p.first_failure,
+        delivered_at: None,
+        sla_outcome: None,
+        sent_hash: None,
+        attempt: Some(attempt),
+    }
+}
+
+fn delivered(ctx: &Ctx, p: &Pending, now: DateTime<Utc>) {
     let route = p.route.as_str();
     let channel = p.channel().as_str();
     ctx.metrics

@@ -1,5 +1,5 @@
 //! `/metrics` (Prometheus text), `/healthz` (the process is alive) and `/readyz` (connected
-//! to the broker and consuming).
+//! to the broker and consuming, and the ledger takes writes).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,19 +13,42 @@ use axum::routing::get;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::ledger::Health;
 use crate::metrics::Metrics;
+
+/// What `/readyz` answers from.
+#[derive(Debug, Default)]
+pub struct Readiness {
+    /// Connected to the broker and consuming.
+    pub consuming: AtomicBool,
+    /// Whether the ledger takes writes.
+    pub ledger: Health,
+}
+
+impl Readiness {
+    /// Why Herald is not ready, if it is not.
+    pub fn why_not(&self) -> Option<String> {
+        if let Some(reason) = self.ledger.down() {
+            return Some(format!(
+                "the ledger takes no writes, so no event is taken ({reason})"
+            ));
+        }
+        (!self.consuming.load(Ordering::Relaxed))
+            .then(|| "not consuming from the broker".to_owned())
+    }
+}
 
 #[derive(Clone)]
 struct Shared {
     metrics: Metrics,
-    ready: Arc<AtomicBool>,
+    ready: Arc<Readiness>,
 }
 
 /// Binds the address and serves until `shutdown`; returns the bound address.
 pub async fn start(
     addr: &str,
     metrics: Metrics,
-    ready: Arc<AtomicBool>,
+    ready: Arc<Readiness>,
     shutdown: CancellationToken,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = TcpListener::bind(addr).await?;
@@ -47,9 +70,7 @@ pub async fn start(
 }
 
 async fn metrics_text(State(s): State<Shared>) -> impl IntoResponse {
-    s.metrics
-        .ready
-        .set(i64::from(s.ready.load(Ordering::Relaxed)));
+    s.metrics.ready.set(i64::from(s.ready.why_not().is_none()));
     (
         [(
             header::CONTENT_TYPE,
@@ -60,12 +81,11 @@ async fn metrics_text(State(s): State<Shared>) -> impl IntoResponse {
 }
 
 async fn readyz(State(s): State<Shared>) -> impl IntoResponse {
-    if s.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (
+    match s.ready.why_not() {
+        None => (StatusCode::OK, "ready\n".to_owned()),
+        Some(why) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: not consuming from the broker\n",
-        )
+            format!("not ready: {why}\n"),
+        ),
     }
 }

@@ -5,6 +5,7 @@
 //! the broker's prefetch bounds how many are in flight, and each is handled in its own task.
 
 mod acks;
+mod books;
 mod confirm;
 mod dedup;
 mod handler;
@@ -15,7 +16,7 @@ mod topology;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -72,6 +73,13 @@ pub struct Settings {
     pub connection_name: String,
     /// How often the depth of Herald's queues is read for `herald_queue_messages`.
     pub queue_poll: Duration,
+    /// The ledger's store (`sqlite://...` or `postgres://...`).
+    pub ledger_url: String,
+    pub ledger_sync: crate::ledger::Sync,
+    /// How long the ledger keeps an event and all about it.
+    pub ledger_keep: Duration,
+    /// Keep a SHA-256 of what each notification sent.
+    pub keep_sent_hash: bool,
 }
 
 impl Settings {
@@ -102,6 +110,13 @@ impl Settings {
             retry_max_age: config.retry.max_age,
             connection_name: "herald".into(),
             queue_poll: Duration::from_secs(5),
+            ledger_url: config.ledger.store_url(&env),
+            ledger_sync: match config.ledger.synchronous {
+                crate::config::LedgerSync::Normal => crate::ledger::Sync::Normal,
+                crate::config::LedgerSync::Full => crate::ledger::Sync::Full,
+            },
+            ledger_keep: config.ledger.keep,
+            keep_sent_hash: config.ledger.keep_sent_hash,
         }
     }
 }
@@ -151,6 +166,10 @@ pub enum ServeError {
         addr: String,
         source: std::io::Error,
     },
+    #[error("ledger: {0}")]
+    Ledger(#[from] crate::ledger::LedgerError),
+    #[error("stopped before the ledger could be opened")]
+    Stopped,
 }
 
 /// Why a connection to the broker at `url` could not be opened, told apart so the one line a
@@ -222,6 +241,8 @@ pub(crate) struct Ctx {
     settings: Settings,
     /// Event ids handled recently.
     recent: dedup::Recent,
+    /// Where every event, notification and attempt is recorded before it is acknowledged.
+    ledger: crate::ledger::Ledger,
 }
 
 impl Ctx {
@@ -520,7 +541,7 @@ pub async fn start(
     let shutdown = CancellationToken::new();
     let metrics = Metrics::new();
     metrics.expect_routes(core.engine.routes.iter().map(|r| &*r.name));
-    let ready = Arc::new(AtomicBool::new(false));
+    let ready = Arc::new(http::Readiness::default());
     let (metrics_addr, http_task) = http::start(
         &settings.metrics_addr,
         metrics.clone(),
@@ -533,16 +554,40 @@ pub async fn start(
         source,
     })?;
 
+    let Some(store) = books::open(&settings, &ready.ledger, &metrics, &shutdown)
+        .await
+        .inspect_err(|_| shutdown.cancel())?
+    else {
+        return Err(ServeError::Stopped);
+    };
+    let guard = Guard::new(GuardLimits {
+        concurrency: settings.concurrency_per_endpoint,
+        queue_wait: settings.webhook_timeout,
+        failures_to_open: settings.circuit_failures,
+        open_for: settings.circuit_open_for,
+    });
+    books::restore(&store, &guard, &metrics)
+        .await
+        .inspect_err(|_| shutdown.cancel())?;
+    tokio::spawn(books::prune(
+        store.clone(),
+        settings.ledger_keep,
+        metrics.clone(),
+        shutdown.clone(),
+    ));
+    let ledger = crate::ledger::Ledger::start(store.clone(), metrics.clone());
+
     let url = redact_url(&settings.amqp_url);
     let link = Link::open(&settings)
         .await
         .inspect_err(|_| shutdown.cancel())?;
-    ready.store(true, Ordering::Relaxed);
+    ready.consuming.store(true, Ordering::Relaxed);
     info!(
         amqp = %url,
         queue = %settings.queue,
         prefetch = settings.prefetch,
         email = email.describe(),
+        ledger = store.shown(),
         metrics = %metrics_addr,
         "herald is consuming"
     );
@@ -552,16 +597,12 @@ pub async fn start(
         deliverer: Deliverer {
             email,
             webhook,
-            guard: Guard::new(GuardLimits {
-                concurrency: settings.concurrency_per_endpoint,
-                queue_wait: settings.webhook_timeout,
-                failures_to_open: settings.circuit_failures,
-                open_for: settings.circuit_open_for,
-            }),
+            guard,
         },
         metrics: metrics.clone(),
         publisher: RwLock::new(link.publisher.clone()),
         recent: dedup::Recent::new(settings.dedup_window),
+        ledger,
         settings,
     });
     let stop = shutdown.clone();
@@ -570,7 +611,7 @@ pub async fn start(
         let mut link = link;
         loop {
             let lost = link.consume(&ctx, &tracker, &stop).await;
-            ready.store(false, Ordering::Relaxed);
+            ready.consuming.store(false, Ordering::Relaxed);
             let Err(lost) = lost else { break };
             warn!(error = %lost, "lost the broker; reconnecting (events in flight return to the queue)");
             match reconnect(&ctx, &stop).await {
@@ -584,7 +625,7 @@ pub async fn start(
                         tokio::time::sleep(drain).await;
                         old.close("herald reconnected").await;
                     });
-                    ready.store(true, Ordering::Relaxed);
+                    ready.consuming.store(true, Ordering::Relaxed);
                     info!(amqp = %url, "reconnected; consuming again");
                 }
                 None => break,

@@ -138,4 +138,5 @@ pub fn process_alive(pid: &str) -> bool {
 }
 
 pub mod broker;
+pub mod ledger;
 pub mod service;

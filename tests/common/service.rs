@@ -749,6 +749,7 @@ pub async fn start_with(
     settings.retry_max_age = Duration::from_secs(60);
     settings.circuit_failures = 3;
     settings.circuit_open_for = Duration::from_secs(60);
+    settings.ledger_url = super::ledger::fresh(super::ledger::default_backend()).await;
     adjust(&mut settings);
     settings.connection_name = names.queue.clone();
     serve::start(Arc::new(core), settings, |k| {
