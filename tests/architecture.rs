@@ -123,7 +123,9 @@ fn top_level_modules_depend_on_each_other_one_way_only() {
 fn each_stage_uses_only_the_stages_before_it() {
     let graph = top_level_graph();
     // Later stages may use earlier ones, never the other way round.
-    let pipeline = ["intake", "route", "render", "deliver", "ledger", "serve", "cli"];
+    let pipeline = [
+        "intake", "route", "render", "deliver", "ledger", "serve", "cli",
+    ];
     for (i, stage) in pipeline.iter().enumerate() {
         let uses = graph.get(*stage).cloned().unwrap_or_default();
         for later in &pipeline[i + 1..] {

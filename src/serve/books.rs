@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::Settings;
 use crate::deliver::guard::{Guard, State};
@@ -96,7 +96,7 @@ pub async fn refresh_parked(store: &Store, metrics: &Metrics) {
                 metrics.parked.with_label_values(&[&route]).set(n);
             }
         }
-        Err(e) => warn!(error = %e, "cannot read the parked notifications from the ledger"),
+        Err(e) => debug!(error = %e, "cannot read the parked notifications from the ledger"),
     }
 }
 

@@ -403,7 +403,10 @@ impl Link {
                         }
                     }
                     let (ch, ctx) = (self.watching.clone(), Arc::clone(ctx));
-                    tokio::spawn(async move { watch_queues(&ch, &ctx).await });
+                    tokio::spawn(async move {
+                        watch_queues(&ch, &ctx).await;
+                        books::refresh_parked(ctx.ledger.store(), &ctx.metrics).await;
+                    });
                 }
                 next = self.consumer.next() => match next {
                     Some(Ok(delivery)) => {
