@@ -14,10 +14,12 @@ FROM rust:1-bookworm AS build
 WORKDIR /src
 
 # Only what the release binary is built from. data/ is compiled in (the built-in bank-holiday
-# list); benches/ is needed because Cargo.toml declares its bench targets.
+# list); benches/ is needed because Cargo.toml declares its bench targets; migrations/ holds
+# the ledger's schema, embedded in the binary.
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY benches ./benches
+COPY migrations ./migrations
 COPY data ./data
 
 # The caches keep downloaded crates and compiled dependencies between builds; the binary is
@@ -37,7 +39,8 @@ RUN apt-get update \
 
 # An unprivileged user to run as. The configuration stays owned by root (read-only to Herald);
 # only the outbox folder, where emails are written as .eml files when HERALD_SMTP_URL is
-# unset, belongs to the service user.
+# unset, and the data folder, where the SQLite ledger is kept when HERALD_LEDGER_URL is unset
+# (mount a volume on /etc/herald/data to keep it across containers), belong to the service user.
 RUN groupadd --system --gid 10001 herald \
     && useradd --system --uid 10001 --gid herald --no-create-home \
        --home-dir /nonexistent --shell /usr/sbin/nologin herald
@@ -47,7 +50,8 @@ COPY routes.toml /etc/herald/routes.toml
 COPY schemas /etc/herald/schemas
 COPY templates /etc/herald/templates
 COPY data /etc/herald/data
-RUN install -d -o herald -g herald -m 0750 /etc/herald/outbox
+RUN install -d -o herald -g herald -m 0750 /etc/herald/outbox \
+    && chown herald:herald /etc/herald/data
 
 ENV HERALD_CONFIG=/etc/herald/routes.toml \
     HERALD_METRICS_ADDR=0.0.0.0:9464 \
@@ -59,7 +63,7 @@ WORKDIR /etc/herald
 # /metrics, /healthz and /readyz
 EXPOSE 9464
 
-# Healthy when /readyz answers 200 (connected to RabbitMQ and consuming). The image has no
+# Healthy when /readyz answers 200 (connected to RabbitMQ and consuming, the ledger writable). The image has no
 # curl, so bash's /dev/tcp makes the request; the port follows HERALD_METRICS_ADDR. Only
 # meaningful for `serve`: turn it off for other commands (compose: healthcheck: disable: true).
 HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
