@@ -407,6 +407,19 @@ impl Store {
             .map(drop)
     }
 
+    /// A notification's status, if the ledger has it.
+    pub async fn status(&self, key: &str) -> Result<Option<Status>, LedgerError> {
+        let row = sqlx::query("SELECT status FROM notifications WHERE key = $1")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| self.error(&e))?;
+        row.map(|r| r.try_get::<String, _>(0))
+            .transpose()
+            .map(|s| s.map(|s| s.parse().unwrap_or(Status::Pending)))
+            .map_err(|e| self.error(&e))
+    }
+
     /// Notifications waiting for a retry.
     pub async fn waiting(&self) -> Result<Vec<Waiting>, LedgerError> {
         let rows = sqlx::query(

@@ -429,7 +429,20 @@ pub async fn handle_retry(ctx: &Ctx, delivery: Delivery) {
                     .publishers
                     .label(pending.publisher.as_deref().unwrap_or_default()),
             );
-            attempt(ctx, pending).instrument(span).await != Outcome::Retry
+            // A retry message the broker delivers again after its notification was delivered
+            // (Herald stopped between the two) is not sent twice.
+            let delivered = !pending.replay
+                && matches!(
+                    ctx.ledger.store().status(&pending.key).await,
+                    Ok(Some(Status::Delivered))
+                );
+            if delivered {
+                let _entered = span.enter();
+                info!(key = %pending.key, "retry of a notification already delivered; not sent again");
+                true
+            } else {
+                attempt(ctx, pending).instrument(span).await != Outcome::Retry
+            }
         }
         Err(e) => {
             error!(error = %e, "a retry message cannot be read; parking it");
