@@ -383,7 +383,7 @@ impl Store {
         &self.shown
     }
 
-    pub(crate) fn pool(&self) -> &AnyPool {
+    pub fn pool(&self) -> &AnyPool {
         &self.pool
     }
 
