@@ -218,7 +218,7 @@ pub struct Update {
 pub struct AttemptRecord {
     pub at: DateTime<Utc>,
     pub duration: Duration,
-    /// `delivered`, a failure kind (`http-5xx`, `smtp-transient`, ...) or `replayed`.
+    /// `delivered`, a failure kind (`http-retryable`, `smtp-transient`, ...) or `replayed`.
     pub outcome: &'static str,
     /// The HTTP status or SMTP reply code.
     pub code: Option<u16>,

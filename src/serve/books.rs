@@ -18,10 +18,10 @@ const PRUNE_BATCH: i64 = 1_000;
 /// How often pruning looks for events past their time.
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
-/// Opens the ledger; while the store cannot be reached (PostgreSQL down, a SQLite folder that
-/// cannot be written), says so once and tries again every few seconds until it can or
-/// `stop`. A URL that names no store Herald knows, or migrations that cannot apply, fail
-/// at once.
+/// Opens the ledger; while the store cannot be opened (PostgreSQL down, a SQLite file in a
+/// folder Herald may not write), says so once and tries again every few seconds until it can
+/// or `stop`. A URL that names no store Herald knows, a SQLite folder that cannot be created,
+/// or migrations that cannot apply, fail at once.
 pub async fn open(
     settings: &Settings,
     health: &Health,

@@ -43,7 +43,14 @@ pub async fn fresh(backend: Backend) -> String {
             let server = postgres_server();
             let mut admin = sqlx::PgConnection::connect(&format!("{server}/postgres"))
                 .await
-                .unwrap_or_else(|e| panic!("PostgreSQL at {server}: {e}"));
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "cannot log in to PostgreSQL at {server} as postgres without a password \
+                         ({e}): start it (`pg_ctlcluster 15 main start`), allow trust login \
+                         from 127.0.0.1 in pg_hba.conf or set PGPASSWORD, or name another \
+                         server in HERALD_TEST_POSTGRES"
+                    )
+                });
             sweep(&mut admin).await;
             let name = format!("herald_test_{tag}");
             sqlx::query(&format!("CREATE DATABASE {name}"))
