@@ -193,33 +193,22 @@ async fn route_and_deliver(ctx: &Ctx, event: Event, received_at: DateTime<Utc>) 
         .map(|n| Pending::new(n, &event))
         .collect();
     let mut records: Vec<NotificationRecord> = pending.iter().map(notification_record).collect();
-    records.extend(routing.skipped.iter().map(|s| NotificationRecord {
-        key: unmade_key(&event, s.route(), &s.to_string()),
-        route: s.route().to_owned(),
-        recipient: match s {
-            crate::notification::Skip::NotAuthorised { recipient, .. } => recipient.clone(),
-            crate::notification::Skip::NoAuthorisedRecipient { selector, .. } => selector.clone(),
-        },
-        channel: "none".into(),
-        sla_rule: None,
-        deadline: None,
-        status: Status::Skipped,
-        reason: Some(s.kind().to_owned()),
+    records.extend(routing.skipped.iter().map(|s| {
+        let recipient = match s {
+            crate::notification::Skip::NotAuthorised { recipient, .. } => recipient,
+            crate::notification::Skip::NoAuthorisedRecipient { selector, .. } => selector,
+        };
+        let key = unmade_key(&event, s.route(), &s.to_string());
+        unmade_record(key, s.route(), recipient, Status::Skipped, s.kind())
     }));
     let problems: Vec<(String, &crate::notification::Problem)> = routing
         .problems
         .iter()
         .map(|p| (unmade_key(&event, p.route(), &p.to_string()), p))
         .collect();
-    records.extend(problems.iter().map(|(key, p)| NotificationRecord {
-        key: key.clone(),
-        route: p.route().to_owned(),
-        recipient: problem_recipient(p),
-        channel: "none".into(),
-        sla_rule: None,
-        deadline: None,
-        status: Status::Pending,
-        reason: Some(p.kind().to_owned()),
+    records.extend(problems.iter().map(|(key, p)| {
+        let recipient = problem_recipient(p);
+        unmade_record(key.clone(), p.route(), recipient, Status::Pending, p.kind())
     }));
     let record = event_record(&event, EventOutcome::Routed, received_at);
     let seen = match ctx.ledger.event(record, records).await {
@@ -382,14 +371,33 @@ fn unmade_key(event: &Event, route: &str, what: &str) -> String {
     format!("none_{}", hex::encode(&h.finalize()[..16]))
 }
 
-fn problem_recipient(p: &crate::notification::Problem) -> String {
+/// The ledger's row for a notification that was not made: no channel, no deadline.
+fn unmade_record(
+    key: String,
+    route: &str,
+    recipient: &str,
+    status: Status,
+    reason: &str,
+) -> NotificationRecord {
+    NotificationRecord {
+        key,
+        route: route.to_owned(),
+        recipient: recipient.to_owned(),
+        channel: "none".into(),
+        sla_rule: None,
+        deadline: None,
+        status,
+        reason: Some(reason.to_owned()),
+    }
+}
+
+/// Whom a routing problem was about: the recipient, or the pattern or selector that found none.
+fn problem_recipient(p: &crate::notification::Problem) -> &str {
     use crate::notification::Problem;
     match p {
-        Problem::UnknownRecipient { pattern, .. } => pattern.clone(),
-        Problem::NoRecipients { selector, .. } => selector.clone(),
-        Problem::NoChannel { recipient, .. } | Problem::RenderFailed { recipient, .. } => {
-            recipient.clone()
-        }
+        Problem::UnknownRecipient { pattern, .. } => pattern,
+        Problem::NoRecipients { selector, .. } => selector,
+        Problem::NoChannel { recipient, .. } | Problem::RenderFailed { recipient, .. } => recipient,
     }
 }
 
