@@ -12,16 +12,15 @@ use tracing::{Instrument, Span, debug, error, info, info_span, warn};
 use super::acks::Acks;
 use super::dedup::Claim;
 use super::retry::{self, Pending};
-use super::{Ctx, park};
+use super::{Ctx, park, rows};
 use crate::deliver::Failure;
 use crate::deliver::guard::State;
 use crate::event::Event;
 use crate::intake::{Message, Rejection, excerpt};
 use crate::ledger::{
-    AttemptRecord, EndpointRecord, EventOutcome, EventRecord, NotificationRecord, Seen, Status,
-    Update,
+    AttemptRecord, EndpointRecord, EventOutcome, EventRecord, Seen, Status, Update,
 };
-use crate::notification::{Content, DeliveryOutcome, ParkReason, Sla};
+use crate::notification::{Content, DeliveryOutcome, ParkReason};
 
 /// How one notification ended in this handling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -192,25 +191,9 @@ async fn route_and_deliver(ctx: &Ctx, event: Event, received_at: DateTime<Utc>) 
         .into_iter()
         .map(|n| Pending::new(n, &event))
         .collect();
-    let mut records: Vec<NotificationRecord> = pending.iter().map(notification_record).collect();
-    records.extend(routing.skipped.iter().map(|s| {
-        let recipient = match s {
-            crate::notification::Skip::NotAuthorised { recipient, .. } => recipient,
-            crate::notification::Skip::NoAuthorisedRecipient { selector, .. } => selector,
-        };
-        let key = unmade_key(&event, s.route(), &s.to_string());
-        unmade_record(key, s.route(), recipient, Status::Skipped, s.kind())
-    }));
-    let problems: Vec<(String, &crate::notification::Problem)> = routing
-        .problems
-        .iter()
-        .map(|p| (unmade_key(&event, p.route(), &p.to_string()), p))
-        .collect();
-    records.extend(problems.iter().map(|(key, p)| {
-        let recipient = problem_recipient(p);
-        unmade_record(key.clone(), p.route(), recipient, Status::Pending, p.kind())
-    }));
-    let record = event_record(&event, EventOutcome::Routed, received_at);
+    let (records, problems) =
+        rows::of_routing(&event, &pending, &routing.skipped, &routing.problems);
+    let record = rows::event_record(&event, EventOutcome::Routed, received_at);
     let seen = match ctx.ledger.event(record, records).await {
         Ok(seen) => seen,
         Err(e) => {
@@ -303,7 +286,7 @@ async fn duplicate(ctx: &Ctx, event: &Event, received_at: DateTime<Utc>) -> bool
         .with_label_values(&[event.event_type.as_str()])
         .inc();
     info!(event_id = %event.id, event_type = %event.event_type, "event already handled; not routed again");
-    let mut record = event_record(event, EventOutcome::Duplicate, received_at);
+    let mut record = rows::event_record(event, EventOutcome::Duplicate, received_at);
     record.persons.clear();
     recorded(ctx.ledger.event(record, Vec::new()).await)
 }
@@ -316,88 +299,6 @@ fn recorded<T>(result: Result<T, crate::ledger::LedgerError>) -> bool {
             error!(error = %e, "cannot record in the ledger; the message goes back to its queue");
             false
         }
-    }
-}
-
-fn event_record(event: &Event, outcome: EventOutcome, received_at: DateTime<Utc>) -> EventRecord {
-    EventRecord {
-        publisher: event.id.publisher().unwrap_or_default().to_owned(),
-        message_id: event.id.as_str().to_owned(),
-        event_type: event.event_type.to_string(),
-        version: i64::try_from(event.version).ok(),
-        occurred_at: Some(event.occurred_at),
-        received_at,
-        persons: event
-            .identifiers()
-            .map(|(t, v)| format!("{t}:{v}"))
-            .collect(),
-        outcome,
-        reason: None,
-    }
-}
-
-fn notification_record(p: &Pending) -> NotificationRecord {
-    let (sla_rule, deadline) = match &p.sla {
-        Sla::Due { rule, deadline } => (Some(rule.clone()), Some(deadline.due)),
-        Sla::Unknown { rule, .. } => (Some(rule.clone()), None),
-        Sla::Untracked => (None, None),
-    };
-    NotificationRecord {
-        key: p.key.clone(),
-        route: p.route.clone(),
-        recipient: p.recipient.clone(),
-        channel: p.channel().as_str().to_owned(),
-        sla_rule,
-        deadline,
-        status: Status::Pending,
-        reason: None,
-    }
-}
-
-/// The ledger key of a notification that was not made (skipped, or a routing problem): the
-/// same for the same event, route and reason, so a redelivered event finds it again.
-fn unmade_key(event: &Event, route: &str, what: &str) -> String {
-    use sha2::Digest;
-    let mut h = sha2::Sha256::new();
-    for part in [
-        event.id.publisher().unwrap_or_default(),
-        event.id.as_str(),
-        route,
-        what,
-    ] {
-        h.update((part.len() as u64).to_be_bytes());
-        h.update(part.as_bytes());
-    }
-    format!("none_{}", hex::encode(&h.finalize()[..16]))
-}
-
-/// The ledger's row for a notification that was not made: no channel, no deadline.
-fn unmade_record(
-    key: String,
-    route: &str,
-    recipient: &str,
-    status: Status,
-    reason: &str,
-) -> NotificationRecord {
-    NotificationRecord {
-        key,
-        route: route.to_owned(),
-        recipient: recipient.to_owned(),
-        channel: "none".into(),
-        sla_rule: None,
-        deadline: None,
-        status,
-        reason: Some(reason.to_owned()),
-    }
-}
-
-/// Whom a routing problem was about: the recipient, or the pattern or selector that found none.
-fn problem_recipient(p: &crate::notification::Problem) -> &str {
-    use crate::notification::Problem;
-    match p {
-        Problem::UnknownRecipient { pattern, .. } => pattern,
-        Problem::NoRecipients { selector, .. } => selector,
-        Problem::NoChannel { recipient, .. } | Problem::RenderFailed { recipient, .. } => recipient,
     }
 }
 

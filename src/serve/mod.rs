@@ -12,6 +12,7 @@ mod handler;
 mod http;
 pub mod park;
 pub mod retry;
+pub mod rows;
 mod topology;
 
 use std::net::SocketAddr;
