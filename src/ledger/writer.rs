@@ -300,8 +300,9 @@ async fn write(
         }
     }
     let mut found = Found::new();
-    // (event id, notification) for every routed event, new or seen before.
-    let mut made: Vec<(i64, &NotificationRecord)> = Vec::new();
+    // (event id, when the event was received, notification) for every routed event, new or
+    // seen before: a notification is made when its event is received.
+    let mut made: Vec<(i64, i64, &NotificationRecord)> = Vec::new();
     let mut persons: Vec<(i64, &str)> = Vec::new();
     for (i, e, notifications) in &events {
         if e.outcome != EventOutcome::Routed {
@@ -340,7 +341,8 @@ async fn write(
                 id
             }
         };
-        made.extend(notifications.iter().map(|n| (id, n)));
+        let received = ms(e.received_at);
+        made.extend(notifications.iter().map(|n| (id, received, n)));
     }
     for chunk in persons.chunks(ROWS_PER_STATEMENT) {
         let mut rows = Rows::new("INSERT INTO persons (event_id, identifier) VALUES ");
@@ -357,7 +359,7 @@ async fn write(
             "INSERT INTO notifications (key, event_id, route, recipient, recipient_class, \
              channel, sla_rule, deadline, created_at, status, reason, updated_at) VALUES ",
         );
-        for (id, n) in chunk {
+        for (id, received, n) in chunk {
             rows.row(vec![
                 V::Text(&n.key),
                 V::Int(*id),
@@ -367,7 +369,7 @@ async fn write(
                 V::Text(&n.channel),
                 V::OptText(n.sla_rule.as_deref()),
                 V::OptInt(n.deadline.map(ms)),
-                V::Int(now),
+                V::Int(*received),
                 V::Text(n.status.as_str()),
                 V::OptText(n.reason.as_deref()),
                 V::Int(now),
