@@ -11,6 +11,7 @@
 //! not make, retries it could not read, and what the broker dead-lettered on its own (an event
 //! past the events queue's delivery limit, which carries only the broker's `x-death`).
 
+use std::collections::HashSet;
 use std::process::ExitCode;
 
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -23,12 +24,16 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
+use super::table::{printable, table};
 use crate::core::Core;
 use crate::event::{Event, EventId};
 use crate::intake::{Message, Rejection};
+use crate::ledger::read::ParkedFilter;
+use crate::ledger::{EventOutcome, Ledger, LedgerError, Seen, Store};
 use crate::notification::Problem;
 use crate::serve::park::{ParkedRecord, header_json, header_text, value_text};
 use crate::serve::retry::{self, Pending};
+use crate::serve::rows;
 use crate::serve::{AMQP_PASSWORD_IN, Settings, connect_error};
 
 /// Which parking queue.
@@ -59,13 +64,32 @@ pub enum Action {
         #[arg(long)]
         json: bool,
     },
-    /// Send parked messages again: those named by id, message_id or event id, or `--all`.
+    /// Send parked messages again: those named by id, message_id or event id, `--all`, or
+    /// those the ledger finds by --since, --until, --route and --recipient. Each replay is
+    /// recorded in the ledger.
     Replay {
         which: Which,
         ids: Vec<String>,
         /// Every message in the queue.
-        #[arg(long, conflicts_with = "ids")]
+        #[arg(long, conflicts_with_all = ["ids", "since", "until", "route", "recipient"])]
         all: bool,
+        /// Parked at or after (failed: when the ledger recorded it parked; rejected: when
+        /// the event was received): an RFC 3339 instant, a date (midnight, London time), or
+        /// a span back from now (2h).
+        #[arg(long, value_parser = super::ledger::parse_instant, conflicts_with = "ids")]
+        since: Option<DateTime<Utc>>,
+        /// Parked before (the same forms as --since).
+        #[arg(long, value_parser = super::ledger::parse_instant, conflicts_with = "ids")]
+        until: Option<DateTime<Utc>>,
+        /// Only notifications of this route (failed only).
+        #[arg(long, conflicts_with = "ids")]
+        route: Option<String>,
+        /// Only notifications to this recipient, e.g. police:WYP-LEEDS (failed only).
+        #[arg(long, conflicts_with = "ids")]
+        recipient: Option<String>,
+        /// Say what would be replayed, and replay nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Delete parked messages: those named, or every one; each is printed as it goes.
     Purge {
@@ -125,7 +149,7 @@ async fn dlq(core: Core, action: Action) -> Result<ExitCode, String> {
             } else if records.is_empty() {
                 println!("{} is empty", queue(which));
             } else {
-                print!("{}", table(&records));
+                print!("{}", table(COLUMNS, records.iter().map(Record::cells)));
                 if cut {
                     println!(
                         "{} of {total} in {} (--limit gives more)",
@@ -161,22 +185,84 @@ async fn dlq(core: Core, action: Action) -> Result<ExitCode, String> {
             }
             super::passed(shown > 0)
         }
-        Action::Replay { which, ids, all } => {
-            if ids.is_empty() && !all {
+        Action::Replay {
+            which,
+            ids,
+            all,
+            since,
+            until,
+            route,
+            recipient,
+            dry_run,
+        } => {
+            let filtered =
+                since.is_some() || until.is_some() || route.is_some() || recipient.is_some();
+            if ids.is_empty() && !all && !filtered {
                 eprintln!(
-                    "error: name the messages to replay (their ids from `herald dlq list`), or give --all"
+                    "error: name the messages to replay (their ids from `herald dlq list`), give \
+                     --all, or pick them from the ledger with --since, --until, --route or \
+                     --recipient"
                 );
                 return Ok(ExitCode::from(2));
             }
+            if which == Which::Rejected && (route.is_some() || recipient.is_some()) {
+                eprintln!(
+                    "error: --route and --recipient pick notifications, in `failed`; a \
+                     rejected event has neither (--since and --until pick rejected events)"
+                );
+                return Ok(ExitCode::from(2));
+            }
+            let store = super::ledger::open(&settings.ledger_url).await?;
+            let picked = if filtered {
+                let picked = match which {
+                    Which::Failed => {
+                        Picked::parked(
+                            &store,
+                            &ParkedFilter {
+                                route,
+                                recipient,
+                                since,
+                                until,
+                            },
+                        )
+                        .await
+                    }
+                    Which::Rejected => Picked::rejected(&store, since, until).await,
+                }
+                .map_err(|e| e.to_string())?;
+                println!(
+                    "the ledger has {} parked in {} that match",
+                    picked.count,
+                    queue(which)
+                );
+                Some(picked)
+            } else {
+                None
+            };
+            let books = Books {
+                ledger: Ledger::start(store.clone(), crate::metrics::Metrics::new()),
+                store,
+                actor: actor(),
+            };
             let got = fetch(&ch, &queue(which), usize::MAX).await?;
-            let (mut replayed, mut failures) = (0, 0);
+            let (mut replayed, mut failures, mut chosen) = (0, 0, 0);
             for m in &got {
                 let record = Record::read(which, &settings, &m.properties, &m.data);
-                if !all && !ids.iter().any(|id| record.is(id)) {
+                let wanted = match &picked {
+                    Some(p) => p.has(&record),
+                    None => all || ids.iter().any(|id| record.is(id)),
+                };
+                if !wanted {
                     let _ = m.nack(requeue()).await;
                     continue;
                 }
-                match replay(&core, &settings, &ch, which, m).await {
+                chosen += 1;
+                if dry_run {
+                    println!("{}  would replay: {}", record.id, record.summary());
+                    let _ = m.nack(requeue()).await;
+                    continue;
+                }
+                match replay(&core, &settings, &ch, which, m, &books).await {
                     Ok(n) => {
                         replayed += 1;
                         println!("{}  replayed: {n} notification(s) queued", record.id);
@@ -199,7 +285,24 @@ async fn dlq(core: Core, action: Action) -> Result<ExitCode, String> {
                     println!("{}  not found in {}", printable(id), queue(which));
                 }
             }
-            super::passed(failures == 0 && missing == 0 && (replayed > 0 || all))
+            if let Some(p) = &picked
+                && chosen < p.count
+            {
+                println!(
+                    "{} of those are no longer in {} (replayed or purged since)",
+                    p.count - chosen,
+                    queue(which)
+                );
+            }
+            books.store.close().await;
+            if dry_run {
+                println!("dry run: {chosen} message(s) would be replayed; nothing was sent");
+                super::passed(missing == 0)
+            } else {
+                super::passed(
+                    failures == 0 && missing == 0 && (replayed > 0 || all || picked.is_some()),
+                )
+            }
         }
         Action::Purge { which, ids, yes } => {
             if !yes {
@@ -490,6 +593,28 @@ impl Record {
             || self.event_id.as_deref() == Some(name)
     }
 
+    /// What it is, in a few words, for a dry run.
+    fn summary(&self) -> String {
+        let or_dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+        match self.kind {
+            "rejected" | "delivery-limit" | "unexplained" => format!(
+                "{} event {} ({})",
+                self.kind,
+                or_dash(&self.event_id),
+                or_dash(&self.event_type)
+            ),
+            _ => format!(
+                "{} {} -> {} by {} ({}), event {}",
+                self.kind,
+                or_dash(&self.route),
+                or_dash(&self.recipient),
+                or_dash(&self.channel),
+                self.reason,
+                or_dash(&self.event_id)
+            ),
+        }
+    }
+
     /// The columns of `list`, in order, with `-` for what is missing.
     fn cells(&self) -> [String; 11] {
         let or_dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
@@ -523,50 +648,6 @@ const COLUMNS: [&str; 11] = [
     "DETAIL",
 ];
 
-/// The widest a column other than the detail gets; longer values are cut with `…`.
-const CELL_WIDTH: usize = 48;
-
-/// A header row and one aligned row per record; the detail, last, is not cut.
-fn table(records: &[Record]) -> String {
-    let rows: Vec<[String; 11]> = records
-        .iter()
-        .map(|r| r.cells().map(|c| printable(&c)))
-        .map(|row| {
-            let last = row.len() - 1;
-            let mut row = row;
-            for cell in &mut row[..last] {
-                *cell = cut(cell, CELL_WIDTH);
-            }
-            row
-        })
-        .collect();
-    let mut widths = COLUMNS.map(|c| c.chars().count());
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    let mut line = |cells: &[String]| {
-        let last = cells.len() - 1;
-        let mut text = String::new();
-        for (i, cell) in cells.iter().enumerate() {
-            if i == last {
-                text.push_str(cell);
-            } else {
-                text.push_str(&format!("{cell:<w$}  ", w = widths[i]));
-            }
-        }
-        out.push_str(text.trim_end());
-        out.push('\n');
-    };
-    line(&COLUMNS.map(str::to_owned));
-    for row in &rows {
-        line(row);
-    }
-    out
-}
-
 /// A parked message's identity: `p-` and 16 hex digits of a digest of the queue, its
 /// message_id and its body. The same at every look; different for two parked messages unless
 /// they are copies of one (the same id and bytes), which are replayed or purged together.
@@ -579,24 +660,6 @@ fn parked_id(which: Which, properties: &BasicProperties, data: &[u8]) -> String 
         h.update(part);
     }
     format!("p-{}", hex::encode(&h.finalize()[..8]))
-}
-
-/// Text safe to print on a terminal: control characters (a publisher's headers may hold
-/// escape sequences or newlines) become `?`.
-fn printable(text: &str) -> String {
-    text.chars()
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect()
-}
-
-fn cut(text: &str, width: usize) -> String {
-    if text.chars().count() <= width {
-        text.to_owned()
-    } else {
-        let mut out: String = text.chars().take(width - 1).collect();
-        out.push('…');
-        out
-    }
 }
 
 /// An instant as RFC 3339 to the second, in UTC; text that is not one is kept as it is.
@@ -743,7 +806,82 @@ fn body_text(data: &[u8]) -> String {
         .collect()
 }
 
+/// The ledger, where each replay is recorded, and who is replaying.
+struct Books {
+    store: Store,
+    ledger: Ledger,
+    actor: String,
+}
+
+/// Who runs the command, as the audit entry names them: `cli:` and the login.
+fn actor() -> String {
+    let login = ["SUDO_USER", "USER", "LOGNAME"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty()))
+        .unwrap_or_else(|| "unknown".into());
+    format!("cli:{login}")
+}
+
+/// The parked messages the ledger picked by time, route and recipient.
+struct Picked {
+    /// Notifications, by idempotency key.
+    keys: HashSet<String>,
+    /// Notifications that could not be made, by their event's id and route.
+    unmade: HashSet<(String, String)>,
+    /// Rejected events, by message_id.
+    events: HashSet<String>,
+    /// How many the ledger found.
+    count: usize,
+}
+
+impl Picked {
+    async fn parked(store: &Store, filter: &ParkedFilter) -> Result<Picked, LedgerError> {
+        let found = store.parked(filter).await?;
+        let mut p = Picked {
+            keys: HashSet::new(),
+            unmade: HashSet::new(),
+            events: HashSet::new(),
+            count: found.len(),
+        };
+        for f in found {
+            if f.key.starts_with(crate::serve::rows::UNMADE) {
+                p.unmade.insert((f.message_id, f.route));
+            } else {
+                p.keys.insert(f.key);
+            }
+        }
+        Ok(p)
+    }
+
+    async fn rejected(
+        store: &Store,
+        since: Option<DateTime<Utc>>,
+        until: Option<DateTime<Utc>>,
+    ) -> Result<Picked, LedgerError> {
+        let events: HashSet<String> = store.rejected(since, until).await?.into_iter().collect();
+        Ok(Picked {
+            keys: HashSet::new(),
+            unmade: HashSet::new(),
+            count: events.len(),
+            events,
+        })
+    }
+
+    fn has(&self, r: &Record) -> bool {
+        let text = |v: &Option<String>| v.clone().unwrap_or_default();
+        match r.kind {
+            "notification" => self.keys.contains(&text(&r.message_id)),
+            "problem" => self.unmade.contains(&(text(&r.event_id), text(&r.route))),
+            "rejected" => self.events.contains(&text(&r.message_id)),
+            _ => false,
+        }
+    }
+}
+
 /// Sends one parked message again; the number of notifications queued, or why it stays.
+/// The ledger hears of it first: a notification replayed is pending again (the service may
+/// deliver it before this returns), an event replayed is recorded as routed with its
+/// notifications, and an audit entry names who replayed what.
 // String error: one line for the operator, printed before exit status 1.
 async fn replay(
     core: &Core,
@@ -751,9 +889,11 @@ async fn replay(
     ch: &Channel,
     which: Which,
     m: &Delivery,
+    books: &Books,
 ) -> Result<usize, String> {
     let deliveries = retry::deliveries_queue(settings);
-    let (event, only_route) = match which {
+    let now = Utc::now();
+    let (event, unmade) = match which {
         Which::Rejected => (
             readmit(core, m).map_err(|r| format!("still rejected: {r}"))?,
             None,
@@ -771,9 +911,23 @@ async fn replay(
                 p.last_error = None;
                 p.last_failure = None;
                 p.replay = true;
-                retry::enqueue(ch, &deliveries, &p)
+                let previous = books
+                    .store
+                    .status(&p.key)
                     .await
                     .map_err(|e| e.to_string())?;
+                books
+                    .store
+                    .replayed(&p.key, now, &books.actor)
+                    .await
+                    .map_err(|e| format!("not replayed: the ledger cannot record it: {e}"))?;
+                if let Err(e) = retry::enqueue(ch, &deliveries, &p).await {
+                    // Back as it was: the message stays parked.
+                    if let Some(status) = previous {
+                        let _ = books.store.set_status(&p.key, status, now).await;
+                    }
+                    return Err(e.to_string());
+                }
                 return Ok(1);
             }
             ParkedRecord::Problem(parked) => {
@@ -793,26 +947,67 @@ async fn replay(
                     None => core.intake.accept(&body, EventId::new(id)),
                 }
                 .map_err(|r| format!("still rejected: {r}"))?;
-                (event, Some(parked.problem.route().to_owned()))
+                (event, Some(parked.problem))
             }
         },
     };
+    let only_route = unmade.as_ref().map(|p| p.route().to_owned());
     let routing = core.route(&event);
     let wanted = |route: &str| only_route.as_deref().is_none_or(|r| r == route);
     if let Some(p) = routing.problems.iter().find(|p| wanted(p.route())) {
         return Err(format!("still fails: {p}"));
     }
-    let mut queued = 0;
-    for n in routing
+    let pending: Vec<Pending> = routing
         .notifications
         .into_iter()
         .filter(|n| wanted(&n.route))
-    {
-        retry::enqueue(ch, &deliveries, &Pending::new(n, &event))
+        .map(|n| Pending::new(n, &event))
+        .collect();
+    let skipped: Vec<_> = routing
+        .skipped
+        .into_iter()
+        .filter(|s| wanted(s.route()))
+        .collect();
+    let (records, _) = rows::of_routing(&event, &pending, &skipped, &[]);
+    let seen = books
+        .ledger
+        .event(
+            rows::event_record(&event, EventOutcome::Routed, now),
+            records,
+        )
+        .await
+        .map_err(|e| format!("not replayed: the ledger cannot record it: {e}"))?;
+    // Notifications already delivered, scheduled or parked since are not sent again.
+    let settled = |key: &str| match &seen {
+        Seen::New => false,
+        Seen::Before(before) => before.get(key).is_some_and(|s| s.settled()),
+    };
+    let mut queued = 0;
+    for p in pending.iter().filter(|p| !settled(&p.key)) {
+        retry::enqueue(ch, &deliveries, p)
             .await
             .map_err(|e| e.to_string())?;
         queued += 1;
     }
+    let subject = event.id.as_str();
+    let detail = format!("{queued} notification(s) queued");
+    match &unmade {
+        // The notification that could not be made is made now: its row is settled.
+        Some(problem) => {
+            let key = rows::unmade_key(&event, problem.route(), &problem.to_string());
+            books
+                .store
+                .unmade_replayed(&key, now, &books.actor, &detail)
+                .await
+        }
+        None => {
+            books
+                .store
+                .audit(now, &books.actor, "replay", subject, Some(&detail))
+                .await
+        }
+    }
+    .map_err(|e| format!("replayed, but the ledger did not record the replay: {e}"))?;
     Ok(queued)
 }
 
@@ -988,7 +1183,7 @@ mod tests {
         assert_eq!(r.recipient.as_deref(), Some("police:{offender.homeBcu}"));
         assert_eq!(r.attempts, None);
         assert_eq!(r.event_id.as_deref(), Some("evt-3"));
-        let table = table(&[r]);
+        let table = table(COLUMNS, [r.cells()]);
         assert!(!table.contains("null") && !table.contains("()"), "{table}");
         assert!(
             table.starts_with("ID                  PARKED AT"),
@@ -1107,7 +1302,7 @@ mod tests {
                 ("x-herald-reason", text("schema-violation")),
                 ("x-herald-detail", text("a\nb")),
             ]));
-        let table = table(&[read(Which::Rejected, p, b"{}")]);
+        let table = table(COLUMNS, [read(Which::Rejected, p, b"{}").cells()]);
         assert!(
             !table.contains('\u{1b}') && table.lines().count() == 2,
             "{table}"

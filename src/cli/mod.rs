@@ -3,12 +3,14 @@
 
 mod check;
 mod dlq;
+mod ledger;
 mod publish;
 mod receive;
 mod restamp;
 mod route_test;
 mod serve;
 mod show_config;
+mod table;
 mod validate;
 
 use std::path::PathBuf;
@@ -36,6 +38,14 @@ macro_rules! env_smtp_metrics {
             "                           emails are written as .eml files to [email] outbox)\n",
             "  HERALD_METRICS_ADDR      /metrics, /healthz and /readyz; overrides\n",
             "                           [service] metrics_addr (default 127.0.0.1:9464)\n",
+        )
+    };
+}
+macro_rules! env_ledger {
+    () => {
+        concat!(
+            "  HERALD_LEDGER_URL        the ledger: postgres://... or sqlite://...; overrides\n",
+            "                           [ledger] url and path (default data/ledger.sqlite)\n",
         )
     };
 }
@@ -69,6 +79,7 @@ macro_rules! env_logs {
 const HERALD_ENV: &str = concat!(
     "Environment (--config's is HERALD_CONFIG):\n",
     env_amqp!(),
+    env_ledger!(),
     env_smtp_metrics!(),
     env_receiver!(),
     env_secrets!(),
@@ -80,6 +91,7 @@ const HERALD_ENV: &str = concat!(
 const SERVE_ENV: &str = concat!(
     "Environment:\n",
     env_amqp!(),
+    env_ledger!(),
     env_smtp_metrics!(),
     env_receiver!(),
     env_secrets!(),
@@ -92,7 +104,14 @@ const PUBLISH_ENV: &str = concat!(
     "  HERALD_PUBLISH_PASSWORD  --user's password (the variable --password-env names)\n",
 );
 
-const DLQ_ENV: &str = concat!("Environment:\n", env_amqp!(), env_receiver!());
+const DLQ_ENV: &str = concat!(
+    "Environment:\n",
+    env_amqp!(),
+    env_ledger!(),
+    env_receiver!()
+);
+
+const LEDGER_ENV: &str = concat!("Environment:\n", env_ledger!());
 
 const RECEIVE_ENV: &str = concat!(
     "Environment:\n",
@@ -107,6 +126,7 @@ const ROUTE_TEST_ENV: &str = concat!("Environment:\n", env_receiver!());
 const CONFIG_SHOW_ENV: &str = concat!(
     "Environment:\n",
     env_amqp!(),
+    env_ledger!(),
     env_smtp_metrics!(),
     env_receiver!(),
     env_secrets!(),
@@ -170,6 +190,12 @@ pub enum Command {
     Dlq {
         #[command(subcommand)]
         action: dlq::Action,
+    },
+    /// Read the delivery ledger: an event's story, a search, the inspectors' report.
+    #[command(after_help = LEDGER_ENV)]
+    Ledger {
+        #[command(subcommand)]
+        action: ledger::Action,
     },
     /// Receive webhooks on a loopback address, verify their signatures and print them.
     #[command(after_help = RECEIVE_ENV)]
@@ -295,6 +321,12 @@ pub fn run(cli: Cli) -> ExitCode {
                 dedup_window: c.service.dedup_window,
                 files,
             }))
+        }),
+        Command::Ledger { action } => config.load_file().map(|c| {
+            runtime(ledger::run(
+                c.ledger.store_url(|k| std::env::var(k).ok()),
+                action,
+            ))
         }),
         Command::Dlq { action } => config.load().map(|core| runtime(dlq::run(core, action))),
         Command::Receive {

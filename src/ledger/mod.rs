@@ -9,6 +9,8 @@
 //! writes, the task keeps the rows and tries again until it does; callers wait, so nothing is
 //! acknowledged that is not on disk. docs/ledger.md says what is kept, why and for how long.
 
+pub mod read;
+pub mod report;
 mod writer;
 
 use std::collections::HashMap;
@@ -486,7 +488,13 @@ impl Store {
                 .map(|r| r.try_get(0))
                 .collect::<Result<_, _>>()
                 .map_err(err)?;
+        sqlx::query("DELETE FROM audit WHERE at < $1")
+            .bind(ms(before))
+            .execute(&mut *tx)
+            .await
+            .map_err(err)?;
         if ids.is_empty() {
+            tx.commit().await.map_err(err)?;
             return Ok(0);
         }
         let list = ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
@@ -510,15 +518,72 @@ impl Store {
     }
 
     /// Marks a parked notification sent again by an operator: pending once more, with an
-    /// attempt row that says so.
-    pub async fn replayed(&self, key: &str, at: DateTime<Utc>) -> Result<(), LedgerError> {
+    /// attempt row that says so and an audit entry naming who did it.
+    pub async fn replayed(
+        &self,
+        key: &str,
+        at: DateTime<Utc>,
+        actor: &str,
+    ) -> Result<(), LedgerError> {
+        self.replay_rows(
+            key,
+            Status::Pending,
+            "replayed by an operator",
+            at,
+            actor,
+            None,
+        )
+        .await
+    }
+
+    /// Sets a notification's status back (a replay that could not be queued).
+    pub async fn set_status(
+        &self,
+        key: &str,
+        status: Status,
+        at: DateTime<Utc>,
+    ) -> Result<(), LedgerError> {
+        sqlx::query("UPDATE notifications SET status = $1, updated_at = $2 WHERE key = $3")
+            .bind(status.as_str())
+            .bind(ms(at))
+            .bind(key)
+            .execute(&self.pool)
+            .await
+            .map(drop)
+            .map_err(|e| self.error(&e))
+    }
+
+    /// Settles the row of a notification that could not be made, now made by an operator's
+    /// replay (its notifications have rows of their own): skipped, with why, an attempt row
+    /// and an audit entry.
+    pub async fn unmade_replayed(
+        &self,
+        key: &str,
+        at: DateTime<Utc>,
+        actor: &str,
+        detail: &str,
+    ) -> Result<(), LedgerError> {
+        let reason = format!("replayed by an operator: {detail}");
+        self.replay_rows(key, Status::Skipped, &reason, at, actor, Some(detail))
+            .await
+    }
+
+    async fn replay_rows(
+        &self,
+        key: &str,
+        status: Status,
+        reason: &str,
+        at: DateTime<Utc>,
+        actor: &str,
+        detail: Option<&str>,
+    ) -> Result<(), LedgerError> {
         let err = |e: sqlx::Error| self.error(&e);
         let mut tx = self.pool.begin().await.map_err(err)?;
         sqlx::query(
             "UPDATE notifications SET status = $1, reason = $2, updated_at = $3 WHERE key = $4",
         )
-        .bind(Status::Pending.as_str())
-        .bind("replayed by an operator")
+        .bind(status.as_str())
+        .bind(reason)
         .bind(ms(at))
         .bind(key)
         .execute(&mut *tx)
@@ -533,6 +598,27 @@ impl Store {
         .execute(&mut *tx)
         .await
         .map_err(err)?;
+        insert_audit(&mut tx, at, actor, "replay", key, detail)
+            .await
+            .map_err(err)?;
+        tx.commit().await.map_err(err)
+    }
+
+    /// Records what an operator did: `action` (`replay`, ...) on `subject` (a notification's
+    /// key, an event's message_id).
+    pub async fn audit(
+        &self,
+        at: DateTime<Utc>,
+        actor: &str,
+        action: &str,
+        subject: &str,
+        detail: Option<&str>,
+    ) -> Result<(), LedgerError> {
+        let err = |e: sqlx::Error| self.error(&e);
+        let mut tx = self.pool.begin().await.map_err(err)?;
+        insert_audit(&mut tx, at, actor, action, subject, detail)
+            .await
+            .map_err(err)?;
         tx.commit().await.map_err(err)
     }
 
@@ -540,6 +626,33 @@ impl Store {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+async fn insert_audit(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    at: DateTime<Utc>,
+    actor: &str,
+    action: &str,
+    subject: &str,
+    detail: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO audit (at, actor, action, subject, detail) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(ms(at))
+    .bind(actor)
+    .bind(action)
+    .bind(subject)
+    .bind(detail)
+    .execute(&mut **tx)
+    .await
+    .map(drop)
+}
+
+/// The file a `sqlite:` URL names; none for another store.
+pub fn sqlite_file(url: &str) -> Option<&Path> {
+    url.starts_with("sqlite:")
+        .then(|| Path::new(sqlite_path(url)))
 }
 
 /// The file of a `sqlite:` URL.

@@ -2,10 +2,29 @@
 //! `HERALD_TEST_LEDGER=postgres` (or when a test asks for it), a database of its own on the
 //! machine's PostgreSQL (127.0.0.1:5432, `HERALD_TEST_POSTGRES` to name another server).
 
+use std::collections::BTreeMap;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use herald::ledger::Backend;
 use sqlx::Connection;
+
+/// The ledger each Herald a test started in this process writes, by its events queue, so
+/// `herald dlq` run on a configuration naming that queue records in the same ledger as the
+/// service it acts on.
+static BY_QUEUE: Mutex<BTreeMap<String, String>> = Mutex::new(BTreeMap::new());
+
+pub fn remember(queue: &str, url: &str) {
+    BY_QUEUE
+        .lock()
+        .unwrap()
+        .insert(queue.to_owned(), url.to_owned());
+}
+
+/// The ledger of the Herald started on `queue`, if one was.
+pub fn of_queue(queue: &str) -> Option<String> {
+    BY_QUEUE.lock().unwrap().get(queue).cloned()
+}
 
 /// The server the PostgreSQL tests create their databases on.
 pub fn postgres_server() -> String {

@@ -751,6 +751,7 @@ pub async fn start_with(
     settings.circuit_open_for = Duration::from_secs(60);
     settings.ledger_url = super::ledger::fresh(super::ledger::default_backend()).await;
     adjust(&mut settings);
+    super::ledger::remember(&settings.queue, &settings.ledger_url);
     settings.connection_name = names.queue.clone();
     serve::start(Arc::new(core), settings, |k| {
         (k == "HERALD_WEBHOOK_SECRET").then(|| SECRET.to_owned())
@@ -866,14 +867,20 @@ pub fn config_text(names: &Names, guest_may: &str, extra: &str) -> String {
 /// Runs `herald dlq ARGS` with `config` against the test broker: whether it succeeded, and
 /// what it printed.
 pub fn dlq(config: &std::path::Path, args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_herald"));
+    command
         .arg("dlq")
         .arg("--config")
         .arg(config)
         .args(args)
-        .env("HERALD_AMQP_URL", amqp_url())
-        .output()
-        .unwrap();
+        .env("HERALD_AMQP_URL", amqp_url());
+    // The ledger of the Herald this test started on the file's queues, which a file written
+    // before that Herald started does not name.
+    let queue = herald::config::Config::load(config).map(|c| c.amqp.queue);
+    if let Some(url) = queue.ok().and_then(|q| super::ledger::of_queue(&q)) {
+        command.env("HERALD_LEDGER_URL", url);
+    }
+    let out = command.output().unwrap();
     (
         out.status.success(),
         format!(
