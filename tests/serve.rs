@@ -919,6 +919,45 @@ async fn parked_messages_are_listed_replayed_once_fixed_and_purged() {
             .any(|h| h.body["type"] == "court.hearing.concluded")
     })
     .await;
+    // The replay is in the ledger: the event routed now, its notifications, and who replayed it.
+    let url = common::ledger::of_queue(&names.queue).unwrap();
+    let store = herald::ledger::Store::open(
+        &url,
+        herald::ledger::Sync::Normal,
+        herald::ledger::Health::default(),
+    )
+    .await
+    .unwrap();
+    let one = |sql: &'static str| {
+        let store = store.clone();
+        async move {
+            use sqlx::Row;
+            let n: i64 = sqlx::query(sql)
+                .fetch_one(store.pool())
+                .await
+                .unwrap()
+                .get(0);
+            n
+        }
+    };
+    assert_eq!(
+        one("SELECT COUNT(*) FROM events WHERE message_id = 'evt-dlq-2' AND outcome = 'routed'")
+            .await,
+        1
+    );
+    assert_eq!(
+        one(
+            "SELECT COUNT(*) FROM notifications n JOIN events e ON e.id = n.event_id \
+             WHERE e.message_id = 'evt-dlq-2' AND e.outcome = 'routed'"
+        )
+        .await,
+        2
+    );
+    assert_eq!(
+        one("SELECT COUNT(*) FROM audit WHERE subject = 'evt-dlq-2' AND action = 'replay'").await,
+        1
+    );
+    store.close().await;
 
     let (ok, out) = dlq(&relaxed, &["purge", "failed"]);
     assert!(!ok && out.contains("--yes"), "{out}");
