@@ -53,8 +53,8 @@ pub enum Action {
         /// Made before (the same forms as --since).
         #[arg(long, value_parser = parse_instant)]
         until: Option<DateTime<Utc>>,
-        /// At most this many.
-        #[arg(long, default_value_t = 100)]
+        /// At most this many (at least 1).
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
         limit: u32,
         /// One JSON object per line and notification.
         #[arg(long)]

@@ -292,6 +292,16 @@ pub fn span(ms: i64) -> String {
     }
 }
 
+/// Text a spreadsheet shows as text: a cell that begins like a formula (`=`, `+`, `-`, `@`, a
+/// tab or a carriage return) gets a leading `'`, so a publisher's message_id cannot run as one.
+fn inert(text: &str) -> String {
+    if text.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{text}")
+    } else {
+        text.to_owned()
+    }
+}
+
 fn instant(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
 }
@@ -353,9 +363,10 @@ impl Report {
             "reason",
         ])?;
         let line = |w: &mut csv::Writer<_>, section: &str, l: &Line| {
+            let name = inert(&l.name);
             let (route, recipient) = match section {
-                "route" => (l.name.as_str(), ""),
-                "recipient" => ("", l.name.as_str()),
+                "route" => (name.as_str(), ""),
+                "recipient" => ("", name.as_str()),
                 _ => ("", ""),
             };
             let n = |v: u64| v.to_string();
@@ -395,17 +406,17 @@ impl Report {
         for b in &self.breaches {
             let mut row = vec![String::new(); 23];
             row[0] = "breach".into();
-            row[1] = b.route.clone();
-            row[2] = b.recipient.clone();
-            row[14] = b.key.clone();
-            row[15] = b.message_id.clone();
-            row[16] = b.event_type.clone();
+            row[1] = inert(&b.route);
+            row[2] = inert(&b.recipient);
+            row[14] = inert(&b.key);
+            row[15] = inert(&b.message_id);
+            row[16] = inert(&b.event_type);
             row[17] = instant(b.created_at);
             row[18] = b.deadline.map(instant).unwrap_or_default();
             row[19] = b.delivered_at.map(instant).unwrap_or_default();
             row[20] = b.status.as_str().into();
             row[21] = b.attempts.to_string();
-            row[22] = b.reason.clone();
+            row[22] = inert(&b.reason);
             w.write_record(&row)?;
         }
         w.flush()?;
@@ -565,6 +576,13 @@ mod tests {
         let r = b.finish(Vec::new(), &[]);
         assert_eq!((r.total.breached, r.total.open), (1, 0));
         assert_eq!(r.total.within_deadline_pct, Some(0.0));
+    }
+
+    #[test]
+    fn a_cell_that_looks_like_a_formula_stays_text() {
+        assert_eq!(inert("=HYPERLINK(\"x\")"), "'=HYPERLINK(\"x\")");
+        assert_eq!(inert("@SUM(A1)"), "'@SUM(A1)");
+        assert_eq!(inert("evt-1"), "evt-1");
     }
 
     #[test]
