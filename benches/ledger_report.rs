@@ -31,7 +31,10 @@ fn fill_sql(backend: Backend, notifications: i64) -> Vec<String> {
              SELECT i FROM s",
             n - 1
         ),
-        Backend::Postgres => format!("SELECT i FROM generate_series(0, {}) AS s(i)", n - 1),
+        Backend::Postgres => format!(
+            "SELECT i FROM generate_series(0::bigint, {}) AS s(i)",
+            n - 1
+        ),
     };
     let made = format!("({T0} + (i / 2) * {gap})");
     let deadline = format!("({made} + 86400000)");

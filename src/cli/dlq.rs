@@ -29,7 +29,7 @@ use crate::core::Core;
 use crate::event::{Event, EventId};
 use crate::intake::{Message, Rejection};
 use crate::ledger::read::ParkedFilter;
-use crate::ledger::{EventOutcome, Ledger, LedgerError, Seen, Store};
+use crate::ledger::{EventOutcome, Ledger, LedgerError, Status, Store};
 use crate::notification::Problem;
 use crate::serve::park::{ParkedRecord, header_json, header_text, value_text};
 use crate::serve::retry::{self, Pending};
@@ -263,10 +263,26 @@ async fn dlq(core: Core, action: Action) -> Result<ExitCode, String> {
                     continue;
                 }
                 match replay(&core, &settings, &ch, which, m, &books).await {
-                    Ok(n) => {
-                        replayed += 1;
-                        println!("{}  replayed: {n} notification(s) queued", record.id);
-                        let _ = m.ack(BasicAckOptions::default()).await;
+                    Ok(done) => {
+                        match done {
+                            Replayed::Queued(n, warning) => {
+                                replayed += 1;
+                                println!("{}  replayed: {n} notification(s) queued", record.id);
+                                if let Some(w) = warning {
+                                    failures += 1;
+                                    println!("{}  {}", record.id, printable(&w));
+                                }
+                            }
+                            Replayed::Stale(why) => println!("{}  removed: {why}", record.id),
+                        }
+                        if let Err(e) = m.ack(BasicAckOptions::default()).await {
+                            failures += 1;
+                            println!(
+                                "{}  still parked: the broker did not take the acknowledgement \
+                                 ({e}); it may be replayed again",
+                                record.id
+                            );
+                        }
                     }
                     Err(why) => {
                         failures += 1;
@@ -806,6 +822,14 @@ fn body_text(data: &[u8]) -> String {
         .collect()
 }
 
+/// What a replay did with a parked message (which then leaves the queue).
+enum Replayed {
+    /// Its notifications were queued (how many), with a warning if the ledger missed it.
+    Queued(usize, Option<String>),
+    /// Nothing was sent: the ledger shows it done (why).
+    Stale(String),
+}
+
 /// The ledger, where each replay is recorded, and who is replaying.
 struct Books {
     store: Store,
@@ -813,13 +837,31 @@ struct Books {
     actor: String,
 }
 
-/// Who runs the command, as the audit entry names them: `cli:` and the login.
+/// Who runs the command, as the audit entry names them: `cli:` and the login of the process's
+/// user id (not what the environment claims), with the login sudo was run from, if it was.
 fn actor() -> String {
-    let login = ["SUDO_USER", "USER", "LOGNAME"]
-        .iter()
-        .find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty()))
-        .unwrap_or_else(|| "unknown".into());
-    format!("cli:{login}")
+    use std::os::unix::fs::MetadataExt;
+    let uid = std::fs::metadata("/proc/self").map(|m| m.uid()).ok();
+    let name = uid.and_then(|uid| {
+        std::fs::read_to_string("/etc/passwd")
+            .ok()
+            .and_then(|passwd| {
+                passwd.lines().find_map(|line| {
+                    let mut fields = line.split(':');
+                    let (name, id) = (fields.next()?, fields.nth(1)?);
+                    (id.parse() == Ok(uid)).then(|| name.to_owned())
+                })
+            })
+    });
+    let mut actor = match (name, uid) {
+        (Some(name), _) => format!("cli:{name}"),
+        (None, Some(uid)) => format!("cli:uid {uid}"),
+        (None, None) => "cli:unknown".to_owned(),
+    };
+    if let Ok(from) = std::env::var("SUDO_USER") {
+        actor.push_str(&format!(" (sudo from {from})"));
+    }
+    actor
 }
 
 /// The parked messages the ledger picked by time, route and recipient.
@@ -828,8 +870,8 @@ struct Picked {
     keys: HashSet<String>,
     /// Notifications that could not be made, by their event's id and route.
     unmade: HashSet<(String, String)>,
-    /// Rejected events, by message_id.
-    events: HashSet<String>,
+    /// Rejected events, by publisher and message_id.
+    events: HashSet<(String, String)>,
     /// How many the ledger found.
     count: usize,
 }
@@ -858,7 +900,8 @@ impl Picked {
         since: Option<DateTime<Utc>>,
         until: Option<DateTime<Utc>>,
     ) -> Result<Picked, LedgerError> {
-        let events: HashSet<String> = store.rejected(since, until).await?.into_iter().collect();
+        let events: HashSet<(String, String)> =
+            store.rejected(since, until).await?.into_iter().collect();
         Ok(Picked {
             keys: HashSet::new(),
             unmade: HashSet::new(),
@@ -872,7 +915,9 @@ impl Picked {
         match r.kind {
             "notification" => self.keys.contains(&text(&r.message_id)),
             "problem" => self.unmade.contains(&(text(&r.event_id), text(&r.route))),
-            "rejected" => self.events.contains(&text(&r.message_id)),
+            "rejected" => self
+                .events
+                .contains(&(text(&r.publisher), text(&r.message_id))),
             _ => false,
         }
     }
@@ -890,7 +935,7 @@ async fn replay(
     which: Which,
     m: &Delivery,
     books: &Books,
-) -> Result<usize, String> {
+) -> Result<Replayed, String> {
     let deliveries = retry::deliveries_queue(settings);
     let now = Utc::now();
     let (event, unmade) = match which {
@@ -911,24 +956,37 @@ async fn replay(
                 p.last_error = None;
                 p.last_failure = None;
                 p.replay = true;
-                let previous = books
+                // A parked copy of a notification the ledger shows delivered (or in the
+                // service's hands) is not sent again.
+                match books
                     .store
                     .status(&p.key)
                     .await
+                    .map_err(|e| e.to_string())?
+                {
+                    Some(Status::Delivered) => {
+                        return Ok(Replayed::Stale(
+                            "the ledger shows it delivered; this parked copy is removed".into(),
+                        ));
+                    }
+                    Some(s @ (Status::Pending | Status::Retrying | Status::Skipped)) => {
+                        return Err(format!(
+                            "the ledger shows it {}: not sent again while it is",
+                            s.as_str()
+                        ));
+                    }
+                    Some(Status::Parked | Status::Expired) | None => {}
+                }
+                retry::enqueue(ch, &deliveries, &p)
+                    .await
                     .map_err(|e| e.to_string())?;
-                books
+                let warning = books
                     .store
                     .replayed(&p.key, now, &books.actor)
                     .await
-                    .map_err(|e| format!("not replayed: the ledger cannot record it: {e}"))?;
-                if let Err(e) = retry::enqueue(ch, &deliveries, &p).await {
-                    // Back as it was: the message stays parked.
-                    if let Some(status) = previous {
-                        let _ = books.store.set_status(&p.key, status, now).await;
-                    }
-                    return Err(e.to_string());
-                }
-                return Ok(1);
+                    .err()
+                    .map(|e| format!("replayed, but the ledger did not record the replay: {e}"));
+                return Ok(Replayed::Queued(1, warning));
             }
             ParkedRecord::Problem(parked) => {
                 let body = serde_json::to_vec(&parked.event).unwrap_or_default();
@@ -978,10 +1036,7 @@ async fn replay(
         .await
         .map_err(|e| format!("not replayed: the ledger cannot record it: {e}"))?;
     // Notifications already delivered, scheduled or parked since are not sent again.
-    let settled = |key: &str| match &seen {
-        Seen::New => false,
-        Seen::Before(before) => before.get(key).is_some_and(|s| s.settled()),
-    };
+    let settled = |key: &str| seen.settled(key);
     let mut queued = 0;
     for p in pending.iter().filter(|p| !settled(&p.key)) {
         retry::enqueue(ch, &deliveries, p)
@@ -991,7 +1046,9 @@ async fn replay(
     }
     let subject = event.id.as_str();
     let detail = format!("{queued} notification(s) queued");
-    match &unmade {
+    // Queued: from here a ledger failure is reported, and the parked message is still removed
+    // (keeping it would send its notifications again at the next replay).
+    let recorded = match &unmade {
         // The notification that could not be made is made now: its row is settled.
         Some(problem) => {
             let key = rows::unmade_key(&event, problem.route(), &problem.to_string());
@@ -1006,9 +1063,11 @@ async fn replay(
                 .audit(now, &books.actor, "replay", subject, Some(&detail))
                 .await
         }
-    }
-    .map_err(|e| format!("replayed, but the ledger did not record the replay: {e}"))?;
-    Ok(queued)
+    };
+    let warning = recorded
+        .err()
+        .map(|e| format!("replayed, but the ledger did not record the replay: {e}"));
+    Ok(Replayed::Queued(queued, warning))
 }
 
 /// A refused event as it first arrived, put through admission again. Herald's headers say how

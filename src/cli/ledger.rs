@@ -11,7 +11,7 @@ use chrono_tz::Europe::London;
 use super::table::{printable, table};
 use crate::ledger::read::{EventView, Filter, Found, NotificationView};
 use crate::ledger::report::{Builder, span};
-use crate::ledger::{Health, Status, Store, Sync};
+use crate::ledger::{Status, Store};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -104,9 +104,7 @@ pub async fn open(url: &str) -> Result<Store, String> {
             file.display()
         ));
     }
-    Store::open(url, Sync::Full, Health::default())
-        .await
-        .map_err(|e| e.to_string())
+    Store::open_current(url).await.map_err(|e| e.to_string())
 }
 
 // String error: one line for the operator, printed before exit status 1.
@@ -123,17 +121,15 @@ async fn ledger(url: String, action: Action) -> Result<ExitCode, String> {
                 );
                 ExitCode::FAILURE
             } else {
-                if json {
-                    let text = serde_json::to_string_pretty(&events).map_err(|e| e.to_string())?;
-                    println!("{text}");
+                let text = if json {
+                    let mut text =
+                        serde_json::to_string_pretty(&events).map_err(|e| e.to_string())?;
+                    text.push('\n');
+                    text
                 } else {
-                    for (i, e) in events.iter().enumerate() {
-                        if i > 0 {
-                            println!();
-                        }
-                        print!("{}", timeline(e));
-                    }
-                }
+                    events.iter().map(timeline).collect::<Vec<_>>().join("\n")
+                };
+                emit(text.as_bytes())?;
                 ExitCode::SUCCESS
             }
         }
@@ -154,21 +150,30 @@ async fn ledger(url: String, action: Action) -> Result<ExitCode, String> {
                 status,
                 since,
                 until,
-                limit: i64::from(limit),
+                // One more than asked: whether the limit cut.
+                limit: i64::from(limit) + 1,
             };
-            let found = store.search(&filter).await.map_err(|e| e.to_string())?;
+            let mut found = store.search(&filter).await.map_err(|e| e.to_string())?;
+            let cut = found.len() > limit as usize;
+            found.truncate(limit as usize);
+            let mut text = String::new();
             if json {
                 for f in &found {
-                    println!("{}", serde_json::to_string(f).map_err(|e| e.to_string())?);
+                    text.push_str(&serde_json::to_string(f).map_err(|e| e.to_string())?);
+                    text.push('\n');
+                }
+                if cut {
+                    eprintln!("the first {limit} (--limit gives more)");
                 }
             } else if found.is_empty() {
-                println!("no notification in the ledger matches");
+                text.push_str("no notification in the ledger matches\n");
             } else {
-                print!("{}", table(COLUMNS, found.iter().map(cells)));
-                if found.len() == limit as usize {
-                    println!("the first {limit} (--limit gives more)");
+                text.push_str(&table(COLUMNS, found.iter().map(cells)));
+                if cut {
+                    text.push_str(&format!("the first {limit} (--limit gives more)\n"));
                 }
             }
+            emit(text.as_bytes())?;
             ExitCode::SUCCESS
         }
         Action::Report {
@@ -207,18 +212,24 @@ async fn ledger(url: String, action: Action) -> Result<ExitCode, String> {
             match output {
                 Some(path) => std::fs::write(&path, &buffer)
                     .map_err(|e| format!("cannot write {}: {e}", path.display()))?,
-                None => {
-                    let mut out = std::io::stdout().lock();
-                    out.write_all(&buffer)
-                        .and_then(|()| out.flush())
-                        .map_err(|e| format!("cannot write the report: {e}"))?;
-                }
+                None => emit(&buffer)?,
             }
             ExitCode::SUCCESS
         }
     };
     store.close().await;
     Ok(code)
+}
+
+/// Writes to standard output; a reader that has gone (`| head`) is no error.
+fn emit(bytes: &[u8]) -> Result<(), String> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(format!("cannot write to standard output: {e}"))
+        }
+        _ => Ok(()),
+    }
 }
 
 const COLUMNS: [&str; 10] = [
@@ -319,17 +330,16 @@ fn story(n: &NotificationView, start: DateTime<Utc>) -> Vec<String> {
         lines.push(format!("  sent sha256 {hash}"));
     }
     let mut steps: Vec<(DateTime<Utc>, String)> = vec![(n.created_at, "made".into())];
-    for (i, a) in n.attempts.iter().enumerate() {
+    let mut tried = 0;
+    for a in &n.attempts {
         let code = a.code.map(|c| format!(" {c}")).unwrap_or_default();
         let text = if a.outcome == "replayed" {
             "replayed by an operator".to_owned()
         } else {
+            tried += 1;
             format!(
-                "attempt {}: {}{code} in {} ms (breaker {})",
-                i + 1,
-                a.outcome,
-                a.duration_ms,
-                a.breaker
+                "attempt {tried}: {}{code} in {} ms (breaker {})",
+                a.outcome, a.duration_ms, a.breaker
             )
         };
         steps.push((a.at, text));

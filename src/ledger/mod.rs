@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
-use sqlx::{AnyPool, Executor, Row};
+use sqlx::{AnyPool, ConnectOptions, Executor, Row};
 
 use crate::notification::{DeliveryOutcome, ParkReason};
 
@@ -247,6 +247,17 @@ pub enum Seen {
     Before(HashMap<String, Status>),
 }
 
+impl Seen {
+    /// Whether the notification `key` was settled before (see [`Status::settled`]): it is not
+    /// handled again.
+    pub fn settled(&self, key: &str) -> bool {
+        match self {
+            Seen::New => false,
+            Seen::Before(before) => before.get(key).is_some_and(|s| s.settled()),
+        }
+    }
+}
+
 /// A notification waiting for a retry, for the gauges rebuilt at start-up.
 #[derive(Debug, Clone)]
 pub struct Waiting {
@@ -303,8 +314,63 @@ pub enum Sync {
 
 impl Store {
     /// Opens (creating and migrating if need be) the ledger at `url`: `sqlite:PATH` or
-    /// `postgres://...`.
+    /// `postgres://...`. What the service does; the commands that read or annotate the ledger
+    /// open it with [`Store::open_current`].
     pub async fn open(url: &str, sync: Sync, health: Health) -> Result<Store, LedgerError> {
+        Store::connect(url, sync, health, true).await
+    }
+
+    /// Opens the ledger at `url` as it is, without migrating it, and only if it is at the
+    /// schema this build knows: a command run by an operator never changes the schema under
+    /// a running service (nor needs the right to), and never reads one it does not know.
+    pub async fn open_current(url: &str) -> Result<Store, LedgerError> {
+        let store = Store::connect(url, Sync::Full, Health::default(), false).await?;
+        let applied: Vec<i64> = sqlx::query("SELECT version FROM _sqlx_migrations WHERE success")
+            .fetch_all(&store.pool)
+            .await
+            .map_err(|e| LedgerError::Migrate {
+                url: store.shown.to_string(),
+                reason: format!("it has no migration history ({e}): has `herald serve` run on it?"),
+            })?
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, _>>()
+            .map_err(|e| store.error(&e))?;
+        let known: Vec<i64> = match store.backend {
+            Backend::Sqlite => sqlx::migrate!("migrations/sqlite"),
+            Backend::Postgres => sqlx::migrate!("migrations/postgres"),
+        }
+        .iter()
+        .map(|m| m.version)
+        .collect();
+        let behind = known.iter().filter(|v| !applied.contains(v)).count();
+        let ahead = applied.iter().filter(|v| !known.contains(v)).count();
+        if behind > 0 || ahead > 0 {
+            store.close().await;
+            return Err(LedgerError::Migrate {
+                url: store.shown.to_string(),
+                reason: if behind > 0 {
+                    format!(
+                        "it lacks {behind} of this build's {} migration(s): start this build's \
+                         `herald serve` on it first, which brings it up to date",
+                        known.len()
+                    )
+                } else {
+                    format!(
+                        "it has {ahead} migration(s) this build does not know: a newer Herald wrote it"
+                    )
+                },
+            });
+        }
+        Ok(store)
+    }
+
+    async fn connect(
+        url: &str,
+        sync: Sync,
+        health: Health,
+        migrate: bool,
+    ) -> Result<Store, LedgerError> {
         install_default_drivers();
         let shown: Arc<str> = crate::mask::url(url).into();
         let backend = if url.starts_with("sqlite:") {
@@ -352,22 +418,33 @@ impl Store {
             }
             Backend::Postgres => AnyPoolOptions::new().max_connections(8),
         };
+        // sqlx's own lines (each statement; each taking over a second, with its text) are not
+        // Herald's: kept at debug, where RUST_LOG=sqlx=debug finds them.
+        let connect = sqlx::any::AnyConnectOptions::from_str(&url)
+            .map_err(|e| LedgerError::Open {
+                url: shown.to_string(),
+                reason: reason(e),
+            })?
+            .log_statements(log::LevelFilter::Debug)
+            .log_slow_statements(log::LevelFilter::Debug, Duration::from_secs(1));
         let pool = options
             .acquire_timeout(Duration::from_secs(5))
-            .connect(&url)
+            .connect_with(connect)
             .await
             .map_err(|e| LedgerError::Open {
                 url: shown.to_string(),
                 reason: reason(e),
             })?;
-        let migrated = match backend {
-            Backend::Sqlite => sqlx::migrate!("migrations/sqlite").run(&pool).await,
-            Backend::Postgres => sqlx::migrate!("migrations/postgres").run(&pool).await,
-        };
-        migrated.map_err(|e| LedgerError::Migrate {
-            url: shown.to_string(),
-            reason: crate::mask::scrub(&e.to_string(), &url),
-        })?;
+        if migrate {
+            let migrated = match backend {
+                Backend::Sqlite => sqlx::migrate!("migrations/sqlite").run(&pool).await,
+                Backend::Postgres => sqlx::migrate!("migrations/postgres").run(&pool).await,
+            };
+            migrated.map_err(|e| LedgerError::Migrate {
+                url: shown.to_string(),
+                reason: crate::mask::scrub(&e.to_string(), &url),
+            })?;
+        }
         Ok(Store {
             pool,
             backend,
@@ -517,8 +594,10 @@ impl Store {
         Ok(ids.len() as u64)
     }
 
-    /// Marks a parked notification sent again by an operator: pending once more, with an
-    /// attempt row that says so and an audit entry naming who did it.
+    /// Records that an operator sent a parked notification again (it is queued already): an
+    /// attempt row `replayed`, an audit entry naming who did it, and, if the ledger still has
+    /// it parked or expired, `pending` again. A status the service wrote meanwhile (it may
+    /// deliver the replay before this runs) is left as it is.
     pub async fn replayed(
         &self,
         key: &str,
@@ -536,25 +615,8 @@ impl Store {
         .await
     }
 
-    /// Sets a notification's status back (a replay that could not be queued).
-    pub async fn set_status(
-        &self,
-        key: &str,
-        status: Status,
-        at: DateTime<Utc>,
-    ) -> Result<(), LedgerError> {
-        sqlx::query("UPDATE notifications SET status = $1, updated_at = $2 WHERE key = $3")
-            .bind(status.as_str())
-            .bind(ms(at))
-            .bind(key)
-            .execute(&self.pool)
-            .await
-            .map(drop)
-            .map_err(|e| self.error(&e))
-    }
-
     /// Settles the row of a notification that could not be made, now made by an operator's
-    /// replay (its notifications have rows of their own): skipped, with why, an attempt row
+    /// replay (its notifications have rows of their own): `skipped`, with why, an attempt row
     /// and an audit entry.
     pub async fn unmade_replayed(
         &self,
@@ -580,12 +642,15 @@ impl Store {
         let err = |e: sqlx::Error| self.error(&e);
         let mut tx = self.pool.begin().await.map_err(err)?;
         sqlx::query(
-            "UPDATE notifications SET status = $1, reason = $2, updated_at = $3 WHERE key = $4",
+            "UPDATE notifications SET status = $1, reason = $2, updated_at = $3 \
+             WHERE key = $4 AND status IN ($5, $6)",
         )
         .bind(status.as_str())
         .bind(reason)
         .bind(ms(at))
         .bind(key)
+        .bind(Status::Parked.as_str())
+        .bind(Status::Expired.as_str())
         .execute(&mut *tx)
         .await
         .map_err(err)?;

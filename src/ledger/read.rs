@@ -120,12 +120,15 @@ pub struct Counted {
     pub sla_outcome: Option<String>,
 }
 
-/// The last attempt of a notification, for the reason a report gives for a breach.
+/// A notification's last failed attempt, and how many attempts it had, for the reason a
+/// report gives for a breach.
 #[derive(Debug, Clone)]
 pub struct LastAttempt {
     pub key: String,
     pub outcome: String,
     pub code: Option<i64>,
+    /// Attempts recorded, replays aside (the `attempts` column starts again at a replay).
+    pub made: i64,
 }
 
 const NOTIFICATION_COLUMNS: &str = "n.key, n.route, n.recipient, n.recipient_class, n.channel, \
@@ -251,18 +254,24 @@ impl Store {
         let err = |e: sqlx::Error| self.error(&e);
         let mut w = Where::default();
         if let Some(person) = &filter.person {
-            if person.contains(':') {
-                w.add(
-                    "n.event_id IN (SELECT event_id FROM persons WHERE identifier = ?)",
-                    Bind::Text(person.clone()),
-                );
+            // Identifiers are upper case in the contract; a value alone is any type's.
+            let person = person.trim().to_uppercase();
+            let wanted: Vec<String> = if person.contains(':') {
+                vec![person]
             } else {
-                // The value alone: any type of identifier that has it.
-                w.add(
-                    "n.event_id IN (SELECT event_id FROM persons WHERE identifier LIKE ?)",
-                    Bind::Text(format!("%:{}", like_literal(person))),
-                );
-            }
+                IDENTIFIER_TYPES
+                    .iter()
+                    .map(|t| format!("{t}:{person}"))
+                    .collect()
+            };
+            let list: Vec<String> = wanted
+                .into_iter()
+                .map(|p| w.placeholder(Bind::Text(p)))
+                .collect();
+            w.conditions.push(format!(
+                "n.event_id IN (SELECT event_id FROM persons WHERE identifier IN ({}))",
+                list.join(", ")
+            ));
         }
         w.text("n.recipient = ?", &filter.recipient);
         w.text("n.route = ?", &filter.route);
@@ -316,23 +325,24 @@ impl Store {
             .map_err(err)
     }
 
-    /// The message_ids of the events refused in `[since, until)`: what `herald dlq replay
-    /// rejected` sends again.
+    /// The (publisher, message_id) of each event refused in `[since, until)` that had a
+    /// message_id: what `herald dlq replay rejected` sends again.
     pub async fn rejected(
         &self,
         since: Option<DateTime<Utc>>,
         until: Option<DateTime<Utc>>,
-    ) -> Result<Vec<String>, LedgerError> {
+    ) -> Result<Vec<(String, String)>, LedgerError> {
         let err = |e: sqlx::Error| self.error(&e);
         let mut w = Where::default();
         w.text(
             "e.outcome = ?",
             &Some(super::EventOutcome::Rejected.as_str().to_owned()),
         );
+        w.conditions.push("e.message_id <> ''".into());
         w.time("e.received_at >= ?", since);
         w.time("e.received_at < ?", until);
         let sql = format!(
-            "SELECT e.message_id FROM events e{} ORDER BY e.received_at, e.id",
+            "SELECT e.publisher, e.message_id FROM events e{} ORDER BY e.received_at, e.id",
             w.clause()
         );
         w.bound(sqlx::query(&sql))
@@ -340,7 +350,7 @@ impl Store {
             .await
             .map_err(err)?
             .iter()
-            .map(|r| r.try_get(0))
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
             .collect::<Result<_, sqlx::Error>>()
             .map_err(err)
     }
@@ -409,7 +419,8 @@ impl Store {
         .map_err(err)
     }
 
-    /// The last failed attempt of each notification in `keys` that has one.
+    /// For each notification in `keys` that failed at least once: how many attempts the
+    /// ledger holds for it (replays aside) and its last failure.
     pub async fn last_failures(&self, keys: &[String]) -> Result<Vec<LastAttempt>, LedgerError> {
         let err = |e: sqlx::Error| self.error(&e);
         let mut out: Vec<LastAttempt> = Vec::new();
@@ -419,30 +430,43 @@ impl Store {
                 .collect::<Vec<_>>()
                 .join(", ");
             let sql = format!(
-                "SELECT notification_key, outcome, code, at, id FROM attempts \
-                 WHERE notification_key IN ({list}) AND outcome NOT IN ('delivered', 'replayed') \
+                "SELECT notification_key, outcome, code FROM attempts \
+                 WHERE notification_key IN ({list}) AND outcome <> 'replayed' \
                  ORDER BY notification_key, at, id"
             );
             let mut query = sqlx::query(&sql);
             for k in chunk {
                 query = query.bind(k);
             }
+            let mut current: Option<LastAttempt> = None;
             for r in query.fetch_all(self.pool()).await.map_err(err)? {
-                let last = LastAttempt {
-                    key: r.try_get(0).map_err(err)?,
-                    outcome: r.try_get(1).map_err(err)?,
-                    code: r.try_get(2).map_err(err)?,
-                };
-                // Ordered by key and time: the last row of a key is its last attempt.
-                match out.last_mut() {
-                    Some(prev) if prev.key == last.key => *prev = last,
-                    _ => out.push(last),
+                let key: String = r.try_get(0).map_err(err)?;
+                let outcome: String = r.try_get(1).map_err(err)?;
+                let code: Option<i64> = r.try_get(2).map_err(err)?;
+                // Ordered by key and time: a key's rows come together, the last one last.
+                if current.as_ref().is_some_and(|c| c.key != key) {
+                    out.extend(current.take().filter(|c| !c.outcome.is_empty()));
+                }
+                let c = current.get_or_insert_with(|| LastAttempt {
+                    key,
+                    outcome: String::new(),
+                    code: None,
+                    made: 0,
+                });
+                c.made += 1;
+                if outcome != "delivered" {
+                    c.outcome = outcome;
+                    c.code = code;
                 }
             }
+            out.extend(current.take().filter(|c| !c.outcome.is_empty()));
         }
         Ok(out)
     }
 }
+
+/// The types of person identifier the contract has (`common.schema.json`).
+const IDENTIFIER_TYPES: [&str; 3] = ["NOMS", "PNC", "CRN"];
 
 const FOUND_COLUMNS: &str = "n.created_at, n.key, n.route, n.recipient, n.channel, n.status, \
      n.reason, n.deadline, n.delivered_at, n.sla_outcome, n.attempts, \
@@ -525,12 +549,4 @@ impl Where {
 enum Bind {
     Text(String),
     Int(i64),
-}
-
-/// `text` without LIKE's wildcards and escape, which no person identifier holds (SQLite and
-/// PostgreSQL escape them differently, so they are dropped rather than escaped).
-fn like_literal(text: &str) -> String {
-    text.chars()
-        .filter(|c| !matches!(c, '%' | '_' | '\\'))
-        .collect()
 }

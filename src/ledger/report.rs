@@ -225,7 +225,9 @@ impl Builder {
             breaches: breaches
                 .into_iter()
                 .map(|f| {
-                    let reason = why(&f, last.get(f.key.as_str()).copied(), now);
+                    let last = last.get(f.key.as_str()).copied();
+                    let reason = why(&f, last, now);
+                    let attempts = last.map_or(f.attempts, |a| a.made.max(f.attempts));
                     Breach {
                         key: f.key,
                         route: f.route,
@@ -238,7 +240,7 @@ impl Builder {
                         deadline: f.deadline,
                         delivered_at: f.delivered_at,
                         status: f.status,
-                        attempts: f.attempts,
+                        attempts,
                         reason,
                     }
                 })
@@ -263,10 +265,10 @@ fn why(f: &Found, last: Option<&LastAttempt>, now: DateTime<Utc>) -> String {
         )),
         _ => parts.push("delivered after the deadline".into()),
     }
+    let attempts = last.map_or(f.attempts, |a| a.made.max(f.attempts));
     parts.push(format!(
-        "after {} attempt{}",
-        f.attempts,
-        if f.attempts == 1 { "" } else { "s" }
+        "after {attempts} attempt{}",
+        if attempts == 1 { "" } else { "s" }
     ));
     if let Some(a) = last {
         parts.push(match a.code {

@@ -311,12 +311,12 @@ async fn write(
         let id = match ids.get(&(e.publisher.clone(), e.message_id.clone())) {
             Some(id) => {
                 persons.extend(e.persons.iter().map(|p| (*id, p.as_str())));
-                *id
+                (*id, ms(e.received_at))
             }
             None => {
                 // Routed before: what became of each of its notifications.
                 let rows = sqlx::query(
-                    "SELECT e.id, n.key, n.status FROM events e \
+                    "SELECT e.id, n.key, n.status, e.received_at FROM events e \
                      LEFT JOIN notifications n ON n.event_id = e.id \
                      WHERE e.publisher = $1 AND e.message_id = $2 AND e.outcome = 'routed'",
                 )
@@ -338,10 +338,11 @@ async fn write(
                     }
                 }
                 found.insert(*i, Seen::Before(before));
-                id
+                // A notification added to an event seen before is of that event's time.
+                (id, first.try_get(3)?)
             }
         };
-        let received = ms(e.received_at);
+        let (id, received) = id;
         made.extend(notifications.iter().map(|n| (id, received, n)));
     }
     for chunk in persons.chunks(ROWS_PER_STATEMENT) {

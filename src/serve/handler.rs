@@ -103,13 +103,19 @@ async fn handle_event(ctx: &Ctx, delivery: &Delivery, label: String) -> bool {
                         .with_label_values(&[rejection.reason.as_str(), &label])
                         .inc();
                     let props = &delivery.properties;
+                    // In full (the broker bounds both to 255 bytes), so a replay picked from
+                    // the ledger finds the parked message by them.
                     let record = EventRecord {
                         publisher: props
                             .user_id()
                             .as_ref()
-                            .map(|u| excerpt(u.as_str()))
+                            .map(|u| u.to_string())
                             .unwrap_or_default(),
-                        message_id: message_id.unwrap_or_default(),
+                        message_id: props
+                            .message_id()
+                            .as_ref()
+                            .map(|m| m.to_string())
+                            .unwrap_or_default(),
                         event_type: label,
                         version: None,
                         occurred_at: None,
@@ -201,10 +207,7 @@ async fn route_and_deliver(ctx: &Ctx, event: Event, received_at: DateTime<Utc>) 
             return false;
         }
     };
-    let settled = |key: &str| match &seen {
-        Seen::New => false,
-        Seen::Before(before) => before.get(key).is_some_and(|s| s.settled()),
-    };
+    let settled = |key: &str| seen.settled(key);
     let first_time = seen == Seen::New;
     if !first_time {
         let open = pending.iter().filter(|p| !settled(&p.key)).count()
