@@ -479,11 +479,17 @@ impl Store {
 
     /// Whether the store takes a write now.
     pub(crate) async fn probe(&self) -> Result<(), sqlx::Error> {
-        sqlx::query("UPDATE probe SET at = $1 WHERE id = 1")
+        let mut conn = self.pool.acquire().await?;
+        let written = sqlx::query("UPDATE probe SET at = $1 WHERE id = 1")
             .bind(ms(Utc::now()))
-            .execute(&self.pool)
+            .execute(&mut *conn)
             .await
-            .map(drop)
+            .map(drop);
+        if written.is_err() {
+            // As after a failed commit: a connection a write failed on is not reused.
+            conn.close_on_drop();
+        }
+        written
     }
 
     /// A notification's status, if the ledger has it.

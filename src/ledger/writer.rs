@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use sqlx::any::AnyArguments;
-use sqlx::{Any, Arguments, Row, Transaction};
+use sqlx::{Any, Arguments, Connection, Row, Transaction};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info, warn};
 
@@ -240,10 +240,21 @@ impl<'a> Rows<'a> {
 
 /// Writes a batch in one transaction.
 async fn commit(store: &Store, batch: &[Op], metrics: &Metrics) -> Result<Found, sqlx::Error> {
-    let mut tx = store.pool().begin().await?;
-    let found = write(&mut tx, batch, metrics).await?;
-    tx.commit().await?;
-    Ok(found)
+    let mut conn = store.pool().acquire().await?;
+    let written = async {
+        let mut tx = conn.begin().await?;
+        let found = write(&mut tx, batch, metrics).await?;
+        tx.commit().await?;
+        Ok(found)
+    }
+    .await;
+    if written.is_err() {
+        // Not given back to the pool: after a disk full or an I/O error, SQLite can keep the
+        // connection in an error state that holds the write lock, so every other connection
+        // would find the ledger locked even once the disk takes writes again.
+        conn.close_on_drop();
+    }
+    written
 }
 
 async fn write(
