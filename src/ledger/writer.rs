@@ -1,5 +1,6 @@
 //! Group commit: one task writes every row the service records, committing together whatever
-//! queued while the previous commit ran. A caller waits for the commit that holds its rows.
+//! queued while the previous commit ran (on PostgreSQL, up to four commits overlap: see
+//! `writers`). A caller waits for the commit that holds its rows.
 //!
 //! When a commit fails, the task writes one small row on its own (a probe). If that fails
 //! too, the store is down (PostgreSQL unreachable, a disk full, a read-only file): the task
@@ -9,11 +10,12 @@
 //! answered with the error (its event goes back to the queue) instead of holding up the rest.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sqlx::any::AnyArguments;
 use sqlx::{Any, Arguments, Row, Transaction};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tracing::{error, info, warn};
 
 use crate::metrics::Metrics;
@@ -112,38 +114,68 @@ impl Ledger {
     }
 }
 
+/// Transactions in flight at once. SQLite has one writer at a time. On PostgreSQL a commit is
+/// six to ten round trips to the server, each waiting for its process to be scheduled, and the
+/// writer would sit idle through them: a few transactions overlap instead, each taking what
+/// queued since the last one began (every caller still waits for the commit of its own rows).
+fn writers(backend: Backend) -> usize {
+    match backend {
+        Backend::Sqlite => 1,
+        Backend::Postgres => 4,
+    }
+}
+
 async fn run(store: Store, mut rx: mpsc::Receiver<Op>, metrics: Metrics) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let mut wait = Duration::from_secs(1);
-        loop {
-            let started = Instant::now();
-            match commit(&store, &batch, &metrics).await {
-                Ok(found) => {
-                    metrics
-                        .ledger_commit_seconds
-                        .with_label_values::<&str>(&[])
-                        .observe(started.elapsed().as_secs_f64());
-                    answer(std::mem::take(&mut batch), found);
-                    back_up(&store, &metrics);
-                    break;
-                }
-                Err(e) => {
-                    if let Err(probe) = store.probe().await {
-                        let reason = crate::mask::scrub(&probe.to_string(), store.shown());
-                        metrics.ledger_up.set(0);
-                        if store.health().set(Some(reason.clone())) {
-                            error!(ledger = store.shown(), error = %reason, "the ledger takes no writes; no event is acknowledged until it does");
-                        }
-                        tokio::time::sleep(wait).await;
-                        wait = Duration::from_secs(5);
-                        continue;
+    let writers = writers(store.backend());
+    let slots = Arc::new(Semaphore::new(writers));
+    loop {
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+            break;
+        };
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        if rx.recv_many(&mut batch, MAX_BATCH).await == 0 {
+            break;
+        }
+        let (store, metrics) = (store.clone(), metrics.clone());
+        tokio::spawn(async move {
+            write_batch(&store, batch, &metrics).await;
+            drop(slot);
+        });
+    }
+    // The last operations are answered before the task ends.
+    let _ = slots.acquire_many(writers as u32).await;
+}
+
+/// Commits one batch, waiting while the store takes no writes; answers every operation.
+async fn write_batch(store: &Store, mut batch: Vec<Op>, metrics: &Metrics) {
+    let mut wait = Duration::from_secs(1);
+    loop {
+        let started = Instant::now();
+        match commit(store, &batch, metrics).await {
+            Ok(found) => {
+                metrics
+                    .ledger_commit_seconds
+                    .with_label_values::<&str>(&[])
+                    .observe(started.elapsed().as_secs_f64());
+                answer(std::mem::take(&mut batch), found);
+                back_up(store, metrics);
+                return;
+            }
+            Err(e) => {
+                if let Err(probe) = store.probe().await {
+                    let reason = crate::mask::scrub(&probe.to_string(), store.shown());
+                    metrics.ledger_up.set(0);
+                    if store.health().set(Some(reason.clone())) {
+                        error!(ledger = store.shown(), error = %reason, "the ledger takes no writes; no event is acknowledged until it does");
                     }
-                    back_up(&store, &metrics);
-                    warn!(error = %e, operations = batch.len(), "a group of ledger rows was refused; writing them one by one");
-                    one_by_one(&store, std::mem::take(&mut batch), &metrics).await;
-                    break;
+                    tokio::time::sleep(wait).await;
+                    wait = Duration::from_secs(5);
+                    continue;
                 }
+                back_up(store, metrics);
+                warn!(error = %e, operations = batch.len(), "a group of ledger rows was refused; writing them one by one");
+                one_by_one(store, batch, metrics).await;
+                return;
             }
         }
     }
