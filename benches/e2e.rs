@@ -2241,12 +2241,8 @@ fn table(rows: &[Row], opts: &Opts) -> String {
         return variants_table(rows);
     }
     // Herald's run and the baseline's, per scenario.
-    let rows: Vec<(
-        &str,
-        &str,
-        &Result<Figures, String>,
-        Option<&Result<Figures, String>>,
-    )> = rows
+    type Run = Result<Figures, String>;
+    let rows: Vec<(&str, &str, &Run, Option<&Run>)> = rows
         .iter()
         .filter_map(|r| {
             Some((
@@ -2409,12 +2405,11 @@ fn variants_table(rows: &[Row]) -> String {
         let Some((reference, reference_runs)) = row.results.first() else {
             continue;
         };
-        let _ = writeln!(
-            t,
-            "{} ({} runs of each, alternated):\n",
-            row.title,
-            reference_runs.len()
-        );
+        let runs = match reference_runs.len() {
+            1 => "one run of each".to_owned(),
+            n => format!("{n} runs of each, alternated"),
+        };
+        let _ = writeln!(t, "{} ({runs}):\n", row.title);
         let _ = writeln!(
             t,
             "| variant | runs | events/s | notifications/s | events/s ÷ {} | CPU s / 1,000 notifications | PostgreSQL CPU s / 1,000 notifications | peak RSS MiB | ledger rows/s |",
