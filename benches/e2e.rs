@@ -39,6 +39,20 @@
 //! compare two builds against the same baseline. `E2E_PERF_DIR=dir` records a `perf` profile
 //! of each consumer's measured run there.
 //!
+//! Variants, to measure what the delivery ledger costs: `E2E_VARIANTS=noledger,sqlite,postgres`
+//! runs each named consumer in turn instead of Herald and the baseline, `E2E_ROUNDS` times
+//! (default 3) in the live scenarios, alternated (each round starts one further along the list),
+//! and once each in `backlog`; the table then gives each variant's median and spread and its
+//! ratio to the first variant of the list, round by round. `noledger` is another build started
+//! with no `[ledger]` table (`E2E_NOLEDGER_BIN=path`: the last build before the ledger);
+//! `sqlite` is this build with its SQLite ledger in a fresh folder each run; `postgres` is this
+//! build with a fresh database each run, created and dropped by the benchmark on
+//! `E2E_POSTGRES_URL` (default `postgres://postgres@127.0.0.1:5432`, a login that may create
+//! databases); `herald` and `baseline` may be listed too. `E2E_LEDGER_TOML` adds lines to the
+//! `[ledger]` table of the ledger variants (`synchronous = "normal"`, say). For the ledger
+//! variants the rows written per second come from Herald's `herald_ledger_rows_total`, and the
+//! CPU of PostgreSQL's processes is reported apart.
+//!
 //! Needs RabbitMQ on 127.0.0.1:5672 (guest/guest) and, for `mixed`, Python 3 with aiosmtpd.
 
 use std::collections::{HashMap, VecDeque};
@@ -96,6 +110,8 @@ fn main() {
         baseline::main();
         return;
     }
+    // For reqwest, which reads Herald's /metrics.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     // cargo bench passes `--bench`; anything else not starting with `-` names a scenario.
     let wanted: Vec<String> = args.into_iter().filter(|a| !a.starts_with('-')).collect();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -128,6 +144,12 @@ struct Opts {
     quiet: Duration,
     budget_secs: u64,
     baseline: bool,
+    /// `E2E_VARIANTS`: the consumers to measure in turn; empty: Herald, then the baseline.
+    variants: Vec<System>,
+    rounds: usize,
+    noledger_bin: Option<PathBuf>,
+    postgres_url: String,
+    ledger_toml: Option<String>,
 }
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -161,6 +183,37 @@ impl Opts {
             quiet: Duration::from_secs(env_or("E2E_QUIET_SECS", 10)),
             budget_secs: env_or("E2E_BUDGET_SECS", 300),
             baseline: env_or("E2E_BASELINE", 1u8) != 0,
+            variants: std::env::var("E2E_VARIANTS")
+                .unwrap_or_default()
+                .split(',')
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .map(|v| {
+                    System::parse(v).unwrap_or_else(|| {
+                        panic!(
+                            "E2E_VARIANTS: unknown variant {v}: choose from noledger, sqlite, postgres, herald, baseline"
+                        )
+                    })
+                })
+                .collect(),
+            rounds: env_or("E2E_ROUNDS", 3usize).max(1),
+            noledger_bin: std::env::var_os("E2E_NOLEDGER_BIN").map(PathBuf::from),
+            postgres_url: std::env::var("E2E_POSTGRES_URL")
+                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+                .trim_end_matches('/')
+                .to_owned(),
+            ledger_toml: std::env::var("E2E_LEDGER_TOML").ok(),
+        }
+    }
+
+    /// The consumers each scenario measures, in order.
+    fn systems(&self) -> Vec<System> {
+        if !self.variants.is_empty() {
+            self.variants.clone()
+        } else if self.baseline {
+            vec![System::Herald, System::Baseline]
+        } else {
+            vec![System::Herald]
         }
     }
 }
@@ -395,10 +448,7 @@ impl Smtp {
                 .args(["-m", "pip", "install", "--quiet", "aiosmtpd"])
                 .status();
         }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(|e| format!("no free port: {e}"))?
-            .port();
+        let port = free_port()?;
         let mut child = Command::new("python3")
             .args(["-c", SMTP_SERVER, &port.to_string()])
             .stdout(Stdio::piped())
@@ -432,6 +482,14 @@ impl Smtp {
     fn url(&self) -> String {
         format!("smtp://127.0.0.1:{}", self.port)
     }
+}
+
+/// A port nothing listens on now, for a child process to take.
+fn free_port() -> Result<u16, String> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| format!("no free port: {e}"))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -570,6 +628,20 @@ fn broker_pid() -> Option<u32> {
         })
 }
 
+/// CPU ticks of every process named `comm` (PostgreSQL's server and its backends), by pid.
+fn ticks_named(comm: &str) -> HashMap<u32, u64> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return HashMap::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == comm)
+        })
+        .map(|pid| (pid, process_ticks(pid)))
+        .collect()
+}
+
 /// Busy and total ticks of the whole machine.
 fn machine_ticks() -> (u64, u64) {
     let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
@@ -661,6 +733,8 @@ struct CpuProbe {
     bench_ticks: u64,
     smtp_ticks: u64,
     broker_ticks: u64,
+    /// PostgreSQL's processes (those started meanwhile count from zero).
+    store_ticks: HashMap<u32, u64>,
 }
 
 /// CPU used between two probes: seconds per process, and cores (seconds per second).
@@ -673,6 +747,7 @@ struct CpuUse {
     bench_secs: f64,
     smtp_secs: f64,
     broker_secs: f64,
+    store_secs: f64,
     machine_busy_secs: f64,
     machine_cores: f64,
 }
@@ -692,6 +767,7 @@ impl CpuProbe {
             bench_ticks: process_ticks(std::process::id()),
             smtp_ticks: smtp.map_or(0, process_ticks),
             broker_ticks: broker.map_or(0, process_ticks),
+            store_ticks: ticks_named("postgres"),
         }
     }
 
@@ -733,6 +809,10 @@ impl CpuProbe {
             broker_secs: self
                 .broker
                 .map_or(0.0, |p| secs(process_ticks(p), self.broker_ticks)),
+            store_secs: ticks_named("postgres")
+                .into_iter()
+                .map(|(pid, t)| secs(t, self.store_ticks.get(&pid).copied().unwrap_or(0)))
+                .sum(),
             machine_busy_secs: secs(machine.0, self.machine.0),
             machine_cores: if wall > 0.0 { total / hz / wall } else { 0.0 },
         }
@@ -742,7 +822,11 @@ impl CpuProbe {
 impl CpuUse {
     /// Cores used by processes that are not part of the benchmark (a build, say).
     fn other_cores(&self) -> f64 {
-        let known = self.consumer_secs + self.bench_secs + self.smtp_secs + self.broker_secs;
+        let known = self.consumer_secs
+            + self.bench_secs
+            + self.smtp_secs
+            + self.broker_secs
+            + self.store_secs;
         (self.machine_busy_secs - known).max(0.0) / self.wall.max(1e-9)
     }
 
@@ -767,6 +851,9 @@ impl CpuUse {
         );
         if self.smtp_secs > 0.0 {
             let _ = write!(line, ", smtp {:.2}", c(self.smtp_secs));
+        }
+        if self.store_secs > 0.0 {
+            let _ = write!(line, ", postgres {:.2}", c(self.store_secs));
         }
         let _ = write!(
             line,
@@ -1102,15 +1189,119 @@ async fn publish(job: PublishJob) -> Result<Published, String> {
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum System {
+    /// This build (or `E2E_HERALD_BIN`), configured as the benchmark always has.
     Herald,
+    /// `E2E_NOLEDGER_BIN`, the build before the ledger: no `[ledger]` table.
+    NoLedger,
+    /// This build, its SQLite ledger in the run's own fresh folder.
+    Sqlite,
+    /// This build, its ledger in a PostgreSQL database made for the run.
+    Postgres,
     Baseline,
 }
 
 impl System {
+    const ALL: [System; 5] = [
+        System::Herald,
+        System::NoLedger,
+        System::Sqlite,
+        System::Postgres,
+        System::Baseline,
+    ];
+
     fn name(self) -> &'static str {
         match self {
             System::Herald => "herald",
+            System::NoLedger => "noledger",
+            System::Sqlite => "sqlite",
+            System::Postgres => "postgres",
             System::Baseline => "baseline",
+        }
+    }
+
+    fn parse(name: &str) -> Option<System> {
+        System::ALL.into_iter().find(|s| s.name() == name)
+    }
+
+    /// Herald, of whichever build and ledger.
+    fn is_herald(self) -> bool {
+        self != System::Baseline
+    }
+
+    fn has_ledger(self) -> bool {
+        matches!(self, System::Sqlite | System::Postgres)
+    }
+}
+
+/// A PostgreSQL database made for one run, dropped (with any connection left) when the run
+/// ends, however it ends.
+struct Database {
+    admin: String,
+    name: String,
+    url: String,
+}
+
+impl Database {
+    fn create(base: &str, name: String) -> Result<Database, String> {
+        let db = Database {
+            admin: format!("{base}/postgres"),
+            url: format!("{base}/{name}"),
+            name,
+        };
+        db.psql(&format!("CREATE DATABASE {}", db.name))?;
+        Ok(db)
+    }
+
+    /// Drops the databases left by earlier runs that did not finish (their process is gone).
+    fn drop_stale(base: &str) {
+        let admin = format!("{base}/postgres");
+        let Ok(names) = psql(
+            &admin,
+            "SELECT datname FROM pg_database WHERE datname LIKE 'herald\\_e2e\\_%'",
+        ) else {
+            return;
+        };
+        for name in names.lines().map(str::trim) {
+            let pid = name.split('_').nth(2).unwrap_or_default();
+            if !pid.is_empty() && !Path::new(&format!("/proc/{pid}")).exists() {
+                println!("removing a database left by an earlier run: {name}");
+                drop(Database {
+                    admin: admin.clone(),
+                    url: format!("{base}/{name}"),
+                    name: name.to_owned(),
+                });
+            }
+        }
+    }
+
+    fn psql(&self, sql: &str) -> Result<String, String> {
+        psql(&self.admin, sql)
+    }
+}
+
+/// Runs one statement with psql; what it printed (unaligned, tuples only).
+fn psql(url: &str, sql: &str) -> Result<String, String> {
+    let out = Command::new("psql")
+        .args([url, "-v", "ON_ERROR_STOP=1", "-qAtc", sql])
+        .output()
+        .map_err(|e| format!("cannot run psql: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "psql {sql}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        if let Err(e) = self.psql(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        )) {
+            eprintln!("  {e}");
         }
     }
 }
@@ -1122,6 +1313,10 @@ struct Setup {
     receiver_port: u16,
     smtp: Option<String>,
     dir: PathBuf,
+    /// Herald's /metrics port.
+    metrics_port: u16,
+    /// The `postgres` variant's database.
+    database: Option<Database>,
 }
 
 impl Setup {
@@ -1131,7 +1326,7 @@ impl Setup {
 
     /// routes.toml's head (everything before the first route) with this run's names, the
     /// receiver's port and guest allowed to publish court events, then the benchmark's route.
-    fn herald_config(&self) -> Result<PathBuf, String> {
+    fn herald_config(&self, system: System) -> Result<PathBuf, String> {
         let text =
             std::fs::read_to_string(root().join("routes.toml")).map_err(|e| e.to_string())?;
         let mut head = text[..text.find("[[route]]").ok_or("routes.toml has no route")?].to_owned();
@@ -1206,6 +1401,15 @@ impl Setup {
             webhook.push_str(&extra.replace("\\n", "\n"));
             webhook.push_str("\n\n");
         }
+        // The build before the ledger refuses a [ledger] table.
+        if let Some(extra) = self
+            .opts
+            .ledger_toml
+            .as_ref()
+            .filter(|_| system.has_ledger())
+        {
+            let _ = write!(webhook, "[ledger]\n{}\n\n", extra.replace("\\n", "\n"));
+        }
         let config = format!(
             "{prefetch}\n{webhook}[[route]]\nname = \"{ROUTE}\"\nevents = [\"{EVENT_TYPE}\"]\nto = [\"{}\", \"{}\"]\nchannels = {channels}\ntemplate = \"bail-decided\"\nsla = \"within 24h\"\n",
             RECIPIENTS[0].0, RECIPIENTS[1].0
@@ -1217,31 +1421,44 @@ impl Setup {
 
     fn spawn(&self, system: System) -> Result<Managed, String> {
         match system {
-            System::Herald => {
-                let config = self.herald_config()?;
+            System::Herald | System::NoLedger | System::Sqlite | System::Postgres => {
+                let config = self.herald_config(system)?;
                 let log = std::fs::OpenOptions::new()
                     .create(true)
                     .append(true)
                     .open(self.log())
                     .map_err(|e| e.to_string())?;
                 // Another build of Herald may be measured against the same baseline.
-                let exe = std::env::var_os("E2E_HERALD_BIN").map_or_else(
-                    || PathBuf::from(env!("CARGO_BIN_EXE_herald")),
-                    PathBuf::from,
-                );
+                let exe = match (system, &self.opts.noledger_bin) {
+                    (System::NoLedger, Some(bin)) => bin.clone(),
+                    (System::NoLedger, None) => {
+                        return Err("the noledger variant needs E2E_NOLEDGER_BIN=path".into());
+                    }
+                    _ => std::env::var_os("E2E_HERALD_BIN").map_or_else(
+                        || PathBuf::from(env!("CARGO_BIN_EXE_herald")),
+                        PathBuf::from,
+                    ),
+                };
                 let mut cmd = Command::new(exe);
                 cmd.args(["serve", "--config"])
                     .arg(config)
                     .env("HERALD_AMQP_URL", AMQP)
-                    .env("HERALD_METRICS_ADDR", "127.0.0.1:0")
+                    .env(
+                        "HERALD_METRICS_ADDR",
+                        format!("127.0.0.1:{}", self.metrics_port),
+                    )
                     .env("HERALD_WEBHOOK_SECRET", SECRET)
                     .env("HERALD_LOG_FORMAT", "json")
                     .env("RUST_LOG", &self.opts.herald_log)
                     .env_remove("HERALD_SMTP_URL")
+                    .env_remove("HERALD_LEDGER_URL")
                     .stdout(Stdio::null())
                     .stderr(log);
                 if let Some(url) = &self.smtp {
                     cmd.env("HERALD_SMTP_URL", url);
+                }
+                if let Some(db) = &self.database {
+                    cmd.env("HERALD_LEDGER_URL", &db.url);
                 }
                 let child = cmd
                     .spawn()
@@ -1323,6 +1540,53 @@ struct Figures {
     published_per_sec: f64,
     /// Cores other processes used meanwhile.
     other_cores: f64,
+    /// PostgreSQL's CPU (all its processes) per 1,000 notifications.
+    store_cpu_per_1000: f64,
+    /// Rows the ledger wrote in the measured run, by table (`herald_ledger_rows_total`).
+    ledger_rows: Option<Vec<(String, u64)>>,
+}
+
+impl Figures {
+    fn ledger_rows_per_sec(&self) -> Option<f64> {
+        let rows = self.ledger_rows.as_ref()?;
+        Some(rows.iter().map(|(_, n)| *n).sum::<u64>() as f64 / self.secs)
+    }
+}
+
+/// `herald_ledger_rows_total` by table, from Herald's /metrics; None without a ledger.
+async fn ledger_rows(port: u16) -> Option<Vec<(String, u64)>> {
+    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    let rows: Vec<(String, u64)> = text
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("herald_ledger_rows_total{table=\"")?;
+            let (table, value) = rest.split_once("\"}")?;
+            Some((table.to_owned(), value.trim().parse::<f64>().ok()? as u64))
+        })
+        .collect();
+    (!rows.is_empty()).then_some(rows)
+}
+
+/// What the ledger wrote between two readings of its counters.
+fn rows_between(
+    before: Option<Vec<(String, u64)>>,
+    after: Option<Vec<(String, u64)>>,
+) -> Option<Vec<(String, u64)>> {
+    let before = before.unwrap_or_default();
+    let mut rows = after?;
+    for (table, n) in &mut rows {
+        let b = before
+            .iter()
+            .find(|(t, _)| t == table)
+            .map_or(0, |(_, b)| *b);
+        *n = n.saturating_sub(b);
+    }
+    Some(rows)
 }
 
 fn percentile(sorted: &[u64], q: f64) -> f64 {
@@ -1340,6 +1604,8 @@ struct Bench {
     conn: Connection,
     body: Arc<Vec<u8>>,
     next_phase: u32,
+    /// Runs set up so far: each has a folder of its own.
+    runs: u32,
     tmp: tempfile::TempDir,
 }
 
@@ -1357,16 +1623,39 @@ impl Bench {
             .begin(Phase::new(self.next_phase, events, herald_emails))
     }
 
-    fn setup(&self, key: &str, system: System, smtp: Option<&Smtp>) -> Result<Setup, String> {
-        let dir = self.tmp.path().join(format!("{key}-{}", system.name()));
+    /// A run's own folder (and so its own SQLite ledger), names and, for `postgres`, database.
+    fn setup(&mut self, key: &str, system: System, smtp: Option<&Smtp>) -> Result<Setup, String> {
+        self.runs += 1;
+        let dir = self
+            .tmp
+            .path()
+            .join(format!("{key}-{}-{}", system.name(), self.runs));
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let database = match system {
+            System::Postgres => Some(Database::create(
+                &self.opts.postgres_url,
+                format!("herald_e2e_{}_{}", std::process::id(), self.runs),
+            )?),
+            _ => None,
+        };
         Ok(Setup {
             opts: self.opts.clone(),
             names: Names::new(key, system.name()),
             receiver_port: self.receiver_port,
             smtp: smtp.map(Smtp::url),
             dir,
+            metrics_port: free_port()?,
+            database,
         })
+    }
+
+    /// The ledger's row counters of a ledger variant's Herald.
+    async fn ledger_rows(&self, system: System, setup: &Setup) -> Option<Vec<(String, u64)>> {
+        if system.has_ledger() {
+            ledger_rows(setup.metrics_port).await
+        } else {
+            None
+        }
     }
 
     /// Waits until `expected` distinct notifications of `phase` have arrived. Fails when none
@@ -1443,9 +1732,9 @@ impl Bench {
             declare_baseline(&self.conn, &setup.names).await?;
         }
         let mut child = setup.spawn(system)?;
-        let log = (system == System::Herald).then(|| setup.log());
+        let log = system.is_herald().then(|| setup.log());
         wait_consuming(&self.conn, &setup.names.queue, &mut child, log.as_deref()).await?;
-        let herald_emails = sc.mixed && system == System::Herald;
+        let herald_emails = sc.mixed && system.is_herald();
 
         let warmup = (sc.events / 10).clamp(1, WARMUP);
         let warm = self.phase(warmup, herald_emails);
@@ -1470,6 +1759,7 @@ impl Bench {
         .map_err(|e| format!("warm-up: {e}"))?;
 
         wait_quiet(self.opts.quiet).await;
+        let rows_before = self.ledger_rows(system, &setup).await;
         let phase = self.phase(sc.events, herald_emails);
         let probe = CpuProbe::start(child.pid(), smtp.map(|s| s.child.pid()));
         let perf = start_profile(child.pid(), &format!("{}-{}", sc.key, system.name()));
@@ -1494,6 +1784,7 @@ impl Bench {
         .await?;
         let cpu = probe.finish();
         stop_profile(perf);
+        let rows = rows_between(rows_before, self.ledger_rows(system, &setup).await);
         let rss = peak_rss_kib(child.pid()).unwrap_or(0);
         let stopped = child.stop(Duration::from_secs(40));
         delete_named(&self.conn, setup.names.prefix()).await;
@@ -1536,6 +1827,8 @@ impl Bench {
             peak_rss_mib: rss as f64 / 1024.0,
             published_per_sec: sc.events as f64 / pub_secs,
             other_cores: cpu.other_cores(),
+            store_cpu_per_1000: cpu.store_secs / expected as f64 * 1000.0,
+            ledger_rows: rows,
         };
         report(
             sc.key,
@@ -1552,7 +1845,7 @@ impl Bench {
         let key = "backlog";
         let setup = self.setup(key, system, None)?;
         match system {
-            System::Herald => {
+            System::Herald | System::NoLedger | System::Sqlite | System::Postgres => {
                 // Herald declares its own topology: start it once, then stop it.
                 let mut child = setup.spawn(system)?;
                 wait_consuming(
@@ -1610,6 +1903,7 @@ impl Bench {
             .await?;
         let cpu = probe.finish();
         stop_profile(perf);
+        let rows = self.ledger_rows(system, &setup).await;
         let rss = peak_rss_kib(child.pid()).unwrap_or(0);
         let stopped = child.stop(Duration::from_secs(40));
         delete_named(&self.conn, setup.names.prefix()).await;
@@ -1635,6 +1929,8 @@ impl Bench {
             peak_rss_mib: rss as f64 / 1024.0,
             published_per_sec: pub_rate,
             other_cores: cpu.other_cores(),
+            store_cpu_per_1000: cpu.store_secs / expected as f64 * 1000.0,
+            ledger_rows: rows,
         };
         report(key, system, &f, &cpu, phase.total.load(Ordering::Relaxed));
         // The resident set as the drain goes on: flat when memory is bounded by the prefetch.
@@ -1685,6 +1981,17 @@ fn report(key: &str, system: System, f: &Figures, cpu: &CpuUse, total: usize) {
     if total > f.notifications {
         let _ = write!(line, "; {} repeated", total - f.notifications);
     }
+    if let (Some(rows), Some(per_sec)) = (&f.ledger_rows, f.ledger_rows_per_sec()) {
+        let tables: Vec<String> = rows.iter().map(|(t, n)| format!("{t} {n}")).collect();
+        let _ = write!(line, "; ledger {per_sec:.0} rows/s ({})", tables.join(", "));
+    }
+    if system == System::Postgres {
+        let _ = write!(
+            line,
+            "; PostgreSQL CPU {:.3} s per 1,000 notifications",
+            f.store_cpu_per_1000
+        );
+    }
     let _ = write!(line, "; published at {:.0} events/s", f.published_per_sec);
     println!("{line}");
     println!("[{key}] {}: {}", system.name(), cpu.describe(system.name()));
@@ -1693,12 +2000,53 @@ fn report(key: &str, system: System, f: &Figures, cpu: &CpuUse, total: usize) {
 // ---------------------------------------------------------------------------------------------
 // The run and the results table.
 
-type Row = (
-    &'static str,
-    String,
-    Result<Figures, String>,
-    Option<Result<Figures, String>>,
-);
+/// One scenario's results: each consumer's, one per round.
+struct Row {
+    key: &'static str,
+    title: String,
+    results: Vec<(System, Vec<Result<Figures, String>>)>,
+}
+
+impl Row {
+    fn new(key: &'static str, title: String, systems: &[System]) -> Row {
+        Row {
+            key,
+            title,
+            results: systems.iter().map(|s| (*s, Vec::new())).collect(),
+        }
+    }
+
+    fn push(&mut self, system: System, result: Result<Figures, String>) {
+        if let Err(e) = &result {
+            eprintln!("[{}] {}: error: {e}", self.key, system.name());
+        }
+        if let Some((_, v)) = self.results.iter_mut().find(|(s, _)| *s == system) {
+            v.push(result);
+        }
+    }
+
+    /// The first run of `system`.
+    fn first(&self, system: System) -> Option<&Result<Figures, String>> {
+        self.results
+            .iter()
+            .find(|(s, _)| *s == system)
+            .and_then(|(_, v)| v.first())
+    }
+
+    fn ok(&self) -> bool {
+        self.results
+            .iter()
+            .all(|(_, v)| v.iter().all(Result::is_ok))
+    }
+}
+
+/// `systems` in the order of round `round`: each round starts one further along, so no
+/// consumer always runs first or after the same one.
+fn in_turn(systems: &[System], round: usize) -> Vec<System> {
+    let mut v = systems.to_vec();
+    v.rotate_left(round % systems.len().max(1));
+    v
+}
 
 async fn run(wanted: Vec<String>) -> bool {
     let opts = Opts::from_env();
@@ -1720,6 +2068,9 @@ async fn run(wanted: Vec<String>) -> bool {
         }
     };
     delete_stale(&conn).await;
+    if opts.variants.contains(&System::Postgres) {
+        Database::drop_stale(&opts.postgres_url);
+    }
     let sink = Arc::new(Sink {
         base: Instant::now(),
         phase: RwLock::new(None),
@@ -1734,6 +2085,7 @@ async fn run(wanted: Vec<String>) -> bool {
         conn,
         body: Arc::new(body),
         next_phase: 0,
+        runs: 0,
         tmp: tempfile::tempdir().expect("temp dir"),
     };
     print_machine(&bench.opts);
@@ -1772,67 +2124,65 @@ async fn run(wanted: Vec<String>) -> bool {
             "fixed rate, 2 webhooks/event",
         ),
     ];
+    let systems = bench.opts.systems();
+    let rounds = if bench.opts.variants.is_empty() {
+        1
+    } else {
+        bench.opts.rounds
+    };
     for (name, sc, title) in &live {
         if !selected(name) {
             continue;
         }
+        let title = match sc.rate {
+            Some(r) => format!("{title} at {r:.0} events/s"),
+            None => title.to_string(),
+        };
+        let mut row = Row::new(name, title, &systems);
         let smtp = if sc.mixed {
             match Smtp::start(Arc::clone(&sink)) {
                 Ok(s) => Some(s),
                 Err(e) => {
-                    eprintln!("[{name}] error: {e}");
-                    rows.push((name, title.to_string(), Err(e), None));
+                    row.push(systems[0], Err(e));
+                    rows.push(row);
                     continue;
                 }
             }
         } else {
             None
         };
-        let title = match sc.rate {
-            Some(r) => format!("{title} at {r:.0} events/s"),
-            None => title.to_string(),
-        };
-        println!("\n[{name}] {title}: {} events", sc.events);
-        let herald = bench.live(sc, System::Herald, smtp.as_ref()).await;
-        if let Err(e) = &herald {
-            eprintln!("[{name}] herald: error: {e}");
-        }
-        let baseline = if bench.opts.baseline {
-            let b = bench.live(sc, System::Baseline, smtp.as_ref()).await;
-            if let Err(e) = &b {
-                eprintln!("[{name}] baseline: error: {e}");
+        println!("\n[{name}] {}: {} events", row.title, sc.events);
+        for round in 0..rounds {
+            if rounds > 1 {
+                println!("[{name}] round {} of {rounds}", round + 1);
             }
-            Some(b)
-        } else {
-            None
-        };
-        rows.push((name, title, herald, baseline));
+            for system in in_turn(&systems, round) {
+                let f = bench.live(sc, system, smtp.as_ref()).await;
+                row.push(system, f);
+            }
+        }
+        rows.push(row);
     }
     if selected("backlog") {
         let n = bench.opts.backlog;
         let title = format!("backlog of {n} published with Herald stopped, then drained");
         println!("\n[backlog] {title}");
-        let herald = bench.backlog(n, System::Herald).await;
-        if let Err(e) = &herald {
-            eprintln!("[backlog] herald: error: {e}");
-        }
-        let over = started.elapsed() > Duration::from_secs(bench.opts.budget_secs);
-        if bench.opts.baseline && bench.opts.backlog_baseline && over {
-            println!(
-                "[backlog] baseline skipped: the run has taken more than E2E_BUDGET_SECS ({} s)",
-                bench.opts.budget_secs
-            );
-        }
-        let baseline = if bench.opts.baseline && bench.opts.backlog_baseline && !over {
-            let b = bench.backlog(n, System::Baseline).await;
-            if let Err(e) = &b {
-                eprintln!("[backlog] baseline: error: {e}");
+        let mut row = Row::new("backlog", title, &systems);
+        for system in systems.iter().copied() {
+            let over = started.elapsed() > Duration::from_secs(bench.opts.budget_secs);
+            if system == System::Baseline && (over || !bench.opts.backlog_baseline) {
+                if over && bench.opts.backlog_baseline {
+                    println!(
+                        "[backlog] baseline skipped: the run has taken more than E2E_BUDGET_SECS ({} s)",
+                        bench.opts.budget_secs
+                    );
+                }
+                continue;
             }
-            Some(b)
-        } else {
-            None
-        };
-        rows.push(("backlog", title, herald, baseline));
+            let f = bench.backlog(n, system).await;
+            row.push(system, f);
+        }
+        rows.push(row);
     }
     delete_named(&bench.conn, &run_prefix()).await;
     let _ = bench.conn.close(200, "done".into()).await;
@@ -1841,8 +2191,7 @@ async fn run(wanted: Vec<String>) -> bool {
         started.elapsed().as_secs_f64(),
         table(&rows, &bench.opts)
     );
-    rows.iter()
-        .all(|(_, _, h, b)| h.is_ok() && b.as_ref().is_none_or(|b| b.is_ok()))
+    rows.iter().all(Row::ok)
 }
 
 fn print_machine(opts: &Opts) {
@@ -1888,6 +2237,22 @@ fn print_machine(opts: &Opts) {
 }
 
 fn table(rows: &[Row], opts: &Opts) -> String {
+    if !opts.variants.is_empty() {
+        return variants_table(rows);
+    }
+    // Herald's run and the baseline's, per scenario.
+    type Run = Result<Figures, String>;
+    let rows: Vec<(&str, &str, &Run, Option<&Run>)> = rows
+        .iter()
+        .filter_map(|r| {
+            Some((
+                r.key,
+                r.title.as_str(),
+                r.first(System::Herald)?,
+                r.first(System::Baseline),
+            ))
+        })
+        .collect();
     let mut t = String::new();
     let _ = writeln!(
         t,
@@ -1921,7 +2286,7 @@ fn table(rows: &[Row], opts: &Opts) -> String {
             let _ = writeln!(t, "| {title} | {who} | failed: {short} | | | | | | | |");
         }
     };
-    for (_, title, herald, baseline) in rows {
+    for &(_, title, herald, baseline) in &rows {
         line(&mut t, title, "Herald", herald);
         if let Some(b) = baseline {
             line(&mut t, title, "baseline", b);
@@ -1946,11 +2311,11 @@ fn table(rows: &[Row], opts: &Opts) -> String {
         }
     }
     let mut targets = String::new();
-    for (key, _, herald, baseline) in rows {
+    for &(key, _, herald, baseline) in &rows {
         let (Ok(h), Some(Ok(b))) = (herald, baseline) else {
             continue;
         };
-        if *key == "throughput" || *key == "mixed" {
+        if key == "throughput" || key == "mixed" {
             let ratio = h.events_per_sec / b.events_per_sec;
             let _ = writeln!(
                 targets,
@@ -1959,9 +2324,9 @@ fn table(rows: &[Row], opts: &Opts) -> String {
             );
         }
     }
-    for (key, _, herald, _) in rows {
+    for &(key, _, herald, _) in &rows {
         let Ok(h) = herald else { continue };
-        if *key == "latency"
+        if key == "latency"
             && let Some(l) = h.latency
         {
             let _ = writeln!(
@@ -1972,7 +2337,7 @@ fn table(rows: &[Row], opts: &Opts) -> String {
                 if l[2] <= 25.0 { "met" } else { "not met" }
             );
         }
-        if *key == "backlog" {
+        if key == "backlog" {
             let _ = writeln!(
                 targets,
                 "- backlog: Herald peak RSS {:.1} MiB draining {} events (target ≤ 64 MiB): {}",
@@ -1986,8 +2351,8 @@ fn table(rows: &[Row], opts: &Opts) -> String {
             );
         }
     }
-    for (_, title, herald, baseline) in rows {
-        for (who, f) in [("Herald", Some(herald)), ("baseline", baseline.as_ref())] {
+    for &(_, title, herald, baseline) in &rows {
+        for (who, f) in [("Herald", Some(herald)), ("baseline", baseline)] {
             if let Some(Ok(f)) = f
                 && f.other_cores > 0.2
             {
@@ -2002,6 +2367,128 @@ fn table(rows: &[Row], opts: &Opts) -> String {
     if !targets.is_empty() {
         let _ = write!(t, "\n{targets}");
     }
+    t
+}
+
+/// The median of `v` (not empty).
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// `median (min–max)`, or the one value, with `digits` decimals; `-` for none.
+fn spread(v: &[f64], digits: usize) -> String {
+    if v.is_empty() {
+        return "-".into();
+    }
+    let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    if v.len() == 1 {
+        format!("{:.digits$}", v[0])
+    } else {
+        format!("{:.digits$} ({lo:.digits$}–{hi:.digits$})", median(v))
+    }
+}
+
+/// With `E2E_VARIANTS`: per scenario and variant, the median and spread of its runs, and its
+/// throughput against the first variant's in the same round.
+fn variants_table(rows: &[Row]) -> String {
+    let mut t = String::new();
+    let mut notes = String::new();
+    for row in rows {
+        let Some((reference, reference_runs)) = row.results.first() else {
+            continue;
+        };
+        let runs = match reference_runs.len() {
+            1 => "one run of each".to_owned(),
+            n => format!("{n} runs of each, alternated"),
+        };
+        let _ = writeln!(t, "{} ({runs}):\n", row.title);
+        let _ = writeln!(
+            t,
+            "| variant | runs | events/s | notifications/s | events/s ÷ {} | CPU s / 1,000 notifications | PostgreSQL CPU s / 1,000 notifications | peak RSS MiB | ledger rows/s |",
+            reference.name()
+        );
+        let _ = writeln!(t, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for (system, runs) in &row.results {
+            let ok: Vec<&Figures> = runs.iter().filter_map(|r| r.as_ref().ok()).collect();
+            let of = |f: fn(&Figures) -> f64| ok.iter().map(|x| f(x)).collect::<Vec<f64>>();
+            // Round by round: this variant's throughput over the reference's.
+            let ratios: Vec<f64> = runs
+                .iter()
+                .zip(reference_runs)
+                .filter_map(|(a, b)| {
+                    Some(a.as_ref().ok()?.events_per_sec / b.as_ref().ok()?.events_per_sec)
+                })
+                .collect();
+            let rows_per_sec: Vec<f64> =
+                ok.iter().filter_map(|f| f.ledger_rows_per_sec()).collect();
+            let store = if *system == System::Postgres {
+                spread(&of(|f| f.store_cpu_per_1000), 3)
+            } else {
+                "-".into()
+            };
+            let failed = runs.len() - ok.len();
+            let _ = writeln!(
+                t,
+                "| {} | {}{} | {} | {} | {} | {} | {store} | {} | {} |",
+                system.name(),
+                ok.len(),
+                if failed > 0 {
+                    format!(" ({failed} failed)")
+                } else {
+                    String::new()
+                },
+                spread(&of(|f| f.events_per_sec), 0),
+                spread(&of(|f| f.notifications_per_sec), 0),
+                if system == reference {
+                    "1".into()
+                } else {
+                    spread(&ratios, 2)
+                },
+                spread(&of(|f| f.cpu_per_1000), 3),
+                spread(&of(|f| f.peak_rss_mib), 1),
+                spread(&rows_per_sec, 0),
+            );
+            let target = match system {
+                System::Sqlite => Some(0.9),
+                System::Postgres => Some(0.8),
+                _ => None,
+            };
+            if let Some(target) =
+                target.filter(|_| *reference == System::NoLedger && !ratios.is_empty())
+            {
+                let m = median(&ratios);
+                let _ = writeln!(
+                    notes,
+                    "- {}, {}: throughput {m:.2} of noledger, median of {} rounds (target ≥ {target}): {}",
+                    row.key,
+                    system.name(),
+                    ratios.len(),
+                    if m >= target { "met" } else { "not met" }
+                );
+            }
+            for f in &ok {
+                if f.other_cores > 0.2 {
+                    let _ = writeln!(
+                        notes,
+                        "- note: {}, {}: other processes used {:.2} cores in one run",
+                        row.key,
+                        system.name(),
+                        f.other_cores
+                    );
+                }
+            }
+        }
+        t.push('\n');
+    }
+    t.push_str(&notes);
     t
 }
 

@@ -1,13 +1,14 @@
 //! The delivery ledger: the durable memory of every event, notification and delivery attempt,
 //! and of each endpoint's state, in SQLite (the embedded default) or PostgreSQL.
 //!
-//! One query layer serves both backends (sqlx's `Any` driver, plain SQL with `$N` binds, every
-//! time as milliseconds since the epoch), with one migration history per backend under
-//! `migrations/`. The service writes through a [`Ledger`]: one task that commits whatever has
-//! queued while the previous commit ran, so many events share a transaction (group commit) and
-//! each caller waits only for the commit that holds its rows. When the store does not take
-//! writes, the task keeps the rows and tries again until it does; callers wait, so nothing is
-//! acknowledged that is not on disk. docs/ledger.md says what is kept, why and for how long.
+//! One query layer serves both backends (sqlx's `Any` driver, plain SQL with `$N` binds, or `?`
+//! in SQLite's many-row statements, every time as milliseconds since the epoch), with one
+//! migration history per backend under `migrations/`. The service writes through a [`Ledger`]:
+//! one task that commits whatever has queued while the previous commit ran (on PostgreSQL a few
+//! commits overlap), so many events share a transaction (group commit) and each caller waits
+//! only for the commit that holds its rows. When the store does not take writes, the task keeps
+//! the rows and tries again until it does; callers wait, so nothing is acknowledged that is not
+//! on disk. docs/ledger.md says what is kept, why and for how long.
 
 pub mod read;
 pub mod report;
