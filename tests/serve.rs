@@ -1447,6 +1447,19 @@ async fn an_event_past_the_delivery_limit_is_explained_and_replayed_with_its_pub
         text.replacen("prefetch = 100", "prefetch = 100\ndelivery_limit = 1", 1),
     )
     .unwrap();
+    // No Herald ran on these queues: the ledger the replay records in is one of the test's own,
+    // brought up to date as `herald serve` would.
+    let url = common::ledger::fresh(common::ledger::default_backend()).await;
+    herald::ledger::Store::open(
+        &url,
+        herald::ledger::Sync::Normal,
+        herald::ledger::Health::default(),
+    )
+    .await
+    .unwrap()
+    .close()
+    .await;
+    common::ledger::remember(&names.queue, &url);
     let explanation = format!(
         "the broker dead-lettered it from {} after 2 deliveries: Herald never finished handling \
          it (see Herald's log for event id evt-delivery-limit)",

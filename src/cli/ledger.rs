@@ -195,7 +195,7 @@ async fn ledger(url: String, action: Action) -> Result<ExitCode, String> {
             let err = |e: crate::ledger::LedgerError| e.to_string();
             let mut builder = Builder::new(from, to, now);
             store
-                .counted(from, to, |n| builder.add(n))
+                .counted(from, to, now, |n| builder.add(n))
                 .await
                 .map_err(err)?;
             let breaches = store.breaches(from, to, now).await.map_err(err)?;
