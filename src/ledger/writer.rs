@@ -27,8 +27,21 @@ use super::{
 
 /// Most operations in one transaction.
 const MAX_BATCH: usize = 512;
-/// Most rows in one multi-row statement (SQLite allows 32,766 bound values).
-const ROWS_PER_STATEMENT: usize = 400;
+/// The sizes of the multi-row statements, largest first (the largest keeps SQLite under its
+/// 32,766 bound values). Any number of rows is written as statements of these sizes only, so
+/// each table has a handful of distinct statements, each prepared once per connection and
+/// then taken from its cache, instead of a statement of a new length at every commit.
+const STATEMENT_SIZES: [usize; 5] = [256, 64, 16, 4, 1];
+
+/// `rows` cut into chunks of [`STATEMENT_SIZES`], largest first.
+fn statements<T>(mut rows: &[T]) -> impl Iterator<Item = &[T]> {
+    std::iter::from_fn(move || {
+        let size = STATEMENT_SIZES.into_iter().find(|s| *s <= rows.len())?;
+        let (chunk, rest) = rows.split_at(size);
+        rows = rest;
+        Some(chunk)
+    })
+}
 
 enum Op {
     Event {
@@ -320,7 +333,7 @@ async fn write(
         .collect();
     // Routed events: (publisher, message_id) -> the row's id, for those inserted now.
     let mut ids: HashMap<(String, String), i64> = HashMap::new();
-    for chunk in events.chunks(ROWS_PER_STATEMENT) {
+    for chunk in statements(&events) {
         let mut rows = Rows::new(
             "INSERT INTO events (publisher, message_id, event_type, version, occurred_at, \
              received_at, outcome, reason) VALUES ",
@@ -401,7 +414,7 @@ async fn write(
         let (id, received) = id;
         made.extend(notifications.iter().map(|n| (id, received, n)));
     }
-    for chunk in persons.chunks(ROWS_PER_STATEMENT) {
+    for chunk in statements(&persons) {
         let mut rows = Rows::new(
             "INSERT INTO persons (event_id, identifier) VALUES ",
             backend,
@@ -414,7 +427,7 @@ async fn write(
             .await?;
     }
     let now = ms(chrono::Utc::now());
-    for chunk in made.chunks(ROWS_PER_STATEMENT) {
+    for chunk in statements(&made) {
         let mut rows = Rows::new(
             "INSERT INTO notifications (key, event_id, route, recipient, recipient_class, \
              channel, sla_rule, deadline, created_at, status, reason, updated_at) VALUES ",
@@ -457,7 +470,7 @@ async fn write(
         }
     }
     let updates: Vec<&Update> = updates.into_values().collect();
-    for chunk in updates.chunks(ROWS_PER_STATEMENT) {
+    for chunk in statements(&updates) {
         let mut rows = Rows::new(
             "UPDATE notifications SET status = v.column2, reason = v.column3, \
              attempts = v.column4, first_failure_at = v.column5, delivered_at = v.column6, \
@@ -484,7 +497,7 @@ async fn write(
             .execute(&mut **tx)
             .await?;
     }
-    for chunk in attempts.chunks(ROWS_PER_STATEMENT) {
+    for chunk in statements(&attempts) {
         let mut rows = Rows::new(
             "INSERT INTO attempts (notification_key, at, duration_ms, outcome, code, breaker) \
              VALUES ",
@@ -526,4 +539,19 @@ async fn write(
         }
     }
     Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_go_in_statements_of_the_fixed_sizes_only() {
+        let rows: Vec<usize> = (0..343).collect();
+        let sizes: Vec<usize> = statements(&rows).map(<[usize]>::len).collect();
+        assert_eq!(sizes, [256, 64, 16, 4, 1, 1, 1]);
+        let again: Vec<usize> = statements(&rows).flatten().copied().collect();
+        assert_eq!(again, rows);
+        assert_eq!(statements::<usize>(&[]).count(), 0);
+    }
 }
