@@ -9,34 +9,10 @@ use std::collections::BTreeSet;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::service::{self, Names, Receiver, Smtp, agency, total, wait_until};
-use serde_json::{Value, json};
-
-/// Warrant events with distinct ids and bodies; each gives one police webhook and one email.
-fn warrant(i: usize) -> Vec<u8> {
-    let mut doc = common::example("court.warrant.issued.json");
-    doc["additionalInformation"]["warrantId"] = json!(format!("LEEDSMC-W-2026-{i:06}"));
-    serde_json::to_vec(&doc).unwrap()
-}
-
-/// Publishes the warrants numbered `range`, with message ids `{prefix}-{i}`.
-async fn publish_warrants(
-    ch: &lapin::Channel,
-    exchange: &str,
-    prefix: &str,
-    range: std::ops::Range<usize>,
-) {
-    for i in range {
-        service::publish(
-            ch,
-            exchange,
-            "court.warrant.issued",
-            &warrant(i),
-            agency(&format!("{prefix}-{i}")),
-        )
-        .await;
-    }
-}
+use common::service::{
+    self, Names, Receiver, Smtp, every_webhook_delivered, publish_warrants, total, wait_until,
+};
+use serde_json::Value;
 
 /// Prints the summary line and checks nothing was lost.
 fn summary(test: &str, events: usize, expected: usize, ids: &[String]) {
@@ -150,20 +126,6 @@ async fn terminate(herald: &mut Herald) -> std::process::ExitStatus {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// Waits until the receiver has seen `expected` distinct webhook ids.
-async fn every_webhook_delivered(receiver: &Receiver, expected: usize, timeout: Duration) {
-    wait_until("every webhook delivered", timeout, || async {
-        receiver
-            .hooks()
-            .iter()
-            .map(|h| h.id.clone())
-            .collect::<BTreeSet<_>>()
-            .len()
-            >= expected
-    })
-    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

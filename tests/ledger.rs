@@ -7,20 +7,11 @@ mod common;
 use std::time::Duration;
 
 use common::body;
-use common::ledger::{BOTH, fresh};
+use common::ledger::{BOTH, count, fresh};
 use common::service::{self, Names, Receiver, agency, total, wait_until};
 use herald::ledger::{Backend, Health, Status, Store, Sync};
-use sqlx::Row;
 
 const WAIT: Duration = Duration::from_secs(30);
-
-async fn count(store: &Store, sql: &str) -> i64 {
-    sqlx::query(sql)
-        .fetch_one(store.pool())
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-        .get(0)
-}
 
 async fn records_and_dedups_across_a_restart(backend: Backend) {
     let (receiver, names) = (

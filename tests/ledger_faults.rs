@@ -15,9 +15,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::service::{self, Names, Receiver, agency, total, wait_until};
+use common::service::{
+    self, Names, Receiver, every_webhook_delivered, publish_warrants, total, wait_until,
+};
 use herald::ledger::{Health, Store, Sync};
-use serde_json::{Value, json};
+use serde_json::Value;
 use sqlx::Row;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -28,32 +30,6 @@ const BACK: &str = "the ledger takes writes again; events are taken again";
 /// The same at start-up, while the ledger cannot be opened.
 const CANNOT_OPEN: &str = "cannot open the ledger; no event is taken until it opens";
 const OPEN: &str = "the ledger is open";
-
-/// A warrant with a distinct id and body: one police webhook (and one email to the outbox).
-fn warrant(i: usize) -> Vec<u8> {
-    let mut doc = common::example("court.warrant.issued.json");
-    doc["additionalInformation"]["warrantId"] = json!(format!("LEEDSMC-W-2026-{i:06}"));
-    serde_json::to_vec(&doc).unwrap()
-}
-
-/// Publishes the warrants numbered `range`, with message ids `{prefix}-{i}`.
-async fn publish_warrants(
-    ch: &lapin::Channel,
-    exchange: &str,
-    prefix: &str,
-    range: std::ops::Range<usize>,
-) {
-    for i in range {
-        service::publish(
-            ch,
-            exchange,
-            "court.warrant.issued",
-            &warrant(i),
-            agency(&format!("{prefix}-{i}")),
-        )
-        .await;
-    }
-}
 
 /// A running `herald serve`, killed when the test ends, however it ends.
 struct Herald(Child);
@@ -226,13 +202,6 @@ fn delivered(receiver: &Receiver) -> (BTreeSet<String>, BTreeSet<String>) {
         .filter_map(|h| h.body["data"]["event"]["id"].as_str().map(str::to_owned))
         .collect();
     (ids, events)
-}
-
-async fn every_webhook_delivered(receiver: &Receiver, expected: usize, timeout: Duration) {
-    wait_until("every webhook delivered", timeout, || async {
-        delivered(receiver).0.len() >= expected
-    })
-    .await;
 }
 
 /// How many of the log's JSON lines have this message.

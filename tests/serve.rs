@@ -928,25 +928,17 @@ async fn parked_messages_are_listed_replayed_once_fixed_and_purged() {
     )
     .await
     .unwrap();
-    let one = |sql: &'static str| {
-        let store = store.clone();
-        async move {
-            use sqlx::Row;
-            let n: i64 = sqlx::query(sql)
-                .fetch_one(store.pool())
-                .await
-                .unwrap()
-                .get(0);
-            n
-        }
-    };
     assert_eq!(
-        one("SELECT COUNT(*) FROM events WHERE message_id = 'evt-dlq-2' AND outcome = 'routed'")
-            .await,
+        common::ledger::count(
+            &store,
+            "SELECT COUNT(*) FROM events WHERE message_id = 'evt-dlq-2' AND outcome = 'routed'"
+        )
+        .await,
         1
     );
     assert_eq!(
-        one(
+        common::ledger::count(
+            &store,
             "SELECT COUNT(*) FROM notifications n JOIN events e ON e.id = n.event_id \
              WHERE e.message_id = 'evt-dlq-2' AND e.outcome = 'routed'"
         )
@@ -954,7 +946,11 @@ async fn parked_messages_are_listed_replayed_once_fixed_and_purged() {
         2
     );
     assert_eq!(
-        one("SELECT COUNT(*) FROM audit WHERE subject = 'evt-dlq-2' AND action = 'replay'").await,
+        common::ledger::count(
+            &store,
+            "SELECT COUNT(*) FROM audit WHERE subject = 'evt-dlq-2' AND action = 'replay'"
+        )
+        .await,
         1
     );
     store.close().await;

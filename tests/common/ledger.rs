@@ -108,3 +108,13 @@ async fn sweep(admin: &mut sqlx::PgConnection) {
         }
     }
 }
+
+/// The one number `sql` selects from the ledger (a `COUNT(*)`, say).
+pub async fn count(store: &herald::ledger::Store, sql: &str) -> i64 {
+    use sqlx::Row;
+    sqlx::query(sql)
+        .fetch_one(store.pool())
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .get(0)
+}

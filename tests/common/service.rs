@@ -890,3 +890,43 @@ pub fn dlq(config: &std::path::Path, args: &[&str]) -> (bool, String) {
         ),
     )
 }
+
+/// A warrant with a distinct id and body: one police webhook and one email.
+pub fn warrant(i: usize) -> Vec<u8> {
+    let mut doc = super::example("court.warrant.issued.json");
+    doc["additionalInformation"]["warrantId"] = serde_json::json!(format!("LEEDSMC-W-2026-{i:06}"));
+    serde_json::to_vec(&doc).unwrap()
+}
+
+/// Publishes the warrants numbered `range`, with message ids `{prefix}-{i}`.
+pub async fn publish_warrants(
+    ch: &Channel,
+    exchange: &str,
+    prefix: &str,
+    range: std::ops::Range<usize>,
+) {
+    for i in range {
+        publish(
+            ch,
+            exchange,
+            "court.warrant.issued",
+            &warrant(i),
+            agency(&format!("{prefix}-{i}")),
+        )
+        .await;
+    }
+}
+
+/// Waits until the receiver has seen `expected` distinct webhook ids.
+pub async fn every_webhook_delivered(receiver: &Receiver, expected: usize, timeout: Duration) {
+    wait_until("every webhook delivered", timeout, || async {
+        receiver
+            .hooks()
+            .iter()
+            .map(|h| h.id.clone())
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+            >= expected
+    })
+    .await;
+}
