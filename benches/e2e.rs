@@ -50,8 +50,9 @@
 //! `E2E_POSTGRES_URL` (default `postgres://postgres@127.0.0.1:5432`, a login that may create
 //! databases); `herald` and `baseline` may be listed too. `E2E_LEDGER_TOML` adds lines to the
 //! `[ledger]` table of the ledger variants (`synchronous = "normal"`, say). For the ledger
-//! variants the rows written per second come from Herald's `herald_ledger_rows_total`, and the
-//! CPU of PostgreSQL's processes is reported apart.
+//! variants the rows written per second come from Herald's `herald_ledger_rows_total`, the
+//! group commits made and their total time (`commits`, `commit ms`) from
+//! `herald_ledger_commit_seconds`, and the CPU of PostgreSQL's processes is reported apart.
 //!
 //! Needs RabbitMQ on 127.0.0.1:5672 (guest/guest) and, for `mixed`, Python 3 with aiosmtpd.
 
@@ -1549,9 +1550,21 @@ struct Figures {
 impl Figures {
     fn ledger_rows_per_sec(&self) -> Option<f64> {
         let rows = self.ledger_rows.as_ref()?;
-        Some(rows.iter().map(|(_, n)| *n).sum::<u64>() as f64 / self.secs)
+        Some(
+            rows.iter()
+                .filter(|(t, _)| !t.starts_with(COMMIT))
+                .map(|(_, n)| *n)
+                .sum::<u64>() as f64
+                / self.secs,
+        )
     }
 }
+
+/// The names under which [`ledger_rows`] gives the number of group commits and the
+/// milliseconds they took in all (not rows: left out of the rows per second).
+const COMMIT: &str = "commit";
+const COMMITS: &str = "commits";
+const COMMIT_MS: &str = "commit ms";
 
 /// `herald_ledger_rows_total` by table, from Herald's /metrics; None without a ledger.
 async fn ledger_rows(port: u16) -> Option<Vec<(String, u64)>> {
@@ -1564,6 +1577,14 @@ async fn ledger_rows(port: u16) -> Option<Vec<(String, u64)>> {
     let rows: Vec<(String, u64)> = text
         .lines()
         .filter_map(|l| {
+            // The group commits and the time they took, beside the rows.
+            if let Some(n) = l.strip_prefix("herald_ledger_commit_seconds_count ") {
+                return Some((COMMITS.to_owned(), n.trim().parse::<f64>().ok()? as u64));
+            }
+            if let Some(s) = l.strip_prefix("herald_ledger_commit_seconds_sum ") {
+                let ms = s.trim().parse::<f64>().ok()? * 1000.0;
+                return Some((COMMIT_MS.to_owned(), ms as u64));
+            }
             let rest = l.strip_prefix("herald_ledger_rows_total{table=\"")?;
             let (table, value) = rest.split_once("\"}")?;
             Some((table.to_owned(), value.trim().parse::<f64>().ok()? as u64))
