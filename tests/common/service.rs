@@ -7,7 +7,6 @@
 //! virtual environment of the tests' own, `target/tmp/herald-aiosmtpd/`, and run from there.
 
 use std::collections::BTreeMap;
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -135,6 +134,30 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Whether process `pid` holds the socket listening on 127.0.0.1:`port` (from /proc: the
+/// listening socket's inode among the process's open files).
+fn listens(pid: u32, port: u16) -> bool {
+    let local = format!("0100007F:{port:04X}");
+    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
+        return false;
+    };
+    let inodes: Vec<String> = table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() > 9 && f[1] == local && f[3] == "0A").then(|| format!("socket:[{}]", f[9]))
+        })
+        .collect();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path())
+            .is_ok_and(|target| inodes.iter().any(|i| target.as_os_str() == i.as_str()))
+    })
+}
+
 /// An SMTP server on loopback that stores every message in a maildir.
 pub struct Smtp {
     pub port: u16,
@@ -229,7 +252,15 @@ fn python() -> &'static Path {
 
 impl Smtp {
     pub fn start() -> Smtp {
-        Smtp::start_on(free_port(), tempfile::tempdir().unwrap())
+        // A port found free can be taken by another test before the server binds it: the
+        // server then exits, and a connection would reach that other test's listener. Tried
+        // again on another port until the listener is this server's own.
+        for _ in 0..10 {
+            if let Some(smtp) = Smtp::try_start(free_port(), tempfile::tempdir().unwrap()) {
+                return smtp;
+            }
+        }
+        panic!("aiosmtpd could not take a free port in ten tries");
     }
 
     /// A port for a server started later (to play an SMTP server that is down for a while).
@@ -238,7 +269,14 @@ impl Smtp {
     }
 
     pub fn start_on(port: u16, dir: tempfile::TempDir) -> Smtp {
-        let child = Command::new(python())
+        Smtp::try_start(port, dir)
+            .unwrap_or_else(|| panic!("aiosmtpd could not listen on port {port}: taken"))
+    }
+
+    /// The server on `port`, once the process listening there is this one; None if it exits
+    /// (the port was taken).
+    fn try_start(port: u16, dir: tempfile::TempDir) -> Option<Smtp> {
+        let mut child = Command::new(python())
             .args([
                 "-m",
                 "aiosmtpd",
@@ -254,14 +292,17 @@ impl Smtp {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start aiosmtpd: {e}"));
         let deadline = Instant::now() + Duration::from_secs(15);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while !listens(child.id(), port) {
+            if child.try_wait().ok().flatten().is_some() {
+                return None;
+            }
             assert!(
                 Instant::now() < deadline,
                 "aiosmtpd did not start on port {port}"
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        Smtp { port, dir, child }
+        Some(Smtp { port, dir, child })
     }
 
     pub fn url(&self) -> String {
