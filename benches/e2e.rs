@@ -1552,7 +1552,7 @@ impl Figures {
         let rows = self.ledger_rows.as_ref()?;
         Some(
             rows.iter()
-                .filter(|(t, _)| !t.starts_with(COMMIT))
+                .filter(|(t, _)| ![COMMITS, COMMIT_MS].contains(&t.as_str()))
                 .map(|(_, n)| *n)
                 .sum::<u64>() as f64
                 / self.secs,
@@ -1562,7 +1562,6 @@ impl Figures {
 
 /// The names under which [`ledger_rows`] gives the number of group commits and the
 /// milliseconds they took in all (not rows: left out of the rows per second).
-const COMMIT: &str = "commit";
 const COMMITS: &str = "commits";
 const COMMIT_MS: &str = "commit ms";
 
