@@ -9,7 +9,10 @@ use std::time::Duration;
 use common::body;
 use common::ledger::{BOTH, count, fresh};
 use common::service::{self, Names, Receiver, agency, total, wait_until};
-use herald::ledger::{Backend, Health, Status, Store, Sync};
+use herald::ledger::{
+    AttemptRecord, Backend, EventOutcome, EventRecord, Health, Ledger, NotificationRecord, Seen,
+    Status, Store, Sync, Update,
+};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -742,5 +745,197 @@ async fn report_counts_what_the_ledger_holds(backend: Backend) {
 async fn the_report_counts_what_the_ledger_holds_on_both_backends() {
     for backend in BOTH {
         report_counts_what_the_ledger_holds(backend).await;
+    }
+}
+
+/// An event as the service records it: `n` notifications, to recipients `r0`, `r1`, ...
+fn handled_event(message_id: &str, n: usize) -> (EventRecord, Vec<NotificationRecord>) {
+    let now = chrono::Utc::now();
+    let event = EventRecord {
+        publisher: "court".into(),
+        message_id: message_id.into(),
+        event_type: "court.warrant.issued".into(),
+        version: Some(1),
+        occurred_at: Some(now),
+        received_at: now,
+        persons: vec!["NOMS:A1234BC".into(), "PNC:2004/0123456X".into()],
+        outcome: EventOutcome::Routed,
+        reason: None,
+    };
+    let notifications = (0..n)
+        .map(|i| NotificationRecord {
+            key: format!("msg_{message_id}_{i}"),
+            route: "ppo-fta-warrant".into(),
+            recipient: format!("police:R{i}"),
+            channel: "webhook".into(),
+            sla_rule: Some("within 1 working day".into()),
+            deadline: Some(now + chrono::Duration::days(1)),
+            status: Status::Pending,
+            reason: None,
+        })
+        .collect();
+    (event, notifications)
+}
+
+/// How a handling of `key` ended at its `attempts`-th attempt.
+fn outcome(key: &str, status: Status, attempts: i64) -> Update {
+    let now = chrono::Utc::now();
+    Update {
+        key: key.into(),
+        status,
+        reason: (status != Status::Delivered).then(|| "HTTP 503".into()),
+        attempts,
+        first_failure_at: (attempts > 1 || status != Status::Delivered).then_some(now),
+        delivered_at: (status == Status::Delivered).then_some(now),
+        sla_outcome: (status == Status::Delivered).then_some("met"),
+        sent_hash: None,
+        attempt: Some(AttemptRecord {
+            at: now,
+            duration: Duration::from_millis(3),
+            outcome: if status == Status::Delivered {
+                "delivered"
+            } else {
+                "http-retryable"
+            },
+            code: Some(if status == Status::Delivered {
+                204
+            } else {
+                503
+            }),
+            breaker: "closed",
+        }),
+    }
+}
+
+/// The writer itself, on each backend: what is asked before delivery, one commit per handled
+/// event, a retry's outcome after it, an older outcome that arrives late, and one commit of
+/// more rows than SQLite takes parameters in a statement.
+async fn the_writer_records_handled_events(backend: Backend) {
+    let url = fresh(backend).await;
+    let store = Store::open(&url, Sync::Normal, Health::default())
+        .await
+        .unwrap();
+    let ledger = Ledger::start(store.clone(), herald::metrics::Metrics::new());
+    let (event, made) = handled_event("evt-writer-1", 2);
+    assert_eq!(
+        ledger.seen("court", "evt-writer-1").await.unwrap(),
+        Seen::New
+    );
+    let (delivered, retrying) = (made[0].key.clone(), made[1].key.clone());
+    ledger
+        .handled(
+            event.clone(),
+            made.clone(),
+            vec![
+                outcome(&delivered, Status::Delivered, 1),
+                outcome(&retrying, Status::Retrying, 1),
+            ],
+        )
+        .await
+        .unwrap();
+    let Seen::Before(before) = ledger.seen("court", "evt-writer-1").await.unwrap() else {
+        panic!("the handled event is in the ledger");
+    };
+    assert_eq!(before.get(&delivered), Some(&Status::Delivered));
+    assert_eq!(before.get(&retrying), Some(&Status::Retrying));
+    assert_eq!(
+        ledger.seen("court", "evt-writer-1").await.unwrap(),
+        Seen::Before(before.clone()),
+        "asking again changes nothing"
+    );
+    assert_eq!(
+        ledger.seen("prison", "evt-writer-1").await.unwrap(),
+        Seen::New,
+        "another publisher's event with the same id is another event"
+    );
+    let status = |key: String| {
+        let store = store.clone();
+        async move { store.status(&key).await.unwrap() }
+    };
+    // The retry delivers it; then an outcome of its first attempt arrives late.
+    ledger
+        .update(outcome(&retrying, Status::Delivered, 2))
+        .await
+        .unwrap();
+    ledger
+        .update(outcome(&retrying, Status::Retrying, 1))
+        .await
+        .unwrap();
+    assert_eq!(status(retrying.clone()).await, Some(Status::Delivered));
+    // The same event handled again (redelivered) changes nothing it settled.
+    ledger
+        .handled(event, made, vec![outcome(&delivered, Status::Retrying, 1)])
+        .await
+        .unwrap();
+    assert_eq!(status(delivered.clone()).await, Some(Status::Delivered));
+    assert_eq!(
+        count(
+            &store,
+            "SELECT COUNT(*) FROM events WHERE message_id = 'evt-writer-1'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        count(
+            &store,
+            "SELECT COUNT(*) FROM persons p JOIN events e ON e.id = p.event_id \
+             WHERE e.message_id = 'evt-writer-1'"
+        )
+        .await,
+        2,
+        "an event handled again keeps the identifiers it had"
+    );
+    assert_eq!(
+        count(
+            &store,
+            "SELECT COUNT(*) FROM attempts WHERE notification_key LIKE 'msg_evt-writer-1_%'"
+        )
+        .await,
+        5,
+        "every attempt is kept"
+    );
+
+    // 300 events of 12 notifications each, at once: one commit of 3,600 notifications
+    // (61,200 values), more than one SQLite statement takes.
+    let handled = (0..300).map(|i| {
+        let ledger = ledger.clone();
+        async move {
+            let (event, made) = handled_event(&format!("evt-writer-many-{i}"), 12);
+            let updates = made
+                .iter()
+                .map(|n| outcome(&n.key, Status::Delivered, 1))
+                .collect();
+            ledger.handled(event, made, updates).await
+        }
+    });
+    for result in futures_util::future::join_all(handled).await {
+        result.unwrap();
+    }
+    assert_eq!(
+        count(
+            &store,
+            "SELECT COUNT(*) FROM notifications WHERE key LIKE 'msg_evt-writer-many-%' \
+             AND status = 'delivered'"
+        )
+        .await,
+        3600
+    );
+    assert_eq!(
+        count(
+            &store,
+            "SELECT COUNT(*) FROM attempts WHERE notification_key LIKE 'msg_evt-writer-many-%'"
+        )
+        .await,
+        3600
+    );
+    drop(ledger);
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_writer_records_handled_events_on_both_backends() {
+    for backend in BOTH {
+        the_writer_records_handled_events(backend).await;
     }
 }

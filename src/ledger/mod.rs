@@ -4,14 +4,15 @@
 //! One query layer serves both backends (sqlx's `Any` driver, plain SQL with `$N` binds, or `?`
 //! in SQLite's many-row statements, every time as milliseconds since the epoch), with one
 //! migration history per backend under `migrations/`. The service writes through a [`Ledger`]:
-//! one task that commits whatever has queued while the previous commit ran (on PostgreSQL a few
-//! commits overlap), so many events share a transaction (group commit) and each caller waits
-//! only for the commit that holds its rows. When the store does not take writes, the task keeps
+//! one task that commits whatever has queued while the previous commit ran, so many events
+//! share a transaction (group commit) and each caller waits only for the commit that holds its
+//! rows. When the store does not take writes, the task keeps
 //! the rows and tries again until it does; callers wait, so nothing is acknowledged that is not
 //! on disk. docs/ledger.md says what is kept, why and for how long.
 
 pub mod read;
 pub mod report;
+mod sql;
 mod writer;
 
 use std::collections::HashMap;
@@ -413,11 +414,32 @@ impl Store {
                             conn.execute(format!("PRAGMA synchronous = {synchronous}").as_str())
                                 .await?;
                             conn.execute("PRAGMA busy_timeout = 5000").await?;
+                            // A statement's journal (the pages it changed, to undo it alone)
+                            // in memory rather than in a temporary file.
+                            conn.execute("PRAGMA temp_store = MEMORY").await?;
+                            // Pages copied back from the log into the database every 16 MiB
+                            // of log rather than every 4: a page the commits keep changing
+                            // (the end of each index) is copied once per checkpoint.
+                            conn.execute("PRAGMA wal_autocheckpoint = 4000").await?;
                             Ok(())
                         })
                     })
             }
-            Backend::Postgres => AnyPoolOptions::new().max_connections(8),
+            // Every statement planned for its own run, from the tables as they are then: a plan
+            // kept from a prepared statement's first runs, made while a new ledger was nearly
+            // empty, scans whole tables once they have grown (a join from a batch's rows to
+            // its notifications did, at a second of server CPU per thousand notifications).
+            Backend::Postgres => {
+                AnyPoolOptions::new()
+                    .max_connections(8)
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            conn.execute("SET plan_cache_mode = force_custom_plan")
+                                .await?;
+                            Ok(())
+                        })
+                    })
+            }
         };
         // sqlx's own lines (each statement; each taking over a second, with its text) are not
         // Herald's: kept at debug, where RUST_LOG=sqlx=debug finds them.

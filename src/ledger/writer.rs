@@ -1,6 +1,8 @@
 //! Group commit: one task writes every row the service records, committing together whatever
-//! queued while the previous commit ran (on PostgreSQL, up to four commits overlap: see
-//! `writers`). A caller waits for the commit that holds its rows.
+//! queued while the previous commit ran. A caller waits for the commit that holds its rows. A handled event is one
+//! operation: the event, its identifiers, its notifications as their handling ended and their
+//! attempts. Beside it, a reader answers what the ledger holds of the events about to be
+//! delivered, all the questions that queued in one query.
 //!
 //! When a commit fails, the task writes one small row on its own (a probe). If that fails
 //! too, the store is down (PostgreSQL unreachable, a disk full, a read-only file): the task
@@ -10,43 +12,31 @@
 //! answered with the error (its event goes back to the queue) instead of holding up the rest.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sqlx::any::AnyArguments;
-use sqlx::{Any, Arguments, Connection, Row, Transaction};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use sqlx::{Any, Connection, Row};
+use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info, warn};
 
 use crate::metrics::Metrics;
 
+use super::sql::{NOTIFICATION_WIDTH, Rows, SQLITE_ROWS, Src, Table, V, seen_sql};
 use super::{
-    Backend, EndpointRecord, EventOutcome, EventRecord, LedgerError, NotificationRecord, Seen,
-    Status, Store, Update, ms,
+    AttemptRecord, Backend, EndpointRecord, EventOutcome, EventRecord, LedgerError,
+    NotificationRecord, Seen, Status, Store, Update, ms,
 };
 
 /// Most operations in one transaction.
 const MAX_BATCH: usize = 512;
-/// The sizes of the multi-row statements, largest first (the largest keeps SQLite under its
-/// 32,766 bound values). Any number of rows is written as statements of these sizes only, so
-/// each table has a handful of distinct statements, each prepared once per connection and
-/// then taken from its cache, instead of a statement of a new length at every commit.
-const STATEMENT_SIZES: [usize; 5] = [256, 64, 16, 4, 1];
-
-/// `rows` cut into chunks of [`STATEMENT_SIZES`], largest first.
-fn statements<T>(mut rows: &[T]) -> impl Iterator<Item = &[T]> {
-    std::iter::from_fn(move || {
-        let size = STATEMENT_SIZES.into_iter().find(|s| *s <= rows.len())?;
-        let (chunk, rest) = rows.split_at(size);
-        rows = rest;
-        Some(chunk)
-    })
-}
 
 enum Op {
     Event {
         event: EventRecord,
         notifications: Vec<NotificationRecord>,
+        /// How the handling of some of them ended, written with them.
+        updates: Vec<Update>,
+        /// Whether the caller wants to know what the ledger had of the event before.
+        asks: bool,
         reply: oneshot::Sender<Result<Seen, LedgerError>>,
     },
     Update {
@@ -60,6 +50,10 @@ enum Op {
 }
 
 impl Op {
+    fn asks(&self) -> bool {
+        matches!(self, Op::Event { asks: true, .. })
+    }
+
     fn fail(self, e: LedgerError) {
         match self {
             Op::Event { reply, .. } => drop(reply.send(Err(e))),
@@ -71,20 +65,68 @@ impl Op {
 /// What one commit found, per event operation in the batch (by index).
 type Found = HashMap<usize, Seen>;
 
+/// A question for the reader: what the ledger holds of a routed event.
+struct Ask {
+    publisher: String,
+    message_id: String,
+    reply: oneshot::Sender<Result<Seen, LedgerError>>,
+}
+
 /// The writing side of the ledger, shared by the service's tasks.
 #[derive(Clone)]
 pub struct Ledger {
     store: Store,
     ops: mpsc::Sender<Op>,
+    asks: mpsc::Sender<Ask>,
 }
 
 impl Ledger {
-    /// Starts the writer task; it ends when the last `Ledger` is dropped.
+    /// Starts the writer and the reader tasks; they end when the last `Ledger` is dropped.
     pub fn start(store: Store, metrics: Metrics) -> Ledger {
         let (ops, rx) = mpsc::channel(4 * MAX_BATCH);
+        let (asks, questions) = mpsc::channel(4 * MAX_BATCH);
         metrics.ledger_up.set(1);
-        tokio::spawn(run(store.clone(), rx, metrics));
-        Ledger { store, ops }
+        tokio::spawn(run(store.clone(), rx, metrics.clone()));
+        tokio::spawn(read(store.clone(), questions, metrics));
+        Ledger { store, ops, asks }
+    }
+
+    /// What the ledger holds of a routed event: nothing, or each of its notifications with
+    /// its status. Asked before an event is delivered; many questions are answered by one
+    /// query. Once a commit has found that the store takes no writes, the answers wait until
+    /// it does again, so nothing more is sent that could not be recorded.
+    pub async fn seen(&self, publisher: &str, message_id: &str) -> Result<Seen, LedgerError> {
+        let (reply, answer) = oneshot::channel();
+        self.asks
+            .send(Ask {
+                publisher: publisher.to_owned(),
+                message_id: message_id.to_owned(),
+                reply,
+            })
+            .await
+            .map_err(|_| LedgerError::Stopped)?;
+        answer.await.map_err(|_| LedgerError::Stopped)?
+    }
+
+    /// Records a handled event in one commit: the event, the notifications routing made of it
+    /// (or those handled again, for an event seen before) and how each handling ended, with
+    /// its attempt. Returns once committed.
+    pub async fn handled(
+        &self,
+        event: EventRecord,
+        notifications: Vec<NotificationRecord>,
+        updates: Vec<Update>,
+    ) -> Result<(), LedgerError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Op::Event {
+            event,
+            notifications,
+            updates,
+            asks: false,
+            reply,
+        })
+        .await?;
+        answer.await.map_err(|_| LedgerError::Stopped)?.map(drop)
     }
 
     pub fn store(&self) -> &Store {
@@ -102,6 +144,8 @@ impl Ledger {
         self.send(Op::Event {
             event,
             notifications,
+            updates: Vec::new(),
+            asks: true,
             reply,
         })
         .await?;
@@ -127,36 +171,19 @@ impl Ledger {
     }
 }
 
-/// Transactions in flight at once. SQLite has one writer at a time. On PostgreSQL a commit is
-/// six to ten round trips to the server, each waiting for its process to be scheduled, and the
-/// writer would sit idle through them: a few transactions overlap instead, each taking what
-/// queued since the last one began (every caller still waits for the commit of its own rows).
-fn writers(backend: Backend) -> usize {
-    match backend {
-        Backend::Sqlite => 1,
-        Backend::Postgres => 4,
-    }
-}
-
+/// Takes whatever queued while the last commit ran and commits it, one transaction at a time.
+/// One writer, on both backends: SQLite has one writer at a time anyway, and on PostgreSQL
+/// overlapping transactions split the same rows into smaller commits, each costing the server
+/// its own round trips, planning and log flush (measured: four writers took twice the
+/// server's CPU per event of one, for less throughput; docs/performance.md). One writer also
+/// keeps the commits in the order the operations were queued, so a retry's outcome never
+/// lands before the row it changes.
 async fn run(store: Store, mut rx: mpsc::Receiver<Op>, metrics: Metrics) {
-    let writers = writers(store.backend());
-    let slots = Arc::new(Semaphore::new(writers));
-    loop {
-        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
-            break;
-        };
-        let mut batch = Vec::with_capacity(MAX_BATCH);
-        if rx.recv_many(&mut batch, MAX_BATCH).await == 0 {
-            break;
-        }
-        let (store, metrics) = (store.clone(), metrics.clone());
-        tokio::spawn(async move {
-            write_batch(&store, batch, &metrics).await;
-            drop(slot);
-        });
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        write_batch(&store, std::mem::take(&mut batch), &metrics).await;
+        batch.reserve(MAX_BATCH);
     }
-    // The last operations are answered before the task ends.
-    let _ = slots.acquire_many(writers as u32).await;
 }
 
 /// Commits one batch, waiting while the store takes no writes; answers every operation.
@@ -175,23 +202,115 @@ async fn write_batch(store: &Store, mut batch: Vec<Op>, metrics: &Metrics) {
                 return;
             }
             Err(e) => {
-                if let Err(probe) = store.probe().await {
-                    let reason = crate::mask::scrub(&probe.to_string(), store.shown());
-                    metrics.ledger_up.set(0);
-                    if store.health().set(Some(reason.clone())) {
-                        error!(ledger = store.shown(), error = %reason, "the ledger takes no writes; no event is acknowledged until it does");
-                    }
+                if down(store, metrics).await {
                     tokio::time::sleep(wait).await;
                     wait = Duration::from_secs(5);
                     continue;
                 }
-                back_up(store, metrics);
                 warn!(error = %e, operations = batch.len(), "a group of ledger rows was refused; writing them one by one");
                 one_by_one(store, batch, metrics).await;
                 return;
             }
         }
     }
+}
+
+/// Whether the store takes no writes now, found by writing one small row (a probe): said once
+/// per change (log line, `herald_ledger_up`, `/readyz`).
+async fn down(store: &Store, metrics: &Metrics) -> bool {
+    match store.probe().await {
+        Err(probe) => {
+            let reason = crate::mask::scrub(&probe.to_string(), store.shown());
+            metrics.ledger_up.set(0);
+            if store.health().set(Some(reason.clone())) {
+                error!(ledger = store.shown(), error = %reason, "the ledger takes no writes; no event is acknowledged until it does");
+            }
+            true
+        }
+        Ok(()) => {
+            back_up(store, metrics);
+            false
+        }
+    }
+}
+
+/// Answers the questions asked of the ledger before delivery, all that queued while the last
+/// query ran in one query. It reads beside the writer (a SQLite reader does not wait for the
+/// writer). While the store takes no writes, the answers wait.
+async fn read(store: Store, mut rx: mpsc::Receiver<Ask>, metrics: Metrics) {
+    let mut asks = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut asks, MAX_BATCH).await > 0 {
+        let mut wait = Duration::from_secs(1);
+        let answers = loop {
+            if store.health().down().is_some() && down(&store, &metrics).await {
+                tokio::time::sleep(wait).await;
+                wait = Duration::from_secs(5);
+                continue;
+            }
+            match look_up(&store, &asks).await {
+                Ok(before) => break Ok(before),
+                Err(_) if down(&store, &metrics).await => {
+                    tokio::time::sleep(wait).await;
+                    wait = Duration::from_secs(5);
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        for ask in asks.drain(..) {
+            let seen = match &answers {
+                Ok(before) => Ok(before
+                    .get(&(ask.publisher, ask.message_id))
+                    .map_or(Seen::New, |b| Seen::Before(b.clone()))),
+                Err(e) => Err(store.error(e)),
+            };
+            let _ = ask.reply.send(seen);
+        }
+    }
+}
+
+/// What the ledger holds of the routed events asked about.
+async fn look_up(store: &Store, asks: &[Ask]) -> Result<Before, sqlx::Error> {
+    use sqlx::Arguments;
+    let rows = match store.backend() {
+        Backend::Postgres => {
+            let mut pairs = Rows::new(2);
+            for a in asks {
+                pairs.push([V::Text(&a.publisher), V::Text(&a.message_id)]);
+            }
+            sqlx::query(Table::Seen.postgres())
+                .bind(pairs.json()?)
+                .fetch_all(store.pool())
+                .await?
+        }
+        Backend::Sqlite => {
+            let mut rows = Vec::new();
+            for piece in asks.chunks(SQLITE_ROWS) {
+                let mut args = sqlx::any::AnyArguments::default();
+                for a in piece {
+                    args.add(a.publisher.as_str())
+                        .map_err(sqlx::Error::Encode)?;
+                    args.add(a.message_id.as_str())
+                        .map_err(sqlx::Error::Encode)?;
+                }
+                let sql = seen_sql(Src::Values {
+                    rows: piece.len(),
+                    width: 2,
+                });
+                rows.extend(
+                    sqlx::query_with(&sql, args)
+                        .persistent(false)
+                        .fetch_all(store.pool())
+                        .await?,
+                );
+            }
+            rows
+        }
+    };
+    let mut before = Before::new();
+    for r in &rows {
+        read_seen(&mut before, r)?;
+    }
+    Ok(before)
 }
 
 fn back_up(store: &Store, metrics: &Metrics) {
@@ -231,327 +350,306 @@ fn answer(batch: Vec<Op>, mut found: Found) {
     }
 }
 
-/// A bound value.
-enum V<'a> {
-    Text(&'a str),
-    OptText(Option<&'a str>),
-    Int(i64),
-    OptInt(Option<i64>),
+/// A batch's rows, table by table.
+struct Tables<'a> {
+    rows: [Rows<'a>; 7],
 }
 
-/// One statement of many rows: `head` then `(...), (...)` with binds in order, then `tail`.
-///
-/// PostgreSQL takes `$N`. SQLite takes plain `?`: it looks each `$N` (or `?N`) up by name
-/// among the statement's parameters, once when parsing and again when binding, which is
-/// quadratic in the parameters of a statement of hundreds of rows (strncmp and
-/// sqlite3_bind_parameter_name were 27% of Herald's CPU samples with the SQLite ledger).
-struct Rows<'a> {
-    sql: String,
-    args: AnyArguments<'a>,
-    numbered: bool,
-    n: usize,
-    rows: usize,
-}
-
-impl<'a> Rows<'a> {
-    fn new(head: &str, backend: Backend) -> Rows<'a> {
-        Rows {
-            sql: head.to_owned(),
-            args: AnyArguments::default(),
-            numbered: backend == Backend::Postgres,
-            n: 0,
-            rows: 0,
+impl<'a> Tables<'a> {
+    fn of(batch: &'a [Op], now: i64) -> Tables<'a> {
+        let mut seen = Rows::new(2);
+        let mut events = Rows::new(8);
+        let mut persons = Rows::new(3);
+        let mut notifications = Rows::new(NOTIFICATION_WIDTH);
+        // The last update of each notification in the batch wins; every attempt is kept.
+        let mut updates: HashMap<&str, &Update> = HashMap::new();
+        let mut attempts = Rows::new(6);
+        let mut endpoints: HashMap<(&str, &str), &EndpointRecord> = HashMap::new();
+        for op in batch {
+            match op {
+                Op::Event {
+                    event: e,
+                    notifications: made,
+                    updates: outcomes,
+                    ..
+                } => {
+                    let id: [V; 2] = [(&e.publisher).into(), (&e.message_id).into()];
+                    events.push([
+                        id[0],
+                        id[1],
+                        (&e.event_type).into(),
+                        e.version.into(),
+                        e.occurred_at.map(ms).into(),
+                        ms(e.received_at).into(),
+                        e.outcome.as_str().into(),
+                        e.reason.as_ref().into(),
+                    ]);
+                    if e.outcome != EventOutcome::Routed {
+                        continue;
+                    }
+                    if op.asks() {
+                        seen.push(id);
+                    }
+                    for p in &e.persons {
+                        persons.push([id[0], id[1], p.into()]);
+                    }
+                    // Each notification is written as its handling ended, if it has.
+                    let ended: HashMap<&str, &Update> =
+                        outcomes.iter().map(|u| (u.key.as_str(), u)).collect();
+                    for n in made {
+                        let u = ended.get(n.key.as_str());
+                        notifications.push([
+                            id[0],
+                            id[1],
+                            (&n.key).into(),
+                            (&n.route).into(),
+                            (&n.recipient).into(),
+                            n.class().into(),
+                            (&n.channel).into(),
+                            n.sla_rule.as_ref().into(),
+                            n.deadline.map(ms).into(),
+                            u.map_or(n.status, |u| u.status).as_str().into(),
+                            u.map_or(n.reason.as_ref(), |u| u.reason.as_ref()).into(),
+                            u.map_or(0, |u| u.attempts).into(),
+                            u.and_then(|u| u.first_failure_at.map(ms)).into(),
+                            u.and_then(|u| u.delivered_at.map(ms)).into(),
+                            u.and_then(|u| u.sla_outcome).into(),
+                            u.and_then(|u| u.sent_hash.as_ref()).into(),
+                            now.into(),
+                        ]);
+                    }
+                    for u in outcomes {
+                        if !made.iter().any(|n| n.key == u.key) {
+                            updates.insert(&u.key, u);
+                        }
+                        if let Some(a) = &u.attempt {
+                            attempts.push(attempt_row(&u.key, a));
+                        }
+                    }
+                }
+                Op::Update { update, .. } => {
+                    updates.insert(&update.key, update);
+                    if let Some(a) = &update.attempt {
+                        attempts.push(attempt_row(&update.key, a));
+                    }
+                }
+                Op::Endpoint { endpoint: e, .. } => {
+                    endpoints.insert((&e.recipient, &e.channel), e);
+                }
+            }
+        }
+        let mut update_rows = Rows::new(9);
+        for u in updates.into_values() {
+            update_rows.push([
+                (&u.key).into(),
+                u.status.as_str().into(),
+                u.reason.as_ref().into(),
+                u.attempts.into(),
+                u.first_failure_at.map(ms).into(),
+                u.delivered_at.map(ms).into(),
+                u.sla_outcome.into(),
+                u.sent_hash.as_ref().into(),
+                now.into(),
+            ]);
+        }
+        let mut endpoint_rows = Rows::new(5);
+        for e in endpoints.into_values() {
+            endpoint_rows.push([
+                (&e.recipient).into(),
+                (&e.channel).into(),
+                e.state.into(),
+                ms(e.since).into(),
+                e.reason.as_ref().into(),
+            ]);
+        }
+        Tables {
+            rows: [
+                seen,
+                events,
+                persons,
+                notifications,
+                update_rows,
+                attempts,
+                endpoint_rows,
+            ],
         }
     }
 
-    fn row(&mut self, values: Vec<V<'a>>) -> Result<(), sqlx::Error> {
-        if self.rows > 0 {
-            self.sql.push_str(", ");
-        }
-        self.sql.push('(');
-        for (i, v) in values.into_iter().enumerate() {
-            if i > 0 {
-                self.sql.push_str(", ");
-            }
-            self.n += 1;
-            if self.numbered {
-                self.sql.push('$');
-                self.sql.push_str(itoa::Buffer::new().format(self.n));
-            } else {
-                self.sql.push('?');
-            }
-            let added = match v {
-                V::Text(s) => self.args.add(s),
-                V::OptText(s) => self.args.add(s),
-                V::Int(i) => self.args.add(i),
-                V::OptInt(i) => self.args.add(i),
-            };
-            added.map_err(sqlx::Error::Encode)?;
-        }
-        self.sql.push(')');
-        self.rows += 1;
-        Ok(())
+    fn get(&self, t: Table) -> &Rows<'a> {
+        &self.rows[t as usize]
     }
+}
+
+fn attempt_row<'a>(key: &'a str, a: &'a AttemptRecord) -> [V<'a>; 6] {
+    [
+        key.into(),
+        ms(a.at).into(),
+        i64::try_from(a.duration.as_millis())
+            .unwrap_or(i64::MAX)
+            .into(),
+        a.outcome.into(),
+        a.code.map(i64::from).into(),
+        a.breaker.into(),
+    ]
+}
+
+/// Each routed event seen before, by (publisher, message_id): its notifications' statuses.
+type Before = HashMap<(String, String), HashMap<String, Status>>;
+
+fn read_seen(before: &mut Before, r: &sqlx::any::AnyRow) -> Result<(), sqlx::Error> {
+    let entry = before.entry((r.try_get(0)?, r.try_get(1)?)).or_default();
+    if let (Some(key), Some(status)) = (
+        r.try_get::<Option<String>, _>(2)?,
+        r.try_get::<Option<String>, _>(3)?,
+    ) {
+        entry.insert(key, status.parse().unwrap_or(Status::Pending));
+    }
+    Ok(())
 }
 
 /// Writes a batch in one transaction.
 async fn commit(store: &Store, batch: &[Op], metrics: &Metrics) -> Result<Found, sqlx::Error> {
+    let tables = Tables::of(batch, ms(chrono::Utc::now()));
     let mut conn = store.pool().acquire().await?;
-    let written = async {
-        let mut tx = conn.begin().await?;
-        let found = write(&mut tx, store.backend(), batch, metrics).await?;
-        tx.commit().await?;
-        Ok(found)
-    }
-    .await;
+    let written = match store.backend() {
+        Backend::Sqlite => write_sqlite(&mut conn, &tables).await,
+        Backend::Postgres => write_postgres(&mut conn, &tables).await,
+    };
     if written.is_err() {
         // Not given back to the pool: after a disk full or an I/O error, SQLite can keep the
-        // connection in an error state that holds the write lock, so every other connection
-        // would find the ledger locked even once the disk takes writes again.
+        // connection in an error state that holds the write lock (and a script that failed
+        // part-way leaves its transaction open), so every other connection would find the
+        // ledger locked even once the disk takes writes again. Closing it rolls back.
         conn.close_on_drop();
     }
-    written
-}
-
-async fn write(
-    tx: &mut Transaction<'_, Any>,
-    backend: Backend,
-    batch: &[Op],
-    metrics: &Metrics,
-) -> Result<Found, sqlx::Error> {
-    let events: Vec<(usize, &EventRecord, &[NotificationRecord])> = batch
-        .iter()
-        .enumerate()
-        .filter_map(|(i, op)| match op {
-            Op::Event {
-                event,
-                notifications,
-                ..
-            } => Some((i, event, notifications.as_slice())),
-            _ => None,
-        })
-        .collect();
-    // Routed events: (publisher, message_id) -> the row's id, for those inserted now.
-    let mut ids: HashMap<(String, String), i64> = HashMap::new();
-    for chunk in statements(&events) {
-        let mut rows = Rows::new(
-            "INSERT INTO events (publisher, message_id, event_type, version, occurred_at, \
-             received_at, outcome, reason) VALUES ",
-            backend,
-        );
-        for (_, e, _) in chunk {
-            rows.row(vec![
-                V::Text(&e.publisher),
-                V::Text(&e.message_id),
-                V::Text(&e.event_type),
-                V::OptInt(e.version),
-                V::OptInt(e.occurred_at.map(ms)),
-                V::Int(ms(e.received_at)),
-                V::Text(e.outcome.as_str()),
-                V::OptText(e.reason.as_deref()),
-            ])?;
-        }
-        rows.sql.push_str(
-            " ON CONFLICT (publisher, message_id) WHERE outcome = 'routed' DO NOTHING \
-             RETURNING id, publisher, message_id, outcome",
-        );
-        let returned = sqlx::query_with(&rows.sql, rows.args)
-            .fetch_all(&mut **tx)
-            .await?;
-        metrics
-            .ledger_rows
-            .with_label_values(&["events"])
-            .inc_by(returned.len() as u64);
-        for r in returned {
-            if r.try_get::<String, _>(3)? == EventOutcome::Routed.as_str() {
-                ids.insert((r.try_get(1)?, r.try_get(2)?), r.try_get(0)?);
-            }
+    let (before, written) = written?;
+    for (table, n) in written {
+        if let Some(label) = table.counted().filter(|_| n > 0) {
+            metrics.ledger_rows.with_label_values(&[label]).inc_by(n);
         }
     }
     let mut found = Found::new();
-    // (event id, when the event was received, notification) for every routed event, new or
-    // seen before: a notification is made when its event is received.
-    let mut made: Vec<(i64, i64, &NotificationRecord)> = Vec::new();
-    let mut persons: Vec<(i64, &str)> = Vec::new();
-    for (i, e, notifications) in &events {
-        if e.outcome != EventOutcome::Routed {
-            continue;
-        }
-        let id = match ids.get(&(e.publisher.clone(), e.message_id.clone())) {
-            Some(id) => {
-                persons.extend(e.persons.iter().map(|p| (*id, p.as_str())));
-                (*id, ms(e.received_at))
-            }
-            None => {
-                // Routed before: what became of each of its notifications.
-                let rows = sqlx::query(
-                    "SELECT e.id, n.key, n.status, e.received_at FROM events e \
-                     LEFT JOIN notifications n ON n.event_id = e.id \
-                     WHERE e.publisher = $1 AND e.message_id = $2 AND e.outcome = 'routed'",
-                )
-                .bind(&e.publisher)
-                .bind(&e.message_id)
-                .fetch_all(&mut **tx)
-                .await?;
-                let Some(first) = rows.first() else {
-                    return Err(sqlx::Error::RowNotFound);
-                };
-                let id: i64 = first.try_get(0)?;
-                let mut before = HashMap::new();
-                for r in &rows {
-                    if let (Some(key), Some(status)) = (
-                        r.try_get::<Option<String>, _>(1)?,
-                        r.try_get::<Option<String>, _>(2)?,
-                    ) {
-                        before.insert(key, status.parse().unwrap_or(Status::Pending));
-                    }
-                }
-                found.insert(*i, Seen::Before(before));
-                // A notification added to an event seen before is of that event's time.
-                (id, first.try_get(3)?)
-            }
-        };
-        let (id, received) = id;
-        made.extend(notifications.iter().map(|n| (id, received, n)));
-    }
-    for chunk in statements(&persons) {
-        let mut rows = Rows::new(
-            "INSERT INTO persons (event_id, identifier) VALUES ",
-            backend,
-        );
-        for (id, p) in chunk {
-            rows.row(vec![V::Int(*id), V::Text(p)])?;
-        }
-        sqlx::query_with(&rows.sql, rows.args)
-            .execute(&mut **tx)
-            .await?;
-    }
-    let now = ms(chrono::Utc::now());
-    for chunk in statements(&made) {
-        let mut rows = Rows::new(
-            "INSERT INTO notifications (key, event_id, route, recipient, recipient_class, \
-             channel, sla_rule, deadline, created_at, status, reason, updated_at) VALUES ",
-            backend,
-        );
-        for (id, received, n) in chunk {
-            rows.row(vec![
-                V::Text(&n.key),
-                V::Int(*id),
-                V::Text(&n.route),
-                V::Text(&n.recipient),
-                V::Text(n.class()),
-                V::Text(&n.channel),
-                V::OptText(n.sla_rule.as_deref()),
-                V::OptInt(n.deadline.map(ms)),
-                V::Int(*received),
-                V::Text(n.status.as_str()),
-                V::OptText(n.reason.as_deref()),
-                V::Int(now),
-            ])?;
-        }
-        rows.sql.push_str(" ON CONFLICT (key) DO NOTHING");
-        let done = sqlx::query_with(&rows.sql, rows.args)
-            .execute(&mut **tx)
-            .await?;
-        metrics
-            .ledger_rows
-            .with_label_values(&["notifications"])
-            .inc_by(done.rows_affected());
-    }
-    // The last update of each notification in the batch wins; every attempt is kept.
-    let mut updates: HashMap<&str, &Update> = HashMap::new();
-    let mut attempts = Vec::new();
-    for op in batch {
-        if let Op::Update { update, .. } = op {
-            updates.insert(&update.key, update);
-            if let Some(a) = &update.attempt {
-                attempts.push((update.key.as_str(), a));
-            }
-        }
-    }
-    let updates: Vec<&Update> = updates.into_values().collect();
-    for chunk in statements(&updates) {
-        let mut rows = Rows::new(
-            "UPDATE notifications SET status = v.column2, reason = v.column3, \
-             attempts = v.column4, first_failure_at = v.column5, delivered_at = v.column6, \
-             sla_outcome = v.column7, sent_hash = v.column8, updated_at = v.column9 \
-             FROM (VALUES ",
-            backend,
-        );
-        for u in chunk {
-            rows.row(vec![
-                V::Text(&u.key),
-                V::Text(u.status.as_str()),
-                V::OptText(u.reason.as_deref()),
-                V::Int(u.attempts),
-                V::OptInt(u.first_failure_at.map(ms)),
-                V::OptInt(u.delivered_at.map(ms)),
-                V::OptText(u.sla_outcome),
-                V::OptText(u.sent_hash.as_deref()),
-                V::Int(now),
-            ])?;
-        }
-        rows.sql
-            .push_str(") AS v WHERE notifications.key = v.column1");
-        sqlx::query_with(&rows.sql, rows.args)
-            .execute(&mut **tx)
-            .await?;
-    }
-    for chunk in statements(&attempts) {
-        let mut rows = Rows::new(
-            "INSERT INTO attempts (notification_key, at, duration_ms, outcome, code, breaker) \
-             VALUES ",
-            backend,
-        );
-        for (key, a) in chunk {
-            rows.row(vec![
-                V::Text(key),
-                V::Int(ms(a.at)),
-                V::Int(i64::try_from(a.duration.as_millis()).unwrap_or(i64::MAX)),
-                V::Text(a.outcome),
-                V::OptInt(a.code.map(i64::from)),
-                V::Text(a.breaker),
-            ])?;
-        }
-        sqlx::query_with(&rows.sql, rows.args)
-            .execute(&mut **tx)
-            .await?;
-        metrics
-            .ledger_rows
-            .with_label_values(&["attempts"])
-            .inc_by(chunk.len() as u64);
-    }
-    for op in batch {
-        if let Op::Endpoint { endpoint: e, .. } = op {
-            sqlx::query(
-                "INSERT INTO endpoints (recipient, channel, state, since, reason) \
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (recipient, channel) DO UPDATE SET \
-                 state = excluded.state, since = excluded.since, reason = excluded.reason",
-            )
-            .bind(&e.recipient)
-            .bind(&e.channel)
-            .bind(e.state)
-            .bind(ms(e.since))
-            .bind(e.reason.as_deref())
-            .execute(&mut **tx)
-            .await?;
-            metrics.ledger_rows.with_label_values(&["endpoints"]).inc();
+    for (i, op) in batch.iter().enumerate() {
+        if let Op::Event { event: e, .. } = op
+            && op.asks()
+            && let Some(seen) = before.get(&(e.publisher.clone(), e.message_id.clone()))
+        {
+            found.insert(i, Seen::Before(seen.clone()));
         }
     }
     Ok(found)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// What a commit found of the events asked about, and the rows each table's statements wrote.
+type Written = (Before, Vec<(Table, u64)>);
 
-    #[test]
-    fn rows_go_in_statements_of_the_fixed_sizes_only() {
-        let rows: Vec<usize> = (0..343).collect();
-        let sizes: Vec<usize> = statements(&rows).map(<[usize]>::len).collect();
-        assert_eq!(sizes, [256, 64, 16, 4, 1, 1, 1]);
-        let again: Vec<usize> = statements(&rows).flatten().copied().collect();
-        assert_eq!(again, rows);
-        assert_eq!(statements::<usize>(&[]).count(), 0);
+/// SQLite: the whole transaction in one script.
+async fn write_sqlite(
+    conn: &mut sqlx::pool::PoolConnection<Any>,
+    tables: &Tables<'_>,
+) -> Result<Written, sqlx::Error> {
+    use futures_util::StreamExt;
+    use sqlx::Arguments;
+    let mut script = String::from("BEGIN IMMEDIATE;\n");
+    let mut args = sqlx::any::AnyArguments::default();
+    // The table each statement of the script writes, in order.
+    let mut order = Vec::new();
+    for table in Table::ALL {
+        let rows = tables.get(table);
+        for piece in rows.pieces(SQLITE_ROWS) {
+            let src = Src::Values {
+                rows: piece.len() / rows.width,
+                width: rows.width,
+            };
+            script.push_str(&table.sql(src));
+            script.push_str(";\n");
+            for v in piece {
+                match *v {
+                    V::Text(t) => args.add(t),
+                    V::Int(i) => args.add(i),
+                    V::Null => args.add(None::<i64>),
+                }
+                .map_err(sqlx::Error::Encode)?;
+            }
+            order.push(table);
+        }
     }
+    script.push_str("COMMIT");
+    // BEGIN, each statement, COMMIT.
+    let statements = order.len() + 2;
+    let mut before = Before::new();
+    let mut results = Vec::with_capacity(statements);
+    // Several statements in one query: deprecated by sqlx for its other drivers, and kept in
+    // the SQLite driver of the version pinned in Cargo.toml. Not kept in the statement cache:
+    // each commit's script has its own numbers of rows.
+    #[allow(deprecated)]
+    let mut stream = sqlx::query_with(&script, args)
+        .persistent(false)
+        .fetch_many(&mut **conn);
+    while let Some(result) = stream.next().await {
+        match result? {
+            sqlx::Either::Left(done) => results.push(done.rows_affected()),
+            sqlx::Either::Right(row) => read_seen(&mut before, &row)?,
+        }
+    }
+    drop(stream);
+    if results.len() != statements {
+        // The script stopped early without an error: nothing is known to be committed.
+        return Err(sqlx::Error::Protocol(format!(
+            "the ledger's commit ran {} of its {statements} statements",
+            results.len()
+        )));
+    }
+    let written = order.into_iter().zip(results.into_iter().skip(1)).collect();
+    Ok((before, written))
+}
+
+/// PostgreSQL: statement by statement in a transaction (its protocol takes one statement
+/// with parameters at a time), the empty ones skipped.
+async fn write_postgres(
+    conn: &mut sqlx::pool::PoolConnection<Any>,
+    tables: &Tables<'_>,
+) -> Result<Written, sqlx::Error> {
+    let mut tx = conn.begin().await?;
+    let mut before = Before::new();
+    let mut written = Vec::new();
+    for table in Table::ALL {
+        let rows = tables.get(table);
+        if rows.is_empty() || table == Table::Seen {
+            continue;
+        }
+        let query = sqlx::query(table.postgres()).bind(rows.json()?);
+        if table == Table::Events {
+            let new = query.fetch_all(&mut *tx).await?;
+            written.push((table, new.len() as u64));
+            // The routed events asked about that were not inserted now were routed before:
+            // what became of them, asked after the insert, which waits for any other
+            // transaction inserting the same event.
+            let new: std::collections::HashSet<(String, String)> = new
+                .iter()
+                .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+                .collect::<Result<_, sqlx::Error>>()?;
+            let mut old = Rows::new(2);
+            for pair in tables.get(Table::Seen).values.chunks(2) {
+                if let [V::Text(p), V::Text(m)] = pair
+                    && !new.contains(&((*p).to_owned(), (*m).to_owned()))
+                {
+                    old.push([V::Text(p), V::Text(m)]);
+                }
+            }
+            if !old.is_empty() {
+                for r in sqlx::query(Table::Seen.postgres())
+                    .bind(old.json()?)
+                    .fetch_all(&mut *tx)
+                    .await?
+                {
+                    read_seen(&mut before, &r)?;
+                }
+            }
+        } else {
+            written.push((table, query.execute(&mut *tx).await?.rows_affected()));
+        }
+    }
+    tx.commit().await?;
+    Ok((before, written))
 }

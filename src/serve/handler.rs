@@ -200,10 +200,12 @@ async fn route_and_deliver(ctx: &Ctx, event: Event, received_at: DateTime<Utc>) 
     let (records, problems) =
         rows::of_routing(&event, &pending, &routing.skipped, &routing.problems);
     let record = rows::event_record(&event, EventOutcome::Routed, received_at);
-    let seen = match ctx.ledger.event(record, records).await {
+    // Asked before anything is sent; everything is written in one commit once each
+    // notification's handling has ended, and the event is acknowledged after that commit.
+    let seen = match ctx.ledger.seen(&record.publisher, &record.message_id).await {
         Ok(seen) => seen,
         Err(e) => {
-            error!(event_id = %event.id, error = %e, "cannot record the event in the ledger; it goes back to the queue");
+            error!(event_id = %event.id, error = %e, "cannot read the ledger; the event goes back to the queue");
             return false;
         }
     };
@@ -247,6 +249,7 @@ async fn route_and_deliver(ctx: &Ctx, event: Event, received_at: DateTime<Utc>) 
         }
     }
     let mut done = true;
+    let mut updates = Vec::new();
     for (key, p) in problems.iter().filter(|(k, _)| !settled(k)) {
         warn!(event_id = %event.id, event_type = %event.event_type, route = p.route(), outcome = p.kind(), detail = %p, "notification not made");
         match park::problem(&ctx.publisher(), &ctx.settings.failed_queue, &event, p).await {
@@ -255,7 +258,7 @@ async fn route_and_deliver(ctx: &Ctx, event: Event, received_at: DateTime<Utc>) 
                     .notifications
                     .with_label_values(&[p.route(), "none", p.kind()])
                     .inc();
-                let update = Update {
+                updates.push(Update {
                     key: key.clone(),
                     status: Status::Parked,
                     reason: Some(p.to_string()),
@@ -265,8 +268,7 @@ async fn route_and_deliver(ctx: &Ctx, event: Event, received_at: DateTime<Utc>) 
                     sla_outcome: None,
                     sent_hash: None,
                     attempt: None,
-                };
-                done &= recorded(ctx.ledger.update(update).await);
+                });
             }
             Err(e) => {
                 error!(event_id = %event.id, error = %e, "cannot park a routing problem; the event stays on the queue");
@@ -278,8 +280,17 @@ async fn route_and_deliver(ctx: &Ctx, event: Event, received_at: DateTime<Utc>) 
     // Each notification carries what it needs: the document is freed now rather than held
     // until the slowest recipient answers.
     drop(event);
-    let outcomes = join_all(pending.into_iter().map(|p| attempt(ctx, p))).await;
-    done && outcomes.iter().all(|o| *o != Outcome::Retry)
+    for (outcome, update) in join_all(pending.into_iter().map(|p| attempt(ctx, p))).await {
+        done &= outcome != Outcome::Retry;
+        updates.extend(update);
+    }
+    // An event seen before: only what was handled again is written.
+    let records = if first_time {
+        records
+    } else {
+        records.into_iter().filter(|r| !settled(&r.key)).collect()
+    };
+    done && recorded(ctx.ledger.handled(record, records, updates).await)
 }
 
 /// A copy of an event already routed: counted, recorded, and acknowledged.
@@ -353,7 +364,11 @@ pub async fn handle_retry(ctx: &Ctx, delivery: Delivery) {
                 info!(key = %pending.key, "retry of a notification already delivered; not sent again");
                 true
             } else {
-                attempt(ctx, pending).instrument(span).await != Outcome::Retry
+                match attempt(ctx, pending).instrument(span).await {
+                    (Outcome::Retry, _) => false,
+                    (_, Some(update)) => recorded(ctx.ledger.update(update).await),
+                    (_, None) => true,
+                }
             }
         }
         Err(e) => {
@@ -377,8 +392,9 @@ fn event_span(message_id: &str, event_type: &str, publisher: &str) -> Span {
 }
 
 /// One delivery attempt, in a span of its own inside the event's: which recipient, by which
-/// channel, which attempt.
-async fn attempt(ctx: &Ctx, p: Pending) -> Outcome {
+/// channel, which attempt. How it ended, and the ledger's update saying so, for the caller to
+/// write (with its event's rows, or on its own for a retry).
+async fn attempt(ctx: &Ctx, p: Pending) -> (Outcome, Option<Update>) {
     let span = info_span!(
         "delivery",
         recipient = %p.recipient,
@@ -390,7 +406,7 @@ async fn attempt(ctx: &Ctx, p: Pending) -> Outcome {
 
 /// A transient failure is scheduled for a later attempt (or parked when the schedule is
 /// spent); a permanent one is parked.
-async fn attempt_once(ctx: &Ctx, mut p: Pending) -> Outcome {
+async fn attempt_once(ctx: &Ctx, mut p: Pending) -> (Outcome, Option<Update>) {
     let channel = p.channel().as_str();
     let (at, started) = (Utc::now(), Instant::now());
     let (result, state) = ctx.deliverer.deliver(p.outgoing(), p.replay).await;
@@ -453,11 +469,8 @@ async fn attempt_once(ctx: &Ctx, mut p: Pending) -> Outcome {
                     breaker: state.as_str(),
                 }),
             };
-            if !recorded(ctx.ledger.update(update).await) {
-                return Outcome::Retry;
-            }
             delivered(ctx, &p, now);
-            return Outcome::Delivered;
+            return (Outcome::Delivered, Some(update));
         }
         Err(f) => f,
     };
@@ -496,9 +509,6 @@ async fn attempt_once(ctx: &Ctx, mut p: Pending) -> Outcome {
         Ok(()) => {
             let outcome = DeliveryOutcome::Failed;
             let update = failed_update(&p, Status::of(outcome, Some(parked)), &failure, attempt);
-            if !recorded(ctx.ledger.update(update).await) {
-                return Outcome::Retry;
-            }
             ctx.metrics
                 .notifications
                 .with_label_values(&[&p.route, channel, outcome.as_str()])
@@ -511,11 +521,11 @@ async fn attempt_once(ctx: &Ctx, mut p: Pending) -> Outcome {
                 deadline = p.due().map(|d| d.to_rfc3339()).unwrap_or_default(),
                 "delivery failed; parked"
             );
-            Outcome::Parked
+            (Outcome::Parked, Some(update))
         }
         Err(e) => {
             error!(event_id = %p.event_id, error = %e, "cannot park a failed notification; the message stays on its queue");
-            Outcome::Retry
+            (Outcome::Retry, None)
         }
     }
 }
@@ -528,15 +538,12 @@ async fn schedule(
     attempt: AttemptRecord,
     wait: Duration,
     now: chrono::DateTime<Utc>,
-) -> Outcome {
+) -> (Outcome, Option<Update>) {
     let channel = p.channel().as_str();
     match retry::schedule(&ctx.publisher(), &ctx.settings, &p, wait).await {
         Ok(()) => {
             let outcome = DeliveryOutcome::Retrying;
             let update = failed_update(&p, Status::of(outcome, None), failure, attempt);
-            if !recorded(ctx.ledger.update(update).await) {
-                return Outcome::Retry;
-            }
             ctx.metrics
                 .notifications
                 .with_label_values(&[&p.route, channel, outcome.as_str()])
@@ -552,11 +559,11 @@ async fn schedule(
                 deadline = p.due().map(|d| d.to_rfc3339()).unwrap_or_default(),
                 "delivery failed; retry scheduled"
             );
-            Outcome::Scheduled
+            (Outcome::Scheduled, Some(update))
         }
         Err(e) => {
             error!(event_id = %p.event_id, error = %e, "cannot schedule a retry; the message stays on its queue");
-            Outcome::Retry
+            (Outcome::Retry, None)
         }
     }
 }
