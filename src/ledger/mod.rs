@@ -269,6 +269,11 @@ pub struct Waiting {
     pub deadline: Option<DateTime<Utc>>,
 }
 
+/// The condition of the index of open notifications (migration 0003), written into every
+/// query that should use it: SQLite uses a partial index only for a query that states its
+/// condition.
+pub(crate) const OPEN: &str = "status IN ('pending', 'retrying', 'parked', 'expired')";
+
 pub(crate) fn ms(t: DateTime<Utc>) -> i64 {
     t.timestamp_millis()
 }
@@ -530,9 +535,10 @@ impl Store {
 
     /// Notifications waiting for a retry.
     pub async fn waiting(&self) -> Result<Vec<Waiting>, LedgerError> {
-        let rows = sqlx::query(
-            "SELECT key, route, first_failure_at, deadline FROM notifications WHERE status = $1",
-        )
+        let rows = sqlx::query(&format!(
+            "SELECT key, route, first_failure_at, deadline FROM notifications \
+             WHERE {OPEN} AND status = $1"
+        ))
         .bind(Status::Retrying.as_str())
         .fetch_all(&self.pool)
         .await
@@ -564,9 +570,10 @@ impl Store {
 
     /// Parked and expired notifications, per route.
     pub async fn parked_per_route(&self) -> Result<Vec<(String, i64)>, LedgerError> {
-        let rows = sqlx::query(
-            "SELECT route, COUNT(*) FROM notifications WHERE status IN ($1, $2) GROUP BY route",
-        )
+        let rows = sqlx::query(&format!(
+            "SELECT route, COUNT(*) FROM notifications WHERE {OPEN} AND status IN ($1, $2) \
+             GROUP BY route"
+        ))
         .bind(Status::Parked.as_str())
         .bind(Status::Expired.as_str())
         .fetch_all(&self.pool)

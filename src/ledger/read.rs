@@ -207,9 +207,13 @@ impl Store {
     pub async fn find(&self, id: &str) -> Result<Vec<EventView>, LedgerError> {
         let err = |e: sqlx::Error| self.error(&e);
         let events = sqlx::query(
+            // Each condition as its index has it (the routed events' and the others'), so
+            // both are used.
             "SELECT id, publisher, message_id, event_type, version, occurred_at, received_at, \
              outcome, reason FROM events \
-             WHERE message_id = $1 OR id IN (SELECT event_id FROM notifications WHERE key = $2) \
+             WHERE (message_id = $1 AND outcome = 'routed') \
+             OR (message_id = $1 AND outcome <> 'routed') \
+             OR id IN (SELECT event_id FROM notifications WHERE key = $2) \
              ORDER BY received_at, id",
         )
         .bind(id)
@@ -316,6 +320,13 @@ impl Store {
             "n.status = ?",
             &filter.status.map(|s| s.as_str().to_owned()),
         );
+        if filter
+            .status
+            .is_some_and(|s| !matches!(s, Status::Delivered | Status::Skipped))
+        {
+            // An open status: its index is used.
+            w.conditions.push(format!("n.{}", super::OPEN));
+        }
         w.time("n.created_at >= ?", filter.since);
         w.time("n.created_at < ?", filter.until);
         let limit = w.placeholder(Bind::Int(filter.limit));
@@ -341,8 +352,10 @@ impl Store {
         let mut w = Where::default();
         let parked = w.placeholder(Bind::Text(Status::Parked.as_str().into()));
         let expired = w.placeholder(Bind::Text(Status::Expired.as_str().into()));
-        w.conditions
-            .push(format!("n.status IN ({parked}, {expired})"));
+        w.conditions.push(format!(
+            "n.{} AND n.status IN ({parked}, {expired})",
+            super::OPEN
+        ));
         w.text("n.route = ?", &filter.route);
         w.text("n.recipient = ?", &filter.recipient);
         w.time("n.updated_at >= ?", filter.since);
