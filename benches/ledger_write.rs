@@ -13,7 +13,8 @@
 //! Printed per backend: events per second, CPU of this process per event (Herald's side of the
 //! ledger: building rows, the SQLite library itself, the sqlx threads), the CPU of every other
 //! process on the machine per event meanwhile (on PostgreSQL, mostly its server), and the
-//! group commits made. No figure is a target: this finds where the ledger's time goes.
+//! group commits made, and this process's peak resident set so far (SQLite runs first). No
+//! figure is a target: this finds where the ledger's time and memory go.
 //!
 //! `cargo bench --locked --bench ledger_write`
 
@@ -74,6 +75,19 @@ fn cpu() -> (u64, u64) {
 }
 
 const TICK_US: f64 = 10_000.0;
+
+/// This process's peak resident set so far (VmHWM), in MiB: the SQLite run's, then the
+/// larger of both.
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
 
 /// An event of two notifications, both delivered at the first attempt.
 fn handled(
@@ -220,8 +234,10 @@ fn main() {
             "ledger write path: {events} events of 2 notifications, {concurrency} at once; \
              CPU in microseconds per event"
         );
-        println!("| backend | events/s | this process | other processes | commits |");
-        println!("|---|---:|---:|---:|---:|");
+        println!(
+            "| backend | events/s | this process | other processes | commits | peak RSS MiB |"
+        );
+        println!("|---|---:|---:|---:|---:|---:|");
         let dir = tempfile::tempdir().expect("a temporary folder");
         let sqlite = herald::ledger::sqlite_url(&dir.path().join("ledger.sqlite"));
         let mut backends = vec![(Backend::Sqlite, sqlite, None)];
@@ -232,12 +248,13 @@ fn main() {
         for (backend, url, admin) in backends {
             match measure(&url, events, concurrency).await {
                 Ok(f) => println!(
-                    "| {} | {:.0} | {:.0} | {:.0} | {} |",
+                    "| {} | {:.0} | {:.0} | {:.0} | {} | {:.1} |",
                     backend.as_str(),
                     f.events_per_second,
                     f.own_us,
                     f.others_us,
-                    f.commits
+                    f.commits,
+                    peak_rss_mib()
                 ),
                 Err(e) => println!("| {} | failed: {e} | | | |", backend.as_str()),
             }
