@@ -9,6 +9,7 @@ use std::path::Path;
 use criterion::{Criterion, criterion_group, criterion_main};
 use herald::core::Core;
 use herald::event::EventId;
+use herald::route::Authority;
 
 fn bench(c: &mut Criterion) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -102,8 +103,9 @@ sla = "within 24h"
                 .is_ok()
         })
     });
+    let seed = Authority::seed();
     c.bench_function("parts/route+render court.bail.decided", |b| {
-        b.iter(|| core.route(black_box(&event)).notifications.len())
+        b.iter(|| core.route(black_box(&event), &seed).notifications.len())
     });
 }
 

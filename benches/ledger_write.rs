@@ -180,7 +180,7 @@ async fn measure(url: &str, events: usize, concurrency: usize) -> Result<Figures
                         Err(e) => return Err(e.to_string()),
                     }
                     ledger
-                        .handled(event, made, outcomes)
+                        .handled(event, made, outcomes, None)
                         .await
                         .map_err(|e| e.to_string())?;
                 }

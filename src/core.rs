@@ -7,12 +7,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::config::Config;
-use crate::event::{Event, EventId};
+use crate::event::{Event, EventId, REPRESENTATION_GRANTED, REPRESENTATION_WITHDRAWN};
 use crate::intake::{Intake, Message, Publishers, Rejection, SchemaSet};
 use crate::render::Renderer;
 use crate::render::Routing;
 use crate::route::{
-    Directory, Engine, Recipient, RecipientClass, RecipientId, Redaction, Route, Selector, View,
+    Authority, Directory, Engine, Recipient, RecipientClass, RecipientId, Redaction, Route,
+    Selector, View,
 };
 use crate::sla::Calendar;
 
@@ -113,7 +114,11 @@ impl Core {
 
         match (schemas, renderer, calendar) {
             (Some(schemas), Some(renderer), Some(calendar)) if errors.is_empty() => Ok(Core {
-                intake: Intake::new(schemas, &config.limits),
+                intake: Intake::new(schemas, &config.limits).with_representatives(
+                    directory
+                        .of_class(RecipientClass::LegalRep)
+                        .map(|r| r.id.to_string()),
+                ),
                 publishers,
                 engine: Engine {
                     routes,
@@ -145,16 +150,28 @@ impl Core {
         usize::try_from(self.config.limits.max_header_bytes.as_u64()).unwrap_or(usize::MAX)
     }
 
-    /// Checks a body and routes the event.
+    /// Checks a body and routes the event, with routes.toml's `acts_for` as the only
+    /// authority (the offline tools have no register).
     pub fn process(&self, body: &[u8], id: EventId) -> Result<(Event, Routing), Rejection> {
         let event = self.intake.accept(body, id)?;
-        let routing = self.route(&event);
+        let routing = self.route(&event, &Authority::seed());
         Ok((event, routing))
     }
 
-    /// Every notification for an event: the engine's plan, rendered. Pure: no I/O, no clock.
-    pub fn route(&self, event: &Event) -> Routing {
-        self.renderer.render(event, self.engine.plan(event))
+    /// Every notification for an event: the engine's plan, rendered, with the authority
+    /// register as it bears on the event now. Pure: no I/O, no clock.
+    pub fn route(&self, event: &Event, authority: &Authority) -> Routing {
+        self.renderer
+            .render(event, self.engine.plan(event, authority))
+    }
+
+    /// Whether routing the event could need the authority register: a route it matches
+    /// names a legal representative.
+    pub fn needs_authority(&self, event: &Event) -> bool {
+        self.engine
+            .routes
+            .iter()
+            .any(|r| r.to.iter().any(|s| s.class() == RecipientClass::LegalRep) && r.matches(event))
     }
 
     /// Renders a route's email for an event as `recipient` would get it, whoever the event
@@ -221,7 +238,7 @@ impl Core {
         // Each example as the service would route it: a problem here would be parked for
         // every event like it.
         for (path, event) in &examples {
-            for problem in self.route(event).problems {
+            for problem in self.route(event, &Authority::seed()).problems {
                 report.errors.push(format!(
                     "{file}: example {}: {problem} ({})",
                     path.display(),
@@ -275,6 +292,8 @@ impl Core {
             .schemas()
             .event_types()
             .filter(|t| !routed.contains(t))
+            // Handled by the authority register; a route for them is optional.
+            .filter(|t| ![REPRESENTATION_GRANTED, REPRESENTATION_WITHDRAWN].contains(&t.as_str()))
         {
             report
                 .warnings

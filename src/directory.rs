@@ -11,7 +11,6 @@ use regex::Regex;
 use serde::Serialize;
 
 use crate::config::RecipientConfig;
-use crate::event::Event;
 use crate::notification::Channel;
 
 /// Kinds of recipient; redaction and authority rules are per class.
@@ -116,15 +115,6 @@ impl Recipient {
             Channel::Email => !self.email.is_empty(),
             Channel::Webhook => self.webhook.is_some(),
         }
-    }
-
-    /// Whether this recipient may be told about the event's person. Only legal
-    /// representatives are limited, to the people they have shown authority for.
-    pub fn may_hear_about(&self, event: &Event) -> bool {
-        self.class != RecipientClass::LegalRep
-            || event
-                .identifiers()
-                .any(|(t, v)| self.acts_for.iter().any(|(at, av)| at == t && av == v))
     }
 }
 
@@ -237,6 +227,16 @@ impl Directory {
 
     pub fn get(&self, id: &str) -> Option<&Arc<Recipient>> {
         self.by_id.get(id)
+    }
+
+    /// Whether routes.toml's `acts_for` authorises `representative` for `person`
+    /// (`NOMS:A1234BC`): the authority register's starting state.
+    pub fn seeded(&self, person: &str, representative: &str) -> bool {
+        self.get(representative).is_some_and(|r| {
+            r.acts_for
+                .iter()
+                .any(|(t, v)| person.split_once(':') == Some((t.as_str(), v.as_str())))
+        })
     }
 
     pub fn all(&self) -> impl Iterator<Item = &Arc<Recipient>> {

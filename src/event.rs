@@ -93,6 +93,11 @@ impl fmt::Display for EventType {
     }
 }
 
+/// The authority register's event types: a representative is authorised for a person, or no
+/// longer is.
+pub const REPRESENTATION_GRANTED: &str = "ppud.representation.granted";
+pub const REPRESENTATION_WITHDRAWN: &str = "ppud.representation.withdrawn";
+
 /// An event that is well-formed, known and valid against its schema.
 #[derive(Debug, Clone)]
 pub struct Event {

@@ -98,6 +98,13 @@ pub struct Metrics {
     pub ledger_refused: IntCounterVec,
     /// Events removed by retention.
     pub ledger_pruned: IntCounterVec,
+    /// Authority register events, by change (`grant`, `withdrawal`) and result (`applied`,
+    /// `duplicate`, `withdraws-nothing`, `unknown-representative`).
+    pub authority_changes: IntCounterVec,
+    /// The register's pairs (person, representative), by standing now (`authorised`, `not`).
+    pub authority_pairs: IntGaugeVec,
+    /// Register rows removed by retention.
+    pub authority_pruned: IntCounterVec,
 }
 
 impl Metrics {
@@ -259,6 +266,21 @@ impl Metrics {
             ledger_pruned: counter(
                 "herald_ledger_pruned_total",
                 "Events removed from the ledger by retention, with their notifications and attempts.",
+                &[],
+            ),
+            authority_changes: counter(
+                "herald_authority_changes_total",
+                "Authority register events, by change (grant, withdrawal) and result: applied, duplicate (already in the register), withdraws-nothing (kept, but the register held no grant for the pair), unknown-representative (refused, parked in herald.rejected).",
+                &["change", "result"],
+            ),
+            authority_pairs: int_gauge(
+                "herald_authority_register_pairs",
+                "Pairs of person and legal representative the authority register holds, by standing now: authorised or not.",
+                &["standing"],
+            ),
+            authority_pruned: counter(
+                "herald_authority_pruned_total",
+                "Authority register rows removed by retention (pairs no longer authorised, unchanged for longer than [ledger] keep).",
                 &[],
             ),
             registry,

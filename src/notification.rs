@@ -4,6 +4,7 @@
 
 use std::fmt;
 
+use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
 
 use crate::event::EventId;
@@ -248,13 +249,55 @@ impl fmt::Display for Problem {
     }
 }
 
+/// Why a legal representative may not be told about a person now: what the authority register
+/// (or routes.toml's `acts_for`) holds for the pair. `event` is the `message_id` of the
+/// register event that said so.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "standing", rename_all = "kebab-case")]
+pub enum Unauthorised {
+    /// No authority for this person was ever recorded.
+    NeverShown,
+    /// A grant is recorded that takes effect only from `from`.
+    NotYet { from: NaiveDate, event: String },
+    /// The authority was withdrawn from `from`.
+    Withdrawn { from: NaiveDate, event: String },
+    /// The authority held until the end of `last_day`.
+    Expired { last_day: NaiveDate, event: String },
+}
+
+impl fmt::Display for Unauthorised {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Unauthorised::NeverShown => {
+                f.write_str("has not shown authority to act for this person")
+            }
+            Unauthorised::NotYet { from, event } => write!(
+                f,
+                "is authorised for this person only from {from} (register event {event})"
+            ),
+            Unauthorised::Withdrawn { from, event } => write!(
+                f,
+                "had its authority for this person withdrawn from {from} (register event {event})"
+            ),
+            Unauthorised::Expired { last_day, event } => write!(
+                f,
+                "had authority for this person until {last_day} only (register event {event})"
+            ),
+        }
+    }
+}
+
 /// A notification a route did not make because the recipient may not hear about this person:
 /// the authority rule at work, not a failure. Counted, never parked.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "outcome", rename_all = "kebab-case")]
 pub enum Skip {
-    /// A legal representative the route names has not shown authority for this person.
-    NotAuthorised { route: String, recipient: String },
+    /// A legal representative the route names is not authorised for this person now.
+    NotAuthorised {
+        route: String,
+        recipient: String,
+        why: Unauthorised,
+    },
     /// `legal-rep:*`: no representative in the directory acts for this person.
     NoAuthorisedRecipient { route: String, selector: String },
 }
@@ -278,10 +321,11 @@ impl Skip {
 impl fmt::Display for Skip {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Skip::NotAuthorised { route, recipient } => write!(
-                f,
-                "route {route}: {recipient} has not shown authority to act for this person; not told"
-            ),
+            Skip::NotAuthorised {
+                route,
+                recipient,
+                why,
+            } => write!(f, "route {route}: {recipient} {why}; not told"),
             Skip::NoAuthorisedRecipient { route, selector } => write!(
                 f,
                 "route {route}: {selector}: no one in the directory acts for this person; no one told"

@@ -10,6 +10,7 @@ use herald::event::{Event, EventId};
 use herald::intake::{Message, Reason, Rejection};
 use herald::notification::Problem;
 use herald::render::Routing;
+use herald::route::Authority;
 use proptest::prelude::*;
 use proptest::sample::Index;
 use proptest::test_runner::FileFailurePersistence;
@@ -572,7 +573,7 @@ fn replacement() -> impl Strategy<Value = Replacement> {
 
 /// What must hold of any routing of an accepted event.
 fn check_routing(event: &Event, routing: &Routing) -> Result<(), TestCaseError> {
-    let again = core().route(event);
+    let again = core().route(event, &Authority::seed());
     prop_assert_eq!(
         serde_json::to_value(routing).unwrap(),
         serde_json::to_value(&again).unwrap(),
@@ -663,7 +664,7 @@ fn check_admission(body: &[u8], p: &Props) -> Result<(), TestCaseError> {
             let user = event.id.publisher().unwrap_or_default();
             prop_assert!(core().publishers.allows(user, event.event_type.as_str()));
             prop_assert!(p.header_bytes <= 16 * 1024);
-            check_routing(&event, &core().route(&event))?;
+            check_routing(&event, &core().route(&event, &Authority::seed()))?;
         }
         Err(r) => {
             prop_assert!(

@@ -1384,3 +1384,40 @@ fn route_test_reports_a_missing_file_instead_of_crashing() {
     assert_eq!(run.code, 2, "{run:?}");
     assert!(run.stderr.contains("no-such-event.json"), "{run:?}");
 }
+
+#[test]
+fn authority_list_refuses_what_is_not_a_person_or_a_representative() {
+    let ledger = TempDir::new().unwrap();
+    let url = format!("sqlite://{}", ledger.path().join("none.sqlite").display());
+    let env = [("HERALD_LEDGER_URL", url.as_str())];
+    for (args, says) in [
+        (
+            &["authority", "list", "--person", "A1234BC"][..],
+            "--person takes a NOMS number as NOMS:A1234BC",
+        ),
+        (
+            &["authority", "list", "--representative", "police:WYP-LEEDS"][..],
+            "police:WYP-LEEDS is not a legal representative in the directory",
+        ),
+        (
+            &[
+                "authority",
+                "list",
+                "--person",
+                "NOMS:A1234BC",
+                "--at",
+                "last week",
+            ][..],
+            "--at",
+        ),
+        (&["authority", "list"][..], "--person"),
+    ] {
+        let run = herald_with(args, &env);
+        assert_eq!(run.code, 2, "{args:?}: {run:?}");
+        assert!(run.stderr.contains(says), "{args:?}: {run:?}");
+    }
+    // A ledger that does not exist is not made by a reader.
+    let run = herald_with(&["authority", "list", "--person", "NOMS:A1234BC"], &env);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(!ledger.path().join("none.sqlite").exists());
+}

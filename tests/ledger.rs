@@ -830,6 +830,7 @@ async fn the_writer_records_handled_events(backend: Backend) {
                 outcome(&delivered, Status::Delivered, 1),
                 outcome(&retrying, Status::Retrying, 1),
             ],
+            None,
         )
         .await
         .unwrap();
@@ -864,7 +865,12 @@ async fn the_writer_records_handled_events(backend: Backend) {
     assert_eq!(status(retrying.clone()).await, Some(Status::Delivered));
     // The same event handled again (redelivered) changes nothing it settled.
     ledger
-        .handled(event, made, vec![outcome(&delivered, Status::Retrying, 1)])
+        .handled(
+            event,
+            made,
+            vec![outcome(&delivered, Status::Retrying, 1)],
+            None,
+        )
         .await
         .unwrap();
     assert_eq!(status(delivered.clone()).await, Some(Status::Delivered));
@@ -906,7 +912,7 @@ async fn the_writer_records_handled_events(backend: Backend) {
                 .iter()
                 .map(|n| outcome(&n.key, Status::Delivered, 1))
                 .collect();
-            ledger.handled(event, made, updates).await
+            ledger.handled(event, made, updates, None).await
         }
     });
     for result in futures_util::future::join_all(handled).await {

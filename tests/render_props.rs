@@ -14,7 +14,7 @@ use herald::event::{Event, EventId};
 use herald::intake::Rejection;
 use herald::notification::{Content, Problem};
 use herald::render::{Data, EmailParts, Renderer, SUBJECT_CHARS, TemplateError};
-use herald::route::SHORT_NOTICE;
+use herald::route::{Authority, SHORT_NOTICE};
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
 use serde_json::{Map, Value, json};
@@ -737,7 +737,7 @@ proptest! {
         let event = accepted(&doc).map_err(|r| TestCaseError::fail(r.to_string()))?;
         let context = format!("{} with {changed:#?}", examples()[i].0);
 
-        let routing = core.route(&event);
+        let routing = core.route(&event, &Authority::seed());
         for problem in &routing.problems {
             prop_assert!(
                 !matches!(problem, Problem::RenderFailed { .. }),
@@ -752,7 +752,7 @@ proptest! {
         }
         prop_assert_eq!(
             serde_json::to_value(&routing).unwrap(),
-            serde_json::to_value(reference().route(&event)).unwrap(),
+            serde_json::to_value(reference().route(&event, &Authority::seed())).unwrap(),
             "{}", context
         );
 

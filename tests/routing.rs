@@ -9,12 +9,13 @@ use chrono::{DateTime, Utc};
 use herald::config::Config;
 use herald::core::Core;
 use herald::event::{Event, EventId};
-use herald::notification::{Content, Priority, Problem, Skip, Sla};
+use herald::notification::{Content, Priority, Problem, Skip, Sla, Unauthorised};
 use herald::render::{Notification, Routing};
+use herald::route::Authority;
 use serde_json::{Value, json};
 
 fn route(doc: &Value) -> Routing {
-    common::core().route(&common::accept(doc))
+    common::core().route(&common::accept(doc), &Authority::seed())
 }
 
 fn targets(routing: &Routing) -> BTreeSet<(String, String)> {
@@ -480,7 +481,7 @@ why = "aliases and offence wording are not for the panel in this test"
     )
     .unwrap_or_else(|e| panic!("{e:#?}"));
     let event = common::accept(&common::example("ppud.document.uploaded.json"));
-    let r = core.route(&event);
+    let r = core.route(&event, &Authority::seed());
     assert!(r.problems.is_empty(), "{:?}", r.problems);
     let judge: Vec<&Notification> = r
         .notifications
@@ -509,7 +510,7 @@ why = "aliases and offence wording are not for the panel in this test"
 
     let mut warrant = common::example("court.warrant.issued.json");
     warrant["additionalInformation"]["offences"] = serde_json::json!([{"description": "Theft from a shop"}, {"description": "Assault by beating"}]);
-    let r = core.route(&common::accept(&warrant));
+    let r = core.route(&common::accept(&warrant), &Authority::seed());
     for n in r
         .notifications
         .iter()
@@ -557,7 +558,7 @@ fn the_envelope_description_goes_only_to_the_classes_routes_toml_names() {
     let core = core_with_routes(EVERY_CLASS);
     let mut doc = common::example("ppud.document.uploaded.json");
     doc["description"] = serde_json::json!("Prolific and priority offender: dossier updated");
-    let r = core.route(&common::accept(&doc));
+    let r = core.route(&common::accept(&doc), &Authority::seed());
     assert!(r.problems.is_empty(), "{:?}", r.problems);
     for n in &r.notifications {
         let class = n.recipient.class.as_str();
@@ -589,9 +590,10 @@ to = ["prison:*"]
 template = "prisoner-received"
 "#,
     );
-    let r = core.route(&common::accept(&common::example(
-        "prison.prisoner.received.json",
-    )));
+    let r = core.route(
+        &common::accept(&common::example("prison.prisoner.received.json")),
+        &Authority::seed(),
+    );
     assert!(r.skipped.is_empty());
     assert_eq!(
         r.problems,
@@ -614,7 +616,7 @@ template = "prisoner-released"
 "#,
     );
     let event = common::accept(&common::example("prison.prisoner.released.json"));
-    let r = core.route(&event);
+    let r = core.route(&event, &Authority::seed());
     assert!(r.problems.is_empty(), "{:?}", r.problems);
     for n in &r.notifications {
         let sees = !n.withheld.contains(&"releaseAddress".to_string());
@@ -647,14 +649,15 @@ template = "document-uploaded"
 "#,
     );
     let event = common::accept(&common::example("ppud.document.uploaded--recall.json"));
-    let r = core.route(&event);
+    let r = core.route(&event, &Authority::seed());
     assert!(r.notifications.is_empty());
     assert!(r.problems.is_empty(), "{:?}", r.problems);
     assert_eq!(
         r.skipped,
         [Skip::NotAuthorised {
             route: "lawyer".into(),
-            recipient: "legal-rep:SMITH-AND-CO".into()
+            recipient: "legal-rep:SMITH-AND-CO".into(),
+            why: Unauthorised::NeverShown
         }]
     );
     assert_eq!(
@@ -675,7 +678,7 @@ fn idempotency_keys_are_stable_per_event_route_recipient_and_channel() {
             .accept(&body, EventId::new(id))
             .unwrap();
         common::core()
-            .route(&event)
+            .route(&event, &Authority::seed())
             .notifications
             .iter()
             .map(|n| n.key.to_string())
@@ -782,10 +785,10 @@ fn compiled_templates_render_exactly_what_handlebars_renders() {
                 continue;
             };
             // The engine drafts each email once for the recipients who see the same data.
-            let routed = serde_json::to_value(fast.route(&event)).unwrap();
+            let routed = serde_json::to_value(fast.route(&event, &Authority::seed())).unwrap();
             assert_eq!(
                 routed,
-                serde_json::to_value(reference.route(&event)).unwrap(),
+                serde_json::to_value(reference.route(&event, &Authority::seed())).unwrap(),
                 "{name} (variant {i}): routed"
             );
             same_routing += routed["notifications"]

@@ -63,8 +63,8 @@ fn every_event_type_has_a_valid_example() {
         .collect();
     assert_eq!(
         types.len(),
-        9,
-        "the catalogue has nine event types: {types:?}"
+        11,
+        "the catalogue has eleven event types: {types:?}"
     );
     for t in types {
         assert!(covered.contains(t), "no valid example for {t}");
@@ -192,8 +192,25 @@ fn every_date_and_date_time_is_from_1900_to_2099_and_a_refusal_says_so() {
                 *doc.pointer_mut(&pointer).unwrap() = value.into();
                 serde_json::to_vec(&doc).unwrap()
             };
+            // A grant's two dates are also checked against each other (it does not end before
+            // it begins): an accepted date is given to both, so only the range is tried.
+            let both = |value: &str| {
+                let mut doc = doc.clone();
+                let pair = [REPRESENTATION_FROM, REPRESENTATION_UNTIL];
+                let targets = if pair.contains(&pointer.as_str()) {
+                    &pair[..]
+                } else {
+                    &[pointer.as_str()][..]
+                };
+                for p in targets {
+                    if let Some(v) = doc.pointer_mut(p) {
+                        *v = value.into();
+                    }
+                }
+                serde_json::to_vec(&doc).unwrap()
+            };
             for value in accepted {
-                let body = with(value);
+                let body = both(value);
                 if let Err(r) = core.intake.accept(&body, EventId::from_content(&body)) {
                     panic!("{name}: {pointer} = {value}: {r}");
                 }
@@ -216,6 +233,9 @@ fn every_date_and_date_time_is_from_1900_to_2099_and_a_refusal_says_so() {
     }
     assert!(tried >= 60, "{tried} fields tried");
 }
+
+const REPRESENTATION_FROM: &str = "/additionalInformation/effectiveFrom";
+const REPRESENTATION_UNTIL: &str = "/additionalInformation/validUntil";
 
 #[test]
 fn every_date_in_the_event_schemas_is_one_of_the_shared_definitions() {

@@ -31,6 +31,7 @@ use crate::intake::{Message, Rejection};
 use crate::ledger::read::ParkedFilter;
 use crate::ledger::{EventOutcome, Ledger, LedgerError, Status, Store};
 use crate::notification::Problem;
+use crate::route::authority::Change;
 use crate::serve::park::{ParkedRecord, header_json, header_text, value_text};
 use crate::serve::retry::{self, Pending};
 use crate::serve::rows;
@@ -1010,7 +1011,13 @@ async fn replay(
         },
     };
     let only_route = unmade.as_ref().map(|p| p.route().to_owned());
-    let routing = core.route(&event);
+    let authority = rows::authority(core, &books.store, &event)
+        .await
+        .map_err(|e| format!("not replayed: the authority register cannot be read: {e}"))?;
+    // A register event refused before (its representative was not in the directory) makes
+    // its change now; one applied before is not applied twice.
+    let change = Change::of(&event).ok().flatten();
+    let routing = core.route(&event, &authority);
     let wanted = |route: &str| only_route.as_deref().is_none_or(|r| r == route);
     if let Some(p) = routing.problems.iter().find(|p| wanted(p.route())) {
         return Err(format!("still fails: {p}"));
@@ -1027,12 +1034,10 @@ async fn replay(
         .filter(|s| wanted(s.route()))
         .collect();
     let (records, _) = rows::of_routing(&event, &pending, &skipped, &[]);
+    let record = rows::event_record(&event, EventOutcome::Routed, now);
     let seen = books
         .ledger
-        .event(
-            rows::event_record(&event, EventOutcome::Routed, now),
-            records,
-        )
+        .event_changing(record, records, change)
         .await
         .map_err(|e| format!("not replayed: the ledger cannot record it: {e}"))?;
     // Notifications already delivered, scheduled or parked since are not sent again.

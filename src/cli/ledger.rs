@@ -222,7 +222,7 @@ async fn ledger(url: String, action: Action) -> Result<ExitCode, String> {
 }
 
 /// Writes to standard output; a reader that has gone (`| head`) is no error.
-fn emit(bytes: &[u8]) -> Result<(), String> {
+pub(super) fn emit(bytes: &[u8]) -> Result<(), String> {
     let mut out = std::io::stdout().lock();
     match out.write_all(bytes).and_then(|()| out.flush()) {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
@@ -260,7 +260,7 @@ fn cells(f: &Found) -> [String; 10] {
     ]
 }
 
-fn stamp(t: DateTime<Utc>) -> String {
+pub(super) fn stamp(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 

@@ -1,6 +1,7 @@
 //! The command line: the offline tools (`check`, `config show`, `validate`, `route-test`), the
 //! service (`serve`), and the integration aids (`publish`, `receive`).
 
+mod authority;
 mod check;
 mod dlq;
 mod ledger;
@@ -197,6 +198,13 @@ pub enum Command {
         #[command(subcommand)]
         action: ledger::Action,
     },
+    /// Read the authority register: which legal representative may hear about whom, from
+    /// when to when, and which event said so.
+    #[command(after_help = LEDGER_ENV)]
+    Authority {
+        #[command(subcommand)]
+        action: authority::Action,
+    },
     /// Receive webhooks on a loopback address, verify their signatures and print them.
     #[command(after_help = RECEIVE_ENV)]
     Receive {
@@ -329,6 +337,10 @@ pub fn run(cli: Cli) -> ExitCode {
             ))
         }),
         Command::Dlq { action } => config.load().map(|core| runtime(dlq::run(core, action))),
+        Command::Authority { action } => config.load().map(|core| {
+            let url = core.config.ledger.store_url(|k| std::env::var(k).ok());
+            runtime(authority::run(&core, url, action))
+        }),
         Command::Receive {
             addr,
             secret_env,

@@ -7,6 +7,7 @@ mod message;
 mod publishers;
 mod schema;
 
+use std::collections::HashSet;
 use std::fmt;
 
 use chrono::{DateTime, Utc};
@@ -18,7 +19,7 @@ pub use publishers::Publishers;
 pub use schema::{SchemaError, SchemaSet, Violation};
 
 use crate::config::Limits;
-use crate::event::{Event, EventId};
+use crate::event::{Event, EventId, REPRESENTATION_GRANTED, REPRESENTATION_WITHDRAWN};
 
 /// Why an event was refused: a short, bounded category fit for a metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
@@ -44,6 +45,8 @@ pub enum Reason {
     RoutingKeyMismatch,
     /// The message's headers are larger than `limits.max_header_bytes`.
     HeadersTooLarge,
+    /// An authority register event names a representative the directory does not have.
+    UnknownRepresentative,
 }
 
 impl Reason {
@@ -62,11 +65,12 @@ impl Reason {
             Reason::WrongContentType => "wrong-content-type",
             Reason::RoutingKeyMismatch => "routing-key-mismatch",
             Reason::HeadersTooLarge => "headers-too-large",
+            Reason::UnknownRepresentative => "unknown-representative",
         }
     }
 
     /// Every reason, for metrics that start each series at zero and for documentation tests.
-    pub const ALL: [Reason; 13] = [
+    pub const ALL: [Reason; 14] = [
         Reason::TooLarge,
         Reason::NotUtf8,
         Reason::TooDeep,
@@ -80,6 +84,7 @@ impl Reason {
         Reason::WrongContentType,
         Reason::RoutingKeyMismatch,
         Reason::HeadersTooLarge,
+        Reason::UnknownRepresentative,
     ];
 }
 
@@ -158,6 +163,8 @@ pub struct Intake {
     schemas: SchemaSet,
     max_bytes: usize,
     max_depth: usize,
+    /// The directory's legal representatives: the only ones a register event may name.
+    representatives: HashSet<String>,
 }
 
 impl Intake {
@@ -166,7 +173,14 @@ impl Intake {
             schemas,
             max_bytes: usize::try_from(limits.max_event_bytes.as_u64()).unwrap_or(usize::MAX),
             max_depth: limits.max_depth,
+            representatives: HashSet::new(),
         }
+    }
+
+    /// The legal representatives authority register events may name.
+    pub fn with_representatives(mut self, ids: impl IntoIterator<Item = String>) -> Intake {
+        self.representatives = ids.into_iter().collect();
+        self
     }
 
     pub fn schemas(&self) -> &SchemaSet {
@@ -265,6 +279,12 @@ impl Intake {
             return Err(Rejection::schema(violations));
         }
         duplicate_identifier(&doc)?;
+        if matches!(
+            event_type.as_str(),
+            REPRESENTATION_GRANTED | REPRESENTATION_WITHDRAWN
+        ) {
+            self.representation(&doc)?;
+        }
         let occurred_at = timestamp(&doc, "occurredAt")?;
         let published_at = timestamp(&doc, "publishedAt")?;
         Ok(Event {
@@ -275,6 +295,37 @@ impl Intake {
             published_at,
             body: doc,
         })
+    }
+}
+
+impl Intake {
+    /// What the schema cannot say of an authority register event: the representative is in
+    /// the directory, and a grant does not end before it begins.
+    fn representation(&self, doc: &Value) -> Result<(), Rejection> {
+        let info = &doc["additionalInformation"];
+        let representative = info["representative"].as_str().unwrap_or_default();
+        if !self.representatives.contains(representative) {
+            return Err(Rejection::at(
+                Reason::UnknownRepresentative,
+                "/additionalInformation/representative",
+                "no legal representative with this id in the directory (routes.toml); once it \
+                 is added, replay the event from herald.rejected"
+                    .into(),
+            ));
+        }
+        // Both are dates by the schema: YYYY-MM-DD compares as text.
+        if let (Some(from), Some(until)) =
+            (info["effectiveFrom"].as_str(), info["validUntil"].as_str())
+            && until < from
+        {
+            return Err(Rejection::at(
+                Reason::SchemaViolation,
+                "/additionalInformation/validUntil",
+                "validUntil is before effectiveFrom: the authority would end before it begins"
+                    .into(),
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -523,6 +523,8 @@ fn describe(kind: &ValidationErrorKind) -> String {
         K::Minimum { limit } => format!("must be at least {limit}"),
         K::Maximum { limit } => format!("must be at most {limit}"),
         K::AnyOf { .. } | K::OneOfNotValid { .. } => "matches none of the allowed forms".into(),
+        // The one `contains` in the schemas: the register's events need the NOMS number.
+        K::Contains => "must include an identifier of the required type (NOMS)".into(),
         other => format!("fails the schema rule `{}`", other.keyword()),
     }
 }

@@ -10,6 +10,7 @@
 //! the rows and tries again until it does; callers wait, so nothing is acknowledged that is not
 //! on disk. docs/ledger.md says what is kept, why and for how long.
 
+mod authority;
 pub mod read;
 pub mod report;
 mod sql;
@@ -27,6 +28,7 @@ use sqlx::{AnyPool, ConnectOptions, Executor, Row};
 
 use crate::notification::{DeliveryOutcome, ParkReason};
 
+pub use authority::AuthorityRow;
 pub use writer::Ledger;
 
 /// Which database holds the ledger.

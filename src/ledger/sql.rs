@@ -12,6 +12,8 @@ pub(super) const SQLITE_ROWS: usize = 1000;
 pub(super) enum V<'a> {
     Text(&'a str),
     Int(i64),
+    /// A calendar date, kept as `YYYY-MM-DD` text.
+    Date(chrono::NaiveDate),
     Null,
 }
 
@@ -24,6 +26,12 @@ impl<'a> From<&'a str> for V<'a> {
 impl<'a> From<&'a String> for V<'a> {
     fn from(s: &'a String) -> V<'a> {
         V::Text(s)
+    }
+}
+
+impl From<chrono::NaiveDate> for V<'_> {
+    fn from(d: chrono::NaiveDate) -> Self {
+        V::Date(d)
     }
 }
 
@@ -44,6 +52,7 @@ impl serde::Serialize for V<'_> {
         match self {
             V::Text(t) => s.serialize_str(t),
             V::Int(i) => s.serialize_i64(*i),
+            V::Date(d) => s.collect_str(&d.format("%Y-%m-%d")),
             V::Null => s.serialize_none(),
         }
     }
@@ -286,6 +295,27 @@ fn endpoints_sql(s: Src) -> String {
     )
 }
 
+/// Authority register changes: (publisher, message_id, person, representative, kind, from,
+/// until, occurred, received). A register event applied again changes nothing.
+fn authority_sql(s: Src) -> String {
+    format!(
+        "INSERT INTO authority (person, representative, kind, effective_from, valid_until, \
+         occurred_at, received_at, publisher, message_id) \
+         SELECT {}, {}, {}, {}, {}, {}, {}, {}, {} FROM {} WHERE true \
+         ON CONFLICT (publisher, message_id) DO NOTHING",
+        s.text(2),
+        s.text(3),
+        s.text(4),
+        s.text(5),
+        s.text(6),
+        s.int(7),
+        s.int(8),
+        s.text(0),
+        s.text(1),
+        s.from()
+    )
+}
+
 pub(super) const NOTIFICATION_WIDTH: usize = 17;
 
 /// A commit's tables, in the order they are written.
@@ -298,10 +328,11 @@ pub(super) enum Table {
     Updates,
     Attempts,
     Endpoints,
+    Authority,
 }
 
 impl Table {
-    pub(super) const ALL: [Table; 7] = [
+    pub(super) const ALL: [Table; 8] = [
         Table::Seen,
         Table::Events,
         Table::Persons,
@@ -309,6 +340,7 @@ impl Table {
         Table::Updates,
         Table::Attempts,
         Table::Endpoints,
+        Table::Authority,
     ];
 
     pub(super) fn sql(self, s: Src) -> String {
@@ -320,6 +352,7 @@ impl Table {
             Table::Updates => updates_sql(s),
             Table::Attempts => attempts_sql(s),
             Table::Endpoints => endpoints_sql(s),
+            Table::Authority => authority_sql(s),
         }
     }
 
@@ -337,6 +370,7 @@ impl Table {
             Table::Notifications => Some("notifications"),
             Table::Attempts => Some("attempts"),
             Table::Endpoints => Some("endpoints"),
+            Table::Authority => Some("authority"),
             Table::Seen | Table::Persons | Table::Updates => None,
         }
     }

@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info, warn};
 
 use crate::metrics::Metrics;
+use crate::route::authority::{Change, ChangeKind};
 
 use super::sql::{NOTIFICATION_WIDTH, Rows, SQLITE_ROWS, Src, Table, V, seen_sql};
 use super::{
@@ -35,6 +36,8 @@ enum Op {
         notifications: Vec<NotificationRecord>,
         /// How the handling of some of them ended, written with them.
         updates: Vec<Update>,
+        /// The change a register event makes to the authority register, written with it.
+        change: Option<Change>,
         /// Whether the caller wants to know what the ledger had of the event before.
         asks: bool,
         reply: oneshot::Sender<Result<Seen, LedgerError>>,
@@ -109,19 +112,22 @@ impl Ledger {
     }
 
     /// Records a handled event in one commit: the event, the notifications routing made of it
-    /// (or those handled again, for an event seen before) and how each handling ended, with
-    /// its attempt. Returns once committed.
+    /// (or those handled again, for an event seen before), how each handling ended, with its
+    /// attempt, and for a register event the change it makes to the authority register (a
+    /// change recorded before is not recorded again). Returns once committed.
     pub async fn handled(
         &self,
         event: EventRecord,
         notifications: Vec<NotificationRecord>,
         updates: Vec<Update>,
+        change: Option<Change>,
     ) -> Result<(), LedgerError> {
         let (reply, answer) = oneshot::channel();
         self.send(Op::Event {
             event,
             notifications,
             updates,
+            change,
             asks: false,
             reply,
         })
@@ -140,11 +146,23 @@ impl Ledger {
         event: EventRecord,
         notifications: Vec<NotificationRecord>,
     ) -> Result<Seen, LedgerError> {
+        self.event_changing(event, notifications, None).await
+    }
+
+    /// [`Ledger::event`] for a register event: the change it makes to the authority register
+    /// is recorded in the same commit (a change recorded before is not recorded again).
+    pub async fn event_changing(
+        &self,
+        event: EventRecord,
+        notifications: Vec<NotificationRecord>,
+        change: Option<Change>,
+    ) -> Result<Seen, LedgerError> {
         let (reply, answer) = oneshot::channel();
         self.send(Op::Event {
             event,
             notifications,
             updates: Vec::new(),
+            change,
             asks: true,
             reply,
         })
@@ -352,7 +370,7 @@ fn answer(batch: Vec<Op>, mut found: Found) {
 
 /// A batch's rows, table by table.
 struct Tables<'a> {
-    rows: [Rows<'a>; 7],
+    rows: [Rows<'a>; 8],
 }
 
 impl<'a> Tables<'a> {
@@ -365,12 +383,14 @@ impl<'a> Tables<'a> {
         let mut updates: HashMap<&str, &Update> = HashMap::new();
         let mut attempts = Rows::new(6);
         let mut endpoints: HashMap<(&str, &str), &EndpointRecord> = HashMap::new();
+        let mut authority = Rows::new(9);
         for op in batch {
             match op {
                 Op::Event {
                     event: e,
                     notifications: made,
                     updates: outcomes,
+                    change,
                     ..
                 } => {
                     let id: [V; 2] = [(&e.publisher).into(), (&e.message_id).into()];
@@ -392,6 +412,23 @@ impl<'a> Tables<'a> {
                     }
                     for p in &e.persons {
                         persons.push([id[0], id[1], p.into()]);
+                    }
+                    if let Some(c) = change {
+                        let until = match c.kind {
+                            ChangeKind::Grant { until, .. } => until,
+                            ChangeKind::Withdrawal { .. } => None,
+                        };
+                        authority.push([
+                            id[0],
+                            id[1],
+                            (&c.person).into(),
+                            (&c.representative).into(),
+                            c.kind.as_str().into(),
+                            c.kind.from().into(),
+                            until.into(),
+                            ms(c.occurred_at).into(),
+                            ms(e.received_at).into(),
+                        ]);
                     }
                     // Each notification is written as its handling ended, if it has.
                     let ended: HashMap<&str, &Update> =
@@ -471,6 +508,7 @@ impl<'a> Tables<'a> {
                 update_rows,
                 attempts,
                 endpoint_rows,
+                authority,
             ],
         }
     }
@@ -567,6 +605,7 @@ async fn write_sqlite(
                 match *v {
                     V::Text(t) => args.add(t),
                     V::Int(i) => args.add(i),
+                    V::Date(d) => args.add(d.format("%Y-%m-%d").to_string()),
                     V::Null => args.add(None::<i64>),
                 }
                 .map_err(sqlx::Error::Encode)?;

@@ -4,6 +4,7 @@
 //!
 //! Routes are tried in order; the first that matches wins unless it says `continue = true`.
 
+pub mod authority;
 mod matcher;
 mod redact;
 mod selector;
@@ -15,6 +16,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 pub use crate::directory::{Directory, Recipient, RecipientClass, RecipientId, Webhook};
+pub use authority::Authority;
 pub use matcher::Matcher;
 pub use redact::Redaction;
 pub use selector::{Selected, Selector};
@@ -266,16 +268,16 @@ pub struct Plan<'a, 'e> {
 }
 
 impl Engine {
-    /// Decides who is told about an event, by which channels, seeing what. Pure: no I/O, no
-    /// clock.
-    pub fn plan<'a, 'e>(&'a self, event: &'e Event) -> Plan<'a, 'e> {
+    /// Decides who is told about an event, by which channels, seeing what, with the
+    /// authority register as it bears on the event. Pure: no I/O, no clock.
+    pub fn plan<'a, 'e>(&'a self, event: &'e Event, authority: &Authority) -> Plan<'a, 'e> {
         let mut plan = Plan::default();
         for route in &self.routes {
             if !route.matches(event) {
                 continue;
             }
             plan.matched_routes.push(Arc::clone(&route.name));
-            let picks = self.picks(route, event, &mut plan);
+            let picks = self.picks(route, event, authority, &mut plan);
             plan.routes.push(RoutePlan {
                 route,
                 facts: self.facts(route, event),
@@ -322,15 +324,18 @@ impl Engine {
         &'a self,
         route: &'a Route,
         event: &'e Event,
+        authority: &Authority,
         plan: &mut Plan<'a, 'e>,
     ) -> Vec<Pick<'a>> {
         let name: &str = &route.name;
         let mut picks: Vec<Pick<'a>> = Vec::new();
         for selector in &route.to {
-            let recipients = match selector.select(event.info(), event, &self.directory) {
+            let recipients = match selector.select(event.info(), event, &self.directory, authority)
+            {
                 Selected::Recipients(r) if r.is_empty() => {
                     // Only authority filters a class: if the directory has members of it,
-                    // none of them acts for this person, and no one should be told.
+                    // none of them acts for this person or has ever been recorded as acting
+                    // for them, and no one should be told.
                     let filtered = self.directory.of_class(selector.class()).next().is_some();
                     if filtered {
                         plan.skipped.push(Skip::NoAuthorisedRecipient {
@@ -360,10 +365,11 @@ impl Engine {
                 if picks.iter().any(|p| p.recipient.id == recipient.id) {
                     continue;
                 }
-                if !recipient.may_hear_about(event) {
+                if let Err(why) = authority.may_hear(recipient, event) {
                     plan.skipped.push(Skip::NotAuthorised {
                         route: name.to_owned(),
                         recipient: recipient.id.to_string(),
+                        why,
                     });
                     continue;
                 }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+use super::Authority;
 use crate::directory::{Directory, Recipient, RecipientClass};
 use crate::event::Event;
 use crate::field::FieldPath;
@@ -112,6 +113,7 @@ impl Selector {
         info: &Value,
         event: &Event,
         directory: &'d Directory,
+        authority: &Authority,
     ) -> Selected<'d> {
         match self {
             Selector::Id(r) => match directory.get(r.id.as_str()) {
@@ -123,7 +125,9 @@ impl Selector {
             Selector::Class(class) => Selected::Recipients(
                 directory
                     .of_class(*class)
-                    .filter(|r| r.may_hear_about(event))
+                    .filter(|r| {
+                        authority.may_hear(r, event).is_ok() || authority.concerns(r, event)
+                    })
                     .collect(),
             ),
             Selector::Pattern { parts, .. } => {

@@ -2,6 +2,7 @@
 //! state rebuilt from it at start-up (endpoints disabled after 410 Gone, notifications waiting
 //! for a retry), the parked gauge it keeps, and the background pruning by age.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -9,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use super::Settings;
+use crate::core::Core;
 use crate::deliver::guard::{Guard, State};
 use crate::ledger::{Health, LedgerError, Store};
 use crate::metrics::Metrics;
@@ -100,8 +102,33 @@ pub async fn refresh_parked(store: &Store, metrics: &Metrics) {
     }
 }
 
-/// Removes what is older than `[ledger] keep`, a batch at a time, every ten minutes.
-pub async fn prune(store: Store, keep: Duration, metrics: Metrics, stop: CancellationToken) {
+/// `herald_authority_register_pairs` from the register, as it stands now.
+pub async fn refresh_register(store: &Store, core: &Core, metrics: &Metrics) {
+    let seeded = |person: &str, rep: &str| core.engine.directory.seeded(person, rep);
+    match store.authority_size(Utc::now(), &seeded).await {
+        Ok((pairs, authorised)) => {
+            metrics
+                .authority_pairs
+                .with_label_values(&["authorised"])
+                .set(authorised);
+            metrics
+                .authority_pairs
+                .with_label_values(&["not"])
+                .set(pairs - authorised);
+        }
+        Err(e) => debug!(error = %e, "cannot count the authority register"),
+    }
+}
+
+/// Removes what is older than `[ledger] keep`, a batch at a time, every ten minutes: events
+/// with what was made of them, and the register's rows of pairs no longer authorised.
+pub async fn prune(
+    store: Store,
+    core: Arc<Core>,
+    keep: Duration,
+    metrics: Metrics,
+    stop: CancellationToken,
+) {
     let Ok(keep) = chrono::Duration::from_std(keep) else {
         return;
     };
@@ -111,6 +138,26 @@ pub async fn prune(store: Store, keep: Duration, metrics: Metrics, stop: Cancell
             _ = tokio::time::sleep(Duration::from_secs(60)) => {}
         }
         let before = Utc::now() - keep;
+        let seeded = |person: &str, rep: &str| core.engine.directory.seeded(person, rep);
+        loop {
+            match store
+                .prune_authority(before, Utc::now(), PRUNE_BATCH, &seeded)
+                .await
+            {
+                Ok(0) => break,
+                Ok(n) => {
+                    metrics
+                        .authority_pruned
+                        .with_label_values::<&str>(&[])
+                        .inc_by(n);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => {
+                    warn!(error = %e, "cannot prune the authority register now; trying again later");
+                    break;
+                }
+            }
+        }
         loop {
             match store.prune(before, PRUNE_BATCH).await {
                 Ok(0) => break,

@@ -16,11 +16,13 @@ use super::{Ctx, park, rows};
 use crate::deliver::Failure;
 use crate::deliver::guard::State;
 use crate::event::Event;
-use crate::intake::{Message, Rejection, excerpt};
+use crate::intake::{Message, Reason, Rejection, excerpt};
 use crate::ledger::{
     AttemptRecord, EndpointRecord, EventOutcome, EventRecord, Seen, Status, Update,
 };
-use crate::notification::{Content, DeliveryOutcome, ParkReason};
+use crate::notification::{Content, DeliveryOutcome, ParkReason, Skip};
+use crate::route::Authority;
+use crate::route::authority::{Change, ChangeKind, ChangeResult};
 
 /// How one notification ended in this handling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +34,9 @@ enum Outcome {
     Parked,
     /// Could neither be scheduled nor parked: the message must come back.
     Retry,
+    /// Not sent: the recipient is no longer entitled to it (a legal representative whose
+    /// authority ended before this attempt).
+    Skipped,
 }
 
 pub async fn handle(ctx: &Ctx, delivery: Delivery, acks: &Acks) {
@@ -124,6 +129,15 @@ async fn handle_event(ctx: &Ctx, delivery: &Delivery, label: String) -> bool {
                         outcome: EventOutcome::Rejected,
                         reason: Some(rejection.reason.as_str().to_owned()),
                     };
+                    if rejection.reason == Reason::UnknownRepresentative {
+                        ctx.metrics
+                            .authority_changes
+                            .with_label_values(&[
+                                change_label(&record.event_type),
+                                ChangeResult::UnknownRepresentative.as_str(),
+                            ])
+                            .inc();
+                    }
                     recorded(ctx.ledger.event(record, Vec::new()).await)
                 }
                 Err(e) => {
@@ -191,7 +205,36 @@ fn check(ctx: &Ctx, delivery: &Delivery) -> Result<Event, Rejection> {
 /// Routes, records the event and its notifications in the ledger, and delivers; true when
 /// everything is delivered, scheduled or parked.
 async fn route_and_deliver(ctx: &Ctx, event: Event, received_at: DateTime<Utc>) -> bool {
-    let routing = ctx.core.route(&event);
+    let change = match Change::of(&event) {
+        Ok(change) => change,
+        Err(e) => {
+            // The intake's checks make this unreachable; said, and the event routed as any.
+            error!(event_id = %event.id, event_type = %event.event_type, error = %e, "a register event that cannot be applied; the register is not changed");
+            None
+        }
+    };
+    let store = ctx.ledger.store();
+    // What the register held for the pair before: whether a withdrawal ends anything.
+    let before = match &change {
+        Some(c) if matches!(c.kind, ChangeKind::Withdrawal { .. }) => {
+            match store.authority_for(std::slice::from_ref(&c.person)).await {
+                Ok(before) => before,
+                Err(e) => {
+                    error!(event_id = %event.id, error = %e, "cannot read the authority register; the event goes back to the queue");
+                    return false;
+                }
+            }
+        }
+        _ => Vec::new(),
+    };
+    let authority = match rows::authority(&ctx.core, store, &event).await {
+        Ok(authority) => authority,
+        Err(e) => {
+            error!(event_id = %event.id, error = %e, "cannot read the authority register; the event goes back to the queue");
+            return false;
+        }
+    };
+    let routing = ctx.core.route(&event, &authority);
     let pending: Vec<Pending> = routing
         .notifications
         .into_iter()
@@ -290,7 +333,60 @@ async fn route_and_deliver(ctx: &Ctx, event: Event, received_at: DateTime<Utc>) 
     } else {
         records.into_iter().filter(|r| !settled(&r.key)).collect()
     };
-    done && recorded(ctx.ledger.handled(record, records, updates).await)
+    let message_id = record.message_id.clone();
+    if !recorded(
+        ctx.ledger
+            .handled(record, records, updates, change.clone())
+            .await,
+    ) {
+        return false;
+    }
+    if let Some(c) = &change {
+        applied(ctx, &message_id, c, &seen, &before);
+    }
+    done
+}
+
+/// Counts and says what a register event did to the register (its row is committed).
+fn applied(ctx: &Ctx, message_id: &str, change: &Change, seen: &Seen, before: &[Change]) {
+    let seeded = ctx
+        .core
+        .engine
+        .directory
+        .seeded(&change.person, &change.representative);
+    let result = if *seen != Seen::New {
+        ChangeResult::Duplicate
+    } else if change.ends_something(before, seeded) {
+        ChangeResult::Applied
+    } else {
+        ChangeResult::WithdrawsNothing
+    };
+    ctx.metrics
+        .authority_changes
+        .with_label_values(&[change.kind.as_str(), result.as_str()])
+        .inc();
+    ctx.register_changed();
+    let (representative, kind) = (&change.representative, change.kind.as_str());
+    match result {
+        ChangeResult::WithdrawsNothing => {
+            warn!(event_id = message_id, representative = %representative, change = kind, result = result.as_str(), "authority withdrawn where the register holds no grant for this person; kept, so a grant that arrives later stays ended")
+        }
+        ChangeResult::Duplicate => {
+            debug!(event_id = message_id, representative = %representative, change = kind, result = result.as_str(), "authority change already in the register")
+        }
+        _ => {
+            info!(event_id = message_id, representative = %representative, change = kind, result = result.as_str(), effective_from = %change.kind.from(), "authority register changed")
+        }
+    }
+}
+
+/// The `change` label of a register event type.
+fn change_label(event_type: &str) -> &'static str {
+    if event_type == crate::event::REPRESENTATION_WITHDRAWN {
+        "withdrawal"
+    } else {
+        "grant"
+    }
 }
 
 /// A copy of an event already routed: counted, recorded, and acknowledged.
@@ -300,6 +396,13 @@ async fn duplicate(ctx: &Ctx, event: &Event, received_at: DateTime<Utc>) -> bool
         .with_label_values(&[event.event_type.as_str()])
         .inc();
     info!(event_id = %event.id, event_type = %event.event_type, "event already handled; not routed again");
+    if let Ok(Some(change)) = Change::of(event) {
+        // The register holds it already: its row is keyed by the event.
+        ctx.metrics
+            .authority_changes
+            .with_label_values(&[change.kind.as_str(), ChangeResult::Duplicate.as_str()])
+            .inc();
+    }
     let mut record = rows::event_record(event, EventOutcome::Duplicate, received_at);
     record.persons.clear();
     recorded(ctx.ledger.event(record, Vec::new()).await)
@@ -404,9 +507,58 @@ async fn attempt(ctx: &Ctx, p: Pending) -> (Outcome, Option<Update>) {
     attempt_once(ctx, p).instrument(span).await
 }
 
+/// A notification to a legal representative tried again (a retry, a replay) goes only if the
+/// representative is still authorised for the person now; if not, it is skipped and the
+/// ledger says why. `None`: it may go.
+async fn no_longer_entitled(ctx: &Ctx, p: &Pending) -> Option<(Outcome, Option<Update>)> {
+    if p.persons.is_empty() || (p.attempts == 0 && !p.replay) {
+        return None;
+    }
+    // A recipient gone from the directory fails its delivery as any other would.
+    let recipient = ctx.core.engine.directory.get(&p.recipient)?;
+    let changes = match ctx.ledger.store().authority_for(&p.persons).await {
+        Ok(changes) => changes,
+        Err(e) => {
+            error!(event_id = %p.event_id, error = %e, "cannot read the authority register; the notification stays on its queue");
+            return Some((Outcome::Retry, None));
+        }
+    };
+    let identifiers = p.persons.iter().filter_map(|id| id.split_once(':'));
+    let why = Authority::new(Utc::now(), changes)
+        .may_hear_of(recipient, identifiers)
+        .err()?;
+    let skip = Skip::NotAuthorised {
+        route: p.route.clone(),
+        recipient: p.recipient.clone(),
+        why,
+    };
+    let update = Update {
+        key: p.key.clone(),
+        status: Status::Skipped,
+        reason: Some(skip.to_string()),
+        attempts: i64::from(p.attempts),
+        first_failure_at: p.first_failure,
+        delivered_at: None,
+        sla_outcome: None,
+        sent_hash: None,
+        attempt: None,
+    };
+    let channel = p.channel().as_str();
+    ctx.metrics
+        .notifications
+        .with_label_values(&[&p.route, channel, skip.kind()])
+        .inc();
+    ctx.metrics.waiting.end(&p.key);
+    info!(event_id = %p.event_id, event_type = %p.event_type, route = %p.route, recipient = %p.recipient, channel, key = %p.key, outcome = skip.kind(), detail = %skip, "notification not sent: the recipient is no longer entitled to it");
+    Some((Outcome::Skipped, Some(update)))
+}
+
 /// A transient failure is scheduled for a later attempt (or parked when the schedule is
 /// spent); a permanent one is parked.
 async fn attempt_once(ctx: &Ctx, mut p: Pending) -> (Outcome, Option<Update>) {
+    if let Some(ended) = no_longer_entitled(ctx, &p).await {
+        return ended;
+    }
     let channel = p.channel().as_str();
     let (at, started) = (Utc::now(), Instant::now());
     let (result, state) = ctx.deliverer.deliver(p.outgoing(), p.replay).await;

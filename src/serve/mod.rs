@@ -244,6 +244,8 @@ pub(crate) struct Ctx {
     recent: dedup::Recent,
     /// Where every event, notification and attempt is recorded before it is acknowledged.
     ledger: crate::ledger::Ledger,
+    /// Set when a register event was recorded: the register's gauges are counted again.
+    register_dirty: std::sync::atomic::AtomicBool,
 }
 
 impl Ctx {
@@ -253,6 +255,11 @@ impl Ctx {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// A register event was recorded: the register's gauges are out of date.
+    fn register_changed(&self) {
+        self.register_dirty.store(true, Ordering::Relaxed);
     }
 }
 
@@ -407,6 +414,9 @@ impl Link {
                     tokio::spawn(async move {
                         watch_queues(&ch, &ctx).await;
                         books::refresh_parked(ctx.ledger.store(), &ctx.metrics).await;
+                        if ctx.register_dirty.swap(false, Ordering::Relaxed) {
+                            books::refresh_register(ctx.ledger.store(), &ctx.core, &ctx.metrics).await;
+                        }
                     });
                 }
                 next = self.consumer.next() => match next {
@@ -575,6 +585,7 @@ pub async fn start(
         .inspect_err(|_| shutdown.cancel())?;
     tokio::spawn(books::prune(
         store.clone(),
+        Arc::clone(&core),
         settings.ledger_keep,
         metrics.clone(),
         shutdown.clone(),
@@ -608,6 +619,7 @@ pub async fn start(
         recent: dedup::Recent::new(settings.dedup_window),
         ledger,
         settings,
+        register_dirty: std::sync::atomic::AtomicBool::new(true),
     });
     let stop = shutdown.clone();
     let task = tokio::spawn(async move {

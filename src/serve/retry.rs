@@ -20,7 +20,7 @@ use crate::deliver::Outgoing;
 use crate::event::Event;
 use crate::notification::{Channel as Medium, Content, Priority, Sla};
 use crate::render::Notification;
-use crate::route::Directory;
+use crate::route::{Directory, RecipientClass};
 use crate::sla::format_span;
 
 /// A notification on its way: everything a later attempt needs, carried by the retry message.
@@ -56,6 +56,10 @@ pub struct Pending {
     /// even if it was disabled or its circuit is open.
     #[serde(default)]
     pub replay: bool,
+    /// The person's identifiers (`NOMS:A1234BC`), kept for a legal representative only: its
+    /// authority is checked again before every later attempt.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub persons: Vec<String>,
 }
 
 /// Why a parked notification cannot be sent again to its recipient as configured now.
@@ -92,6 +96,14 @@ impl Pending {
             last_error: None,
             last_failure: None,
             replay: false,
+            persons: if n.recipient.class == RecipientClass::LegalRep {
+                event
+                    .identifiers()
+                    .map(|(t, v)| format!("{t}:{v}"))
+                    .collect()
+            } else {
+                Vec::new()
+            },
         }
     }
 
@@ -337,6 +349,7 @@ mod tests {
             last_error: None,
             last_failure: None,
             replay: false,
+            persons: Vec::new(),
         }
     }
 

@@ -4,9 +4,11 @@
 use chrono::{DateTime, Utc};
 
 use super::retry::Pending;
+use crate::core::Core;
 use crate::event::Event;
-use crate::ledger::{EventOutcome, EventRecord, NotificationRecord, Status};
+use crate::ledger::{EventOutcome, EventRecord, LedgerError, NotificationRecord, Status, Store};
 use crate::notification::{Problem, Skip, Sla};
+use crate::route::Authority;
 
 /// How the ledger key of a notification that was not made begins.
 pub const UNMADE: &str = "none_";
@@ -25,8 +27,10 @@ pub fn of_routing<'r>(
             Skip::NotAuthorised { recipient, .. } => recipient,
             Skip::NoAuthorisedRecipient { selector, .. } => selector,
         };
-        let key = unmade_key(event, s.route(), &s.to_string());
-        unmade_record(key, s.route(), recipient, Status::Skipped, s.kind())
+        // The reason says why, to the day and the register event that decided it.
+        let why = s.to_string();
+        let key = unmade_key(event, s.route(), &why);
+        unmade_record(key, s.route(), recipient, Status::Skipped, &why)
     }));
     let problems: Vec<(String, &Problem)> = problems
         .iter()
@@ -122,4 +126,22 @@ fn problem_recipient(p: &Problem) -> &str {
         Problem::NoRecipients { selector, .. } => selector,
         Problem::NoChannel { recipient, .. } | Problem::RenderFailed { recipient, .. } => recipient,
     }
+}
+
+/// The authority register as it bears on an event now: read from the ledger when a route the
+/// event matches names a legal representative, else routes.toml's `acts_for` alone.
+pub async fn authority(
+    core: &Core,
+    store: &Store,
+    event: &Event,
+) -> Result<Authority, LedgerError> {
+    if !core.needs_authority(event) {
+        return Ok(Authority::seed());
+    }
+    let persons: Vec<String> = event
+        .identifiers()
+        .map(|(t, v)| format!("{t}:{v}"))
+        .collect();
+    let changes = store.authority_for(&persons).await?;
+    Ok(Authority::new(Utc::now(), changes))
 }
