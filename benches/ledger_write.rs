@@ -106,6 +106,7 @@ fn handled(
         persons: vec!["NOMS:A1234BC".into(), "PNC:2004/0123456X".into()],
         outcome: EventOutcome::Routed,
         reason: None,
+        custody: None,
     };
     let mut made = Vec::new();
     let mut outcomes = Vec::new();

@@ -545,6 +545,7 @@ async fn report_counts_what_the_ledger_holds(backend: Backend) {
             persons: vec!["NOMS:A1234BC".into()],
             outcome: EventOutcome::Routed,
             reason: None,
+            custody: None,
         };
         // The second event falls outside the period; its one notification is not counted.
         let notifications: Vec<NotificationRecord> = if i == 0 {
@@ -761,6 +762,7 @@ fn handled_event(message_id: &str, n: usize) -> (EventRecord, Vec<NotificationRe
         persons: vec!["NOMS:A1234BC".into(), "PNC:2004/0123456X".into()],
         outcome: EventOutcome::Routed,
         reason: None,
+        custody: None,
     };
     let notifications = (0..n)
         .map(|i| NotificationRecord {

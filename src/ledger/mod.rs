@@ -11,6 +11,7 @@
 //! on disk. docs/ledger.md says what is kept, why and for how long.
 
 mod authority;
+mod custody;
 pub mod read;
 pub mod report;
 mod sql;
@@ -176,6 +177,9 @@ pub struct EventRecord {
     pub outcome: EventOutcome,
     /// The rejection's reason code.
     pub reason: Option<String>,
+    /// For a prison or court event, its entry in the custody register (JSON): written with
+    /// a routed event.
+    pub custody: Option<String>,
 }
 
 /// A notification as first recorded, before its delivery is tried.

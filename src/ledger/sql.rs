@@ -316,6 +316,22 @@ fn authority_sql(s: Src) -> String {
     )
 }
 
+/// Custody register entries: (publisher, message_id, occurred, received, entry). An event
+/// recorded again changes nothing.
+fn custody_sql(s: Src) -> String {
+    format!(
+        "INSERT INTO custody (occurred_at, received_at, entry, publisher, message_id) \
+         SELECT {}, {}, {}, {}, {} FROM {} WHERE true \
+         ON CONFLICT (publisher, message_id) DO NOTHING",
+        s.int(2),
+        s.int(3),
+        s.text(4),
+        s.text(0),
+        s.text(1),
+        s.from()
+    )
+}
+
 pub(super) const NOTIFICATION_WIDTH: usize = 17;
 
 /// A commit's tables, in the order they are written.
@@ -329,10 +345,11 @@ pub(super) enum Table {
     Attempts,
     Endpoints,
     Authority,
+    Custody,
 }
 
 impl Table {
-    pub(super) const ALL: [Table; 8] = [
+    pub(super) const ALL: [Table; 9] = [
         Table::Seen,
         Table::Events,
         Table::Persons,
@@ -341,6 +358,7 @@ impl Table {
         Table::Attempts,
         Table::Endpoints,
         Table::Authority,
+        Table::Custody,
     ];
 
     pub(super) fn sql(self, s: Src) -> String {
@@ -353,6 +371,7 @@ impl Table {
             Table::Attempts => attempts_sql(s),
             Table::Endpoints => endpoints_sql(s),
             Table::Authority => authority_sql(s),
+            Table::Custody => custody_sql(s),
         }
     }
 
@@ -371,6 +390,7 @@ impl Table {
             Table::Attempts => Some("attempts"),
             Table::Endpoints => Some("endpoints"),
             Table::Authority => Some("authority"),
+            Table::Custody => Some("custody"),
             Table::Seen | Table::Persons | Table::Updates => None,
         }
     }

@@ -370,7 +370,7 @@ fn answer(batch: Vec<Op>, mut found: Found) {
 
 /// A batch's rows, table by table.
 struct Tables<'a> {
-    rows: [Rows<'a>; 8],
+    rows: [Rows<'a>; 9],
 }
 
 impl<'a> Tables<'a> {
@@ -384,6 +384,7 @@ impl<'a> Tables<'a> {
         let mut attempts = Rows::new(6);
         let mut endpoints: HashMap<(&str, &str), &EndpointRecord> = HashMap::new();
         let mut authority = Rows::new(9);
+        let mut custody = Rows::new(5);
         for op in batch {
             match op {
                 Op::Event {
@@ -412,6 +413,15 @@ impl<'a> Tables<'a> {
                     }
                     for p in &e.persons {
                         persons.push([id[0], id[1], p.into()]);
+                    }
+                    if let (Some(entry), Some(occurred)) = (&e.custody, e.occurred_at) {
+                        custody.push([
+                            id[0],
+                            id[1],
+                            ms(occurred).into(),
+                            ms(e.received_at).into(),
+                            entry.into(),
+                        ]);
                     }
                     if let Some(c) = change {
                         let until = match c.kind {
@@ -509,6 +519,7 @@ impl<'a> Tables<'a> {
                 attempts,
                 endpoint_rows,
                 authority,
+                custody,
             ],
         }
     }

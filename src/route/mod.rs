@@ -5,6 +5,8 @@
 //! Routes are tried in order; the first that matches wins unless it says `continue = true`.
 
 pub mod authority;
+pub mod custody;
+pub mod digest;
 mod matcher;
 mod redact;
 mod selector;

@@ -158,6 +158,18 @@ pub async fn prune(
                 }
             }
         }
+        match store.prune_custody(before).await {
+            Ok(0) => {}
+            Ok(n) => {
+                info!(
+                    rows = n,
+                    "custody register entries of people out of custody for longer than [ledger] keep removed"
+                )
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot prune the custody register now; trying again later")
+            }
+        }
         loop {
             match store.prune(before, PRUNE_BATCH).await {
                 Ok(0) => break,

@@ -128,6 +128,7 @@ async fn handle_event(ctx: &Ctx, delivery: &Delivery, label: String) -> bool {
                         persons: Vec::new(),
                         outcome: EventOutcome::Rejected,
                         reason: Some(rejection.reason.as_str().to_owned()),
+                        custody: None,
                     };
                     if rejection.reason == Reason::UnknownRepresentative {
                         ctx.metrics

@@ -61,6 +61,8 @@ pub fn event_record(
             .collect(),
         outcome,
         reason: None,
+        custody: crate::route::custody::Entry::of(event)
+            .and_then(|e| serde_json::to_string(&e).ok()),
     }
 }
 
