@@ -69,6 +69,13 @@ pub struct Config {
     /// Routing rules, tried in order.
     #[serde(default, rename = "route")]
     pub routes: Vec<RouteConfig>,
+    /// Weekly digests from the custody register.
+    #[serde(
+        default,
+        rename = "subscription",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub subscriptions: Vec<SubscriptionConfig>,
 }
 
 /// Locations of the other files Herald reads.
@@ -439,6 +446,42 @@ pub struct RouteConfig {
     /// Keep trying later routes after this one matched.
     #[serde(default, rename = "continue")]
     pub continue_matching: bool,
+}
+
+/// One weekly digest: a report over the custody register, for a scope, to recipients.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriptionConfig {
+    /// Unique, used in logs, metrics, the ledger and `herald digest`.
+    pub name: String,
+    /// `in-prison`, `prison-details-changed` or `unfinalised`.
+    pub report: String,
+    /// Whose people: police BCU and probation PDU ids (`police:WYP-LEEDS`); several make an
+    /// area.
+    pub scope: Vec<String>,
+    /// Recipient ids from the directory.
+    pub to: Vec<String>,
+    /// `email` (the only channel digests take).
+    #[serde(default = "default_digest_channel")]
+    pub channel: String,
+    /// Weekly, London time: `Monday 07:00`.
+    pub schedule: String,
+    pub template: String,
+    /// How long after its scheduled time a digest may arrive and still be on time.
+    #[serde(
+        default = "default_digest_grace",
+        deserialize_with = "humantime_serde::deserialize",
+        serialize_with = "span"
+    )]
+    pub due_within: std::time::Duration,
+}
+
+fn default_digest_channel() -> String {
+    "email".into()
+}
+
+fn default_digest_grace() -> std::time::Duration {
+    std::time::Duration::from_secs(3600)
 }
 
 /// A list of durations written as text (`"5m"`).

@@ -6,11 +6,16 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
+
 use crate::config::Config;
 use crate::event::{Event, EventId, REPRESENTATION_GRANTED, REPRESENTATION_WITHDRAWN};
 use crate::intake::{Intake, Message, Publishers, Rejection, SchemaSet};
 use crate::render::Renderer;
 use crate::render::Routing;
+use crate::route::custody::{Entry, Recorded, fold};
+use crate::route::digest::Line;
+use crate::route::subscription::Subscription;
 use crate::route::{
     Authority, Directory, Engine, Recipient, RecipientClass, RecipientId, Redaction, Route,
     Selector, View,
@@ -27,6 +32,8 @@ pub struct Core {
     pub engine: Engine,
     /// The templates, and how a plan becomes notifications.
     pub renderer: Renderer,
+    /// The weekly digests.
+    pub subscriptions: Vec<Subscription>,
 }
 
 impl Core {
@@ -112,6 +119,30 @@ impl Core {
             }
         }
 
+        let mut subscriptions = Vec::new();
+        let mut names = HashSet::new();
+        for sc in &config.subscriptions {
+            if !names.insert(sc.name.as_str()) {
+                errors.push(format!(
+                    "{file}: subscription {}: the name is used twice",
+                    sc.name
+                ));
+            }
+            if renderer.as_ref().is_some_and(|r| !r.has(&sc.template)) {
+                errors.push(format!(
+                    "{file}: subscription {}: template: \"{}\" has no folder under templates/ (subject.hbs, text.hbs, html.hbs)",
+                    sc.name, sc.template
+                ));
+            }
+            match Subscription::compile(sc, &directory, &redaction) {
+                Ok(s) => subscriptions.push(s),
+                Err(es) => errors.extend(
+                    es.into_iter()
+                        .map(|e| format!("{file}: subscription {}: {e}", sc.name)),
+                ),
+            }
+        }
+
         match (schemas, renderer, calendar) {
             (Some(schemas), Some(renderer), Some(calendar)) if errors.is_empty() => Ok(Core {
                 intake: Intake::new(schemas, &config.limits).with_representatives(
@@ -127,6 +158,7 @@ impl Core {
                     calendar,
                 },
                 renderer,
+                subscriptions,
                 config,
                 config_path: path.to_owned(),
             }),
@@ -281,6 +313,46 @@ impl Core {
                 ));
             }
         }
+        // Each subscription's template, for each recipient, with no one and with every one of
+        // the examples' people (with last week's details too), on time and late.
+        let entries: Vec<Recorded> = examples
+            .iter()
+            .filter_map(|(_, e)| {
+                Some(Recorded {
+                    occurred_at: e.occurred_at,
+                    event: e.id.as_str().to_owned(),
+                    entry: Entry::of(e)?,
+                })
+            })
+            .collect();
+        let latest = entries.iter().map(|r| r.occurred_at).max();
+        for sub in &self.subscriptions {
+            let due = sub
+                .schedule
+                .next_due(latest.unwrap_or(DateTime::<Utc>::MIN_UTC));
+            let people = fold(&entries, due);
+            let lines: Vec<Line> = people
+                .iter()
+                .map(|person| Line {
+                    person,
+                    before: Some(person.details()),
+                })
+                .collect();
+            for recipient in &sub.to {
+                let failed = [(&lines[..], false), (&lines[..], true), (&[][..], false)]
+                    .into_iter()
+                    .find_map(|(lines, late)| {
+                        let data = sub.data(due, lines, recipient, &self.engine.redaction, late);
+                        self.renderer.email_of(&sub.template, &data, &[]).err()
+                    });
+                if let Some(e) = failed {
+                    report.errors.push(format!(
+                        "{file}: subscription {}: template {} for {}: {e}",
+                        sub.name, sub.template, recipient.id
+                    ));
+                }
+            }
+        }
         let routed: HashSet<_> = self
             .engine
             .routes
@@ -304,9 +376,10 @@ impl Core {
             .notes
             .push(format!("bank holiday calendar covers up to {last}"));
         report.notes.push(format!(
-            "{} event types, {} routes, {} recipients, {} examples",
+            "{} event types, {} routes, {} subscriptions, {} recipients, {} examples",
             self.intake.schemas().event_types().count(),
             self.engine.routes.len(),
+            self.subscriptions.len(),
             self.engine.directory.all().count(),
             examples.len()
         ));

@@ -105,6 +105,9 @@ pub struct Metrics {
     pub authority_pairs: IntGaugeVec,
     /// Register rows removed by retention.
     pub authority_pruned: IntCounterVec,
+    /// Each look at a subscription's latest digest: `claimed` (this instance sends it) or
+    /// `already-claimed` (this one or another did).
+    pub digest_claims: IntCounterVec,
 }
 
 impl Metrics {
@@ -282,6 +285,11 @@ impl Metrics {
                 "herald_authority_pruned_total",
                 "Authority register rows removed by retention (pairs no longer authorised, unchanged for longer than [ledger] keep).",
                 &[],
+            ),
+            digest_claims: counter(
+                "herald_digest_claims_total",
+                "Looks at a subscription's latest weekly digest, by result: claimed (this instance sends it) or already-claimed (sent or being sent, by this instance or another).",
+                &["subscription", "result"],
             ),
             registry,
         }

@@ -1421,3 +1421,48 @@ fn authority_list_refuses_what_is_not_a_person_or_a_representative() {
     assert_eq!(run.code, 1, "{run:?}");
     assert!(!ledger.path().join("none.sqlite").exists());
 }
+
+#[test]
+fn a_subscription_routes_toml_gets_wrong_is_refused_with_every_reason() {
+    let sandbox = Sandbox::new();
+    sandbox.edit_config(|t| {
+        t + r#"
+[[subscription]]
+name = "broken"
+report = "in-jail"
+scope = ["court-listing:LEEDSMC", "police:NOWHERE"]
+to = ["judiciary:PAROLE-BOARD"]
+channel = "webhook"
+schedule = "Mondays at 7"
+template = "no-such-template"
+"#
+    });
+    let run = sandbox.check();
+    assert_eq!(run.code, 2, "{run:?}");
+    for says in [
+        "subscription broken: report: \"in-jail\" is not a report",
+        "subscription broken: scope: court-listing:LEEDSMC is neither a police BCU nor a probation PDU",
+        "subscription broken: scope: police:NOWHERE is not in the directory",
+        "subscription broken: channel: \"webhook\": digests go by email only",
+        "subscription broken: to: judiciary:PAROLE-BOARD: its class may not see offender.ppo",
+        "subscription broken: schedule \"Mondays at 7\" is not a day and a time",
+        "subscription broken: template: \"no-such-template\" has no folder",
+    ] {
+        assert!(run.stderr.contains(says), "{says:?} missing: {run:?}");
+    }
+}
+
+#[test]
+fn check_renders_each_subscription_template() {
+    let sandbox = Sandbox::new();
+    sandbox.edit_template("digest/text.hbs", |t| {
+        t.replace("{{reference}}", "{{referance}}")
+    });
+    let run = sandbox.check();
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.both()
+            .contains("subscription jtrack-leeds-in-prison: template digest for police:WYP-LEEDS"),
+        "{run:?}"
+    );
+}

@@ -3,6 +3,7 @@
 
 mod authority;
 mod check;
+mod digest;
 mod dlq;
 mod ledger;
 mod publish;
@@ -205,6 +206,13 @@ pub enum Command {
         #[command(subcommand)]
         action: authority::Action,
     },
+    /// The weekly digests of `[[subscription]]`: preview what one would send, or send one
+    /// now.
+    #[command(after_help = LEDGER_ENV)]
+    Digest {
+        #[command(subcommand)]
+        action: digest::Action,
+    },
     /// Receive webhooks on a loopback address, verify their signatures and print them.
     #[command(after_help = RECEIVE_ENV)]
     Receive {
@@ -340,6 +348,10 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Authority { action } => config.load().map(|core| {
             let url = core.config.ledger.store_url(|k| std::env::var(k).ok());
             runtime(authority::run(&core, url, action))
+        }),
+        Command::Digest { action } => config.load().map(|core| {
+            let url = core.config.ledger.store_url(|k| std::env::var(k).ok());
+            runtime(digest::run(&core, url, action))
         }),
         Command::Receive {
             addr,

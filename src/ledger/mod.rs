@@ -12,6 +12,7 @@
 
 mod authority;
 mod custody;
+mod digest;
 pub mod read;
 pub mod report;
 mod sql;
@@ -30,6 +31,7 @@ use sqlx::{AnyPool, ConnectOptions, Executor, Row};
 use crate::notification::{DeliveryOutcome, ParkReason};
 
 pub use authority::AuthorityRow;
+pub use digest::{DigestClaim, OpenDigest};
 pub use writer::Ledger;
 
 /// Which database holds the ledger.

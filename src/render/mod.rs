@@ -251,6 +251,28 @@ impl Renderer {
         })
     }
 
+    /// Renders the email parts of `template` with `data` as one JSON object, through the
+    /// Handlebars registry: for the weekly digests, whose data is not an event's.
+    // String error: Handlebars' own words (see the note at the top of render/mod.rs).
+    pub fn email_of(
+        &self,
+        template: &str,
+        data: &serde_json::Value,
+        marks: &[String],
+    ) -> Result<EmailParts, String> {
+        let context = Context::from(data.clone());
+        let render = |registry: &Handlebars<'static>, part: &str| {
+            registry
+                .render_with_context(&format!("{template}/{part}"), &context)
+                .map_err(|e| e.to_string())
+        };
+        Ok(EmailParts {
+            subject: subject_line(marks, &render(&self.plain, "subject")?),
+            text: render(&self.plain, "text")?,
+            html: render(&self.html, "html")?,
+        })
+    }
+
     /// Renders the email parts of `template` once for every recipient who sees the same
     /// `data` (its `recipient` is not read), for [`EmailDraft::fill`] to complete per
     /// recipient with the same result as [`Renderer::email`]. `None` when a part cannot be

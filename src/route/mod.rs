@@ -10,6 +10,7 @@ pub mod digest;
 mod matcher;
 mod redact;
 mod selector;
+pub mod subscription;
 
 use std::borrow::Cow;
 use std::collections::HashSet;

@@ -8,6 +8,7 @@ mod acks;
 mod books;
 mod confirm;
 mod dedup;
+pub mod digest;
 mod handler;
 mod http;
 pub mod park;
@@ -81,6 +82,10 @@ pub struct Settings {
     pub ledger_keep: Duration,
     /// Keep a SHA-256 of what each notification sent.
     pub keep_sent_hash: bool,
+    /// The clock the weekly digests go by.
+    pub clock: digest::Clock,
+    /// How often the digests' schedule is looked at.
+    pub digest_tick: Duration,
 }
 
 impl Settings {
@@ -118,6 +123,8 @@ impl Settings {
             },
             ledger_keep: config.ledger.keep,
             keep_sent_hash: config.ledger.keep_sent_hash,
+            clock: digest::Clock::system(),
+            digest_tick: Duration::from_secs(30),
         }
     }
 }
@@ -621,6 +628,12 @@ pub async fn start(
         settings,
         register_dirty: std::sync::atomic::AtomicBool::new(true),
     });
+    tokio::spawn(digest::schedule(
+        Arc::clone(&ctx),
+        ctx.settings.clock.clone(),
+        ctx.settings.digest_tick,
+        shutdown.clone(),
+    ));
     let stop = shutdown.clone();
     let task = tokio::spawn(async move {
         let tracker = TaskTracker::new();

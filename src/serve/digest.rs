@@ -1,0 +1,396 @@
+//! Sending the weekly digests: each subscription's digest of its latest scheduled time, built
+//! from the custody register as it stood then, claimed in the ledger (exactly one instance
+//! wins), rendered per recipient and delivered by email; what failed is tried again on the
+//! retry schedule. A digest whose time passed while Herald was down goes when it is back,
+//! marked late, and its deadline counts it.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::core::Core;
+use crate::deliver::{Deliverer, Outgoing};
+use crate::ledger::{
+    AttemptRecord, DigestClaim, Ledger, LedgerError, NotificationRecord, Status, Store, Update,
+};
+use crate::metrics::Metrics;
+use crate::notification::{Content, DeliveryOutcome};
+use crate::render::EmailParts;
+use crate::route::Recipient;
+use crate::route::custody::{Person, fold};
+use crate::route::subscription::Subscription;
+
+/// The clock the digests go by: the system's, or a test's.
+#[derive(Clone)]
+pub struct Clock(Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>);
+
+impl Clock {
+    pub fn system() -> Clock {
+        Clock(Arc::new(Utc::now))
+    }
+
+    pub fn new(now: impl Fn() -> DateTime<Utc> + Send + Sync + 'static) -> Clock {
+        Clock(Arc::new(now))
+    }
+
+    pub fn now(&self) -> DateTime<Utc> {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Clock({})", self.now())
+    }
+}
+
+/// A digest claimed by an instance that stopped before trying it is taken over after this.
+const TAKE_OVER_AFTER: Duration = Duration::from_secs(120);
+
+/// The register as it stood at `due` and a week before.
+pub async fn registers(
+    store: &Store,
+    due: DateTime<Utc>,
+) -> Result<(Vec<Person>, Vec<Person>), LedgerError> {
+    let entries = store.custody_entries(Some(due)).await?;
+    Ok((
+        fold(&entries, due),
+        fold(&entries, due - chrono::Duration::days(7)),
+    ))
+}
+
+/// The digest due at `due` as each recipient gets it.
+// String error: Handlebars' own words (see the note at the top of render/mod.rs).
+pub fn render(
+    core: &Core,
+    sub: &Subscription,
+    due: DateTime<Utc>,
+    (now, week_ago): (&[Person], &[Person]),
+    recipient: &Recipient,
+    late: bool,
+) -> Result<EmailParts, String> {
+    let lines = sub.lines(now, week_ago);
+    let data = sub.data(due, &lines, recipient, &core.engine.redaction, late);
+    let marks: Vec<String> = if late {
+        vec!["LATE".into()]
+    } else {
+        Vec::new()
+    };
+    core.renderer.email_of(&sub.template, &data, &marks)
+}
+
+/// What sends digests: the service's parts, or the command line's.
+pub struct Sender<'a> {
+    pub core: &'a Core,
+    pub ledger: &'a Ledger,
+    pub deliverer: &'a Deliverer,
+    pub metrics: &'a Metrics,
+    /// Waits before each retry of a digest that failed transiently.
+    pub retry: &'a [Duration],
+}
+
+impl Sender<'_> {
+    /// Claims and sends the digest of `sub` due at `due` unless it is claimed already (by
+    /// this instance or another); true when this call sent it (or tried to).
+    pub async fn claim_and_send(
+        &self,
+        sub: &Subscription,
+        due: DateTime<Utc>,
+        message_id: String,
+        now: DateTime<Utc>,
+    ) -> Result<bool, LedgerError> {
+        let deadline = due + sub.due_within;
+        let claim = DigestClaim {
+            message_id,
+            event_type: format!("digest.{}", sub.report.as_str()),
+            due,
+            now,
+            notifications: sub
+                .to
+                .iter()
+                .map(|r| NotificationRecord {
+                    key: sub.key(due, r).as_str().to_owned(),
+                    route: sub.name.to_string(),
+                    recipient: r.id.to_string(),
+                    channel: "email".into(),
+                    sla_rule: Some(sub.sla_rule()),
+                    deadline: Some(deadline),
+                    status: Status::Pending,
+                    reason: None,
+                })
+                .collect(),
+        };
+        let claimed = self.ledger.store().claim_digest(&claim).await?;
+        self.metrics
+            .digest_claims
+            .with_label_values(&[
+                &*sub.name,
+                if claimed {
+                    "claimed"
+                } else {
+                    "already-claimed"
+                },
+            ])
+            .inc();
+        if !claimed {
+            return Ok(false);
+        }
+        info!(subscription = %sub.name, due = %due, late = now > deadline, "digest claimed; sending");
+        let registers = registers(self.ledger.store(), due).await?;
+        for r in &sub.to {
+            self.attempt(sub, due, r, &registers, 0, None, now).await;
+        }
+        Ok(true)
+    }
+
+    /// One attempt at one recipient's digest; the outcome is written to the ledger.
+    #[allow(clippy::too_many_arguments)]
+    async fn attempt(
+        &self,
+        sub: &Subscription,
+        due: DateTime<Utc>,
+        recipient: &Arc<Recipient>,
+        (now_people, week_ago): &(Vec<Person>, Vec<Person>),
+        attempts_before: i64,
+        first_failure: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) {
+        let key = sub.key(due, recipient);
+        let deadline = due + sub.due_within;
+        let late = now > deadline;
+        let attempts = attempts_before + 1;
+        let channel = "email";
+        let parts = match render(self.core, sub, due, (now_people, week_ago), recipient, late) {
+            Ok(parts) => parts,
+            Err(e) => {
+                error!(subscription = %sub.name, recipient = %recipient.id, key = key.as_str(), error = %e, "digest not rendered; parked");
+                self.record(Update {
+                    key: key.as_str().to_owned(),
+                    status: Status::Parked,
+                    reason: Some(format!("render-failed: {e}")),
+                    attempts: attempts_before,
+                    first_failure_at: first_failure.or(Some(now)),
+                    delivered_at: None,
+                    sla_outcome: None,
+                    sent_hash: None,
+                    attempt: None,
+                })
+                .await;
+                self.count(sub, "render-failed");
+                return;
+            }
+        };
+        let people = sub.lines(now_people, week_ago).len();
+        let content = Content::Email {
+            to: recipient.email.clone(),
+            subject: parts.subject,
+            text: parts.text,
+            html: parts.html,
+        };
+        let started = Instant::now();
+        let (result, state) = self
+            .deliverer
+            .deliver(
+                Outgoing {
+                    key: key.as_str(),
+                    recipient: recipient.id.as_str(),
+                    content: &content,
+                    urgent: false,
+                },
+                true,
+            )
+            .await;
+        let attempt = |outcome: &'static str, code: Option<u16>| AttemptRecord {
+            at: now,
+            duration: started.elapsed(),
+            outcome,
+            code,
+            breaker: state.as_str(),
+        };
+        let update = match result {
+            Ok(()) => {
+                let sla = if late { "breached" } else { "met" };
+                self.metrics
+                    .sla_outcomes
+                    .with_label_values(&[&sub.name, sla])
+                    .inc();
+                info!(subscription = %sub.name, recipient = %recipient.id, channel, key = key.as_str(), attempts, people, late, sla, "digest delivered");
+                self.count(sub, DeliveryOutcome::Delivered.as_str());
+                Update {
+                    key: key.as_str().to_owned(),
+                    status: Status::Delivered,
+                    reason: None,
+                    attempts,
+                    first_failure_at: first_failure,
+                    delivered_at: Some(now),
+                    sla_outcome: Some(sla),
+                    sent_hash: None,
+                    attempt: Some(attempt("delivered", None)),
+                }
+            }
+            Err(failure) => {
+                let spent = usize::try_from(attempts).unwrap_or(usize::MAX) > self.retry.len();
+                let (status, outcome) = match (failure.is_transient(), spent) {
+                    (true, false) => (Status::Retrying, DeliveryOutcome::Retrying),
+                    (true, true) => (Status::Expired, DeliveryOutcome::Failed),
+                    (false, _) => (Status::Parked, DeliveryOutcome::Failed),
+                };
+                warn!(subscription = %sub.name, recipient = %recipient.id, channel, key = key.as_str(), attempts, failure = failure.kind.as_str(), detail = %failure, status = status.as_str(), "digest not delivered");
+                self.count(sub, outcome.as_str());
+                Update {
+                    key: key.as_str().to_owned(),
+                    status,
+                    reason: Some(format!("{}: {failure}", failure.kind.as_str())),
+                    attempts,
+                    first_failure_at: first_failure.or(Some(now)),
+                    delivered_at: None,
+                    sla_outcome: None,
+                    sent_hash: None,
+                    attempt: Some(attempt(failure.kind.as_str(), failure.code)),
+                }
+            }
+        };
+        self.record(update).await;
+    }
+
+    fn count(&self, sub: &Subscription, outcome: &str) {
+        self.metrics
+            .notifications
+            .with_label_values(&[&sub.name, "email", outcome])
+            .inc();
+    }
+
+    async fn record(&self, update: Update) {
+        let key = update.key.clone();
+        if let Err(e) = self.ledger.update(update).await {
+            error!(key, error = %e, "cannot record a digest's outcome in the ledger; it is tried again later");
+        }
+    }
+
+    /// Tries again the digest notifications that failed transiently once their wait is over,
+    /// and takes over those an instance claimed but stopped before trying.
+    pub async fn finish_open(&self, now: DateTime<Utc>) -> Result<(), LedgerError> {
+        let shortest = self.retry.iter().min().copied().unwrap_or(TAKE_OVER_AFTER);
+        let wall = Utc::now();
+        let open = self
+            .ledger
+            .store()
+            .open_digests(wall - to_chrono(shortest))
+            .await?;
+        for o in open {
+            let wait = match usize::try_from(o.attempts) {
+                Ok(0) | Err(_) => TAKE_OVER_AFTER,
+                Ok(n) => self.retry.get(n - 1).copied().unwrap_or(shortest),
+            };
+            if crate::ledger::time(o.updated_at) > wall - to_chrono(wait) {
+                continue;
+            }
+            let Some(sub) = self.core.subscriptions.iter().find(|s| *s.name == o.route) else {
+                self.record(gone(
+                    &o.key,
+                    o.attempts,
+                    "the subscription is no longer in routes.toml",
+                ))
+                .await;
+                continue;
+            };
+            let Some(recipient) = sub.to.iter().find(|r| r.id.as_str() == o.recipient) else {
+                self.record(gone(
+                    &o.key,
+                    o.attempts,
+                    "the recipient is no longer in the subscription",
+                ))
+                .await;
+                continue;
+            };
+            let Some(due) = o
+                .message_id
+                .rsplit_once('@')
+                .and_then(|(_, t)| DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| t.with_timezone(&Utc))
+            else {
+                continue;
+            };
+            if !self
+                .ledger
+                .store()
+                .take_digest(&o.key, o.updated_at)
+                .await?
+            {
+                continue;
+            }
+            let registers = registers(self.ledger.store(), due).await?;
+            self.attempt(
+                sub,
+                due,
+                recipient,
+                &registers,
+                o.attempts,
+                o.first_failure_at,
+                now,
+            )
+            .await;
+        }
+        Ok(())
+    }
+}
+
+fn to_chrono(d: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+}
+
+fn gone(key: &str, attempts: i64, why: &str) -> Update {
+    Update {
+        key: key.to_owned(),
+        status: Status::Parked,
+        reason: Some(why.to_owned()),
+        attempts,
+        first_failure_at: None,
+        delivered_at: None,
+        sla_outcome: None,
+        sent_hash: None,
+        attempt: None,
+    }
+}
+
+/// The service's scheduler: at start and every `tick`, each subscription's latest digest is
+/// sent if no instance has sent it, and open ones are tried again.
+pub(crate) async fn schedule(
+    ctx: Arc<super::Ctx>,
+    clock: Clock,
+    tick: Duration,
+    stop: CancellationToken,
+) {
+    if ctx.core.subscriptions.is_empty() {
+        return;
+    }
+    loop {
+        let now = clock.now();
+        let sender = Sender {
+            core: &ctx.core,
+            ledger: &ctx.ledger,
+            deliverer: &ctx.deliverer,
+            metrics: &ctx.metrics,
+            retry: &ctx.settings.retry_schedule,
+        };
+        for sub in &ctx.core.subscriptions {
+            let due = sub.schedule.last_due(now);
+            if let Err(e) = sender
+                .claim_and_send(sub, due, sub.message_id(due), now)
+                .await
+            {
+                warn!(subscription = %sub.name, error = %e, "cannot send the digest now; trying again shortly");
+            }
+        }
+        if let Err(e) = sender.finish_open(now).await {
+            warn!(error = %e, "cannot read the digests waiting for a retry now; trying again shortly");
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(tick) => {}
+        }
+    }
+}
