@@ -376,8 +376,9 @@ impl Core {
             .notes
             .push(format!("bank holiday calendar covers up to {last}"));
         report.notes.push(format!(
-            "{} event types, {} routes, {} subscriptions, {} recipients, {} examples",
+            "{} event types{}, {} routes, {} subscriptions, {} recipients, {} examples",
             self.intake.schemas().event_types().count(),
+            several_versions(self.intake.schemas()),
             self.engine.routes.len(),
             self.subscriptions.len(),
             self.engine.directory.all().count(),
@@ -421,4 +422,66 @@ pub struct CheckReport {
     pub errors: Vec<String>,
     pub warnings: Vec<String>,
     pub notes: Vec<String>,
+}
+
+/// For the summary of `herald check`: each event type Herald accepts in more than one
+/// version, with its versions (` (court.hearing.concluded in versions 1 and 2)`), or nothing.
+fn several_versions(schemas: &SchemaSet) -> String {
+    let types: Vec<String> = schemas
+        .event_types()
+        .filter_map(|t| {
+            let mut versions = schemas.versions(t).to_vec();
+            versions.sort_unstable();
+            let (last, rest) = versions.split_last()?;
+            if rest.is_empty() {
+                return None;
+            }
+            let rest: Vec<String> = rest.iter().map(u64::to_string).collect();
+            Some(format!("{t} in versions {} and {last}", rest.join(", ")))
+        })
+        .collect();
+    if types.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", types.join("; "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_check_summary_names_the_versions_of_a_type_that_has_several() {
+        let dir = tempfile::tempdir().unwrap();
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas");
+        std::fs::create_dir(dir.path().join("events")).unwrap();
+        for name in ["common.schema.json", "envelope.schema.json"] {
+            std::fs::copy(shipped.join(name), dir.path().join(name)).unwrap();
+        }
+        let copy = |name: &str, version: u64| {
+            let from = shipped
+                .join("events")
+                .join(format!("{name}.v1.schema.json"));
+            let mut doc: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(from).unwrap()).unwrap();
+            let file = format!("{name}.v{version}.schema.json");
+            doc["$id"] = format!("https://schemas.herald.example/v1/events/{file}").into();
+            doc["properties"]["version"]["const"] = version.into();
+            let to = dir.path().join("events").join(file);
+            std::fs::write(to, serde_json::to_vec(&doc).unwrap()).unwrap();
+        };
+        copy("court.warrant.issued", 1);
+        let load = || SchemaSet::load(dir.path()).unwrap();
+        assert_eq!(several_versions(&load()), "");
+        for version in [10, 2] {
+            copy("court.warrant.issued", version);
+        }
+        copy("court.bail.decided", 1);
+        copy("court.bail.decided", 2);
+        assert_eq!(
+            several_versions(&load()),
+            " (court.bail.decided in versions 1 and 2; court.warrant.issued in versions 1, 2 and 10)"
+        );
+    }
 }

@@ -400,6 +400,12 @@ fn check_passes_the_shipped_configuration() {
         "{run:?}"
     );
     assert!(!run.both().contains("error:"), "{run:?}");
+    // The summary counts types, and names the versions of a type accepted in more than one.
+    assert!(
+        run.stdout.lines().any(|l| l
+            .starts_with("note: 11 event types (court.hearing.concluded in versions 1 and 2), ")),
+        "{run:?}"
+    );
 }
 
 /// A copy of the shipped configuration whose bail route asks for a court no example names:

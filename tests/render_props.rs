@@ -192,6 +192,8 @@ fn piece() -> impl Strategy<Value = (String, Holds)> {
                 "{{#if info.no}}no{{else if info.yes}}{}{{/if}}",
                 "{{#unless info.no}}{}{{/unless}}",
                 "{{#unless info.yes}}no{{else}}{}{{/unless}}",
+                "{{#if (present info.no)}}{}{{/if}}",
+                "{{#unless (present info.none)}}{}{{/unless}}",
                 "{{#each info.items}}{}{{/each}}",
                 "{{#each info.items}}{}{{else}}none{{/each}}",
                 "{{#each info.l}}{{this}}{{else}}{}{{/each}}",
@@ -416,6 +418,24 @@ fn helpers_write_escaped_text_into_html_by_either_way_of_rendering() {
             .text
             .starts_with("<script>, x & y|")
     );
+}
+
+#[test]
+fn present_tells_a_false_field_from_a_missing_one_by_either_way_of_rendering() {
+    let html = "{{#if (present info.no)}}[{{#if info.no}}yes{{else}}no{{/if}}]{{/if}}\
+                {{#if (present info.none)}}none{{/if}}{{#unless (present info.none)}}-{{/unless}}\
+                {{#each info.items}}{{#if (present info.no)}}+{{/if}}{{/each}}";
+    let dir = templates(html, &[]);
+    let mut renderer = Renderer::load(dir.path()).unwrap();
+    assert_eq!(
+        renderer.compiled_parts(),
+        3,
+        "the fast path is the one tried"
+    );
+    let info = nested_info(1);
+    assert_eq!(render(&renderer, &info).unwrap().html, "[no]-+");
+    renderer.set_handlebars_only(true);
+    assert_eq!(render(&renderer, &info).unwrap().html, "[no]-+");
 }
 
 // ---------------------------------------------------------------------------------------

@@ -306,6 +306,95 @@ fn court_outcome_continues_to_the_next_hearing_listing_office() {
     );
 }
 
+/// A version 2 hearing as version 1 would carry it: no `finalised`, version 1.
+fn as_version_1(v2: &Value) -> Value {
+    let mut v1 = v2.clone();
+    v1["version"] = json!(1);
+    for outcome in v1["additionalInformation"]["outcomes"]
+        .as_array_mut()
+        .unwrap()
+    {
+        assert!(
+            outcome
+                .as_object_mut()
+                .unwrap()
+                .remove("finalised")
+                .is_some()
+        );
+    }
+    v1
+}
+
+#[test]
+fn a_hearing_in_version_2_goes_where_the_same_hearing_in_version_1_goes() {
+    for name in [
+        "court.hearing.concluded--v2.json",
+        "court.hearing.concluded--v2-all-finalised.json",
+    ] {
+        let v2 = common::example(name);
+        let (r2, r1) = (route(&v2), route(&as_version_1(&v2)));
+        assert!(r2.problems.is_empty() && r1.problems.is_empty(), "{name}");
+        assert_eq!(r2.matched_routes, r1.matched_routes, "{name}");
+        assert_eq!(targets(&r2), targets(&r1), "{name}");
+        let facts = |r: &Routing| {
+            r.notifications
+                .iter()
+                .map(|n| {
+                    let (key, sla) = (n.key.clone(), n.sla.clone());
+                    (key, n.route.clone(), n.priority, sla, n.marks.clone())
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(facts(&r2), facts(&r1), "{name}");
+        // The emails differ only by the finality written after each result.
+        for (a, b) in r2.notifications.iter().zip(&r1.notifications) {
+            if a.channel.as_str() != "email" {
+                continue;
+            }
+            let ((s2, t2, h2), (s1, t1, h1)) = (email(a), email(b));
+            let plain = |s: &str| s.replace(" (final)", "").replace(" (not final)", "");
+            assert_eq!(
+                (s2, plain(t2), plain(h2)),
+                (s1, t1.to_owned(), h1.to_owned())
+            );
+            assert!(!t1.contains("final)") && !h1.contains("final)"), "{name}");
+        }
+    }
+    let r = route(&common::example("court.hearing.concluded--v2.json"));
+    assert_eq!(
+        targets(&r),
+        set(&[
+            ("police:WYP-LEEDS", "email"),
+            ("police:WYP-LEEDS", "webhook"),
+            ("court-listing:LEEDSMC", "email")
+        ])
+    );
+    let police = r
+        .notifications
+        .iter()
+        .find(|n| n.recipient.id.as_str() == "police:WYP-LEEDS" && n.channel.as_str() == "email")
+        .unwrap();
+    let (_, text, html) = email(police);
+    for body in [text, html] {
+        assert!(body.contains("Guilty plea (final) (12 months"), "{body}");
+        assert!(
+            body.contains("Not guilty plea: adjourned for trial (not final)"),
+            "{body}"
+        );
+    }
+    let r = route(&common::example(
+        "court.hearing.concluded--v2-all-finalised.json",
+    ));
+    assert_eq!(
+        targets(&r),
+        set(&[
+            ("police:WYP-LEEDS", "email"),
+            ("police:WYP-LEEDS", "webhook")
+        ]),
+        "no next hearing: police only"
+    );
+}
+
 #[test]
 fn an_unknown_bcu_is_reported_with_its_reason_not_dropped() {
     let mut doc = common::example("court.warrant.issued.json");

@@ -72,6 +72,105 @@ fn every_event_type_has_a_valid_example() {
 }
 
 #[test]
+fn every_version_of_every_event_type_has_a_valid_example() {
+    let core = common::core();
+    let schemas = core.intake.schemas();
+    let covered: BTreeSet<(String, u64)> = common::examples()
+        .iter()
+        .map(|(_, doc)| {
+            let t = doc["eventType"].as_str().unwrap().to_owned();
+            (t, doc["version"].as_u64().unwrap())
+        })
+        .collect();
+    let mut versions = 0;
+    for t in schemas.event_types() {
+        for v in schemas.versions(t) {
+            assert!(
+                covered.contains(&(t.as_str().to_owned(), *v)),
+                "no valid example of {t} version {v}"
+            );
+            versions += 1;
+        }
+    }
+    // Eleven types; court.hearing.concluded in versions 1 and 2.
+    assert_eq!(versions, 12);
+}
+
+#[test]
+fn court_hearing_concluded_is_accepted_in_versions_1_and_2_and_v2_says_whether_each_outcome_is_final()
+ {
+    let core = common::core();
+    let schemas = core.intake.schemas();
+    let hearing = schemas.event_type("court.hearing.concluded").unwrap();
+    let mut versions = schemas.versions(hearing).to_vec();
+    versions.sort_unstable();
+    assert_eq!(versions, [1, 2]);
+
+    let v1 = common::example("court.hearing.concluded.json");
+    let v2 = common::example("court.hearing.concluded--v2.json");
+    assert_eq!(common::accept(&v1).version, 1);
+    assert_eq!(common::accept(&v2).version, 2);
+
+    let refused = |doc: &serde_json::Value| {
+        let body = serde_json::to_vec(doc).unwrap();
+        let r = core
+            .intake
+            .accept(&body, EventId::from_content(&body))
+            .map(|_| ())
+            .unwrap_err();
+        assert_eq!(r.reason.as_str(), "schema-violation", "{r}");
+        assert_eq!(r.violations.len(), 1, "{r}");
+        (
+            r.violations[0].pointer.clone(),
+            r.violations[0].message.clone(),
+        )
+    };
+    // Version 2 needs `finalised` on every outcome, and a boolean...
+    let mut doc = v2.clone();
+    doc["additionalInformation"]["outcomes"][0]
+        .as_object_mut()
+        .unwrap()
+        .remove("finalised");
+    assert_eq!(
+        refused(&doc),
+        (
+            "/additionalInformation/outcomes/0/finalised".to_owned(),
+            "required field is missing".to_owned()
+        )
+    );
+    let mut doc = v2.clone();
+    doc["additionalInformation"]["outcomes"][1]["finalised"] = "no".into();
+    assert_eq!(
+        refused(&doc),
+        (
+            "/additionalInformation/outcomes/1/finalised".to_owned(),
+            "must be of type boolean".to_owned()
+        )
+    );
+    // ...and version 1 does not know it.
+    let mut doc = v1.clone();
+    doc["additionalInformation"]["outcomes"][1]["finalised"] = true.into();
+    assert_eq!(
+        refused(&doc),
+        (
+            "/additionalInformation/outcomes/1/finalised".to_owned(),
+            "unknown field (not in the schema)".to_owned()
+        )
+    );
+    // A version beyond them names both.
+    let mut doc = v2;
+    doc["version"] = 3.into();
+    let body = serde_json::to_vec(&doc).unwrap();
+    let r = core
+        .intake
+        .accept(&body, EventId::from_content(&body))
+        .map(|_| ())
+        .unwrap_err();
+    assert_eq!(r.reason.as_str(), "unsupported-version", "{r}");
+    assert!(r.detail.contains("supported: 1, 2"), "{r}");
+}
+
+#[test]
 fn every_invalid_example_fails_for_its_rule_at_its_pointer() {
     let core = common::core();
     let text = std::fs::read_to_string(common::example_path("invalid", "expected.toml")).unwrap();

@@ -3,11 +3,12 @@
 //!
 //! Handlebars parses every template. When a parsed template keeps to text, values
 //! (`{{info.court.name}}`, `{{{raw}}}`), Herald's helpers (`uk_date`, `uk_datetime`, `join`)
-//! with path or literal arguments, `#if`/`#unless`/`else`, and `#each` over `this`-relative
-//! paths, it is also compiled here into [`Compiled`], and rendering walks those steps against
-//! the template data directly: no copy of the data, no path parsing, no block context. Anything
-//! else (`@index`, `../`, `@root`, subexpressions, hash arguments, other helpers, decorators)
-//! leaves the template to the Handlebars registry. Both give the same text in strict mode:
+//! with path or literal arguments, `#if`/`#unless`/`else` on a value or on `(present path)`,
+//! and `#each` over `this`-relative paths, it is also compiled here into [`Compiled`], and
+//! rendering walks those steps against the template data directly: no copy of the data, no
+//! path parsing, no block context. Anything else (`@index`, `../`, `@root`, other
+//! subexpressions, hash arguments, other helpers, decorators) leaves the template to the
+//! Handlebars registry. Both give the same text in strict mode:
 //! tests render every shipped template both ways on every example and on altered events.
 
 use handlebars::template::{HelperTemplate, Parameter, Template, TemplateElement};
@@ -103,7 +104,7 @@ enum Step {
         escape: bool,
     },
     If {
-        at: Arg,
+        at: Condition,
         /// `false` for `#unless`.
         when: bool,
         then: Vec<Step>,
@@ -137,6 +138,15 @@ impl HelperName {
 enum Arg {
     Path(Lookup),
     Literal(Value),
+}
+
+/// What `#if` and `#unless` test.
+#[derive(Debug)]
+enum Condition {
+    /// The value's truth, as Handlebars reads it.
+    Value(Arg),
+    /// `(present path)`: whether the field is there, whatever its value.
+    Present(Lookup),
 }
 
 /// A path relative to the current value (the template data at the top, the item inside
@@ -280,7 +290,13 @@ fn names_recipient(steps: &[Step]) -> bool {
             then,
             otherwise,
             ..
-        } => arg(at) || names_recipient(then) || names_recipient(otherwise),
+        } => {
+            let tested = match at {
+                Condition::Value(a) => arg(a),
+                Condition::Present(at) => top(at),
+            };
+            tested || names_recipient(then) || names_recipient(otherwise)
+        }
         // Inside the loop paths start from the item, so only the list itself counts; `{{else}}`
         // runs where the loop stands.
         Step::Each { at, otherwise, .. } => {
@@ -354,7 +370,7 @@ fn block(h: &HelperTemplate, escape: bool, in_each: bool) -> Option<Step> {
     };
     match name(&h.name)? {
         name @ ("if" | "unless") => Some(Step::If {
-            at: arg(&h.params[0], in_each)?,
+            at: condition(&h.params[0], in_each)?,
             when: name == "if",
             then: inner(&h.template, in_each)?,
             otherwise: inner(&h.inverse, in_each)?,
@@ -390,6 +406,23 @@ fn arg(p: &Parameter, in_each: bool) -> Option<Arg> {
         Parameter::Literal(v) => Some(Arg::Literal(v.clone())),
         _ => None,
     }
+}
+
+/// A value, or the one subexpression compiled: `(present path)`.
+fn condition(p: &Parameter, in_each: bool) -> Option<Condition> {
+    let Parameter::Subexpression(sub) = p else {
+        return arg(p, in_each).map(Condition::Value);
+    };
+    let TemplateElement::Expression(h) = sub.as_element() else {
+        return None;
+    };
+    if name(&h.name)? != "present" || !h.hash.is_empty() || h.params.len() != 1 {
+        return None;
+    }
+    let Parameter::Path(path) = &h.params[0] else {
+        return None;
+    };
+    lookup(path, in_each).map(Condition::Present)
 }
 
 /// Plain names (`a.b.c`, `this`, `this.a`) and, inside `#each`, its `@index`, `@first`,
@@ -520,8 +553,11 @@ fn render<'a>(
                 otherwise,
             } => {
                 let truthy = match at {
-                    Arg::Path(at) => find(at, data, item)?.is_some_and(|v| truthy(&v)),
-                    Arg::Literal(v) => truthy(v),
+                    Condition::Value(Arg::Path(at)) => {
+                        find(at, data, item)?.is_some_and(|v| truthy(&v))
+                    }
+                    Condition::Value(Arg::Literal(v)) => truthy(v),
+                    Condition::Present(at) => find(at, data, item)?.is_some(),
                 };
                 let branch = if truthy == *when { then } else { otherwise };
                 render(branch, data, item, out, gaps)?;

@@ -1,6 +1,6 @@
-//! Template helpers: dates in UK style, Europe/London time, and joining lists.
-//! Each returns a value (so the registry escapes it for HTML) and fails loudly on a
-//! missing field rather than printing nothing.
+//! Template helpers: dates in UK style, Europe/London time, joining lists, and whether a
+//! field is there. Each returns a value (so the registry escapes it for HTML); those that
+//! write a field fail loudly on a missing one rather than printing nothing.
 
 use std::sync::LazyLock;
 
@@ -15,13 +15,14 @@ use handlebars::{
 use serde_json::Value;
 
 /// Herald's helpers, by name: the one table both ways of rendering know them by.
-pub const HERALD_HELPERS: [&str; 3] = ["uk_date", "uk_datetime", "join"];
+pub const HERALD_HELPERS: [&str; 4] = ["uk_date", "uk_datetime", "join", "present"];
 
 pub fn register(registry: &mut Handlebars<'static>) {
     for name in HERALD_HELPERS {
         let helper: Box<dyn HelperDef + Send + Sync> = match name {
             "uk_date" => Box::new(UkDate),
             "uk_datetime" => Box::new(UkDateTime),
+            "present" => Box::new(Present),
             _ => Box::new(Join),
         };
         registry.register_helper(name, helper);
@@ -231,6 +232,27 @@ impl HelperDef for Join {
             .ok_or_else(|| fail(format!("join: field {name} is not a list")))?;
         let sep = h.param(1).and_then(|p| p.value().as_str()).unwrap_or(", ");
         Ok(ScopedJson::Derived(Value::String(join(items, sep))))
+    }
+}
+
+/// `{{#if (present field)}}`: whether the event has the field, whatever its value. `#if`
+/// alone cannot tell a field that is `false` from one that is not there (both are false), and
+/// strict mode refuses to look at a missing field any other way; this can, so a template can
+/// write something for `false` and nothing for an event (an earlier version) without the field.
+struct Present;
+
+impl HelperDef for Present {
+    fn call_inner<'reg: 'rc, 'rc>(
+        &self,
+        h: &Helper<'rc>,
+        _: &'reg Handlebars<'reg>,
+        _: &'rc Context,
+        _: &mut RenderContext<'reg, 'rc>,
+    ) -> Result<ScopedJson<'rc>, RenderError> {
+        let param = h
+            .param(0)
+            .ok_or_else(|| fail("present needs a field".into()))?;
+        Ok(ScopedJson::Derived(Value::Bool(!param.is_value_missing())))
     }
 }
 
