@@ -60,7 +60,7 @@ fn day(base: NaiveDate, days: usize) -> NaiveDate {
 /// The `k`th entry (0: received, 1: release scheduled, 2: HDC) of person `p`.
 fn entry(p: usize, k: usize) -> Recorded {
     let start = Utc.with_ymd_and_hms(2026, 9, 1, 9, 0, 0).unwrap();
-    let occurred = start + chrono::Duration::minutes((p * 7 + k * 20_000) as i64 % 130_000);
+    let occurred = start + chrono::Duration::minutes((p * 7 + k * 20_000) as i64 % 139_000);
     let prison = Establishment {
         code: ["LEI", "WDI", "MRI"][p % 3].into(),
         name: "HMP".into(),

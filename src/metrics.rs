@@ -105,8 +105,9 @@ pub struct Metrics {
     pub authority_pairs: IntGaugeVec,
     /// Register rows removed by retention.
     pub authority_pruned: IntCounterVec,
-    /// Each look at a subscription's latest digest: `claimed` (this instance sends it) or
-    /// `already-claimed` (this one or another did).
+    /// Each look at a subscription's latest digest: `claimed` (this instance sends it),
+    /// `already-claimed` (this one or another did) or `passed-over` (late, and the
+    /// subscription is new to this ledger).
     pub digest_claims: IntCounterVec,
 }
 
@@ -288,7 +289,7 @@ impl Metrics {
             ),
             digest_claims: counter(
                 "herald_digest_claims_total",
-                "Looks at a subscription's latest weekly digest, by result: claimed (this instance sends it) or already-claimed (sent or being sent, by this instance or another).",
+                "Looks at a subscription's latest weekly digest, by result: claimed (this instance sends it), already-claimed (sent or being sent, by this instance or another), passed-over (its time passed before the subscription was first seen by this ledger: the next one is its first).",
                 &["subscription", "result"],
             ),
             registry,

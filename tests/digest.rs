@@ -52,7 +52,14 @@ async fn start(
     clock: &TestClock,
 ) -> Running {
     let (url, clock) = (url.to_owned(), clock.clock());
-    service::start_with(service::config(receiver), names, Some(smtp), move |s| {
+    // The test publishes the court's hearings too.
+    let mut config = service::config_with_digests(receiver);
+    config
+        .publishers
+        .get_mut("guest")
+        .unwrap()
+        .push("court.hearing.concluded".into());
+    service::start_with(config, names, Some(smtp), move |s| {
         s.ledger_url = url;
         s.clock = clock;
         s.digest_tick = Duration::from_millis(200);
@@ -239,6 +246,11 @@ async fn a_week_of_events_makes_the_three_digests_with_exactly_the_right_people(
     for (i, doc) in events.iter().enumerate() {
         publish(&ch, &names, &store, doc, &format!("digest-week-{i}")).await;
     }
+    assert_eq!(
+        count(&store, "SELECT COUNT(*) FROM custody").await,
+        events.len() as i64,
+        "every event accepted and in the register"
+    );
 
     // Monday 30 November, 07:00:30: the digests of the week.
     clock.set("2026-11-30T07:00:30Z");
@@ -388,6 +400,197 @@ async fn a_digest_missed_while_stopped_goes_late_on_restart() {
     assert_eq!(to_leeds(&smtp, "WYP-LEEDS").len(), 6);
     herald.stop().await.unwrap();
     store.close().await;
+    let (_conn, ch) = service::channel().await;
+    service::cleanup(&ch, &names).await;
+}
+
+/// `herald digest preview` and `send` on a ledger that holds one PPO received into HMP Leeds.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_operator_previews_a_digest_and_sends_one_now() {
+    use herald::ledger::{EventOutcome, Ledger};
+    use herald::metrics::Metrics;
+    let smtp = Smtp::start();
+    let url = fresh(Backend::Sqlite).await;
+    let store = Store::open(&url, Sync::Normal, Health::default())
+        .await
+        .unwrap();
+    let ledger = Ledger::start(store.clone(), Metrics::new());
+    let doc = custody(
+        "prison.prisoner.received.json",
+        "H8888HH",
+        "2026-11-24T10:00:00Z",
+        "WYP-LEEDS",
+        true,
+    );
+    let event = common::accept(&doc);
+    let record = herald::serve::rows::event_record(&event, EventOutcome::Routed, Utc::now());
+    ledger
+        .handled(record, Vec::new(), Vec::new(), None)
+        .await
+        .unwrap();
+    drop(ledger);
+    let herald = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args(args)
+            .current_dir(common::root())
+            .env("HERALD_LEDGER_URL", &url)
+            .env("HERALD_SMTP_URL", smtp.url())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    // The digest due on Monday 30 November, as it stood then.
+    let (code, out, err) = herald(&[
+        "digest",
+        "preview",
+        "jtrack-leeds-in-prison",
+        "--as-of",
+        "2026-12-01",
+    ]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    for part in [
+        "digest jtrack-leeds-in-prison: PPOs in prison (in-prison), due 2026-11-30T07:00:00Z; 1 person",
+        "--- to police:WYP-LEEDS (ppo.leeds@westyorkshire.police.example.uk) ---",
+        "Subject: PPOs in prison, WYP-LEEDS: 1",
+        "NOMS:H8888HH",
+        "HMP Leeds (LEI)",
+    ] {
+        assert!(out.contains(part), "{part:?} missing from:\n{out}");
+    }
+    assert!(smtp.messages().is_empty(), "a preview sends nothing");
+    // A week earlier, no one.
+    let (_, out, _) = herald(&[
+        "digest",
+        "preview",
+        "jtrack-leeds-in-prison",
+        "--as-of",
+        "2026-11-24",
+    ]);
+    assert!(out.contains("; 0 people"), "{out}");
+    assert!(out.contains("None this week."), "{out}");
+    // A name routes.toml does not have.
+    let (code, _, err) = herald(&["digest", "preview", "jtrack-leeds"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("no subscription named jtrack-leeds"), "{err}");
+    assert!(err.contains("jtrack-leeds-in-prison"), "{err}");
+
+    // Sent now: one email, recorded delivered.
+    let (code, out, err) = herald(&["digest", "send", "jtrack-leeds-in-prison"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("delivered to 1 of 1 recipient(s)"), "{out}");
+    wait_until("the digest email", WAIT, || async {
+        smtp.messages().len() == 1
+    })
+    .await;
+    let mail = &smtp.messages()[0];
+    assert_eq!(mail.subject, "PPOs in prison, WYP-LEEDS: 1");
+    assert_eq!(named(mail), set(&["NOMS:H8888HH"]));
+    assert_eq!(
+        count(
+            &store,
+            "SELECT COUNT(*) FROM notifications n JOIN events e ON e.id = n.event_id \
+             WHERE e.message_id LIKE 'digest:jtrack-leeds-in-prison@%' AND n.status = 'delivered'"
+        )
+        .await,
+        1
+    );
+    store.close().await;
+}
+
+/// A digest the SMTP server could not take is tried again on the retry schedule, and goes
+/// once the server is back.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_digest_that_fails_is_tried_again_until_it_goes() {
+    let receiver = Receiver::start().await;
+    let names = Names::new("digest-retry");
+    let (port, maildir) = Smtp::reserve();
+    let url = fresh(Backend::Sqlite).await;
+    let herald_url = url.clone();
+    let clock = TestClock::new("2026-11-30T07:00:30Z").clock();
+    let mut config = service::config_with_digests(&receiver);
+    config.email.url = None;
+    let herald = service::start_with(config, &names, None, move |s| {
+        s.ledger_url = herald_url;
+        s.clock = clock;
+        s.digest_tick = Duration::from_millis(200);
+        s.smtp_url = Some(format!("smtp://127.0.0.1:{port}"));
+        s.retry_schedule = vec![Duration::from_secs(1); 30];
+        s.circuit_failures = 1000;
+    })
+    .await;
+    let store = Store::open(&url, Sync::Normal, Health::default())
+        .await
+        .unwrap();
+    let with_status = |status: &'static str| {
+        let store = &store;
+        async move {
+            count(
+                store,
+                &format!("SELECT COUNT(*) FROM notifications WHERE status = '{status}'"),
+            )
+            .await
+        }
+    };
+    wait_until(
+        "every digest failing and waiting for a retry",
+        WAIT,
+        || async { with_status("retrying").await == 9 },
+    )
+    .await;
+    let smtp = Smtp::start_on(port, maildir);
+    wait_until("every digest delivered", WAIT, || async {
+        with_status("delivered").await == 9
+    })
+    .await;
+    assert_eq!(smtp.messages().len(), 9, "each digest once");
+    assert!(
+        count(
+            &store,
+            "SELECT COUNT(*) FROM attempts WHERE outcome = 'smtp-connect'"
+        )
+        .await
+            >= 9
+    );
+    herald.stop().await.unwrap();
+    store.close().await;
+    let (_conn, ch) = service::channel().await;
+    service::cleanup(&ch, &names).await;
+}
+
+/// A subscription new to the ledger does not send, late, the digest due before it was set up:
+/// its first is the next one, on time.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_subscription_starts_with_the_next_digest() {
+    let (smtp, receiver, names) = (
+        Smtp::start(),
+        Receiver::start().await,
+        Names::new("digest-new"),
+    );
+    let url = fresh(Backend::Sqlite).await;
+    // Monday 30 November at 09:30: that morning's digests were due at 07:00.
+    let clock = TestClock::new("2026-11-30T09:30:00Z");
+    let herald = start(&receiver, &names, &smtp, &url, &clock).await;
+    wait_until("every subscription passed over", WAIT, || async {
+        total(
+            &service::scrape(&herald).await,
+            "herald_digest_claims_total",
+            &["result=\"passed-over\""],
+        ) == 9.0
+    })
+    .await;
+    assert!(smtp.messages().is_empty(), "nothing sent late");
+    clock.set("2026-12-07T07:00:30Z");
+    wait_until("the next week's digests, on time", WAIT, || async {
+        smtp.messages().len() == 9
+    })
+    .await;
+    assert!(smtp.messages().iter().all(|m| !m.subject.contains("LATE")));
+    herald.stop().await.unwrap();
     let (_conn, ch) = service::channel().await;
     service::cleanup(&ch, &names).await;
 }

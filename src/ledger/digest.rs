@@ -90,6 +90,30 @@ impl Store {
         Ok(true)
     }
 
+    /// Whether any of these digests (by `message_id`) is recorded.
+    pub async fn digests_recorded(&self, message_ids: &[String]) -> Result<bool, LedgerError> {
+        let err = |e: sqlx::Error| self.error(&e);
+        let marks = (0..message_ids.len())
+            .map(|i| format!("${}", i + 2))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "SELECT COUNT(*) FROM events WHERE publisher = $1 AND outcome = 'routed' \
+             AND message_id IN ({marks})"
+        );
+        let mut query = sqlx::query(&sql).bind(DIGEST_PUBLISHER);
+        for id in message_ids {
+            query = query.bind(id);
+        }
+        let n: i64 = query
+            .fetch_one(self.pool())
+            .await
+            .map_err(err)?
+            .try_get(0)
+            .map_err(err)?;
+        Ok(n > 0)
+    }
+
     /// Digest notifications still pending or retrying that the ledger has not changed since
     /// `idle_since`: an instance that claimed them stopped before it finished, or their
     /// retry is due.

@@ -66,6 +66,13 @@ impl Weekly {
         }
     }
 
+    /// The scheduled instant `weeks` weeks before `due` (the same time, London time, whatever
+    /// the clocks did in between).
+    pub fn weeks_before(&self, due: DateTime<Utc>, weeks: u32) -> DateTime<Utc> {
+        let date = due.with_timezone(&chrono_tz::Europe::London).date_naive();
+        self.on(date - Duration::days(7 * i64::from(weeks)))
+    }
+
     /// The first scheduled instant after `now`.
     pub fn next_due(&self, now: DateTime<Utc>) -> DateTime<Utc> {
         let last = self.last_due(now);

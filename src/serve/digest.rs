@@ -356,6 +356,30 @@ fn gone(key: &str, attempts: i64, why: &str) -> Update {
     }
 }
 
+/// How many weeks back a subscription's digests are looked for, to tell a digest missed while
+/// Herald was down from a subscription new to this ledger.
+const HISTORY_WEEKS: u32 = 8;
+
+impl Sender<'_> {
+    /// Whether the digest due at `due` is to be sent at `now`: on time, always; late, only if
+    /// the subscription has sent one of the weeks before (it was missed while Herald was down),
+    /// not when it is new here (its first digest is the next one due).
+    pub async fn wanted(
+        &self,
+        sub: &Subscription,
+        due: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<bool, LedgerError> {
+        if now <= due + sub.due_within {
+            return Ok(true);
+        }
+        let ids: Vec<String> = (0..=HISTORY_WEEKS)
+            .map(|k| sub.message_id(sub.schedule.weeks_before(due, k)))
+            .collect();
+        self.ledger.store().digests_recorded(&ids).await
+    }
+}
+
 /// The service's scheduler: at start and every `tick`, each subscription's latest digest is
 /// sent if no instance has sent it, and open ones are tried again.
 pub(crate) async fn schedule(
@@ -367,6 +391,8 @@ pub(crate) async fn schedule(
     if ctx.core.subscriptions.is_empty() {
         return;
     }
+    // The digests passed over for a subscription new here, not asked about again.
+    let mut passed = std::collections::HashSet::new();
     loop {
         let now = clock.now();
         let sender = Sender {
@@ -378,10 +404,26 @@ pub(crate) async fn schedule(
         };
         for sub in &ctx.core.subscriptions {
             let due = sub.schedule.last_due(now);
-            if let Err(e) = sender
-                .claim_and_send(sub, due, sub.message_id(due), now)
-                .await
-            {
+            if passed.contains(&(Arc::clone(&sub.name), due)) {
+                continue;
+            }
+            let result = match sender.wanted(sub, due, now).await {
+                Ok(true) => sender
+                    .claim_and_send(sub, due, sub.message_id(due), now)
+                    .await
+                    .map(drop),
+                Ok(false) => {
+                    info!(subscription = %sub.name, due = %due, next = %sub.schedule.next_due(now), "subscription new to this ledger: the digest due before it was set up is not sent; its first is the next one");
+                    passed.insert((Arc::clone(&sub.name), due));
+                    ctx.metrics
+                        .digest_claims
+                        .with_label_values(&[&*sub.name, "passed-over"])
+                        .inc();
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            };
+            if let Err(e) = result {
                 warn!(subscription = %sub.name, error = %e, "cannot send the digest now; trying again shortly");
             }
         }

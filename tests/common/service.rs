@@ -741,8 +741,17 @@ pub async fn cleanup(ch: &Channel, names: &Names) {
 }
 
 /// The shipped configuration, with webhooks pointed at the test receiver, and guest allowed
-/// to publish everything but `court.hearing.concluded` (for the spoofing test).
+/// to publish everything but `court.hearing.concluded` (for the spoofing test). Without the
+/// weekly subscriptions, whose digests would go by the machine's clock: the digest tests put
+/// them back ([`config_with_digests`]).
 pub fn config(receiver: &Receiver) -> Config {
+    let mut config = config_with_digests(receiver);
+    config.subscriptions.clear();
+    config
+}
+
+/// [`config`] with the shipped weekly subscriptions.
+pub fn config_with_digests(receiver: &Receiver) -> Config {
     let root = super::root();
     let mut config = Config::load_with(&root.join("routes.toml"), |name| {
         (name == herald::config::RECEIVER_URL_VAR).then(|| receiver.url())
@@ -869,8 +878,12 @@ pub fn config_file_with(
 /// urls still start with `${HERALD_RECEIVER_URL}`.
 pub fn config_text(names: &Names, guest_may: &str, extra: &str) -> String {
     let root = super::root().display().to_string();
-    let text = std::fs::read_to_string(super::root().join("routes.toml"))
-        .unwrap()
+    let mut text = std::fs::read_to_string(super::root().join("routes.toml")).unwrap();
+    // Without the weekly subscriptions (the last tables of the file), as in `config`.
+    if let Some(at) = text.find("\n[[subscription]]") {
+        text.truncate(at + 1);
+    }
+    let text = text
         .replace(
             "exchange = \"herald.events\"",
             &format!("exchange = \"{}\"", names.exchange),
