@@ -57,10 +57,11 @@ fn day(base: NaiveDate, days: usize) -> NaiveDate {
     base + chrono::Duration::days(days as i64)
 }
 
-/// The `k`th entry (0: received, 1: release scheduled, 2: HDC) of person `p`.
+/// The `k`th entry (0: received, 1: release scheduled, 2: HDC or a hearing) of person `p`.
 fn entry(p: usize, k: usize) -> Recorded {
     let start = Utc.with_ymd_and_hms(2026, 9, 1, 9, 0, 0).unwrap();
-    let occurred = start + chrono::Duration::minutes((p * 7 + k * 20_000) as i64 % 139_000);
+    // Spread over the 97 days to the digest, the last week included.
+    let occurred = start + chrono::Duration::minutes((p * 13 + k * 2_000) as i64 % 139_000);
     let prison = Establishment {
         code: ["LEI", "WDI", "MRI"][p % 3].into(),
         name: "HMP".into(),
@@ -72,15 +73,19 @@ fn entry(p: usize, k: usize) -> Recorded {
             prison,
             release_date: day(base, p % 90),
         },
-        _ => Fact::Hdc {
+        _ if (p / 4).is_multiple_of(2) => Fact::Hdc {
             prison,
             eligibility: day(base, p % 60),
             release_date: None,
+        },
+        _ => Fact::Hearing {
+            unfinalised: Some(p.is_multiple_of(3)),
         },
     };
     Recorded {
         occurred_at: occurred,
         event: format!("evt-{p}-{k}"),
+        row: 0,
         entry: Entry {
             identifiers: vec![format!("NOMS:{}", noms(p)), format!("PNC:2004/{p:07}X")],
             offender: Offender {

@@ -321,6 +321,7 @@ impl Core {
                 Some(Recorded {
                     occurred_at: e.occurred_at,
                     event: e.id.as_str().to_owned(),
+                    row: 0,
                     entry: Entry::of(e)?,
                 })
             })
@@ -329,7 +330,7 @@ impl Core {
         for sub in &self.subscriptions {
             let due = sub
                 .schedule
-                .next_due(latest.unwrap_or(DateTime::<Utc>::MIN_UTC));
+                .next_due(latest.unwrap_or(DateTime::<Utc>::UNIX_EPOCH));
             let people = fold(&entries, due);
             let lines: Vec<Line> = people
                 .iter()

@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::ledger::{BOTH, count, fresh};
-use common::service::{self, Names, Receiver, Smtp, agency, total, wait_until};
+use common::service::{self, Names, Receiver, Smtp, total, wait_until};
 use herald::ledger::{Backend, Health, Store, Sync};
 use lapin::Channel;
 use serde_json::{Value, json};
@@ -51,23 +51,23 @@ struct Run {
 }
 
 impl Run {
+    async fn new(ch: Channel, names: Names, url: String) -> Run {
+        let store = Store::open(&url, Sync::Normal, Health::default())
+            .await
+            .unwrap();
+        Run {
+            ch,
+            names,
+            store,
+            url,
+        }
+    }
+
     /// Publishes `doc` as `message_id` and waits until the ledger holds its handling (the
     /// handling's one commit comes after its deliveries).
     async fn handled(&self, doc: &Value, message_id: &str) {
-        let event_type = doc["eventType"].as_str().unwrap();
-        service::publish(
-            &self.ch,
-            &self.names.exchange,
-            event_type,
-            &serde_json::to_vec(doc).unwrap(),
-            agency(message_id),
-        )
-        .await;
-        let sql = format!("SELECT COUNT(*) FROM events WHERE message_id = '{message_id}'");
-        wait_until(&format!("{message_id} in the ledger"), WAIT, || async {
-            count(&self.store, &sql).await >= 1
-        })
-        .await;
+        service::publish_recorded(&self.ch, &self.names.exchange, &self.store, doc, message_id)
+            .await;
     }
 
     /// The notification row for an event and a recipient (or selector): its status and
@@ -122,15 +122,7 @@ async fn the_register_decides_who_is_told(backend: Backend) {
     })
     .await;
     let (_conn, ch) = service::channel().await;
-    let store = Store::open(&url, Sync::Normal, Health::default())
-        .await
-        .unwrap();
-    let run = Run {
-        ch,
-        names,
-        store,
-        url,
-    };
+    let run = Run::new(ch, names, url).await;
     let changes = |change: &'static str, result: &'static str| {
         let herald = &herald;
         async move {
@@ -304,15 +296,7 @@ async fn authority_withdrawn_while_an_email_waits_for_a_retry_stops_it() {
     })
     .await;
     let (_conn, ch) = service::channel().await;
-    let store = Store::open(&url, Sync::Normal, Health::default())
-        .await
-        .unwrap();
-    let run = Run {
-        ch,
-        names,
-        store,
-        url,
-    };
+    let run = Run::new(ch, names, url).await;
 
     // The SMTP server is down: the firm's email (acts_for authorises it) waits for a retry.
     run.handled(&document("A1234BC"), "auth-retry-doc").await;

@@ -1437,10 +1437,11 @@ fn a_subscription_routes_toml_gets_wrong_is_refused_with_every_reason() {
 name = "broken"
 report = "in-jail"
 scope = ["court-listing:LEEDSMC", "police:NOWHERE"]
-to = ["judiciary:PAROLE-BOARD"]
+to = ["judiciary:PAROLE-BOARD", "legal-rep:SMITH-AND-CO"]
 channel = "webhook"
 schedule = "Mondays at 7"
 template = "no-such-template"
+due_within = "30d"
 "#
     });
     let run = sandbox.check();
@@ -1451,6 +1452,8 @@ template = "no-such-template"
         "subscription broken: scope: police:NOWHERE is not in the directory",
         "subscription broken: channel: \"webhook\": digests go by email only",
         "subscription broken: to: judiciary:PAROLE-BOARD: its class may not see offender.ppo",
+        "subscription broken: to: legal-rep:SMITH-AND-CO: digests go to police and probation recipients only",
+        "subscription broken: due_within: at most a week (7d)",
         "subscription broken: schedule \"Mondays at 7\" is not a day and a time",
         "subscription broken: template: \"no-such-template\" has no folder",
     ] {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use common::ledger::{BOTH, count, fresh};
-use common::service::{self, Names, Receiver, agency, wait_until};
+use common::service::{self, Names, Receiver, wait_until};
 use herald::ledger::{Backend, Health, Store, Sync};
 use serde_json::{Value, json};
 
@@ -46,22 +46,7 @@ async fn the_register_follows_custody_events(backend: Backend) {
         .unwrap();
     let publish = |doc: Value, id: &'static str| {
         let (ch, names, store) = (&ch, &names, &store);
-        async move {
-            let event_type = doc["eventType"].as_str().unwrap().to_owned();
-            service::publish(
-                ch,
-                &names.exchange,
-                &event_type,
-                &serde_json::to_vec(&doc).unwrap(),
-                agency(id),
-            )
-            .await;
-            let sql = format!("SELECT COUNT(*) FROM events WHERE message_id = '{id}'");
-            wait_until(&format!("{id} in the ledger"), WAIT, || async {
-                count(store, &sql).await >= 1
-            })
-            .await;
-        }
+        async move { service::publish_recorded(ch, &names.exchange, store, &doc, id).await }
     };
 
     // The release arrives before the reception and the scheduling it follows.

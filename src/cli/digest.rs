@@ -75,7 +75,9 @@ async fn preview(
 ) -> Result<ExitCode, String> {
     let due = sub.schedule.last_due(as_of.unwrap_or_else(Utc::now));
     let store = open(url).await?;
-    let (now, week_ago) = registers(&store, due).await.map_err(|e| e.to_string())?;
+    let (now, week_ago) = registers(&store, sub, due)
+        .await
+        .map_err(|e| e.to_string())?;
     store.close().await;
     let count = sub.lines(&now, &week_ago).len();
     let mut out = format!(

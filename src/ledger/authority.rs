@@ -133,30 +133,36 @@ impl Store {
     }
 
     /// Deletes the rows of pairs not authorised at `now` whose newest row was received
-    /// before `before`, up to `batch` pairs; how many rows went. A pair still authorised
-    /// keeps its history, however old.
+    /// before `before`, looking at up to `batch` pairs after the cursor `after` (0 to start);
+    /// how many rows went, and the cursor to go on from (`None`: no pair is left to look at).
+    /// A pair still authorised keeps its history, however old.
     pub async fn prune_authority(
         &self,
         before: DateTime<Utc>,
         now: DateTime<Utc>,
         batch: i64,
+        after: i64,
         seeded: &(dyn Fn(&str, &str) -> bool + Sync),
-    ) -> Result<u64, LedgerError> {
+    ) -> Result<(u64, Option<i64>), LedgerError> {
         let err = |e: sqlx::Error| self.error(&e);
         let candidates = sqlx::query(
-            "SELECT person, representative FROM authority GROUP BY person, representative \
-             HAVING MAX(received_at) < $1 ORDER BY MIN(id) LIMIT $2",
+            "SELECT person, representative, MIN(id) FROM authority \
+             GROUP BY person, representative \
+             HAVING MAX(received_at) < $1 AND MIN(id) > $2 ORDER BY MIN(id) LIMIT $3",
         )
         .bind(ms(before))
+        .bind(after)
         .bind(batch)
         .persistent(!self.planned_each_time())
         .fetch_all(self.pool())
         .await
         .map_err(err)?;
         let mut deleted = 0;
+        let mut cursor = None;
         for c in &candidates {
             let (person, representative): (String, String) =
                 (c.try_get(0).map_err(err)?, c.try_get(1).map_err(err)?);
+            cursor = Some(c.try_get::<i64, _>(2).map_err(err)?);
             let rows = self
                 .authority_rows(Some(&person), Some(&representative))
                 .await?;
@@ -183,6 +189,6 @@ impl Store {
             .map_err(err)?;
             deleted += done.rows_affected();
         }
-        Ok(deleted)
+        Ok((deleted, cursor))
     }
 }

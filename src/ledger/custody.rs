@@ -16,7 +16,7 @@ impl Store {
     ) -> Result<Vec<Recorded>, LedgerError> {
         let err = |e: sqlx::Error| self.error(&e);
         let rows = sqlx::query(
-            "SELECT occurred_at, message_id, entry FROM custody WHERE occurred_at <= $1",
+            "SELECT occurred_at, message_id, entry, id FROM custody WHERE occurred_at <= $1",
         )
         .bind(until.map_or(i64::MAX, ms))
         .fetch_all(self.pool())
@@ -30,6 +30,7 @@ impl Store {
             entries.push(Recorded {
                 occurred_at: time(r.try_get(0).map_err(err)?),
                 event: r.try_get(1).map_err(err)?,
+                row: r.try_get(3).map_err(err)?,
                 entry,
             });
         }
@@ -50,19 +51,19 @@ impl Store {
         let people = fold(&entries, DateTime::<Utc>::MAX_UTC);
         let mut deleted = 0;
         for p in people.iter().filter(|p| !p.in_custody && p.latest < before) {
-            for chunk in p.events.chunks(100) {
-                let marks = (0..chunk.len())
-                    .map(|i| format!("${}", i + 2))
+            for chunk in p.rows.chunks(500) {
+                // The store's own integers, written into the statement.
+                let list = chunk
+                    .iter()
+                    .map(i64::to_string)
                     .collect::<Vec<_>>()
-                    .join(", ");
-                let sql = format!(
-                    "DELETE FROM custody WHERE occurred_at < $1 AND message_id IN ({marks})"
-                );
-                let mut q = sqlx::query(&sql).bind(ms(before));
-                for e in chunk {
-                    q = q.bind(e);
-                }
-                deleted += q.execute(self.pool()).await.map_err(err)?.rows_affected();
+                    .join(",");
+                let sql = format!("DELETE FROM custody WHERE id IN ({list})");
+                deleted += sqlx::query(&sql)
+                    .execute(self.pool())
+                    .await
+                    .map_err(err)?
+                    .rows_affected();
             }
         }
         Ok(deleted)

@@ -6,8 +6,12 @@
 use chrono::{DateTime, Utc};
 use sqlx::Row;
 
-use super::{LedgerError, NotificationRecord, Store, ms, time};
+use super::{LedgerError, NotificationRecord, OPEN, Store, ms, time};
 use crate::route::subscription::DIGEST_PUBLISHER;
+
+/// How long an instance holds a digest notification it is trying: longer than any one
+/// attempt can take (an SMTP exchange times out well before).
+pub const LEASE: chrono::TimeDelta = chrono::TimeDelta::minutes(10);
 
 /// A digest to claim: its event and its notifications, pending.
 #[derive(Debug, Clone)]
@@ -81,7 +85,8 @@ impl Store {
             .bind(ms(claim.now))
             .bind(n.status.as_str())
             .bind(n.reason.as_deref())
-            .bind(ms(Utc::now()))
+            // Leased to the instance that claims it, for its first attempt.
+            .bind(ms(Utc::now() + LEASE))
             .execute(&mut *tx)
             .await
             .map_err(err)?;
@@ -122,17 +127,19 @@ impl Store {
         idle_since: DateTime<Utc>,
     ) -> Result<Vec<OpenDigest>, LedgerError> {
         let err = |e: sqlx::Error| self.error(&e);
-        let rows = sqlx::query(
+        // The open notifications' index, stated so SQLite uses it.
+        let sql = format!(
             "SELECT n.key, n.route, n.recipient, e.message_id, n.attempts, n.first_failure_at, \
              n.updated_at FROM notifications n JOIN events e ON e.id = n.event_id \
-             WHERE n.status IN ('pending', 'retrying') AND n.updated_at < $1 \
-             AND e.publisher = $2 AND e.outcome = 'routed'",
-        )
-        .bind(ms(idle_since))
-        .bind(DIGEST_PUBLISHER)
-        .fetch_all(self.pool())
-        .await
-        .map_err(err)?;
+             WHERE n.{OPEN} AND n.status IN ('pending', 'retrying') AND n.updated_at < $1 \
+             AND e.publisher = $2 AND e.outcome = 'routed'"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(ms(idle_since))
+            .bind(DIGEST_PUBLISHER)
+            .fetch_all(self.pool())
+            .await
+            .map_err(err)?;
         rows.iter()
             .map(|r| {
                 Ok(OpenDigest {
@@ -150,14 +157,16 @@ impl Store {
     }
 
     /// Takes an open digest notification for one attempt: true when no other instance took
-    /// it since it was read (its `updated_at` is still `seen`).
+    /// it since it was read (its `updated_at` is still `seen`). Its `updated_at` moves
+    /// [`LEASE`] ahead, so no other instance takes it while this attempt runs; the attempt's
+    /// outcome sets it to the time it is written.
     pub async fn take_digest(&self, key: &str, seen: i64) -> Result<bool, LedgerError> {
         let err = |e: sqlx::Error| self.error(&e);
         let done = sqlx::query(
             "UPDATE notifications SET updated_at = $1 WHERE key = $2 AND updated_at = $3 \
              AND status IN ('pending', 'retrying')",
         )
-        .bind(ms(Utc::now()).max(seen + 1))
+        .bind(ms(Utc::now() + LEASE).max(seen + 1))
         .bind(key)
         .bind(seen)
         .execute(self.pool())

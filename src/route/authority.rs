@@ -295,12 +295,24 @@ impl Authority {
         if recipient.class != RecipientClass::LegalRep {
             return Ok(());
         }
+        let ids: Vec<(&str, &str)> = identifiers.into_iter().collect();
+        let recorded = |kind: &str, value: &str| {
+            self.changes.iter().any(|c| {
+                c.representative == recipient.id.as_str()
+                    && c.person.split_once(':') == Some((kind, value))
+            })
+        };
+        // Once the register holds anything about the person and the representative (by NOMS
+        // number), it decides: an `acts_for` on another of the person's identifiers no longer
+        // does.
+        let registered = ids.iter().any(|(k, v)| recorded(k, v));
         let mut why = Unauthorised::NeverShown;
-        for (kind, value) in identifiers {
+        for (kind, value) in ids {
             let seeded = recipient
                 .acts_for
                 .iter()
-                .any(|(t, v)| t == kind && v == value);
+                .any(|(t, v)| t == kind && v == value)
+                && (!registered || recorded(kind, value));
             let pair = self.changes.iter().filter(|c| {
                 c.representative == recipient.id.as_str()
                     && c.person.split_once(':') == Some((kind, value))
@@ -335,6 +347,7 @@ impl Authority {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::directory::RecipientId;
 
     fn day(s: &str) -> NaiveDate {
         NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap()
@@ -479,6 +492,32 @@ mod tests {
         ];
         assert!(in_every_order(&changes, false, "2026-11-15T12:00:00Z").authorised());
         assert!(!in_every_order(&changes, false, "2026-11-21T12:00:00Z").authorised());
+    }
+
+    #[test]
+    fn a_withdrawal_by_noms_ends_an_acts_for_written_by_pnc() {
+        let firm = Recipient {
+            id: RecipientId::sample(RecipientClass::LegalRep),
+            class: RecipientClass::LegalRep,
+            name: "a firm".into(),
+            email: Vec::new(),
+            webhook: None,
+            acts_for: vec![("PNC".into(), "2004/0123456X".into())],
+        };
+        let person = [("NOMS", "A1234BC"), ("PNC", "2004/0123456X")];
+        assert_eq!(Authority::seed().may_hear_of(&firm, person), Ok(()));
+        let mut withdrawn = withdrawal("w", "2026-11-20T09:00:00Z", "2026-11-20");
+        withdrawn.representative = firm.id.to_string();
+        let register = Authority::new(at("2026-11-25T12:00:00Z"), vec![withdrawn]);
+        assert!(matches!(
+            register.may_hear_of(&firm, person),
+            Err(Unauthorised::Withdrawn { .. })
+        ));
+        // Someone else the firm acts for by PNC is not affected.
+        assert_eq!(
+            register.may_hear_of(&firm, [("PNC", "2004/0123456X")]),
+            Ok(())
+        );
     }
 
     #[test]

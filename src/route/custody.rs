@@ -80,6 +80,8 @@ pub struct Recorded {
     pub occurred_at: DateTime<Utc>,
     /// The event's `message_id`.
     pub event: String,
+    /// The ledger's row (0 for an entry not read from the ledger).
+    pub row: i64,
     pub entry: Entry,
 }
 
@@ -172,9 +174,9 @@ pub struct Person {
     pub details_at: Option<DateTime<Utc>>,
     /// When the latest entry happened.
     pub latest: DateTime<Utc>,
-    /// The events (`message_id`) of the person's entries.
+    /// The ledger rows of the person's entries.
     #[serde(skip)]
-    pub events: Vec<String>,
+    pub rows: Vec<i64>,
 }
 
 impl Person {
@@ -286,10 +288,10 @@ pub fn fold(entries: &[Recorded], at: DateTime<Utc>) -> Vec<Person> {
             unfinalised: false,
             details_at: None,
             latest: r.occurred_at,
-            events: Vec::new(),
+            rows: Vec::new(),
         });
         person.latest = r.occurred_at;
-        person.events.push(r.event.clone());
+        person.rows.push(r.row);
         for i in &r.entry.identifiers {
             if !person.identifiers.contains(i) {
                 person.identifiers.push(i.clone());
@@ -375,6 +377,7 @@ mod tests {
         Recorded {
             occurred_at: at(occurred),
             event: event.into(),
+            row: 0,
             entry: Entry {
                 identifiers: ids.iter().map(|s| (*s).to_owned()).collect(),
                 offender: Offender {

@@ -133,6 +133,7 @@ mod tests {
         Recorded {
             occurred_at: at(occurred),
             event: format!("{noms}-{occurred}"),
+            row: 0,
             entry: Entry {
                 identifiers: vec![format!("NOMS:{noms}")],
                 offender: Offender {

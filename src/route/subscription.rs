@@ -156,6 +156,13 @@ impl Subscription {
                 errors.push(format!("to: {id} is not in the directory"));
                 continue;
             };
+            // The schemes' lists go to the police and probation teams that manage the people
+            // on them; a legal representative may hear only of its own clients.
+            if !matches!(r.class, RecipientClass::Police | RecipientClass::Probation) {
+                errors.push(format!(
+                    "to: {id}: digests go to police and probation recipients only"
+                ));
+            }
             if !r.has_channel(Channel::Email) {
                 errors.push(format!("to: {id} has no email address"));
             }
@@ -171,8 +178,12 @@ impl Subscription {
         }
         let schedule = Weekly::parse(&c.schedule).map_err(|e| errors.push(e)).ok();
         let due_within = Duration::from_std(c.due_within)
-            .map_err(|_| errors.push("due_within: too long".into()))
-            .ok();
+            .ok()
+            .filter(|d| *d <= Duration::days(7))
+            .or_else(|| {
+                errors.push("due_within: at most a week (7d)".into());
+                None
+            });
         match (report, schedule, due_within) {
             (Some(report), Some(schedule), Some(due_within)) if errors.is_empty() => {
                 Ok(Subscription {
@@ -262,7 +273,7 @@ impl Subscription {
                 "title": title(self.report),
                 "scope": self.scope_ids.iter().map(|s| s.split_once(':').map_or(s.as_str(), |(_, c)| c)).collect::<Vec<_>>().join(", "),
                 "due": stamp(due),
-                "weekStarting": stamp(due - Duration::days(7)),
+                "weekStarting": stamp(self.schedule.weeks_before(due, 1)),
                 "late": late,
                 "changes": self.report == Report::PrisonDetailsChanged,
                 "count": people.len(),

@@ -139,17 +139,19 @@ pub async fn prune(
         }
         let before = Utc::now() - keep;
         let seeded = |person: &str, rep: &str| core.engine.directory.seeded(person, rep);
+        let mut after = 0;
         loop {
             match store
-                .prune_authority(before, Utc::now(), PRUNE_BATCH, &seeded)
+                .prune_authority(before, Utc::now(), PRUNE_BATCH, after, &seeded)
                 .await
             {
-                Ok(0) => break,
-                Ok(n) => {
+                Ok((_, None)) => break,
+                Ok((n, Some(next))) => {
                     metrics
                         .authority_pruned
                         .with_label_values::<&str>(&[])
                         .inc_by(n);
+                    after = next;
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 Err(e) => {

@@ -47,18 +47,17 @@ impl std::fmt::Debug for Clock {
     }
 }
 
-/// A digest claimed by an instance that stopped before trying it is taken over after this.
-const TAKE_OVER_AFTER: Duration = Duration::from_secs(120);
-
-/// The register as it stood at `due` and a week before.
+/// The register as it stood at `due` and at the scheduled time a week before (the same
+/// London time, whatever the clocks did in between).
 pub async fn registers(
     store: &Store,
+    sub: &Subscription,
     due: DateTime<Utc>,
 ) -> Result<(Vec<Person>, Vec<Person>), LedgerError> {
     let entries = store.custody_entries(Some(due)).await?;
     Ok((
         fold(&entries, due),
-        fold(&entries, due - chrono::Duration::days(7)),
+        fold(&entries, sub.schedule.weeks_before(due, 1)),
     ))
 }
 
@@ -139,7 +138,7 @@ impl Sender<'_> {
             return Ok(false);
         }
         info!(subscription = %sub.name, due = %due, late = now > deadline, "digest claimed; sending");
-        let registers = registers(self.ledger.store(), due).await?;
+        let registers = registers(self.ledger.store(), sub, due).await?;
         for r in &sub.to {
             self.attempt(sub, due, r, &registers, 0, None, now).await;
         }
@@ -200,7 +199,7 @@ impl Sender<'_> {
                     content: &content,
                     urgent: false,
                 },
-                true,
+                false,
             )
             .await;
         let attempt = |outcome: &'static str, code: Option<u16>| AttemptRecord {
@@ -271,9 +270,9 @@ impl Sender<'_> {
     }
 
     /// Tries again the digest notifications that failed transiently once their wait is over,
-    /// and takes over those an instance claimed but stopped before trying.
+    /// and takes over those an instance claimed but stopped before trying (its lease ran out).
     pub async fn finish_open(&self, now: DateTime<Utc>) -> Result<(), LedgerError> {
-        let shortest = self.retry.iter().min().copied().unwrap_or(TAKE_OVER_AFTER);
+        let shortest = self.retry.iter().min().copied().unwrap_or_default();
         let wall = Utc::now();
         let open = self
             .ledger
@@ -281,8 +280,9 @@ impl Sender<'_> {
             .open_digests(wall - to_chrono(shortest))
             .await?;
         for o in open {
+            // Not tried yet: its claimer's lease (in `updated_at`) has run out, so it stopped.
             let wait = match usize::try_from(o.attempts) {
-                Ok(0) | Err(_) => TAKE_OVER_AFTER,
+                Ok(0) | Err(_) => Duration::ZERO,
                 Ok(n) => self.retry.get(n - 1).copied().unwrap_or(shortest),
             };
             if crate::ledger::time(o.updated_at) > wall - to_chrono(wait) {
@@ -322,7 +322,7 @@ impl Sender<'_> {
             {
                 continue;
             }
-            let registers = registers(self.ledger.store(), due).await?;
+            let registers = registers(self.ledger.store(), sub, due).await?;
             self.attempt(
                 sub,
                 due,
@@ -381,7 +381,8 @@ impl Sender<'_> {
 }
 
 /// The service's scheduler: at start and every `tick`, each subscription's latest digest is
-/// sent if no instance has sent it, and open ones are tried again.
+/// sent if no instance has sent it (asked once per digest and instance), and open ones are
+/// tried again.
 pub(crate) async fn schedule(
     ctx: Arc<super::Ctx>,
     clock: Clock,
@@ -391,8 +392,8 @@ pub(crate) async fn schedule(
     if ctx.core.subscriptions.is_empty() {
         return;
     }
-    // The digests passed over for a subscription new here, not asked about again.
-    let mut passed = std::collections::HashSet::new();
+    // The digests claimed (here or elsewhere) or passed over: not asked about again.
+    let mut settled = std::collections::HashSet::new();
     loop {
         let now = clock.now();
         let sender = Sender {
@@ -404,17 +405,20 @@ pub(crate) async fn schedule(
         };
         for sub in &ctx.core.subscriptions {
             let due = sub.schedule.last_due(now);
-            if passed.contains(&(Arc::clone(&sub.name), due)) {
+            let this = (Arc::clone(&sub.name), due);
+            if settled.contains(&this) {
                 continue;
             }
             let result = match sender.wanted(sub, due, now).await {
                 Ok(true) => sender
                     .claim_and_send(sub, due, sub.message_id(due), now)
                     .await
-                    .map(drop),
+                    .map(|_| {
+                        settled.insert(this);
+                    }),
                 Ok(false) => {
                     info!(subscription = %sub.name, due = %due, next = %sub.schedule.next_due(now), "subscription new to this ledger: the digest due before it was set up is not sent; its first is the next one");
-                    passed.insert((Arc::clone(&sub.name), due));
+                    settled.insert(this);
                     ctx.metrics
                         .digest_claims
                         .with_label_values(&[&*sub.name, "passed-over"])

@@ -971,6 +971,36 @@ pub async fn publish_warrants(
     }
 }
 
+/// Publishes `doc` as the agency would (routing key its `eventType`, `message_id` as given)
+/// and waits until the ledger at `store` holds the event: its handling has ended, with
+/// everything it delivered, and is committed.
+pub async fn publish_recorded(
+    ch: &Channel,
+    exchange: &str,
+    store: &herald::ledger::Store,
+    doc: &Value,
+    message_id: &str,
+) {
+    let event_type = doc["eventType"].as_str().unwrap_or_default();
+    publish(
+        ch,
+        exchange,
+        event_type,
+        &serde_json::to_vec(doc).unwrap(),
+        agency(message_id),
+    )
+    .await;
+    let sql = format!("SELECT COUNT(*) FROM events WHERE message_id = '{message_id}'");
+    wait_until(
+        &format!("{message_id} in the ledger"),
+        WAIT_LEDGER,
+        || async { super::ledger::count(store, &sql).await >= 1 },
+    )
+    .await;
+}
+
+const WAIT_LEDGER: Duration = Duration::from_secs(30);
+
 /// Waits until the receiver has seen `expected` distinct webhook ids.
 pub async fn every_webhook_delivered(receiver: &Receiver, expected: usize, timeout: Duration) {
     wait_until("every webhook delivered", timeout, || async {
