@@ -110,6 +110,11 @@ pub struct Recipient {
 }
 
 impl Recipient {
+    /// Whether routes.toml's `acts_for` names this identifier (`NOMS`, `A1234BC`).
+    pub fn acts_for_id(&self, kind: &str, value: &str) -> bool {
+        self.acts_for.iter().any(|(t, v)| t == kind && v == value)
+    }
+
     pub fn has_channel(&self, channel: Channel) -> bool {
         match channel {
             Channel::Email => !self.email.is_empty(),
@@ -232,11 +237,11 @@ impl Directory {
     /// Whether routes.toml's `acts_for` authorises `representative` for `person`
     /// (`NOMS:A1234BC`): the authority register's starting state.
     pub fn seeded(&self, person: &str, representative: &str) -> bool {
-        self.get(representative).is_some_and(|r| {
-            r.acts_for
-                .iter()
-                .any(|(t, v)| person.split_once(':') == Some((t.as_str(), v.as_str())))
-        })
+        let Some((kind, value)) = person.split_once(':') else {
+            return false;
+        };
+        self.get(representative)
+            .is_some_and(|r| r.acts_for_id(kind, value))
     }
 
     pub fn all(&self) -> impl Iterator<Item = &Arc<Recipient>> {

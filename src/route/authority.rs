@@ -296,29 +296,17 @@ impl Authority {
             return Ok(());
         }
         let ids: Vec<(&str, &str)> = identifiers.into_iter().collect();
-        let recorded = |kind: &str, value: &str| {
-            self.changes.iter().any(|c| {
-                c.representative == recipient.id.as_str()
-                    && c.person.split_once(':') == Some((kind, value))
-            })
-        };
+        let recorded = |kind: &str, value: &str| self.pair(recipient, kind, value).next().is_some();
         // Once the register holds anything about the person and the representative (by NOMS
         // number), it decides: an `acts_for` on another of the person's identifiers no longer
         // does.
         let registered = ids.iter().any(|(k, v)| recorded(k, v));
+        let at = self.at.unwrap_or(DateTime::<Utc>::MAX_UTC);
         let mut why = Unauthorised::NeverShown;
         for (kind, value) in ids {
-            let seeded = recipient
-                .acts_for
-                .iter()
-                .any(|(t, v)| t == kind && v == value)
-                && (!registered || recorded(kind, value));
-            let pair = self.changes.iter().filter(|c| {
-                c.representative == recipient.id.as_str()
-                    && c.person.split_once(':') == Some((kind, value))
-            });
-            let at = self.at.unwrap_or(DateTime::<Utc>::MAX_UTC);
-            match standing(pair, seeded, at) {
+            let seeded =
+                recipient.acts_for_id(kind, value) && (!registered || recorded(kind, value));
+            match standing(self.pair(recipient, kind, value), seeded, at) {
                 s if s.authorised() => return Ok(()),
                 Standing::Not(w) if w != Unauthorised::NeverShown => why = w,
                 _ => {}
@@ -332,14 +320,20 @@ impl Authority {
     /// why each one not authorised is not told.
     pub fn concerns(&self, recipient: &Recipient, event: &Event) -> bool {
         event.identifiers().any(|(kind, value)| {
-            recipient
-                .acts_for
-                .iter()
-                .any(|(t, v)| t == kind && v == value)
-                || self.changes.iter().any(|c| {
-                    c.representative == recipient.id.as_str()
-                        && c.person.split_once(':') == Some((kind, value))
-                })
+            recipient.acts_for_id(kind, value) || self.pair(recipient, kind, value).next().is_some()
+        })
+    }
+
+    /// The register's changes for `recipient` and the person known by this identifier.
+    fn pair<'a>(
+        &'a self,
+        recipient: &'a Recipient,
+        kind: &'a str,
+        value: &'a str,
+    ) -> impl Iterator<Item = &'a Change> {
+        self.changes.iter().filter(move |c| {
+            c.representative == recipient.id.as_str()
+                && c.person.split_once(':') == Some((kind, value))
         })
     }
 }
