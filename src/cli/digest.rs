@@ -7,8 +7,6 @@ use chrono::{DateTime, Utc};
 use super::ledger::{emit, open};
 use crate::core::Core;
 use crate::deliver::Deliverer;
-use crate::deliver::email::EmailSender;
-use crate::deliver::guard::{Guard, Limits as GuardLimits};
 use crate::deliver::webhook::WebhookSender;
 use crate::ledger::Ledger;
 use crate::metrics::Metrics;
@@ -79,7 +77,8 @@ async fn preview(
         .await
         .map_err(|e| e.to_string())?;
     store.close().await;
-    let count = sub.lines(&now, &week_ago).len();
+    let lines = sub.lines(&now, &week_ago);
+    let count = lines.len();
     let mut out = format!(
         "digest {}: {} ({}), due {}; {count} {}\n",
         sub.name,
@@ -89,7 +88,7 @@ async fn preview(
         if count == 1 { "person" } else { "people" }
     );
     for r in &sub.to {
-        let parts = render(core, sub, due, (&now, &week_ago), r, false)?;
+        let parts = render(core, sub, due, &lines, r, false)?;
         out.push_str(&format!(
             "\n--- to {} ({}) ---\nSubject: {}\n\n{}",
             r.id,
@@ -112,13 +111,7 @@ async fn preview(
 // String error: one line for the operator, printed before exit status 1.
 async fn send(core: &Core, url: &str, sub: &Subscription) -> Result<ExitCode, String> {
     let settings = Settings::new(&core.config, |k| std::env::var(k).ok());
-    let email = EmailSender::new(
-        settings.smtp_url.as_deref(),
-        &settings.outbox,
-        &settings.from,
-        settings.smtp_connections,
-    )
-    .map_err(|e| e.to_string())?;
+    let email = settings.email_sender().map_err(|e| e.to_string())?;
     let (webhook, _) = WebhookSender::new(&core.engine.directory, settings.webhook_timeout, |k| {
         std::env::var(k).ok()
     })
@@ -126,12 +119,7 @@ async fn send(core: &Core, url: &str, sub: &Subscription) -> Result<ExitCode, St
     let deliverer = Deliverer {
         email,
         webhook,
-        guard: Guard::new(GuardLimits {
-            concurrency: settings.concurrency_per_endpoint,
-            queue_wait: settings.webhook_timeout,
-            failures_to_open: settings.circuit_failures,
-            open_for: settings.circuit_open_for,
-        }),
+        guard: settings.guard(),
     };
     let store = open(url).await?;
     let metrics = Metrics::new();

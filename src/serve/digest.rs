@@ -4,6 +4,8 @@
 //! retry schedule. A digest whose time passed while Herald was down goes when it is back,
 //! marked late, and its deadline counts it.
 
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,6 +23,7 @@ use crate::notification::{Content, DeliveryOutcome};
 use crate::render::EmailParts;
 use crate::route::Recipient;
 use crate::route::custody::{Person, fold};
+use crate::route::digest::Line;
 use crate::route::subscription::Subscription;
 
 /// The clock the digests go by: the system's, or a test's.
@@ -47,13 +50,16 @@ impl std::fmt::Debug for Clock {
     }
 }
 
+/// The custody register as it stood at a digest's time, and a week before.
+pub type Registers = (Vec<Person>, Vec<Person>);
+
 /// The register as it stood at `due` and at the scheduled time a week before (the same
 /// London time, whatever the clocks did in between).
 pub async fn registers(
     store: &Store,
     sub: &Subscription,
     due: DateTime<Utc>,
-) -> Result<(Vec<Person>, Vec<Person>), LedgerError> {
+) -> Result<Registers, LedgerError> {
     let entries = store.custody_entries(Some(due)).await?;
     Ok((
         fold(&entries, due),
@@ -61,18 +67,17 @@ pub async fn registers(
     ))
 }
 
-/// The digest due at `due` as each recipient gets it.
+/// The digest due at `due`, naming `lines`, as `recipient` gets it.
 // String error: Handlebars' own words (see the note at the top of render/mod.rs).
 pub fn render(
     core: &Core,
     sub: &Subscription,
     due: DateTime<Utc>,
-    (now, week_ago): (&[Person], &[Person]),
+    lines: &[Line<'_>],
     recipient: &Recipient,
     late: bool,
 ) -> Result<EmailParts, String> {
-    let lines = sub.lines(now, week_ago);
-    let data = sub.data(due, &lines, recipient, &core.engine.redaction, late);
+    let data = sub.data(due, lines, recipient, &core.engine.redaction, late);
     let marks: Vec<String> = if late {
         vec!["LATE".into()]
     } else {
@@ -138,9 +143,10 @@ impl Sender<'_> {
             return Ok(false);
         }
         info!(subscription = %sub.name, due = %due, late = now > deadline, "digest claimed; sending");
-        let registers = registers(self.ledger.store(), sub, due).await?;
+        let (now_people, week_ago) = registers(self.ledger.store(), sub, due).await?;
+        let lines = sub.lines(&now_people, &week_ago);
         for r in &sub.to {
-            self.attempt(sub, due, r, &registers, 0, None, now).await;
+            self.attempt(sub, due, r, &lines, 0, None, now).await;
         }
         Ok(true)
     }
@@ -152,7 +158,7 @@ impl Sender<'_> {
         sub: &Subscription,
         due: DateTime<Utc>,
         recipient: &Arc<Recipient>,
-        (now_people, week_ago): &(Vec<Person>, Vec<Person>),
+        lines: &[Line<'_>],
         attempts_before: i64,
         first_failure: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
@@ -162,7 +168,7 @@ impl Sender<'_> {
         let late = now > deadline;
         let attempts = attempts_before + 1;
         let channel = "email";
-        let parts = match render(self.core, sub, due, (now_people, week_ago), recipient, late) {
+        let parts = match render(self.core, sub, due, lines, recipient, late) {
             Ok(parts) => parts,
             Err(e) => {
                 error!(subscription = %sub.name, recipient = %recipient.id, key = key.as_str(), error = %e, "digest not rendered; parked");
@@ -182,7 +188,7 @@ impl Sender<'_> {
                 return;
             }
         };
-        let people = sub.lines(now_people, week_ago).len();
+        let people = lines.len();
         let content = Content::Email {
             to: recipient.email.clone(),
             subject: parts.subject,
@@ -279,6 +285,8 @@ impl Sender<'_> {
             .store()
             .open_digests(wall - to_chrono(shortest))
             .await?;
+        // The register of each digest tried again, read and folded once for its recipients.
+        let mut read: HashMap<(&str, DateTime<Utc>), Registers> = HashMap::new();
         for o in open {
             // Not tried yet: its claimer's lease (in `updated_at`) has run out, so it stopped.
             let wait = match usize::try_from(o.attempts) {
@@ -322,12 +330,16 @@ impl Sender<'_> {
             {
                 continue;
             }
-            let registers = registers(self.ledger.store(), sub, due).await?;
+            let (now_people, week_ago) = match read.entry((&*sub.name, due)) {
+                Entry::Occupied(e) => e.into_mut(),
+                Entry::Vacant(e) => e.insert(registers(self.ledger.store(), sub, due).await?),
+            };
+            let lines = sub.lines(now_people, week_ago);
             self.attempt(
                 sub,
                 due,
                 recipient,
-                &registers,
+                &lines,
                 o.attempts,
                 o.first_failure_at,
                 now,

@@ -129,6 +129,28 @@ impl Settings {
     }
 }
 
+impl Settings {
+    /// The email sender: SMTP at `smtp_url`, or `.eml` files in `outbox`.
+    pub fn email_sender(&self) -> Result<EmailSender, crate::deliver::email::EmailSetupError> {
+        EmailSender::new(
+            self.smtp_url.as_deref(),
+            &self.outbox,
+            &self.from,
+            self.smtp_connections,
+        )
+    }
+
+    /// The circuit breaker and concurrency limit of every endpoint.
+    pub fn guard(&self) -> Guard {
+        Guard::new(GuardLimits {
+            concurrency: self.concurrency_per_endpoint,
+            queue_wait: self.webhook_timeout,
+            failures_to_open: self.circuit_failures,
+            open_for: self.circuit_open_for,
+        })
+    }
+}
+
 /// Why the service could not start or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -547,12 +569,7 @@ pub async fn start(
     settings: Settings,
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<Running, ServeError> {
-    let email = EmailSender::new(
-        settings.smtp_url.as_deref(),
-        &settings.outbox,
-        &settings.from,
-        settings.smtp_connections,
-    )?;
+    let email = settings.email_sender()?;
     let (webhook, warnings) =
         WebhookSender::new(&core.engine.directory, settings.webhook_timeout, env)
             .map_err(ServeError::Webhook)?;
@@ -581,12 +598,7 @@ pub async fn start(
     else {
         return Err(ServeError::Stopped);
     };
-    let guard = Guard::new(GuardLimits {
-        concurrency: settings.concurrency_per_endpoint,
-        queue_wait: settings.webhook_timeout,
-        failures_to_open: settings.circuit_failures,
-        open_for: settings.circuit_open_for,
-    });
+    let guard = settings.guard();
     books::restore(&store, &guard, &metrics)
         .await
         .inspect_err(|_| shutdown.cancel())?;
