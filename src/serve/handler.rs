@@ -404,8 +404,7 @@ async fn duplicate(ctx: &Ctx, event: &Event, received_at: DateTime<Utc>) -> bool
             .with_label_values(&[change.kind.as_str(), ChangeResult::Duplicate.as_str()])
             .inc();
     }
-    let mut record = rows::event_record(event, EventOutcome::Duplicate, received_at);
-    record.persons.clear();
+    let record = rows::event_record(event, EventOutcome::Duplicate, received_at);
     recorded(ctx.ledger.event(record, Vec::new()).await)
 }
 

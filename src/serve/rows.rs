@@ -43,11 +43,14 @@ pub fn of_routing<'r>(
     (records, problems)
 }
 
+/// The ledger's row of an event. Only a routed one carries the person's identifiers and its
+/// custody register entry: a duplicate's are the first copy's.
 pub fn event_record(
     event: &Event,
     outcome: EventOutcome,
     received_at: DateTime<Utc>,
 ) -> EventRecord {
+    let routed = outcome == EventOutcome::Routed;
     EventRecord {
         publisher: event.id.publisher().unwrap_or_default().to_owned(),
         message_id: event.id.as_str().to_owned(),
@@ -55,13 +58,19 @@ pub fn event_record(
         version: i64::try_from(event.version).ok(),
         occurred_at: Some(event.occurred_at),
         received_at,
-        persons: event
-            .identifiers()
-            .map(|(t, v)| format!("{t}:{v}"))
-            .collect(),
+        persons: if routed {
+            event
+                .identifiers()
+                .map(|(t, v)| format!("{t}:{v}"))
+                .collect()
+        } else {
+            Vec::new()
+        },
         outcome,
         reason: None,
-        custody: crate::route::custody::Entry::of(event)
+        custody: routed
+            .then(|| crate::route::custody::Entry::of(event))
+            .flatten()
             .and_then(|e| serde_json::to_string(&e).ok()),
     }
 }
