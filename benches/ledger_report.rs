@@ -19,7 +19,9 @@ use sqlx::Executor;
 
 /// 2026-11-01T00:00:00Z, in milliseconds.
 const T0: i64 = 1_793_491_200_000;
-const POSTGRES: &str = "postgres://postgres@127.0.0.1:5432";
+mod support;
+
+use support::env;
 
 fn fill_sql(backend: Backend, notifications: i64) -> Vec<String> {
     let events = notifications / 2;
@@ -84,31 +86,11 @@ async fn fresh(backend: Backend, dir: &std::path::Path) -> Option<(String, Optio
             herald::ledger::sqlite_url(&dir.join("report-bench.sqlite")),
             None,
         )),
-        Backend::Postgres => {
-            use sqlx::Connection;
-            let name = format!("herald_report_bench_{}", std::process::id());
-            let mut admin = sqlx::PgConnection::connect(&format!("{POSTGRES}/postgres"))
-                .await
-                .map_err(|e| eprintln!("PostgreSQL skipped: {e}"))
-                .ok()?;
-            let _ = admin
-                .execute(format!("DROP DATABASE IF EXISTS {name}").as_str())
-                .await;
-            admin
-                .execute(format!("CREATE DATABASE {name}").as_str())
-                .await
-                .ok()?;
-            Some((format!("{POSTGRES}/{name}"), Some(name)))
-        }
-    }
-}
-
-async fn drop_database(name: &str) {
-    use sqlx::Connection;
-    if let Ok(mut admin) = sqlx::PgConnection::connect(&format!("{POSTGRES}/postgres")).await {
-        let _ = admin
-            .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
-            .await;
+        Backend::Postgres => support::create_database("report")
+            .await
+            .map(|(url, name)| (url, Some(name)))
+            .map_err(|e| eprintln!("PostgreSQL skipped: {e}"))
+            .ok(),
     }
 }
 
@@ -147,14 +129,8 @@ fn report(url: &str, format: &str, out: &std::path::Path) -> (Duration, u64, u64
 
 #[tokio::main]
 async fn main() {
-    let notifications: i64 = std::env::var("REPORT_NOTIFICATIONS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000_000);
-    let runs: usize = std::env::var("REPORT_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
+    let notifications: i64 = env("REPORT_NOTIFICATIONS", 1_000_000);
+    let runs: usize = env("REPORT_RUNS", 3);
     let dir = tempfile::tempdir().expect("temp dir");
     println!(
         "herald ledger report over {notifications} notifications (November 2026), {runs} runs each"
@@ -203,7 +179,7 @@ async fn main() {
             );
         }
         if let Some(name) = database {
-            drop_database(&name).await;
+            support::drop_database(&name).await;
         }
     }
 }

@@ -29,16 +29,10 @@ use herald::ledger::{
     Status, Store, Sync, Update,
 };
 use herald::metrics::Metrics;
-use sqlx::Executor;
 
-const POSTGRES: &str = "postgres://postgres@127.0.0.1:5432";
+mod support;
 
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use support::{POSTGRES, env};
 
 /// Clock ticks (utime + stime) from a `stat` file of /proc.
 fn ticks(stat: &str) -> u64 {
@@ -208,21 +202,6 @@ async fn measure(url: &str, events: usize, concurrency: usize) -> Result<Figures
     })
 }
 
-async fn postgres_database() -> Option<(String, sqlx::PgPool)> {
-    let admin = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .acquire_timeout(Duration::from_secs(3))
-        .connect(&format!("{POSTGRES}/postgres"))
-        .await
-        .ok()?;
-    let name = format!("herald_bench_write_{}", std::process::id());
-    admin
-        .execute(format!("CREATE DATABASE {name}").as_str())
-        .await
-        .ok()?;
-    Some((format!("{POSTGRES}/{name}"), admin))
-}
-
 fn main() {
     let events = env("LEDGER_EVENTS", 20_000);
     let concurrency = env("LEDGER_CONCURRENCY", 100);
@@ -242,11 +221,11 @@ fn main() {
         let dir = tempfile::tempdir().expect("a temporary folder");
         let sqlite = herald::ledger::sqlite_url(&dir.path().join("ledger.sqlite"));
         let mut backends = vec![(Backend::Sqlite, sqlite, None)];
-        match postgres_database().await {
-            Some((url, admin)) => backends.push((Backend::Postgres, url, Some(admin))),
-            None => eprintln!("PostgreSQL does not answer on {POSTGRES}: measured on SQLite only"),
+        match support::create_database("write").await {
+            Ok((url, name)) => backends.push((Backend::Postgres, url, Some(name))),
+            Err(e) => eprintln!("PostgreSQL on {POSTGRES}: {e}; measured on SQLite only"),
         }
-        for (backend, url, admin) in backends {
+        for (backend, url, database) in backends {
             match measure(&url, events, concurrency).await {
                 Ok(f) => println!(
                     "| {} | {:.0} | {:.0} | {:.0} | {} | {:.1} |",
@@ -259,11 +238,8 @@ fn main() {
                 ),
                 Err(e) => println!("| {} | failed: {e} | | | |", backend.as_str()),
             }
-            if let Some(admin) = admin {
-                let name = url.rsplit('/').next().unwrap_or_default();
-                let _ = admin
-                    .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
-                    .await;
+            if let Some(name) = database {
+                support::drop_database(&name).await;
             }
         }
     });

@@ -15,9 +15,11 @@
 //!
 //! `cargo bench --locked --bench registers`
 
+mod support;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use chrono::{DateTime, NaiveDate, TimeZone, Utc};
 use herald::ledger::{Backend, EventOutcome, EventRecord, Health, Ledger, Seen, Store, Sync};
@@ -25,22 +27,14 @@ use herald::metrics::Metrics;
 use herald::route::authority::{Change, ChangeKind};
 use herald::route::custody::{Entry, Establishment, Fact, Offender, Recorded, fold};
 use herald::route::digest::{Report, Scope, select};
-use sqlx::Executor;
+use support::{POSTGRES, env};
 
-const POSTGRES: &str = "postgres://postgres@127.0.0.1:5432";
 const BCUS: [&str; 4] = [
     "WYP-LEEDS",
     "WYP-BRADFORD",
     "GMP-MANCHESTER",
     "WYP-CALDERDALE",
 ];
-
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn noms(i: usize) -> String {
     let letter = |n: usize| char::from(b'A' + (n % 26) as u8);
@@ -182,25 +176,6 @@ async fn apply(url: &str, events: usize, registers: bool) -> Result<f64, String>
     Ok(rate)
 }
 
-async fn postgres_admin() -> Option<sqlx::PgPool> {
-    sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .acquire_timeout(Duration::from_secs(3))
-        .connect(&format!("{POSTGRES}/postgres"))
-        .await
-        .ok()
-}
-
-/// A database of its own for one run: its URL and name.
-async fn postgres_database(admin: &sqlx::PgPool, tag: &str) -> Option<(String, String)> {
-    let name = format!("herald_bench_registers_{tag}_{}", std::process::id());
-    admin
-        .execute(format!("CREATE DATABASE {name}").as_str())
-        .await
-        .ok()?;
-    Some((format!("{POSTGRES}/{name}"), name))
-}
-
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -264,18 +239,16 @@ fn main() {
             sqlite("baseline.sqlite"),
             sqlite("registers.sqlite"),
         )];
-        let admin = postgres_admin().await;
         let mut databases = Vec::new();
-        if let Some(admin) = &admin {
-            for tag in ["base", "reg"] {
-                if let Some(db) = postgres_database(admin, tag).await {
-                    databases.push(db);
-                }
+        for tag in ["registers_base", "registers"] {
+            match support::create_database(tag).await {
+                Ok(db) => databases.push(db),
+                Err(e) => eprintln!("PostgreSQL on {POSTGRES}: {e}"),
             }
         }
         match databases.as_slice() {
             [(base, _), (reg, _)] => runs.push((Backend::Postgres, base.clone(), reg.clone())),
-            _ => eprintln!("PostgreSQL does not answer on {POSTGRES}: measured on SQLite only"),
+            _ => eprintln!("measured on SQLite only"),
         }
         for (backend, base_url, reg_url) in runs {
             let base = apply(&base_url, events, false).await;
@@ -287,12 +260,8 @@ fn main() {
                 (b, w) => println!("| {} | {b:?} | {w:?} | |", backend.as_str()),
             }
         }
-        if let Some(admin) = admin {
-            for (_, name) in databases {
-                let _ = admin
-                    .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
-                    .await;
-            }
+        for (_, name) in databases {
+            support::drop_database(&name).await;
         }
     });
     digest(people);
