@@ -135,7 +135,7 @@ async fn send(core: &Core, url: &str, sub: &Subscription) -> Result<ExitCode, St
         retry: &settings.retry_schedule,
     };
     let sent = sender
-        .claim_and_send(sub, due, sub.message_id(due), now)
+        .claim_and_send(sub, due, now)
         .await
         .map_err(|e| e.to_string())?;
     drop(ledger);

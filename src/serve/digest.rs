@@ -103,12 +103,11 @@ impl Sender<'_> {
         &self,
         sub: &Subscription,
         due: DateTime<Utc>,
-        message_id: String,
         now: DateTime<Utc>,
     ) -> Result<bool, LedgerError> {
         let deadline = due + sub.due_within;
         let claim = DigestClaim {
-            message_id,
+            message_id: sub.message_id(due),
             event_type: format!("digest.{}", sub.report.as_str()),
             due,
             now,
@@ -172,17 +171,12 @@ impl Sender<'_> {
             Ok(parts) => parts,
             Err(e) => {
                 error!(subscription = %sub.name, recipient = %recipient.id, key = key.as_str(), error = %e, "digest not rendered; parked");
-                self.record(Update {
-                    key: key.as_str().to_owned(),
-                    status: Status::Parked,
-                    reason: Some(format!("render-failed: {e}")),
-                    attempts: attempts_before,
-                    first_failure_at: first_failure.or(Some(now)),
-                    delivered_at: None,
-                    sla_outcome: None,
-                    sent_hash: None,
-                    attempt: None,
-                })
+                self.record(parked(
+                    key.as_str(),
+                    attempts_before,
+                    first_failure.or(Some(now)),
+                    &format!("render-failed: {e}"),
+                ))
                 .await;
                 self.count(sub, "render-failed");
                 return;
@@ -297,18 +291,20 @@ impl Sender<'_> {
                 continue;
             }
             let Some(sub) = self.core.subscriptions.iter().find(|s| *s.name == o.route) else {
-                self.record(gone(
+                self.record(parked(
                     &o.key,
                     o.attempts,
+                    None,
                     "the subscription is no longer in routes.toml",
                 ))
                 .await;
                 continue;
             };
             let Some(recipient) = sub.to.iter().find(|r| r.id.as_str() == o.recipient) else {
-                self.record(gone(
+                self.record(parked(
                     &o.key,
                     o.attempts,
+                    None,
                     "the recipient is no longer in the subscription",
                 ))
                 .await;
@@ -354,13 +350,14 @@ fn to_chrono(d: Duration) -> chrono::Duration {
     chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
 }
 
-fn gone(key: &str, attempts: i64, why: &str) -> Update {
+/// A digest notification parked without an attempt, and why.
+fn parked(key: &str, attempts: i64, first_failure_at: Option<DateTime<Utc>>, why: &str) -> Update {
     Update {
         key: key.to_owned(),
         status: Status::Parked,
         reason: Some(why.to_owned()),
         attempts,
-        first_failure_at: None,
+        first_failure_at,
         delivered_at: None,
         sla_outcome: None,
         sent_hash: None,
@@ -422,12 +419,9 @@ pub(crate) async fn schedule(
                 continue;
             }
             let result = match sender.wanted(sub, due, now).await {
-                Ok(true) => sender
-                    .claim_and_send(sub, due, sub.message_id(due), now)
-                    .await
-                    .map(|_| {
-                        settled.insert(this);
-                    }),
+                Ok(true) => sender.claim_and_send(sub, due, now).await.map(|_| {
+                    settled.insert(this);
+                }),
                 Ok(false) => {
                     info!(subscription = %sub.name, due = %due, next = %sub.schedule.next_due(now), "subscription new to this ledger: the digest due before it was set up is not sent; its first is the next one");
                     settled.insert(this);
