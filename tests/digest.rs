@@ -489,6 +489,35 @@ async fn an_operator_previews_a_digest_and_sends_one_now() {
         .await,
         1
     );
+
+    // With no SMTP server to take it: not delivered, said so, and left retrying in the ledger
+    // for the service.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["digest", "send", "jtrack-leeds-in-prison"])
+        .current_dir(common::root())
+        .env("HERALD_LEDGER_URL", &url)
+        .env(
+            "HERALD_SMTP_URL",
+            format!("smtp://127.0.0.1:{}", service::free_port()),
+        )
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.contains("delivered to 0 of 1 recipient(s)"), "{said}");
+    assert!(
+        said.contains("tried again by a running `herald serve`"),
+        "{said}"
+    );
+    assert_eq!(
+        count(
+            &store,
+            "SELECT COUNT(*) FROM notifications n JOIN events e ON e.id = n.event_id \
+             WHERE e.message_id LIKE 'digest:jtrack-leeds-in-prison@%' AND n.status = 'retrying'"
+        )
+        .await,
+        1
+    );
     store.close().await;
 }
 

@@ -145,13 +145,25 @@ async fn send(core: &Core, url: &str, sub: &Subscription) -> Result<ExitCode, St
         .get();
     store.close().await;
     let wanted = sub.to.len() as u64;
+    if !sent {
+        eprintln!(
+            "error: {} is recorded already: nothing sent",
+            sub.message_id(due)
+        );
+        return Ok(ExitCode::FAILURE);
+    }
     println!(
         "digest {} as of {}: delivered to {delivered} of {wanted} recipient(s); `herald ledger show {}` tells each one's story",
         sub.name,
         due.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         sub.message_id(due)
     );
-    Ok(if sent && delivered == wanted {
+    if delivered < wanted {
+        println!(
+            "what failed for a while is tried again by a running `herald serve` on its retry schedule; what failed for good stays parked in the ledger"
+        );
+    }
+    Ok(if delivered == wanted {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

@@ -219,7 +219,10 @@ impl Subscription {
     /// The ledger's `message_id` of the digest due at `due`: one per subscription and period
     /// (`digest:jtrack-leeds-in-prison@2026-12-07T07:00:00Z`).
     pub fn message_id(&self, due: DateTime<Utc>) -> String {
-        format!("digest:{}@{}", self.name, stamp(due))
+        // Whole seconds for a scheduled time; a digest sent by hand keeps its fraction, so two
+        // sent in the same second are two.
+        let at = due.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);
+        format!("digest:{}@{at}", self.name)
     }
 
     /// The idempotency key of the digest due at `due` to `recipient`: the same on every
