@@ -30,8 +30,8 @@ pub struct Config {
     /// Where schemas and templates live, relative to the config file.
     #[serde(default)]
     pub paths: Paths,
-    /// Broker connection and topology.
-    #[serde(default)]
+    /// Broker connection and topology (`[broker]` is another name for the section).
+    #[serde(default, alias = "broker")]
     pub amqp: Amqp,
     /// Sender details and transport for the email channel.
     #[serde(default)]
@@ -100,11 +100,21 @@ impl Default for Paths {
     }
 }
 
-/// Broker settings; `HERALD_AMQP_URL` overrides the URL.
+/// Broker settings; `HERALD_AMQP_URLS` (comma-separated) or `HERALD_AMQP_URL` override the
+/// URLs.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Amqp {
+    /// The broker, when it is one node.
     pub url: String,
+    /// The nodes of a cluster, tried in order at every (re)connection; when given, `url` is
+    /// not used.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub urls: Vec<String>,
+    /// Members of each quorum queue Herald declares (`x-quorum-initial-group-size`); unset,
+    /// the broker's default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<u16>,
     /// Topic exchange agencies publish to, routing key = eventType.
     pub exchange: String,
     /// Quorum queue Herald consumes.
@@ -119,10 +129,37 @@ pub struct Amqp {
     pub delivery_limit: u16,
 }
 
+impl Amqp {
+    /// The broker's nodes in the order they are tried: `HERALD_AMQP_URLS` (comma-separated),
+    /// else `HERALD_AMQP_URL`, else `urls`, else `url`.
+    pub fn node_urls(&self, env: impl Fn(&str) -> Option<String>) -> Vec<String> {
+        let split = |list: String| -> Vec<String> {
+            list.split(',')
+                .map(str::trim)
+                .filter(|u| !u.is_empty())
+                .map(str::to_owned)
+                .collect()
+        };
+        if let Some(list) = env("HERALD_AMQP_URLS").map(split).filter(|l| !l.is_empty()) {
+            return list;
+        }
+        if let Some(url) = env("HERALD_AMQP_URL").filter(|u| !u.is_empty()) {
+            return vec![url];
+        }
+        if self.urls.is_empty() {
+            vec![self.url.clone()]
+        } else {
+            self.urls.clone()
+        }
+    }
+}
+
 impl Default for Amqp {
     fn default() -> Self {
         Amqp {
             url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+            urls: Vec::new(),
+            replicas: None,
             exchange: "herald.events".into(),
             queue: "herald.events".into(),
             rejected_queue: "herald.rejected".into(),

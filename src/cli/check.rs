@@ -12,6 +12,7 @@ use crate::deliver::webhook::Secret;
 pub fn run(core: &Core, strict: bool) -> ExitCode {
     let mut report = core.check();
     check_secrets(core, |name| std::env::var_os(name), &mut report);
+    check_replicas(core, |name| std::env::var(name).ok(), &mut report);
     for e in &report.errors {
         eprintln!("error: {e}");
     }
@@ -34,6 +35,49 @@ pub fn run(core: &Core, strict: bool) -> ExitCode {
         println!("{file}: ok");
     }
     super::passed(report.errors.is_empty() && !warned)
+}
+
+/// `[amqp] replicas` against the nodes Herald is given (`HERALD_AMQP_URLS`, or `[amqp] urls`),
+/// the cluster's size as far as Herald knows it without asking the broker: a queue cannot
+/// have more members than the cluster has nodes, one member is lost with its node, and an
+/// even number survives no more failures than one fewer.
+fn check_replicas(core: &Core, env: impl Fn(&str) -> Option<String>, report: &mut CheckReport) {
+    let nodes = core.config.amqp.node_urls(env).len();
+    let Some(replicas) = core.config.amqp.replicas else {
+        if nodes > 1 {
+            report.notes.push(format!(
+                "{nodes} broker nodes listed and [amqp] replicas unset: each quorum queue gets the broker's default number of members"
+            ));
+        }
+        return;
+    };
+    let listed = match nodes {
+        1 => "1 broker node is listed".to_owned(),
+        n => format!("{n} broker nodes are listed"),
+    };
+    if replicas == 0 {
+        report
+            .errors
+            .push("[amqp] replicas = 0: a quorum queue needs at least one member".into());
+    } else if usize::from(replicas) > nodes {
+        report.warnings.push(format!(
+            "[amqp] replicas = {replicas} but {listed} ([amqp] urls, or HERALD_AMQP_URLS): a queue has at most as many members as the cluster has nodes, and Herald fails over only to the nodes it is given; list every node"
+        ));
+    } else if replicas == 1 && nodes > 1 {
+        report.warnings.push(format!(
+            "[amqp] replicas = 1 with {listed}: each queue lives on one node and its events are out of reach while that node is down; 3 survives one node down"
+        ));
+    } else if replicas % 2 == 0 {
+        report.warnings.push(format!(
+            "[amqp] replicas = {replicas}: a quorum queue of {replicas} members survives no more nodes down than one of {}; use an odd number",
+            replicas - 1
+        ));
+    } else {
+        report.notes.push(format!(
+            "each quorum queue has {replicas} members; {listed}; a queue stays available with {} of its members down",
+            (replicas - 1) / 2
+        ));
+    }
 }
 
 /// Each webhook recipient's `secret_env` (and `previous_secret_env`) read through `env` and
@@ -89,6 +133,44 @@ fn check_secrets(core: &Core, env: impl Fn(&str) -> Option<OsString>, report: &m
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replicas_are_compared_with_the_nodes_listed() {
+        let mut core =
+            Core::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("routes.toml"))
+                .unwrap();
+        let three = "amqp://h1,amqp://h2,amqp://h3".to_owned();
+        let said = |core: &Core, urls: Option<&str>| {
+            let mut report = CheckReport::default();
+            let urls = urls.map(str::to_owned);
+            check_replicas(
+                core,
+                |k| (k == "HERALD_AMQP_URLS").then(|| urls.clone()).flatten(),
+                &mut report,
+            );
+            report
+        };
+        // One node and nothing asked of the broker: nothing to say.
+        let r = said(&core, None);
+        assert!(r.errors.is_empty() && r.warnings.is_empty() && r.notes.is_empty());
+        core.config.amqp.replicas = Some(3);
+        let r = said(&core, None);
+        assert_eq!(r.warnings.len(), 1, "{:?}", r.warnings);
+        assert!(
+            r.warnings[0].starts_with("[amqp] replicas = 3 but 1 broker node is listed"),
+            "{}",
+            r.warnings[0]
+        );
+        let r = said(&core, Some(&three));
+        assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+        assert!(r.notes[0].contains("stays available with 1 of its members down"));
+        core.config.amqp.replicas = Some(2);
+        assert!(said(&core, Some(&three)).warnings[0].contains("use an odd number"));
+        core.config.amqp.replicas = Some(1);
+        assert!(said(&core, Some(&three)).warnings[0].contains("lives on one node"));
+        core.config.amqp.replicas = Some(0);
+        assert_eq!(said(&core, Some(&three)).errors.len(), 1);
+    }
 
     #[test]
     fn secrets_are_read_as_serve_reads_them_and_never_shown() {

@@ -35,7 +35,7 @@ use crate::route::authority::Change;
 use crate::serve::park::{ParkedRecord, header_json, header_text, value_text};
 use crate::serve::retry::{self, Pending};
 use crate::serve::rows;
-use crate::serve::{AMQP_PASSWORD_IN, Settings, connect_error};
+use crate::serve::{AMQP_PASSWORD_IN, Settings, broker};
 
 /// Which parking queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -115,9 +115,14 @@ pub async fn run(core: Core, action: Action) -> ExitCode {
 // String error: one line for the operator, printed before exit status 1.
 async fn dlq(core: Core, action: Action) -> Result<ExitCode, String> {
     let settings = Settings::new(&core.config, |k| std::env::var(k).ok());
-    let connection = Connection::connect(&settings.amqp_url, ConnectionProperties::default())
-        .await
-        .map_err(|e| connect_error(&settings.amqp_url, &e, AMQP_PASSWORD_IN).to_string())?;
+    let connection = broker::connect(
+        &settings.amqp_urls,
+        ConnectionProperties::default,
+        AMQP_PASSWORD_IN,
+    )
+    .await
+    .map_err(|e| e.to_string())?
+    .connection;
     let ch = connection
         .create_channel()
         .await

@@ -28,7 +28,9 @@ use crate::core::Core;
 macro_rules! env_amqp {
     () => {
         concat!(
-            "  HERALD_AMQP_URL          the broker; overrides [amqp] url in routes.toml\n",
+            "  HERALD_AMQP_URLS         the broker's nodes, comma-separated, tried in order;\n",
+            "                           overrides [amqp] urls and url in routes.toml\n",
+            "  HERALD_AMQP_URL          the broker, when it is one node; overrides [amqp] url\n",
             "                           (default amqp://guest:guest@127.0.0.1:5672/%2f)\n",
         )
     };
@@ -327,7 +329,7 @@ pub fn run(cli: Cli) -> ExitCode {
             files,
         } => config.load_file().map(|c| {
             runtime(publish::run(publish::Args {
-                url: std::env::var("HERALD_AMQP_URL").unwrap_or(c.amqp.url),
+                urls: c.amqp.node_urls(|k| std::env::var(k).ok()),
                 exchange: c.amqp.exchange,
                 user,
                 password_env,

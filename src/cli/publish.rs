@@ -10,14 +10,15 @@ use std::time::Duration;
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
 use lapin::types::{FieldTable, ShortString};
-use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{BasicProperties, ConnectionProperties, ExchangeKind};
 
 use super::restamp::restamp;
 use crate::event::EventId;
-use crate::serve::{AMQP_PASSWORD_IN, connect_error};
+use crate::serve::{AMQP_PASSWORD_IN, broker};
 
 pub struct Args {
-    pub url: String,
+    /// The broker's nodes, tried in order.
+    pub urls: Vec<String>,
     pub exchange: String,
     pub user: Option<String>,
     pub password_env: String,
@@ -114,27 +115,37 @@ async fn publish(args: Args) -> Result<(), String> {
         };
         bodies.push((file, body));
     }
-    let mut url = url::Url::parse(&args.url)
-        .map_err(|e| format!("the AMQP URL (HERALD_AMQP_URL or amqp.url) is not a URL: {e}"))?;
-    if let Some(user) = &args.user {
-        let password = std::env::var(&args.password_env)
-            .map_err(|_| format!("--user {user} needs the password in {}", args.password_env))?;
-        url.set_username(user)
-            .map_err(|()| "cannot set the user in the URL".to_string())?;
-        url.set_password(Some(&password))
-            .map_err(|()| "cannot set the password in the URL".to_string())?;
+    let mut urls = Vec::with_capacity(args.urls.len());
+    for given in &args.urls {
+        let mut url = url::Url::parse(given).map_err(|e| {
+            format!("the AMQP URL (HERALD_AMQP_URLS, HERALD_AMQP_URL or [amqp]) is not a URL: {e}")
+        })?;
+        if let Some(user) = &args.user {
+            let password = std::env::var(&args.password_env).map_err(|_| {
+                format!("--user {user} needs the password in {}", args.password_env)
+            })?;
+            url.set_username(user)
+                .map_err(|()| "cannot set the user in the URL".to_string())?;
+            url.set_password(Some(&password))
+                .map_err(|()| "cannot set the password in the URL".to_string())?;
+        }
+        urls.push(url.to_string());
     }
-    let login = match url.username() {
-        "" => "guest".to_owned(),
-        u => percent_decode(u),
-    };
     let password_in = match &args.user {
         Some(_) => args.password_env.as_str(),
         None => AMQP_PASSWORD_IN,
     };
-    let connection = Connection::connect(url.as_str(), ConnectionProperties::default())
+    let connected = broker::connect(&urls, ConnectionProperties::default, password_in)
         .await
-        .map_err(|e| connect_error(url.as_str(), &e, password_in).to_string())?;
+        .map_err(|e| e.to_string())?;
+    let connection = connected.connection;
+    let login = url::Url::parse(&urls[connected.node])
+        .ok()
+        .map(|u| match u.username() {
+            "" => "guest".to_owned(),
+            u => percent_decode(u),
+        })
+        .unwrap_or_else(|| "guest".to_owned());
     check_exchange(&connection, &args.exchange).await?;
     let channel = connection
         .create_channel()
@@ -223,7 +234,7 @@ async fn publish(args: Args) -> Result<(), String> {
 /// The exchange exists, or one line saying it does not yet. Asked before any file, on a
 /// channel of its own: the broker closes a channel whose passive declare fails.
 // String error: one line for the operator, printed before exit status 1.
-async fn check_exchange(connection: &Connection, exchange: &str) -> Result<(), String> {
+async fn check_exchange(connection: &lapin::Connection, exchange: &str) -> Result<(), String> {
     let probe = connection
         .create_channel()
         .await

@@ -1,6 +1,6 @@
 //! `herald config show`: the configuration as Herald reads it, in TOML. Every default is
 //! filled in, `${HERALD_RECEIVER_URL}` is replaced in webhook urls, paths are resolved against
-//! the file's folder and `HERALD_AMQP_URL`, `HERALD_SMTP_URL` and `HERALD_METRICS_ADDR`
+//! the file's folder and `HERALD_AMQP_URLS`, `HERALD_AMQP_URL`, `HERALD_SMTP_URL` and `HERALD_METRICS_ADDR`
 //! override their settings, as `serve` applies them. Nothing secret is printed: every URL (the
 //! broker's, the SMTP server's, each webhook's) goes through [`crate::mask::url`], which shows
 //! a password and the values of query parameters named like secrets as `***`, and each
@@ -16,7 +16,8 @@ use crate::deliver::webhook::Secret;
 use crate::mask::MASK;
 
 /// The variables that override a setting of routes.toml, as `Settings::new` applies them.
-const OVERRIDES: [(&str, &str); 3] = [
+const OVERRIDES: [(&str, &str); 4] = [
+    ("HERALD_AMQP_URLS", "amqp.urls"),
     ("HERALD_AMQP_URL", "amqp.url"),
     ("HERALD_SMTP_URL", "email.url"),
     ("HERALD_METRICS_ADDR", "service.metrics_addr"),
@@ -47,7 +48,13 @@ pub fn show(
     for (variable, setting) in OVERRIDES {
         let Some(value) = env(variable) else { continue };
         match setting {
-            "amqp.url" => config.amqp.url = value,
+            "amqp.urls" => config.amqp.urls = config.amqp.node_urls(env),
+            // The list, when set, wins over the single URL.
+            "amqp.url" if env("HERALD_AMQP_URLS").is_some() => continue,
+            "amqp.url" => {
+                config.amqp.url = value;
+                config.amqp.urls.clear();
+            }
             "email.url" => config.email.url = Some(value),
             _ => config.service.metrics_addr = value,
         }
@@ -87,6 +94,9 @@ pub fn show(
 /// secret (a password, a token in the query).
 fn mask(config: &mut Config) {
     config.amqp.url = crate::mask::url(&config.amqp.url);
+    for url in &mut config.amqp.urls {
+        *url = crate::mask::url(url);
+    }
     if let Some(url) = &mut config.email.url {
         *url = crate::mask::url(url);
     }

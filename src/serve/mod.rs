@@ -6,11 +6,13 @@
 
 mod acks;
 mod books;
+pub mod broker;
 mod confirm;
 mod dedup;
 pub mod digest;
 mod handler;
 mod http;
+pub mod instances;
 pub mod park;
 pub mod retry;
 pub mod rows;
@@ -45,7 +47,10 @@ use crate::metrics::Metrics;
 /// Everything the service needs beyond the core, from routes.toml and the environment.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    pub amqp_url: String,
+    /// The broker's nodes, tried in order at every (re)connection.
+    pub amqp_urls: Vec<String>,
+    /// Members of each quorum queue Herald declares; `None`: the broker's default.
+    pub replicas: Option<u16>,
     pub exchange: String,
     pub queue: String,
     pub rejected_queue: String,
@@ -73,6 +78,8 @@ pub struct Settings {
     pub retry_max_age: Duration,
     /// The AMQP connection name, to find Herald in `rabbitmqctl list_connections`.
     pub connection_name: String,
+    /// This instance's name in the ledger (`HERALD_INSTANCE`, or made up at start).
+    pub instance: String,
     /// How often the depth of Herald's queues is read for `herald_queue_messages`.
     pub queue_poll: Duration,
     /// The ledger's store (`sqlite://...` or `postgres://...`).
@@ -89,11 +96,12 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// routes.toml's values, overridden by `HERALD_AMQP_URL`, `HERALD_SMTP_URL` and
-    /// `HERALD_METRICS_ADDR`.
+    /// routes.toml's values, overridden by `HERALD_AMQP_URLS`, `HERALD_AMQP_URL`,
+    /// `HERALD_SMTP_URL` and `HERALD_METRICS_ADDR`.
     pub fn new(config: &Config, env: impl Fn(&str) -> Option<String>) -> Settings {
         Settings {
-            amqp_url: env("HERALD_AMQP_URL").unwrap_or_else(|| config.amqp.url.clone()),
+            amqp_urls: config.amqp.node_urls(&env),
+            replicas: config.amqp.replicas,
             exchange: config.amqp.exchange.clone(),
             queue: config.amqp.queue.clone(),
             rejected_queue: config.amqp.rejected_queue.clone(),
@@ -115,6 +123,7 @@ impl Settings {
             retry_schedule: config.retry.schedule.clone(),
             retry_max_age: config.retry.max_age,
             connection_name: "herald".into(),
+            instance: instances::instance_id(&env),
             queue_poll: Duration::from_secs(5),
             ledger_url: config.ledger.store_url(&env),
             ledger_sync: match config.ledger.synchronous {
@@ -185,6 +194,10 @@ pub enum ServeError {
     },
     #[error("RabbitMQ at {url}: {reason}")]
     Broker { url: String, reason: String },
+    #[error(
+        "RabbitMQ at {url} has Herald's topology declared with other arguments than this Herald declares: {said}. Every instance must declare the same ([amqp] delivery_limit and replicas, [retry] schedule, the queue names): make their routes.toml agree, or, if an older Herald made it, empty the queue and delete it so it is declared anew"
+    )]
+    Topology { url: String, said: String },
     #[error("the connection to RabbitMQ was lost: {0}")]
     Lost(String),
     #[error("email: {0}")]
@@ -322,7 +335,8 @@ impl Running {
 }
 
 /// Where serve and dlq read the broker's password from.
-pub const AMQP_PASSWORD_IN: &str = "HERALD_AMQP_URL, or [amqp] url in routes.toml";
+pub const AMQP_PASSWORD_IN: &str =
+    "HERALD_AMQP_URLS or HERALD_AMQP_URL, or [amqp] urls or url in routes.toml";
 
 /// How long the last acknowledgements may take to go out when a link is given up.
 const ACK_WAIT: Duration = Duration::from_secs(5);
@@ -330,6 +344,8 @@ const ACK_WAIT: Duration = Duration::from_secs(5);
 /// One connection to the broker, with its channels and consumers.
 struct Link {
     connection: Connection,
+    /// Which of the configured nodes answered.
+    node: usize,
     consuming: Channel,
     /// In confirm mode, for parking and scheduling retries.
     publisher: Channel,
@@ -346,18 +362,20 @@ struct Link {
 impl Link {
     /// Connects, declares the topology (idempotently) and starts both consumers.
     async fn open(settings: &Settings) -> Result<Link, ServeError> {
-        let url = redact_url(&settings.amqp_url);
+        let properties = || {
+            ConnectionProperties::default()
+                .with_connection_name(settings.connection_name.clone().into())
+        };
+        let broker::Connected { connection, node } =
+            broker::connect(&settings.amqp_urls, properties, AMQP_PASSWORD_IN).await?;
+        let raw = &settings.amqp_urls[node];
+        let url = redact_url(raw);
         // lapin's message may quote the URL it was given, password and all.
-        let reason = |e: lapin::Error| crate::mask::scrub(&e.to_string(), &settings.amqp_url);
+        let reason = |e: lapin::Error| crate::mask::scrub(&e.to_string(), raw);
         let broker = |e: lapin::Error| ServeError::Broker {
             url: url.clone(),
             reason: reason(e),
         };
-        let properties = ConnectionProperties::default()
-            .with_connection_name(settings.connection_name.clone().into());
-        let connection = Connection::connect(&settings.amqp_url, properties)
-            .await
-            .map_err(|e| connect_error(&settings.amqp_url, &e, AMQP_PASSWORD_IN))?;
         let consuming = connection.create_channel().await.map_err(broker)?;
         let publisher = connection.create_channel().await.map_err(broker)?;
         publisher
@@ -366,7 +384,7 @@ impl Link {
             .map_err(broker)?;
         topology::declare(&connection, settings)
             .await
-            .map_err(broker)?;
+            .map_err(|e| topology::mismatch(e, &url).unwrap_or_else(broker))?;
         retry::declare(&connection, settings)
             .await
             .map_err(broker)?;
@@ -405,6 +423,7 @@ impl Link {
         let (acks, acking) = acks::Acks::start();
         Ok(Link {
             connection,
+            node,
             consuming,
             publisher,
             retrying,
@@ -537,10 +556,12 @@ async fn watch_queues(channel: &Channel, ctx: &Ctx) {
         .set(retrying);
 }
 
-/// Reconnects with exponential backoff (1 s doubling to 30 s) until it succeeds or `stop`.
+/// Reconnects, trying every node in order each round, with a growing jittered wait between
+/// rounds ([`broker::Backoff`]), until it succeeds or `stop`.
 async fn reconnect(ctx: &Ctx, stop: &CancellationToken) -> Option<Link> {
-    let mut wait = Duration::from_secs(1);
+    let mut backoff = broker::Backoff::new();
     loop {
+        let wait = backoff.next_wait();
         tokio::select! {
             _ = stop.cancelled() => return None,
             _ = tokio::time::sleep(wait) => {}
@@ -551,8 +572,7 @@ async fn reconnect(ctx: &Ctx, stop: &CancellationToken) -> Option<Link> {
                 return Some(link);
             }
             Err(e) => {
-                warn!(error = %e, retry_in_secs = wait.as_secs(), "cannot reconnect yet");
-                wait = (wait * 2).min(Duration::from_secs(30));
+                warn!(error = %e, retry_in_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX), "cannot reconnect yet");
             }
         }
     }
@@ -610,14 +630,21 @@ pub async fn start(
         shutdown.clone(),
     ));
     let ledger = crate::ledger::Ledger::start(store.clone(), metrics.clone());
+    let instances = instances::join(&store, &settings.instance)
+        .await
+        .inspect_err(|_| shutdown.cancel())?;
+    guard.share_among(instances);
+    metrics
+        .instances
+        .set(i64::try_from(instances).unwrap_or(i64::MAX));
 
-    let url = redact_url(&settings.amqp_url);
     let link = Link::open(&settings)
         .await
         .inspect_err(|_| shutdown.cancel())?;
     ready.consuming.store(true, Ordering::Relaxed);
     info!(
-        amqp = %url,
+        amqp = %broker::shown(&settings.amqp_urls, link.node),
+        nodes = settings.amqp_urls.len(),
         queue = %settings.queue,
         prefetch = settings.prefetch,
         email = email.describe(),
@@ -640,6 +667,9 @@ pub async fn start(
         settings,
         register_dirty: std::sync::atomic::AtomicBool::new(true),
     });
+    // Cancelled once the events in flight are drained: this instance's claims last as long.
+    let left = CancellationToken::new();
+    let keeping = tokio::spawn(instances::keep(Arc::clone(&ctx), left.clone()));
     tokio::spawn(digest::schedule(
         Arc::clone(&ctx),
         ctx.settings.clock.clone(),
@@ -667,7 +697,7 @@ pub async fn start(
                         old.close("herald reconnected").await;
                     });
                     ready.consuming.store(true, Ordering::Relaxed);
-                    info!(amqp = %url, "reconnected; consuming again");
+                    info!(amqp = %broker::shown(&ctx.settings.amqp_urls, link.node), "reconnected; consuming again");
                 }
                 None => break,
             }
@@ -682,6 +712,8 @@ pub async fn start(
             );
         }
         link.close("herald shutting down").await;
+        left.cancel();
+        let _ = keeping.await;
         stop.cancel();
         let _ = http_task.await;
         Ok(())

@@ -198,7 +198,7 @@ pub fn queues(s: &Settings) -> Vec<String> {
 
 /// Declares the deliveries queue and one delay queue per distinct wait. Dead-lettering is
 /// at-least-once (quorum queues, `reject-publish` overflow), so a due retry is never dropped.
-/// Declares the deliveries queue and the delay queues. A due retry that keeps coming back
+/// A due retry that keeps coming back
 /// (Herald could neither deliver, reschedule nor park it) is dead-lettered to the failed queue
 /// after `amqp.delivery_limit` deliveries, where an operator sees it, rather than dropped by
 /// the broker's own default limit (RabbitMQ 4: 20).
@@ -214,12 +214,13 @@ pub async fn declare(connection: &Connection, s: &Settings) -> Result<(), lapin:
     )];
     args.extend(dead_letter_to(&s.failed_queue));
     let channel = connection.create_channel().await?;
-    let channel = declare_or_keep(connection, channel, &deliveries, quorum(&args)).await?;
+    let channel =
+        declare_or_keep(connection, channel, &deliveries, quorum(s.replicas, &args)).await?;
     for wait in &s.retry_schedule {
         let ttl = i64::try_from(wait.as_millis()).unwrap_or(i64::MAX);
         let mut args = vec![("x-message-ttl", AMQPValue::LongLongInt(ttl))];
         args.extend(dead_letter_to(&deliveries));
-        let args = quorum(&args);
+        let args = quorum(s.replicas, &args);
         channel
             .queue_declare(delay_queue(s, *wait).as_str().into(), durable, args)
             .await?;

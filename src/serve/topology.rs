@@ -19,13 +19,20 @@ use tracing::warn;
 
 use super::Settings;
 
-/// Durable quorum queue arguments, with `extra` ones.
-pub(super) fn quorum(extra: &[(&str, AMQPValue)]) -> FieldTable {
+/// Durable quorum queue arguments, with `replicas` members when set (else the broker's
+/// default) and `extra` arguments.
+pub(super) fn quorum(replicas: Option<u16>, extra: &[(&str, AMQPValue)]) -> FieldTable {
     let mut args = FieldTable::default();
     args.insert(
         ShortString::from("x-queue-type"),
         AMQPValue::LongString("quorum".into()),
     );
+    if let Some(n) = replicas {
+        args.insert(
+            ShortString::from("x-quorum-initial-group-size"),
+            AMQPValue::LongInt(i32::from(n)),
+        );
+    }
     for (k, v) in extra {
         args.insert(ShortString::from(*k), v.clone());
     }
@@ -53,8 +60,8 @@ pub(super) const NEVER: i32 = i32::MAX;
 
 /// Arguments of a queue that holds messages until an operator acts: a quorum queue that never
 /// drops a message for having been looked at.
-pub(super) fn parking() -> FieldTable {
-    quorum(&[("x-delivery-limit", AMQPValue::LongInt(NEVER))])
+pub(super) fn parking(replicas: Option<u16>) -> FieldTable {
+    quorum(replicas, &[("x-delivery-limit", AMQPValue::LongInt(NEVER))])
 }
 
 /// Declares the exchange, the events queue and its binding, and the parking queues, on
@@ -82,10 +89,14 @@ pub async fn declare(connection: &Connection, s: &Settings) -> Result<(), lapin:
     )];
     events.extend(dead_letter_to(&s.rejected_queue));
     channel
-        .queue_declare(s.queue.as_str().into(), durable, quorum(&events))
+        .queue_declare(
+            s.queue.as_str().into(),
+            durable,
+            quorum(s.replicas, &events),
+        )
         .await?;
     for queue in [&s.rejected_queue, &s.failed_queue] {
-        channel = declare_or_keep(connection, channel, queue, parking()).await?;
+        channel = declare_or_keep(connection, channel, queue, parking(s.replicas)).await?;
     }
     channel
         .queue_bind(
@@ -134,6 +145,23 @@ pub(super) async fn declare_or_keep(
         }
         Err(e) => Err(e),
     }
+}
+
+/// The error to stop with when the broker refused a declaration because it has the exchange
+/// or queue with other arguments: another instance (or an older Herald) declared it
+/// otherwise. The broker's text names the argument and both values.
+pub(super) fn mismatch(e: lapin::Error, url: &str) -> Result<super::ServeError, lapin::Error> {
+    if !precondition_failed(&e) {
+        return Err(e);
+    }
+    let said = match e.kind() {
+        lapin::ErrorKind::ProtocolError(amqp) => amqp.get_message().to_string(),
+        _ => e.to_string(),
+    };
+    Ok(super::ServeError::Topology {
+        url: url.to_owned(),
+        said: said.trim_start_matches("PRECONDITION_FAILED - ").to_owned(),
+    })
 }
 
 /// Whether the broker refused a declaration as inequivalent to the queue it has (406).

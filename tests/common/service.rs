@@ -309,6 +309,15 @@ impl Smtp {
         format!("smtp://127.0.0.1:{}", self.port)
     }
 
+    /// How many messages have arrived, without reading them.
+    pub fn count(&self) -> usize {
+        ["new", "cur"]
+            .iter()
+            .filter_map(|sub| std::fs::read_dir(self.dir.path().join("maildir").join(sub)).ok())
+            .map(|entries| entries.count())
+            .sum()
+    }
+
     pub fn messages(&self) -> Vec<Mail> {
         let mut out = Vec::new();
         for sub in ["new", "cur"] {
@@ -784,7 +793,7 @@ pub async fn start_with(
     let core = Core::from_config(config, &super::root().join("routes.toml"))
         .unwrap_or_else(|e| panic!("{e:#?}"));
     let mut settings = Settings::new(&core.config, |_| None);
-    settings.amqp_url = amqp_url();
+    settings.amqp_urls = vec![amqp_url()];
     settings.exchange = names.exchange.clone();
     settings.queue = names.queue.clone();
     settings.rejected_queue = names.rejected.clone();
