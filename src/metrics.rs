@@ -109,6 +109,13 @@ pub struct Metrics {
     /// `already-claimed` (this one or another did) or `passed-over` (late, and the
     /// subscription is new to this ledger).
     pub digest_claims: IntCounterVec,
+    /// Instances of Herald sharing this ledger that answered within the last few seconds,
+    /// this one included.
+    pub instances: IntGauge,
+    /// Events whose handling another live instance held when a copy arrived here, by what
+    /// this instance did: `waited` (until the other was done) or `returned` (put back on the
+    /// queue after the wait).
+    pub held_elsewhere: IntCounterVec,
 }
 
 impl Metrics {
@@ -286,6 +293,22 @@ impl Metrics {
                 "herald_authority_pruned_total",
                 "Authority register rows removed by retention (pairs no longer authorised, unchanged for longer than [ledger] keep).",
                 &[],
+            ),
+            instances: {
+                let g = IntGauge::new(
+                    "herald_instances",
+                    "Instances of Herald on this ledger that answered within the last 10 seconds, this one included; each takes its share of every endpoint's concurrency limit.",
+                )
+                .expect("valid metric definition");
+                registry
+                    .register(Box::new(g.clone()))
+                    .expect("metric registered once");
+                g
+            },
+            held_elsewhere: counter(
+                "herald_events_held_elsewhere_total",
+                "Copies of an event that arrived while another live instance was handling it (the broker redelivered what a lost connection held), by what this instance did: waited (for the other to finish, then judged it against the ledger) or returned (to the queue after the wait).",
+                &["result"],
             ),
             digest_claims: counter(
                 "herald_digest_claims_total",

@@ -3,6 +3,10 @@
 //! dead or slow recipient then costs the others nothing: its notifications wait in the delay
 //! queues instead of holding workers.
 //!
+//! When several instances share a ledger, each takes an equal share of every endpoint's limit
+//! ([`Guard::share_among`]), and takes up the circuit and 410 stop another instance recorded
+//! ([`Guard::adopt`]).
+//!
 //! Urgent notifications (short-notice releases, a PPO's failure-to-appear warrant) have a fast
 //! lane to each endpoint: slots of their own, as many as the routine lane has, so however much
 //! routine traffic is queued for an endpoint, an urgent notification goes next.
@@ -58,6 +62,8 @@ struct Endpoint {
 pub struct Guard {
     limits: Limits,
     endpoints: Mutex<HashMap<String, Endpoint>>,
+    /// Instances sharing each endpoint's limit, this one included.
+    instances: std::sync::atomic::AtomicUsize,
 }
 
 /// Leave to send, held for the length of one attempt.
@@ -70,7 +76,64 @@ impl Guard {
         Guard {
             limits,
             endpoints: Mutex::default(),
+            instances: std::sync::atomic::AtomicUsize::new(1),
         }
+    }
+
+    /// Requests in flight to one endpoint that this instance allows itself: its equal share
+    /// of the limit, rounded down, and at least one.
+    pub fn concurrency(&self) -> usize {
+        let n = self
+            .instances
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .max(1);
+        (self.limits.concurrency / n).max(1)
+    }
+
+    /// `instances` instances (this one included) now share every endpoint's limit. Requests
+    /// already in flight finish under the share they started with.
+    pub fn share_among(&self, instances: usize) {
+        let instances = instances.max(1);
+        let before = self
+            .instances
+            .swap(instances, std::sync::atomic::Ordering::Relaxed);
+        if before == instances {
+            return;
+        }
+        let slots = self.concurrency();
+        let mut map = self.endpoints.lock().unwrap_or_else(|e| e.into_inner());
+        for e in map.values_mut() {
+            e.slots = Arc::new(Semaphore::new(slots));
+            e.urgent_slots = Arc::new(Semaphore::new(slots));
+        }
+    }
+
+    /// Takes up a state another instance recorded for `endpoint` at `since`: a 410 stop, an
+    /// open circuit (open until `open_for` after `since`), or a closed one (it answered).
+    pub fn adopt(&self, endpoint: &str, state: State, since: std::time::SystemTime) {
+        let open_for = self.limits.open_for;
+        // How long ago `since` was, on this instance's monotonic clock.
+        let ago = std::time::SystemTime::now()
+            .duration_since(since)
+            .unwrap_or_default();
+        self.with(endpoint, |e| match state {
+            State::Disabled => e.disabled = true,
+            State::Open => {
+                e.disabled = false;
+                let until = Instant::now()
+                    .checked_sub(ago)
+                    .map(|at| at + open_for)
+                    .unwrap_or_else(Instant::now);
+                if until > Instant::now() && e.open_until.is_none_or(|u| u < until) {
+                    e.open_until = Some(until);
+                }
+            }
+            State::Closed => {
+                e.disabled = false;
+                e.failures = 0;
+                e.open_until = None;
+            }
+        });
     }
 
     fn with<T>(&self, endpoint: &str, f: impl FnOnce(&mut Endpoint) -> T) -> T {
@@ -79,9 +142,10 @@ impl Guard {
         if let Some(e) = map.get_mut(endpoint) {
             return f(e);
         }
+        let slots = self.concurrency();
         let e = map.entry(endpoint.to_owned()).or_insert_with(|| Endpoint {
-            slots: Arc::new(Semaphore::new(self.limits.concurrency.max(1))),
-            urgent_slots: Arc::new(Semaphore::new(self.limits.concurrency.max(1))),
+            slots: Arc::new(Semaphore::new(slots)),
+            urgent_slots: Arc::new(Semaphore::new(slots)),
             failures: 0,
             open_until: None,
             disabled: false,
@@ -239,5 +303,52 @@ mod tests {
         );
         drop(urgent);
         assert!(g.enter("a", true).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn instances_share_an_endpoints_limit() {
+        let g = Guard::new(Limits {
+            concurrency: 4,
+            ..guard().limits
+        });
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            held.push(g.enter("a", false).await.expect("one of four slots"));
+        }
+        assert!(g.enter("a", false).await.is_err(), "four in flight");
+        drop(held);
+        // Three instances on the ledger: each may have 4 / 3 = 1 in flight.
+        g.share_among(3);
+        assert_eq!(g.concurrency(), 1);
+        let one = g.enter("a", false).await.expect("this instance's one slot");
+        assert!(g.enter("a", false).await.is_err(), "its share is one");
+        drop(one);
+        // More instances than the limit still leaves each one.
+        g.share_among(9);
+        assert_eq!(g.concurrency(), 1);
+        g.share_among(1);
+        assert_eq!(g.concurrency(), 4);
+    }
+
+    #[tokio::test]
+    async fn a_state_another_instance_recorded_is_taken_up() {
+        let g = guard();
+        let now = std::time::SystemTime::now();
+        g.adopt("a", State::Disabled, now);
+        assert_eq!(g.state("a"), State::Disabled);
+        g.adopt("a", State::Closed, now);
+        assert_eq!(g.state("a"), State::Closed);
+        // Opened 10 s ago for 60 s: open now, and refused with the time left.
+        g.adopt("b", State::Open, now - Duration::from_secs(10));
+        assert_eq!(g.state("b"), State::Open);
+        let refused = g.enter("b", false).await.err().expect("open circuit");
+        let left = refused.retry_after.expect("how long it stays open");
+        assert!(
+            left <= Duration::from_secs(50) && left > Duration::from_secs(40),
+            "{left:?}"
+        );
+        // Opened longer ago than it stays open: closed.
+        g.adopt("c", State::Open, now - Duration::from_secs(61));
+        assert_eq!(g.state("c"), State::Closed);
     }
 }

@@ -13,6 +13,7 @@
 mod authority;
 mod custody;
 mod digest;
+mod instances;
 pub mod read;
 pub mod report;
 mod sql;
@@ -32,6 +33,7 @@ use crate::notification::{DeliveryOutcome, ParkReason};
 
 pub use authority::AuthorityRow;
 pub use digest::{DigestClaim, OpenDigest};
+pub use instances::EndpointState;
 pub use writer::Ledger;
 
 /// Which database holds the ledger.

@@ -11,6 +11,7 @@ use tracing::{Instrument, Span, debug, error, info, info_span, warn};
 
 use super::acks::Acks;
 use super::dedup::Claim;
+use super::instances::{self, Held, RETRY_CLAIMS};
 use super::retry::{self, Pending};
 use super::{Ctx, park, rows};
 use crate::deliver::Failure;
@@ -166,7 +167,16 @@ async fn handle_event(ctx: &Ctx, delivery: &Delivery, label: String) -> bool {
                 }
             }
             let id = event.id.clone();
+            // Another instance may be handling a copy of it (the broker redelivers what a
+            // lost connection held): wait for it as for a copy in this process.
+            let publisher = event.id.publisher().unwrap_or_default().to_owned();
+            if instances::exclusive(ctx, &publisher, id.as_str(), wait).await == Held::Elsewhere {
+                warn!(event_id = %event.id, event_type = %event.event_type, wait_secs = wait.as_secs(), "another instance is still handling a copy of this event after the wait; this one goes back to the queue");
+                ctx.recent.finish(id, false, Instant::now());
+                return false;
+            }
             let done = route_and_deliver(ctx, event, received_at).await;
+            instances::release(ctx, &publisher, id.as_str()).await;
             ctx.recent.finish(id, done, Instant::now());
             done
         }
@@ -455,23 +465,33 @@ pub async fn handle_retry(ctx: &Ctx, delivery: Delivery) {
                     .publishers
                     .label(pending.publisher.as_deref().unwrap_or_default()),
             );
-            // A retry message the broker delivers again after its notification was delivered
-            // (Herald stopped between the two) is not sent twice.
-            let delivered = !pending.replay
-                && matches!(
-                    ctx.ledger.store().status(&pending.key).await,
-                    Ok(Some(Status::Delivered))
-                );
-            if delivered {
-                let _entered = span.enter();
-                info!(key = %pending.key, "retry of a notification already delivered; not sent again");
-                true
+            // A copy of this retry that another instance is trying now (the broker
+            // redelivered it after a lost connection) is waited for, then judged below.
+            let key = pending.key.clone();
+            let wait = ctx.settings.webhook_timeout * 2 + Duration::from_secs(5);
+            if instances::exclusive(ctx, RETRY_CLAIMS, &key, wait).await == Held::Elsewhere {
+                false
             } else {
-                match attempt(ctx, pending).instrument(span).await {
-                    (Outcome::Retry, _) => false,
-                    (_, Some(update)) => recorded(ctx.ledger.update(update).await),
-                    (_, None) => true,
-                }
+                // A retry message the broker delivers again after its notification was
+                // delivered (Herald stopped between the two) is not sent twice.
+                let delivered = !pending.replay
+                    && matches!(
+                        ctx.ledger.store().status(&pending.key).await,
+                        Ok(Some(Status::Delivered))
+                    );
+                let done = if delivered {
+                    let _entered = span.enter();
+                    info!(key = %pending.key, "retry of a notification already delivered; not sent again");
+                    true
+                } else {
+                    match attempt(ctx, pending).instrument(span).await {
+                        (Outcome::Retry, _) => false,
+                        (_, Some(update)) => recorded(ctx.ledger.update(update).await),
+                        (_, None) => true,
+                    }
+                };
+                instances::release(ctx, RETRY_CLAIMS, &key).await;
+                done
             }
         }
         Err(e) => {
