@@ -154,8 +154,9 @@ pub enum Held {
 }
 
 /// Takes the handling of `(publisher, id)` for this instance, waiting up to `wait` while
-/// another live instance holds it. A ledger that cannot be read counts as held elsewhere (the
-/// copy goes back to the queue and comes again).
+/// another live instance holds it. When the ledger cannot be reached the event is handled
+/// without a claim: the ledger's own handling of an outage (nothing is acknowledged until it
+/// is back) takes over, and a copy elsewhere is judged against what was recorded.
 pub(crate) async fn exclusive(ctx: &Ctx, publisher: &str, id: &str, wait: Duration) -> Held {
     if !shared(ctx) {
         return Held::Here;
@@ -178,8 +179,10 @@ pub(crate) async fn exclusive(ctx: &Ctx, publisher: &str, id: &str, wait: Durati
             }
             Ok(false) => waited = true,
             Err(e) => {
-                warn!(error = %e, "cannot take this event's claim in the ledger; it goes back to the queue");
-                return Held::Elsewhere;
+                // The ledger is out of reach: handled as with one instance, where the ledger's
+                // writer finds the outage, says so and holds every event until it is back.
+                debug!(error = %e, "cannot take this event's claim in the ledger");
+                return Held::Here;
             }
         }
         if tokio::time::Instant::now() + LOOK_EVERY > deadline {
