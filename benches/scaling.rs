@@ -22,13 +22,23 @@
 //! process of the user running RabbitMQ's `beam.smp`, and the rest of the machine's busy time
 //! (other). Per event in ms of CPU, and in cores busy on average.
 //!
+//! PostgreSQL's side, for the PostgreSQL ledgers: the transactions committed in the run's
+//! database (`pg_stat_database`) and the WAL flushes and bytes of the whole server
+//! (`pg_stat_wal`), read with the database's connections ended before and after. Herald's
+//! ledger writer(s): group commits, and the share of the drain they spent committing.
+//!
+//! Before each measured drain the benchmark waits up to `QUIET_SECS` (default 10) for a
+//! second in which the machine is nearly idle, and says so when it never is; the CPU of
+//! other processes during the drain is reported as `other` either way.
+//!
 //! Warnings and errors Herald logs go to stderr (RUST_LOG, default `warn`) and are counted per
-//! run. Queues, exchanges, databases and files are removed at the end of each run. Needs
+//! run. Queues (Herald's retry queues too), exchanges, databases and files are removed at the
+//! end of each run, and queues an earlier run left (its process gone) at the start. Needs
 //! RabbitMQ on 127.0.0.1:5672 (guest/guest) and PostgreSQL on 127.0.0.1:5432 (user postgres,
 //! no password, allowed to create databases).
 //!
 //! `cargo bench --locked --bench scaling` (EVENTS=n events per run, default 5000; RUNS=n
-//! rounds, default 3).
+//! rounds, default 3; QUIET_SECS=n).
 
 mod support;
 
@@ -295,6 +305,33 @@ fn machine_busy() -> u64 {
     total.saturating_sub(idle)
 }
 
+/// Waits, up to `max`, for a second in which the machine is nearly idle (under 0.3 cores
+/// busy: a build or a test elsewhere would distort the figures); says so when it is not.
+async fn wait_quiet(max: Duration, key: &str) {
+    let deadline = Instant::now() + max;
+    loop {
+        let before = Cpu::sample(None);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let used = Used::between(before, Cpu::sample(None));
+        if used.busy < 0.3 {
+            return;
+        }
+        if Instant::now() >= deadline {
+            println!(
+                "[{key}] the machine is not quiet after {} s: {:.2} cores busy in the last second \
+                 (PostgreSQL {:.2}, RabbitMQ {:.2}, this process {:.2}, other {:.2}); measuring anyway",
+                max.as_secs(),
+                used.busy,
+                used.postgres,
+                used.broker,
+                used.herald,
+                used.other,
+            );
+            return;
+        }
+    }
+}
+
 /// Cores of the machine, as /proc/stat lists them.
 fn cores() -> usize {
     std::fs::read_to_string("/proc/stat")
@@ -362,6 +399,7 @@ struct Bench {
     connection: Connection,
     body: Vec<u8>,
     events: usize,
+    quiet: Duration,
 }
 
 struct Names {
@@ -381,6 +419,10 @@ struct Outcome {
     /// Events each instance received, from its metrics.
     handled: Vec<f64>,
     commits: f64,
+    /// Seconds the ledger writers spent writing and committing groups, all instances.
+    commit_secs: f64,
+    /// What PostgreSQL committed and flushed during the run (PostgreSQL ledgers).
+    pg: Option<PgCounters>,
     held_elsewhere: f64,
     duplicates: f64,
     failures: f64,
@@ -402,7 +444,78 @@ fn metric(text: &str, name: &str) -> f64 {
                 .is_some_and(|r| r.starts_with('{') || r.starts_with(' '))
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+        .fold(0.0, |a, b| a + b)
+}
+
+/// PostgreSQL's counters for database `name`: transactions committed in it, and the
+/// server's WAL flushes (fsyncs) and bytes, all databases. Its connections are ended first,
+/// so that what they did is counted (a backend reports at its exit, or when idle for a while).
+async fn pg_counters(name: &str) -> Option<PgCounters> {
+    use sqlx::{Connection as _, Row as _};
+    let mut admin = sqlx::PgConnection::connect(&format!("{}/postgres", support::POSTGRES))
+        .await
+        .ok()?;
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = $1 AND pid <> pg_backend_pid()",
+    )
+    .bind(name)
+    .execute(&mut admin)
+    .await
+    .ok()?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let row = sqlx::query(
+        "SELECT d.xact_commit, w.wal_sync, w.wal_bytes::bigint, w.wal_sync_time \
+         FROM pg_stat_database d, pg_stat_wal w WHERE d.datname = $1",
+    )
+    .bind(name)
+    .fetch_one(&mut admin)
+    .await
+    .ok()?;
+    let _ = admin.close().await;
+    Some(PgCounters {
+        commits: row.try_get(0).ok()?,
+        wal_syncs: row.try_get(1).ok()?,
+        wal_bytes: row.try_get(2).ok()?,
+        wal_sync_ms: row.try_get(3).ok()?,
+    })
+}
+
+/// Has PostgreSQL time the WAL fsyncs of database `name`'s sessions (`track_wal_io_timing`
+/// for that database alone, which is dropped at the end of the run).
+async fn time_wal_syncs(name: &str) {
+    use sqlx::{Connection as _, Executor as _};
+    if let Ok(mut admin) =
+        sqlx::PgConnection::connect(&format!("{}/postgres", support::POSTGRES)).await
+    {
+        if let Err(e) = admin
+            .execute(format!("ALTER DATABASE {name} SET track_wal_io_timing = on").as_str())
+            .await
+        {
+            eprintln!("WAL fsyncs not timed: {e}");
+        }
+        let _ = admin.close().await;
+    }
+}
+
+#[derive(Clone, Copy)]
+struct PgCounters {
+    commits: i64,
+    wal_syncs: i64,
+    wal_bytes: i64,
+    /// Time spent in WAL fsyncs by the sessions that time them (the run's database's).
+    wal_sync_ms: f64,
+}
+
+impl PgCounters {
+    fn since(self, before: PgCounters) -> PgCounters {
+        PgCounters {
+            commits: self.commits - before.commits,
+            wal_syncs: self.wal_syncs - before.wal_syncs,
+            wal_bytes: self.wal_bytes - before.wal_bytes,
+            wal_sync_ms: self.wal_sync_ms - before.wal_sync_ms,
+        }
+    }
 }
 
 impl Bench {
@@ -453,10 +566,20 @@ impl Bench {
                 let (url, name) = support::create_database(&format!("scaling_{key}"))
                     .await
                     .map_err(|e| format!("PostgreSQL at {}: {e}", support::POSTGRES))?;
+                time_wal_syncs(&name).await;
                 (url, Some(name))
             }
         };
-        let outcome = self.measure(v, &key, &names, &ledger, scratch.path()).await;
+        let outcome = self
+            .measure(
+                v,
+                &key,
+                &names,
+                &ledger,
+                database.as_deref(),
+                scratch.path(),
+            )
+            .await;
         self.delete(&names).await;
         if let Some(name) = database {
             support::drop_database(&name).await;
@@ -470,6 +593,7 @@ impl Bench {
         key: &str,
         names: &Names,
         ledger: &str,
+        database: Option<&str>,
         scratch: &Path,
     ) -> Result<Outcome, String> {
         // Herald declares its own topology (and makes the ledger's tables): started and stopped.
@@ -488,6 +612,11 @@ impl Bench {
             .map(|k| self.settings(names, ledger, scratch, &format!("scaling-{key}-{k}")))
             .collect::<Result<Vec<_>, _>>()?;
         let expected = self.events * 2;
+        wait_quiet(self.quiet, key).await;
+        let pg_before = match database {
+            Some(name) => pg_counters(name).await,
+            None => None,
+        };
         self.receiver.reset(expected);
         let warnings = WARNINGS.load(Ordering::Relaxed);
         let before = Cpu::sample(self.receiver.tid);
@@ -540,6 +669,10 @@ impl Bench {
         if let Some(e) = failed.or(stalled) {
             return Err(e);
         }
+        let pg = match (database, pg_before) {
+            (Some(name), Some(before)) => pg_counters(name).await.map(|after| after.since(before)),
+            _ => None,
+        };
         let done = done.expect("done when not stalled");
         let tally = self.receiver.tally.lock().expect("tally");
         let sum = |name: &str| texts.iter().map(|t| metric(t, name)).sum::<f64>();
@@ -555,6 +688,8 @@ impl Bench {
                 .map(|t| metric(t, "herald_events_received_total"))
                 .collect(),
             commits: sum("herald_ledger_commit_seconds_count"),
+            commit_secs: sum("herald_ledger_commit_seconds_sum"),
+            pg,
             held_elsewhere: sum("herald_events_held_elsewhere_total"),
             duplicates: sum("herald_events_duplicate_total"),
             failures: sum("herald_delivery_failures_total"),
@@ -610,8 +745,20 @@ impl Bench {
     }
 
     /// Deletes the run's queues and exchange.
+    /// Deletes the run's queues (the events queue, the parking queues, and the deliveries and
+    /// delay queues of the retries) and its exchange.
     async fn delete(&self, names: &Names) {
-        for q in [&names.queue, &names.rejected, &names.failed] {
+        let mut s = Settings::new(&self.config, |_| None);
+        s.queue = names.queue.clone();
+        s.rejected_queue = names.rejected.clone();
+        s.failed_queue = names.failed.clone();
+        let mut queues = vec![
+            names.queue.clone(),
+            names.rejected.clone(),
+            names.failed.clone(),
+        ];
+        queues.extend(herald::serve::retry::queues(&s));
+        for q in &queues {
             if let Err(e) = self
                 .channel
                 .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
@@ -630,6 +777,59 @@ impl Bench {
         {
             eprintln!("cannot delete exchange {}: {e}", names.exchange);
         }
+    }
+}
+
+/// Names of the broker's queues or exchanges (`what`: `list_queues`, `list_exchanges`) that
+/// start with `herald.scaling.`, from rabbitmqctl when it is at hand.
+fn rabbitmqctl_names(what: &str) -> Vec<String> {
+    Command::new("rabbitmqctl")
+        .args([what, "name", "-q"])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .map(|l| l.trim().to_owned())
+                .filter(|l| l.starts_with("herald.scaling."))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Deletes the queues and exchanges an earlier run of this benchmark left (one that did not
+/// finish, say): `herald.scaling.<pid>.*` of a process that is gone.
+async fn delete_stale(channel: &Channel) {
+    let me = std::process::id().to_string();
+    let gone = |name: &str| {
+        let pid = name.split('.').nth(2).unwrap_or_default();
+        !pid.is_empty() && pid != me && !Path::new(&format!("/proc/{pid}")).exists()
+    };
+    let queues: Vec<String> = rabbitmqctl_names("list_queues")
+        .into_iter()
+        .filter(|n| gone(n))
+        .collect();
+    let exchanges: Vec<String> = rabbitmqctl_names("list_exchanges")
+        .into_iter()
+        .filter(|n| gone(n))
+        .collect();
+    if queues.is_empty() && exchanges.is_empty() {
+        return;
+    }
+    println!(
+        "removing {} queues and {} exchanges left by earlier runs of this benchmark (their process is gone)",
+        queues.len(),
+        exchanges.len()
+    );
+    for q in &queues {
+        let _ = channel
+            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+            .await;
+    }
+    for x in &exchanges {
+        let _ = channel
+            .exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default())
+            .await;
     }
 }
 
@@ -681,12 +881,27 @@ fn per_run_line(v: Variant, round: usize, runs: usize, events: usize, o: &Outcom
     } else {
         String::new()
     };
+    let pg = o.pg.map_or(String::new(), |p| {
+        format!(
+            "; PostgreSQL: {} transactions committed in the ledger's database ({:.2} per event), \
+             {} WAL flushes ({:.2} per event), {:.1} MB of WAL (server-wide); the run's sessions \
+             in WAL fsyncs {:.2} s ({:.0} % of the drain, {:.2} ms per fsync timed)",
+            p.commits,
+            p.commits as f64 / events as f64,
+            p.wal_syncs,
+            p.wal_syncs as f64 / events as f64,
+            p.wal_bytes as f64 / 1e6,
+            p.wal_sync_ms / 1000.0,
+            p.wal_sync_ms / 1000.0 / o.secs * 100.0,
+            p.wal_sync_ms / p.wal_syncs.max(1) as f64,
+        )
+    });
     format!(
         "[{k}{round} {title}, round {round}/{runs}] {events} events ({pre} waiting) in {secs:.2} s = \
          {eps:.0} events/s, first webhook after {first:.2} s; {del} notifications ({req} requests); \
          CPU ms/event: Herald {h:.3}, receiver {r:.3}, PostgreSQL {p:.3}, RabbitMQ {b:.3}, other {o2:.3}; \
-         cores busy {busy:.2}; ledger commits {c:.0}; held elsewhere {he:.0}; duplicates {d:.0}; \
-         delivery failures {f:.0}; warnings logged {w}{split}",
+         cores busy {busy:.2}; ledger: {c:.0} group commits, writer(s) committing {lb:.0} % of the time; \
+         held elsewhere {he:.0}; duplicates {d:.0}; delivery failures {f:.0}; warnings logged {w}{split}{pg}",
         k = v.key(),
         title = v.title(),
         pre = o.preloaded,
@@ -702,6 +917,7 @@ fn per_run_line(v: Variant, round: usize, runs: usize, events: usize, o: &Outcom
         o2 = ms(u.other),
         busy = u.busy / o.secs,
         c = o.commits,
+        lb = o.commit_secs / (o.secs * o.handled.len().max(1) as f64) * 100.0,
         he = o.held_elsewhere,
         d = o.duplicates,
         f = o.failures,
@@ -713,6 +929,7 @@ fn per_run_line(v: Variant, round: usize, runs: usize, events: usize, o: &Outcom
 async fn main() {
     let events: usize = support::env("EVENTS", 5000usize).max(1);
     let runs: usize = support::env("RUNS", 3usize).max(1);
+    let quiet = Duration::from_secs(support::env("QUIET_SECS", 10u64));
     tracing_subscriber::registry()
         .with(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -765,6 +982,7 @@ sla = "within 24h"
         connection,
         body,
         events,
+        quiet,
     };
 
     let commit = git(&root, &["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "unknown".into());
@@ -791,6 +1009,7 @@ sla = "within 24h"
         "each run: {events} events waiting in a fresh queue, 2 webhooks each; rounds interleaved a, b, c\n"
     );
 
+    delete_stale(&bench.channel).await;
     let mut results: Vec<Vec<Option<Outcome>>> = Variant::ALL.iter().map(|_| Vec::new()).collect();
     for round in 1..=runs {
         for (i, v) in Variant::ALL.into_iter().enumerate() {
@@ -864,6 +1083,41 @@ sla = "within 24h"
             cores_of(|u| u.receiver),
             cores_of(|u| u.other),
             (n_cores - busy).max(0.0),
+        );
+    }
+    println!(
+        "\n{:<28} {:>14} {:>11} {:>16} {:>17} {:>14}",
+        "ledger",
+        "group commits",
+        "writer busy",
+        "PG commits/event",
+        "WAL flushes/event",
+        "WAL fsync busy"
+    );
+    for (i, v) in Variant::ALL.into_iter().enumerate() {
+        let pg = |f: &dyn Fn(&PgCounters, &Outcome) -> f64, unit: &str| -> String {
+            let m = med(i, &|o: &Outcome| {
+                o.pg.as_ref().map_or(f64::NAN, |p| f(p, o))
+            });
+            if m.is_nan() {
+                "-".into()
+            } else if unit == "%" {
+                format!("{m:.0}%")
+            } else {
+                format!("{m:.2}")
+            }
+        };
+        let per_event = events as f64;
+        println!(
+            "{:<28} {:>14.0} {:>10.0}% {:>16} {:>17} {:>14}",
+            format!("{} {}", v.key(), v.title()),
+            med(i, &|o: &Outcome| o.commits),
+            med(i, &|o: &Outcome| o.commit_secs
+                / (o.secs * o.handled.len().max(1) as f64)
+                * 100.0),
+            pg(&|p, _| p.commits as f64 / per_event, ""),
+            pg(&|p, _| p.wal_syncs as f64 / per_event, ""),
+            pg(&|p, o| p.wal_sync_ms / 1000.0 / o.secs * 100.0, "%"),
         );
     }
     let (a, b, c) = (median(eps(0)), median(eps(1)), median(eps(2)));
