@@ -154,10 +154,8 @@ async fn handle_event(ctx: &Ctx, delivery: &Delivery, label: String) -> bool {
                 .with_label_values(&[event.event_type.as_str()])
                 .inc();
             // A copy of an event still being handled (the broker redelivers what a lost
-            // connection held while its handler is still at work) waits for that handling,
-            // bounded by what one handling can take: an attempt per notification, each
-            // waiting at most the timeout for a slot and the timeout for an answer.
-            let wait = ctx.settings.webhook_timeout * 2 + Duration::from_secs(5);
+            // connection held while its handler is still at work) waits for that handling.
+            let wait = copy_wait(ctx);
             match ctx.recent.claim_waiting(&event.id, wait).await {
                 Claim::Claimed => {}
                 Claim::Handled => return duplicate(ctx, &event, received_at).await,
@@ -181,6 +179,13 @@ async fn handle_event(ctx: &Ctx, delivery: &Delivery, label: String) -> bool {
             done
         }
     }
+}
+
+/// How long a copy of an event (or of a retry) waits for the handling of another copy, here or
+/// in another instance: what one handling can take, an attempt per notification, each waiting
+/// at most the timeout for a slot and the timeout for an answer.
+fn copy_wait(ctx: &Ctx) -> Duration {
+    ctx.settings.webhook_timeout * 2 + Duration::from_secs(5)
 }
 
 /// The message's own checks, through the same gate a replay passes: an id, a publisher the
@@ -468,8 +473,9 @@ pub async fn handle_retry(ctx: &Ctx, delivery: Delivery) {
             // A copy of this retry that another instance is trying now (the broker
             // redelivered it after a lost connection) is waited for, then judged below.
             let key = pending.key.clone();
-            let wait = ctx.settings.webhook_timeout * 2 + Duration::from_secs(5);
-            if instances::exclusive(ctx, RETRY_CLAIMS, &key, wait).await == Held::Elsewhere {
+            if instances::exclusive(ctx, RETRY_CLAIMS, &key, copy_wait(ctx)).await
+                == Held::Elsewhere
+            {
                 false
             } else {
                 // A retry message the broker delivers again after its notification was

@@ -67,13 +67,14 @@ pub async fn join(
 /// Renews this instance's row every [`HEARTBEAT`] until `left` (cancelled once the events in
 /// flight are drained), keeping the share of each endpoint's limit and the endpoints' states
 /// in step with the other instances; then removes its row and anything it still held.
-pub(crate) async fn keep(ctx: Arc<Ctx>, left: CancellationToken) {
+/// `joined` is the number of instances [`join`] found, which the start-up applied already.
+pub(crate) async fn keep(ctx: Arc<Ctx>, joined: usize, left: CancellationToken) {
     let store = ctx.ledger.store().clone();
     let me = ctx.settings.instance.as_str();
     let started = Utc::now();
     let mut tick = tokio::time::interval(HEARTBEAT);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut live_before = 0;
+    let mut live_before = joined;
     // Endpoint states are read from what changed after the last one seen.
     let mut endpoints_after = i64::MIN;
     let mut beats: u64 = 0;

@@ -630,13 +630,13 @@ pub async fn start(
         shutdown.clone(),
     ));
     let ledger = crate::ledger::Ledger::start(store.clone(), metrics.clone());
-    let instances = instances::join(&store, &settings.instance)
+    let joined = instances::join(&store, &settings.instance)
         .await
         .inspect_err(|_| shutdown.cancel())?;
-    guard.share_among(instances);
+    guard.share_among(joined);
     metrics
         .instances
-        .set(i64::try_from(instances).unwrap_or(i64::MAX));
+        .set(i64::try_from(joined).unwrap_or(i64::MAX));
 
     let link = Link::open(&settings)
         .await
@@ -669,7 +669,7 @@ pub async fn start(
     });
     // Cancelled once the events in flight are drained: this instance's claims last as long.
     let left = CancellationToken::new();
-    let keeping = tokio::spawn(instances::keep(Arc::clone(&ctx), left.clone()));
+    let keeping = tokio::spawn(instances::keep(Arc::clone(&ctx), joined, left.clone()));
     tokio::spawn(digest::schedule(
         Arc::clone(&ctx),
         ctx.settings.clock.clone(),
