@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 
 use common::service::{self, Names, Receiver, Smtp, wait_until};
 use futures_util::future::join_all;
-use herald::core::Core;
 use herald::ledger::{Backend, Health, Store, Sync};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{Connection, ConnectionProperties};
@@ -445,42 +444,17 @@ async fn three_nodes_and_three_instances_lose_nothing_when_a_node_and_an_instanc
     drop(cluster);
 }
 
-/// Settings for an in-process instance on the machine's broker and a fresh PostgreSQL ledger.
-async fn settings(names: &Names, receiver: &Receiver) -> (Core, herald::serve::Settings) {
-    let core = Core::from_config(
-        service::config(receiver),
-        &common::root().join("routes.toml"),
-    )
-    .unwrap_or_else(|e| panic!("{e:#?}"));
-    let mut s = herald::serve::Settings::new(&core.config, |_| None);
-    s.amqp_urls = vec![service::amqp_url()];
-    s.exchange = names.exchange.clone();
-    s.queue = names.queue.clone();
-    s.rejected_queue = names.rejected.clone();
-    s.failed_queue = names.failed.clone();
-    s.metrics_addr = "127.0.0.1:0".into();
-    s.webhook_timeout = Duration::from_secs(5);
-    s.drain = Duration::from_secs(5);
-    s.retry_schedule = service::RETRY_SCHEDULE.to_vec();
-    s.ledger_url = common::ledger::fresh(Backend::Postgres).await;
-    s.connection_name = names.queue.clone();
-    (core, s)
-}
-
-fn secret(k: &str) -> Option<String> {
-    (k == "HERALD_WEBHOOK_SECRET").then(|| service::SECRET.to_owned())
-}
-
 /// Nodes are tried in order: with the first down, Herald consumes from the second. An
 /// instance that would declare the queues with other arguments than the running one stops at
 /// once, with an error that names the argument and both values, and changes nothing.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_next_node_is_tried_and_a_topology_mismatch_is_named() {
     let (receiver, names) = (Receiver::start().await, Names::new("failover"));
-    let (core, mut first) = settings(&names, &receiver).await;
+    let (core, mut first) =
+        service::prepare(service::config(&receiver), &names, None, |_| {}).await;
     let closed = format!("amqp://guest:guest@127.0.0.1:{}/%2f", service::free_port());
     first.amqp_urls = vec![closed, service::amqp_url()];
-    let running = herald::serve::start(std::sync::Arc::new(core), first, secret)
+    let running = herald::serve::start(std::sync::Arc::new(core), first, service::secrets)
         .await
         .expect("the second node answers");
     let (_conn, ch) = service::channel().await;
@@ -494,9 +468,10 @@ async fn the_next_node_is_tried_and_a_topology_mismatch_is_named() {
     .await;
     service::every_webhook_delivered(&receiver, 1, Duration::from_secs(30)).await;
 
-    let (core, mut other) = settings(&names, &receiver).await;
+    let (core, mut other) =
+        service::prepare(service::config(&receiver), &names, None, |_| {}).await;
     other.delivery_limit += 1;
-    let refused = herald::serve::start(std::sync::Arc::new(core), other, secret).await;
+    let refused = herald::serve::start(std::sync::Arc::new(core), other, service::secrets).await;
     let Err(e) = refused else {
         panic!("an instance declaring another delivery limit started");
     };

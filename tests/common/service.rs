@@ -790,6 +790,20 @@ pub async fn start_with(
     smtp: Option<&Smtp>,
     adjust: impl FnOnce(&mut Settings),
 ) -> Running {
+    let (core, settings) = prepare(config, names, smtp, adjust).await;
+    serve::start(Arc::new(core), settings, secrets)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// What [`start_with`] starts Herald with: the core and the settings (this test's queues, a
+/// fresh ledger, quick retries), adjusted by `adjust`, for a test that starts it itself.
+pub async fn prepare(
+    config: Config,
+    names: &Names,
+    smtp: Option<&Smtp>,
+    adjust: impl FnOnce(&mut Settings),
+) -> (Core, Settings) {
     let core = Core::from_config(config, &super::root().join("routes.toml"))
         .unwrap_or_else(|e| panic!("{e:#?}"));
     let mut settings = Settings::new(&core.config, |_| None);
@@ -812,11 +826,12 @@ pub async fn start_with(
     adjust(&mut settings);
     super::ledger::remember(&settings.queue, &settings.ledger_url);
     settings.connection_name = names.queue.clone();
-    serve::start(Arc::new(core), settings, |k| {
-        (k == "HERALD_WEBHOOK_SECRET").then(|| SECRET.to_owned())
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}"))
+    (core, settings)
+}
+
+/// The environment the tests' Herald reads its signing secret from.
+pub fn secrets(name: &str) -> Option<String> {
+    (name == "HERALD_WEBHOOK_SECRET").then(|| SECRET.to_owned())
 }
 
 fn outbox() -> PathBuf {
