@@ -744,7 +744,6 @@ impl Bench {
         q.map(|q| q.message_count())
     }
 
-    /// Deletes the run's queues and exchange.
     /// Deletes the run's queues (the events queue, the parking queues, and the deliveries and
     /// delay queues of the retries) and its exchange.
     async fn delete(&self, names: &Names) {
@@ -942,28 +941,7 @@ async fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf();
 
     let receiver = Receiver::start();
-    let text = std::fs::read_to_string(root.join("routes.toml")).expect("routes.toml");
-    let head = &text[..text.find("[[route]]").expect("routes")];
-    let routes = r#"
-[[route]]
-name = "bail-two-recipients"
-events = ["court.bail.decided"]
-to = ["police:WYP-LEEDS", "probation:PDU-LEEDS"]
-channels = ["webhook"]
-template = "bail-decided"
-sla = "within 24h"
-"#;
-    let mut config = Config::parse_in(&format!("{head}{routes}"), &root).expect("config");
-    config
-        .publishers
-        .insert("guest".into(), vec!["court.*".into()]);
-    for r in &mut config.recipients {
-        if let Some(w) = &mut r.webhook {
-            w.url = w
-                .url
-                .replace("127.0.0.1:9900", &format!("127.0.0.1:{}", receiver.port));
-        }
-    }
+    let config = support::bail_to_two_webhooks(&root, receiver.port);
     let body = std::fs::read(root.join("schemas/examples/valid/court.bail.decided.json"))
         .expect("example");
     let connection = Connection::connect(AMQP, ConnectionProperties::default())

@@ -4,12 +4,14 @@
 //!
 //! `cargo bench --bench throughput` (EVENTS=n to change the count, default 5000).
 
+#[allow(dead_code)] // Of the shared module this benchmark needs only its configuration.
+mod support;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use herald::config::Config;
 use herald::core::Core;
 use herald::serve::{self, Settings};
 use lapin::options::{
@@ -44,28 +46,7 @@ async fn main() {
     });
     tokio::spawn(async move { axum::serve(listener, app).await });
 
-    let text = std::fs::read_to_string(root.join("routes.toml")).expect("routes.toml");
-    let head = &text[..text.find("[[route]]").expect("routes")];
-    let routes = r#"
-[[route]]
-name = "bail-two-recipients"
-events = ["court.bail.decided"]
-to = ["police:WYP-LEEDS", "probation:PDU-LEEDS"]
-channels = ["webhook"]
-template = "bail-decided"
-sla = "within 24h"
-"#;
-    let mut config = Config::parse_in(&format!("{head}{routes}"), root).expect("config");
-    config
-        .publishers
-        .insert("guest".into(), vec!["court.*".into()]);
-    for r in &mut config.recipients {
-        if let Some(w) = &mut r.webhook {
-            w.url = w
-                .url
-                .replace("127.0.0.1:9900", &format!("127.0.0.1:{port}"));
-        }
-    }
+    let config = support::bail_to_two_webhooks(root, port);
     let core = Core::from_config(config, &root.join("routes.toml")).expect("core");
     let tag = format!("herald.bench.{}", std::process::id());
     let mut settings = Settings::new(&core.config, |_| None);

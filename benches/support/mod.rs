@@ -1,5 +1,5 @@
-//! What the ledger benchmarks share: sizes read from the environment, and databases of their
-//! own on the machine's PostgreSQL.
+//! What the benchmarks share: sizes read from the environment, databases of their own on the
+//! machine's PostgreSQL, and the configuration the service benchmarks deliver with.
 
 use std::time::Duration;
 
@@ -48,4 +48,35 @@ pub async fn drop_database(name: &str) {
             .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
             .await;
     }
+}
+
+/// The shipped routes.toml with one route in place of its own: every `court.bail.decided` to
+/// two webhook recipients, whose endpoints are moved to the receiver on `port`; `guest` may
+/// publish court events.
+#[allow(dead_code)] // The ledger benchmarks deliver nothing.
+pub fn bail_to_two_webhooks(root: &std::path::Path, port: u16) -> herald::config::Config {
+    let text = std::fs::read_to_string(root.join("routes.toml")).expect("routes.toml");
+    let head = &text[..text.find("[[route]]").expect("routes")];
+    let routes = r#"
+[[route]]
+name = "bail-two-recipients"
+events = ["court.bail.decided"]
+to = ["police:WYP-LEEDS", "probation:PDU-LEEDS"]
+channels = ["webhook"]
+template = "bail-decided"
+sla = "within 24h"
+"#;
+    let mut config =
+        herald::config::Config::parse_in(&format!("{head}{routes}"), root).expect("config");
+    config
+        .publishers
+        .insert("guest".into(), vec!["court.*".into()]);
+    for r in &mut config.recipients {
+        if let Some(w) = &mut r.webhook {
+            w.url = w
+                .url
+                .replace("127.0.0.1:9900", &format!("127.0.0.1:{port}"));
+        }
+    }
+    config
 }
