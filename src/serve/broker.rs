@@ -23,6 +23,20 @@ pub async fn connect(
     properties: impl Fn() -> ConnectionProperties,
     password_in: &str,
 ) -> Result<Connected, ServeError> {
+    // A URL that is not one is a mistake in the configuration, said before any node is tried
+    // and without its text, which may hold a password.
+    for (node, url) in urls.iter().enumerate() {
+        let reason = match url::Url::parse(url) {
+            Ok(u) if matches!(u.scheme(), "amqp" | "amqps") => continue,
+            Ok(u) => format!("its scheme is {:?}", u.scheme()),
+            Err(e) => e.to_string(),
+        };
+        return Err(ServeError::NotAnAmqpUrl {
+            node: node + 1,
+            nodes: urls.len(),
+            reason,
+        });
+    }
     let mut unreachable = Vec::new();
     let mut refused = None;
     for (node, url) in urls.iter().enumerate() {
@@ -137,5 +151,28 @@ mod tests {
             "{e}"
         );
         assert!(!e.contains("s3cret"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_node_that_is_not_an_amqp_url_is_named_by_its_place_not_its_text() {
+        for (given, reason) in [
+            ("notaurl:s3cret", "its scheme is \"notaurl\""),
+            ("s3cret", "relative URL without a base"),
+            ("http://guest:s3cret@h/", "its scheme is \"http\""),
+        ] {
+            let urls = [
+                "amqp://guest:guest@127.0.0.1:1/%2f".to_owned(),
+                given.to_owned(),
+            ];
+            let Err(e) = connect(&urls, ConnectionProperties::default, "P").await else {
+                panic!("{given} was taken for an AMQP URL");
+            };
+            let e = e.to_string();
+            assert!(
+                e.starts_with(&format!("broker node 2 of 2 is not an AMQP URL ({reason})")),
+                "{e}"
+            );
+            assert!(!e.contains("s3cret"), "{e}");
+        }
     }
 }

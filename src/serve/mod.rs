@@ -164,9 +164,17 @@ impl Settings {
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error(
-        "cannot reach RabbitMQ at {url}: {reason}. Start it (`rabbitmq-server -detached`, or `docker compose up -d rabbitmq`) or set HERALD_AMQP_URL"
+        "cannot reach RabbitMQ at {url}: {reason}. Start it (`rabbitmq-server -detached`, or `docker compose up -d rabbitmq`) or set HERALD_AMQP_URLS or HERALD_AMQP_URL"
     )]
     Unreachable { url: String, reason: String },
+    #[error(
+        "broker node {node} of {nodes} is not an AMQP URL ({reason}): give amqp://user:password@host:port/vhost or amqps://..., in HERALD_AMQP_URLS, HERALD_AMQP_URL or [amqp] urls or url"
+    )]
+    NotAnAmqpUrl {
+        node: usize,
+        nodes: usize,
+        reason: String,
+    },
     #[error(
         "RabbitMQ at {url} refused the login for user {user}: check the password ({password_in})"
     )]
