@@ -10,6 +10,7 @@ pub mod broker;
 mod confirm;
 mod dedup;
 pub mod digest;
+pub mod dlq;
 mod handler;
 mod http;
 pub mod instances;
