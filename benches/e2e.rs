@@ -1448,6 +1448,7 @@ impl Setup {
                         "HERALD_METRICS_ADDR",
                         format!("127.0.0.1:{}", self.metrics_port),
                     )
+                    .env("HERALD_CONSOLE_ADDR", "127.0.0.1:0")
                     .env("HERALD_WEBHOOK_SECRET", SECRET)
                     .env("HERALD_LOG_FORMAT", "json")
                     .env("RUST_LOG", &self.opts.herald_log)

@@ -345,6 +345,10 @@ impl LedgerSettings {
 pub struct ServiceSettings {
     /// Address of `/metrics`, `/healthz` and `/readyz`; `HERALD_METRICS_ADDR` overrides.
     pub metrics_addr: String,
+    /// Address of the operator's console (`/console`, `/api/v1`); `""` turns it off;
+    /// `HERALD_CONSOLE_ADDR` overrides. Anywhere but loopback it needs credentials
+    /// (README, "The operator's console").
+    pub console_addr: String,
     /// How long a shutdown waits for events in flight, e.g. `"30s"`.
     #[serde(
         deserialize_with = "humantime_serde::deserialize",
@@ -363,6 +367,7 @@ impl Default for ServiceSettings {
     fn default() -> Self {
         ServiceSettings {
             metrics_addr: "127.0.0.1:9464".into(),
+            console_addr: "127.0.0.1:9465".into(),
             drain: std::time::Duration::from_secs(30),
             dedup_window: std::time::Duration::from_secs(600),
         }

@@ -7,6 +7,7 @@
 //! giving a [`notification::Notification`]. [`core::Core`] ties these together from routes.toml.
 
 pub mod cli;
+pub mod console;
 pub mod config;
 pub mod core;
 pub mod deliver;

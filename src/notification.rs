@@ -19,6 +19,8 @@ pub enum Channel {
 }
 
 impl Channel {
+    pub const ALL: [Channel; 2] = [Channel::Email, Channel::Webhook];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Channel::Email => "email",

@@ -977,6 +977,7 @@ fn no_command_prints_the_broker_password_whatever_form_the_url_takes() {
         let env = [
             ("HERALD_AMQP_URL", url.as_str()),
             ("HERALD_METRICS_ADDR", "127.0.0.1:0"),
+            ("HERALD_CONSOLE_ADDR", "127.0.0.1:0"),
         ];
         for args in [
             &["dlq", "list", "failed"][..],

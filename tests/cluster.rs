@@ -159,6 +159,7 @@ impl Setup {
             .env("HERALD_LEDGER_URL", &self.ledger)
             .env("HERALD_SMTP_URL", &self.smtp)
             .env("HERALD_METRICS_ADDR", format!("127.0.0.1:{metrics}"))
+            .env("HERALD_CONSOLE_ADDR", "127.0.0.1:0")
             .env("HERALD_INSTANCE", name)
             .env("HERALD_WEBHOOK_SECRET", service::SECRET)
             .env("HERALD_LOG_FORMAT", "json")

@@ -66,6 +66,7 @@ fn spawn_logging(config: &std::path::Path, log: Option<std::path::PathBuf>, leve
             .arg(config)
             .env("HERALD_AMQP_URL", service::amqp_url())
             .env("HERALD_METRICS_ADDR", "127.0.0.1:0")
+            .env("HERALD_CONSOLE_ADDR", "127.0.0.1:0")
             .env("HERALD_WEBHOOK_SECRET", service::SECRET)
             .env("HERALD_LOG_FORMAT", "json")
             .env(

@@ -56,6 +56,7 @@ fn spawn(config: &Path, log: &Path, port: u16, env: &[(&str, &str)]) -> Herald {
             .env_remove("HERALD_LEDGER_URL")
             .env("HERALD_AMQP_URL", service::amqp_url())
             .env("HERALD_METRICS_ADDR", format!("127.0.0.1:{port}"))
+            .env("HERALD_CONSOLE_ADDR", "127.0.0.1:0")
             .env("HERALD_WEBHOOK_SECRET", service::SECRET)
             .env("HERALD_LOG_FORMAT", "json")
             .env("RUST_LOG", "info")

@@ -801,6 +801,7 @@ fn an_unreachable_broker_is_one_clear_line_and_a_failure_exit() {
             "amqp://guest:secret-password@127.0.0.1:1/%2f",
         )
         .env("HERALD_METRICS_ADDR", "127.0.0.1:0")
+        .env("HERALD_CONSOLE_ADDR", "127.0.0.1:0")
         .env("HERALD_LOG_FORMAT", "json")
         .env_remove("HERALD_CONFIG")
         .output()

@@ -186,8 +186,9 @@ async fn act(
             let done = parking.replay(core, &books, which, &pick, dry_run).await;
             books.store.close().await;
             let done = done?;
-            for (id, step) in &done.steps {
-                match step {
+            for d in &done.steps {
+                let id = &d.id;
+                match &d.step {
                     Step::WouldReplay { summary } => println!("{id}  would replay: {summary}"),
                     Step::Replayed {
                         notifications,

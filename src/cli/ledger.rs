@@ -5,12 +5,11 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use chrono::{DateTime, NaiveDate, SecondsFormat, TimeZone, Utc};
-use chrono_tz::Europe::London;
+use chrono::{DateTime, SecondsFormat, Utc};
 
 use super::table::{printable, table};
 use crate::ledger::read::{EventView, Filter, Found, NotificationView};
-use crate::ledger::report::{Builder, span};
+use crate::ledger::report::span;
 use crate::ledger::{Status, Store};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -192,16 +191,10 @@ async fn ledger(url: String, action: Action) -> Result<ExitCode, String> {
                 );
                 return Ok(ExitCode::from(2));
             }
-            let err = |e: crate::ledger::LedgerError| e.to_string();
-            let mut builder = Builder::new(from, to, now);
-            store
-                .counted(from, to, now, |n| builder.add(n))
+            let report = store
+                .report(from, to, now)
                 .await
-                .map_err(err)?;
-            let breaches = store.breaches(from, to, now).await.map_err(err)?;
-            let keys: Vec<String> = breaches.iter().map(|b| b.key.clone()).collect();
-            let last = store.last_failures(&keys).await.map_err(err)?;
-            let report = builder.finish(breaches, &last);
+                .map_err(|e| e.to_string())?;
             let mut buffer = Vec::new();
             match format {
                 Format::Html => report.write_html(&mut buffer),
@@ -382,31 +375,7 @@ pub fn parse_instant(text: &str) -> Result<DateTime<Utc>, String> {
     instant_at(text, Utc::now())
 }
 
-fn instant_at(text: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, String> {
-    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
-        return Ok(t.with_timezone(&Utc));
-    }
-    if let Ok(date) = NaiveDate::parse_from_str(text, "%Y-%m-%d") {
-        let midnight = date.and_hms_opt(0, 0, 0).unwrap_or_default();
-        // Midnight is never skipped or repeated by London's clock changes (they are at 01:00
-        // and 02:00), so the earliest reading is the one.
-        return London
-            .from_local_datetime(&midnight)
-            .earliest()
-            .map(|t| t.with_timezone(&Utc))
-            .ok_or_else(|| format!("{text} has no midnight in London"));
-    }
-    if let Ok(back) = humantime::parse_duration(text) {
-        return chrono::Duration::from_std(back)
-            .ok()
-            .and_then(|d| now.checked_sub_signed(d))
-            .ok_or_else(|| format!("{text} reaches back too far"));
-    }
-    Err(format!(
-        "{text:?} is not an instant: give 2026-11-01T09:00:00Z, a date (2026-11-01, midnight \
-         London time) or a span back from now (2h, 7d)"
-    ))
-}
+use crate::ledger::read::instant_at;
 
 #[cfg(test)]
 mod tests {

@@ -97,6 +97,13 @@ const SERVE_ENV: &str = concat!(
     env_amqp!(),
     env_ledger!(),
     env_smtp_metrics!(),
+    "  HERALD_CONSOLE_ADDR      the operator's console (/console, /api/v1); overrides\n",
+    "                           [service] console_addr (default 127.0.0.1:9465; \"\" is off)\n",
+    "  HERALD_CONSOLE_OPERATOR_TOKEN, HERALD_CONSOLE_READER_TOKEN\n",
+    "                           bearer tokens of the console's operators and readers\n",
+    "  HERALD_CONSOLE_OPERATOR_BASIC, HERALD_CONSOLE_READER_BASIC\n",
+    "                           user:password for HTTP Basic; with none of the four set the\n",
+    "                           console is open, and only on a loopback address\n",
     env_receiver!(),
     env_secrets!(),
     env_logs!(),
@@ -229,6 +236,8 @@ pub enum Command {
         #[arg(long, short)]
         verbose: bool,
     },
+    /// Print the OpenAPI document of the console's JSON API (docs/openapi.json is this).
+    Openapi,
     /// Load schemas, routes.toml and templates; render every template against every example.
     #[command(after_help = CHECK_ENV)]
     Check {
@@ -361,6 +370,10 @@ pub fn run(cli: Cli) -> ExitCode {
             verbose,
         } => Ok(runtime(receive::run(&addr, &secret_env, verbose))),
         Command::Check { strict } => config.load().map(|core| check::run(&core, strict)),
+        Command::Openapi => {
+            print!("{}", crate::console::api::document());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Config {
             action: ConfigAction::Show,
         } => config

@@ -5,12 +5,30 @@ use std::sync::Arc;
 
 use tracing::{error, info};
 
+use crate::console;
 use crate::core::Core;
 use crate::serve::{self, Settings};
 
 pub async fn run(core: Core) -> ExitCode {
     let settings = Settings::new(&core.config, |k| std::env::var(k).ok());
-    let running = match serve::start(Arc::new(core), settings, |k| std::env::var(k).ok()).await {
+    let core = Arc::new(core);
+    // The console's address and credentials are checked before any event is taken.
+    let console = match settings.console_addr.as_deref() {
+        Some(addr) => match console::bind(addr, |k| std::env::var(k).ok()).await {
+            Ok(bound) => Some(bound),
+            Err(e) => {
+                crate::logging::flush();
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => None,
+    };
+    let running = match serve::start(Arc::clone(&core), settings.clone(), |k| {
+        std::env::var(k).ok()
+    })
+    .await
+    {
         Ok(r) => r,
         Err(e) => {
             crate::logging::flush();
@@ -20,6 +38,19 @@ pub async fn run(core: Core) -> ExitCode {
     };
     super::show_broker_client_log();
     let stop = running.shutdown_token();
+    if let Some(bound) = console {
+        let started = bound
+            .serve(core, settings, running.metrics.clone(), stop.clone())
+            .await;
+        if let Err(e) = started {
+            // A console it may not serve stops the service before it takes more events.
+            error!(error = %e, "stopping: the console cannot start");
+            let _ = running.stop().await;
+            crate::logging::flush();
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     tokio::spawn(async move {
         wait_for_signal().await;
         info!("shutting down: no new events; finishing those in flight");

@@ -161,7 +161,7 @@ impl Guard {
             if e.disabled {
                 return Err(Failure::new(
                     FailureKind::EndpointDisabled,
-                    "endpoint disabled after HTTP 410 Gone",
+                    "endpoint disabled (it answered HTTP 410 Gone, or an operator disabled it)",
                 ));
             }
             match e.open_until {

@@ -14,6 +14,7 @@ mod authority;
 mod custody;
 mod digest;
 mod instances;
+pub mod overview;
 pub mod read;
 pub mod report;
 mod sql;
@@ -95,7 +96,8 @@ impl EventOutcome {
 
 /// Where a notification stands: the `status` column. Each comes from the outcome the handler
 /// reached ([`Status::of`]), so the row, the log line and the metric say the same thing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, utoipa::ToSchema)]
+#[schema(rename_all = "lowercase")]
 pub enum Status {
     /// Made; its delivery has not ended yet.
     Pending,
@@ -739,7 +741,7 @@ impl Store {
     }
 }
 
-async fn insert_audit(
+pub(super) async fn insert_audit(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     at: DateTime<Utc>,
     actor: &str,

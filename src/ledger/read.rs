@@ -2,7 +2,8 @@
 //! found by person, recipient, route, status and time (`herald ledger search`), and the rows a
 //! report is made of. The same queries serve every reader of the ledger.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, TimeZone, Utc};
+use chrono_tz::Europe::London;
 use serde::Serialize;
 use sqlx::Row;
 use sqlx::any::AnyRow;
@@ -10,7 +11,7 @@ use sqlx::any::AnyRow;
 use super::{LedgerError, Status, Store, ms, time};
 
 /// An event as recorded, with its person identifiers and every notification made of it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct EventView {
     pub publisher: String,
     pub message_id: String,
@@ -27,7 +28,7 @@ pub struct EventView {
 }
 
 /// A notification as recorded, with its attempts in the order they were made.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct NotificationView {
     pub key: String,
     pub route: String,
@@ -47,7 +48,7 @@ pub struct NotificationView {
 }
 
 /// One delivery attempt, or an operator's replay.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct AttemptView {
     pub at: DateTime<Utc>,
     pub duration_ms: i64,
@@ -90,7 +91,7 @@ pub struct ParkedFilter {
 }
 
 /// A notification found by a search, with the event it came from.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Found {
     pub created_at: DateTime<Utc>,
     pub key: String,
@@ -199,6 +200,35 @@ fn notification(row: &AnyRow) -> Result<NotificationView, sqlx::Error> {
         sent_hash: row.try_get(13)?,
         attempts: Vec::new(),
     })
+}
+
+/// An instant as an operator gives it: RFC 3339 (`2026-11-01T09:00:00Z`), a date (midnight at
+/// its start in London, where the agencies' days are), or a span back from `now` (`2h`, `7d`).
+// String error: words for the operator, shown as they are.
+pub fn instant_at(text: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, String> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    if let Ok(date) = NaiveDate::parse_from_str(text, "%Y-%m-%d") {
+        let midnight = date.and_hms_opt(0, 0, 0).unwrap_or_default();
+        // Midnight is never skipped or repeated by London's clock changes (they are at 01:00
+        // and 02:00), so the earliest reading is the one.
+        return London
+            .from_local_datetime(&midnight)
+            .earliest()
+            .map(|t| t.with_timezone(&Utc))
+            .ok_or_else(|| format!("{text} has no midnight in London"));
+    }
+    if let Ok(back) = humantime::parse_duration(text) {
+        return chrono::Duration::from_std(back)
+            .ok()
+            .and_then(|d| now.checked_sub_signed(d))
+            .ok_or_else(|| format!("{text} reaches back too far"));
+    }
+    Err(format!(
+        "{text:?} is not an instant: give 2026-11-01T09:00:00Z, a date (2026-11-01, midnight \
+         London time) or a span back from now (2h, 7d)"
+    ))
 }
 
 impl Store {
@@ -518,11 +548,11 @@ impl Store {
 /// The types of person identifier the contract has (`common.schema.json`).
 const IDENTIFIER_TYPES: [&str; 3] = ["NOMS", "PNC", "CRN"];
 
-const FOUND_COLUMNS: &str = "n.created_at, n.key, n.route, n.recipient, n.channel, n.status, \
+pub(super) const FOUND_COLUMNS: &str = "n.created_at, n.key, n.route, n.recipient, n.channel, n.status, \
      n.reason, n.deadline, n.delivered_at, n.sla_outcome, n.attempts, \
      e.publisher, e.message_id, e.event_type";
 
-fn found(r: &AnyRow) -> Result<Found, sqlx::Error> {
+pub(super) fn found(r: &AnyRow) -> Result<Found, sqlx::Error> {
     Ok(Found {
         created_at: time(r.try_get(0)?),
         key: r.try_get(1)?,

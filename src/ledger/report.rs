@@ -258,6 +258,24 @@ fn why(f: &Found, last: Option<&LastAttempt>, now: DateTime<Utc>) -> String {
     parts.join("; ")
 }
 
+impl super::Store {
+    /// The inspectors' report of the notifications made in `[from, to)`, as of `now`: what
+    /// `herald ledger report` writes and the console serves.
+    pub async fn report(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Report, super::LedgerError> {
+        let mut builder = Builder::new(from, to, now);
+        self.counted(from, to, now, |n| builder.add(n)).await?;
+        let breaches = self.breaches(from, to, now).await?;
+        let keys: Vec<String> = breaches.iter().map(|b| b.key.clone()).collect();
+        let last = self.last_failures(&keys).await?;
+        Ok(builder.finish(breaches, &last))
+    }
+}
+
 /// A span of milliseconds in the largest units that say it: `3 h 12 min`, `45.2 s`.
 pub fn span(ms: i64) -> String {
     let s = ms.max(0) / 1000;

@@ -21,7 +21,7 @@ use serde_json::Value;
 pub use crate::directory::{Directory, Recipient, RecipientClass, RecipientId, Webhook};
 pub use authority::Authority;
 pub use matcher::Matcher;
-pub use redact::Redaction;
+pub use redact::{ENVELOPE_DESCRIPTION, Redaction};
 pub use selector::{Selected, Selector};
 
 use crate::config::RouteConfig;

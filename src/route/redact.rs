@@ -113,6 +113,13 @@ impl Redaction {
         paths
     }
 
+    /// Whether `path` is withheld from this class.
+    pub fn hides(&self, class: RecipientClass, path: &FieldPath) -> bool {
+        self.per_class
+            .get(&class)
+            .is_some_and(|paths| paths.contains(path))
+    }
+
     /// Whether this class receives the envelope's free-text `description`.
     pub fn shows_description(&self, class: RecipientClass) -> bool {
         !self.no_description.contains(&class)

@@ -103,7 +103,7 @@ async fn depth(connection: &Connection, queue: &str) -> Result<u32, String> {
 
 /// One parked message as an operator reads it, whatever wrote it. The names are stable:
 /// `herald dlq list --json` prints one of these per line.
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Record {
     /// Its identity, the same however often it is looked at or wherever it moves in the
@@ -458,6 +458,15 @@ impl Books {
             actor,
         }
     }
+
+    /// The same ledger, another actor.
+    pub fn acting(&self, actor: String) -> Books {
+        Books {
+            store: self.store.clone(),
+            ledger: self.ledger.clone(),
+            actor,
+        }
+    }
 }
 
 /// The parked messages the ledger picked by time, route and recipient.
@@ -493,7 +502,7 @@ impl Pick {
 }
 
 /// What became of one parked message a replay picked.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 #[serde(tag = "result", rename_all = "kebab-case")]
 pub enum Step {
     /// A dry run: this would be replayed (what it is).
@@ -514,15 +523,23 @@ pub enum Step {
     StillParked { why: String },
 }
 
+/// One parked message a replay picked, and what became of it.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct Done {
+    /// The message's id, as [`Record::id`].
+    pub id: String,
+    pub step: Step,
+}
+
 /// What a replay did, message by message.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, utoipa::ToSchema)]
 pub struct Replay {
     /// The queue.
     pub queue: String,
     /// What the ledger picked, when it picked.
     pub picked: Option<usize>,
-    /// Each message picked, by its id, and what became of it.
-    pub steps: Vec<(String, Step)>,
+    /// Each message picked, and what became of it.
+    pub steps: Vec<Done>,
     /// Ids named that are not in the queue.
     pub missing: Vec<String>,
     pub dry_run: bool,
@@ -556,7 +573,7 @@ impl Replay {
     }
 
     fn count(&self, f: impl Fn(&Step) -> bool) -> usize {
-        self.steps.iter().filter(|(_, s)| f(s)).count()
+        self.steps.iter().filter(|d| f(&d.step)).count()
     }
 
     /// Whether it did all it was asked: every message named found and, but for a dry run,
@@ -573,12 +590,17 @@ impl Replay {
 }
 
 /// A parked message in full: its record, properties, headers and body.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Shown {
     pub record: Record,
+    /// `[name, value]` pairs: the AMQP properties it has.
+    #[schema(value_type = Vec<Vec<Object>>)]
     pub properties: Vec<(&'static str, Value)>,
+    /// `[name, value]` pairs: its headers.
+    #[schema(value_type = Vec<Vec<Object>>)]
     pub headers: Vec<(String, Value)>,
     /// The body, when it is JSON.
+    #[schema(value_type = Option<Object>)]
     pub body: Option<Value>,
     /// The body as text, when it is not JSON.
     pub body_text: Option<String>,
@@ -689,12 +711,12 @@ impl Parking {
             }
             if dry_run {
                 let _ = m.nack(requeue()).await;
-                out.steps.push((
-                    record.id.clone(),
-                    Step::WouldReplay {
+                out.steps.push(Done {
+                    id: record.id.clone(),
+                    step: Step::WouldReplay {
                         summary: record.summary(),
                     },
-                ));
+                });
                 continue;
             }
             let step = match replay(core, &self.settings, &self.ch, which, m, books).await {
@@ -722,7 +744,10 @@ impl Parking {
                     Step::Kept { why }
                 }
             };
-            out.steps.push((record.id.clone(), step));
+            out.steps.push(Done {
+                id: record.id.clone(),
+                step,
+            });
         }
         if let Pick::Ids(ids) = pick {
             out.missing = ids

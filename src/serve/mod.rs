@@ -60,6 +60,8 @@ pub struct Settings {
     /// Deliveries of one event before the broker parks it as poison.
     pub delivery_limit: u16,
     pub metrics_addr: String,
+    /// Where the operator's console listens; `None`: it is off.
+    pub console_addr: Option<String>,
     pub smtp_url: Option<String>,
     pub outbox: PathBuf,
     pub from: String,
@@ -111,6 +113,11 @@ impl Settings {
             delivery_limit: config.amqp.delivery_limit,
             metrics_addr: env("HERALD_METRICS_ADDR")
                 .unwrap_or_else(|| config.service.metrics_addr.clone()),
+            console_addr: Some(
+                env("HERALD_CONSOLE_ADDR")
+                    .unwrap_or_else(|| config.service.console_addr.clone()),
+            )
+            .filter(|a| !a.trim().is_empty()),
             smtp_url: env("HERALD_SMTP_URL").or_else(|| config.email.url.clone()),
             outbox: config.email.outbox.clone(),
             from: config.email.from.clone(),
