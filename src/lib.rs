@@ -7,8 +7,8 @@
 //! giving a [`notification::Notification`]. [`core::Core`] ties these together from routes.toml.
 
 pub mod cli;
-pub mod console;
 pub mod config;
+pub mod console;
 pub mod core;
 pub mod deliver;
 pub mod directory;

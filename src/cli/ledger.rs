@@ -380,6 +380,7 @@ use crate::ledger::read::instant_at;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::TimeZone;
 
     #[test]
     fn instants_read_as_rfc3339_london_dates_and_spans_back() {

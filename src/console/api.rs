@@ -111,7 +111,13 @@ pub struct ApiError {
 
 impl IntoResponse for Failure {
     fn into_response(self) -> Response {
-        (self.status, Json(ApiError { error: self.message })).into_response()
+        (
+            self.status,
+            Json(ApiError {
+                error: self.message,
+            }),
+        )
+            .into_response()
     }
 }
 
@@ -404,7 +410,9 @@ pub(super) async fn replay_as(
             .map(str::to_owned)
     };
     let pick = if request.filtered() {
-        if which == Which::Rejected && (text(&request.route).is_some() || text(&request.recipient).is_some()) {
+        if which == Which::Rejected
+            && (text(&request.route).is_some() || text(&request.recipient).is_some())
+        {
             return Err(Failure::bad_request(
                 "route and recipient pick notifications, in failed; a rejected event has neither",
             ));
@@ -479,7 +487,9 @@ async fn replay(
     Json(request): Json<ReplayRequest>,
 ) -> Answer<Replay> {
     app.may_act(&user, &headers, None)?;
-    Ok(Json(replay_as(&app, &user, which(&queue)?, &request).await?))
+    Ok(Json(
+        replay_as(&app, &user, which(&queue)?, &request).await?,
+    ))
 }
 
 /// Which parked messages to delete; `confirm` must be true.
@@ -513,7 +523,9 @@ pub(super) async fn purge_as(
         ));
     }
     if request.ids.is_empty() && !request.all {
-        return Err(Failure::bad_request("name the messages to purge, or ask for all"));
+        return Err(Failure::bad_request(
+            "name the messages to purge, or ask for all",
+        ));
     }
     let parking = app.parking().await?;
     let purged = parking.purge(which, &request.ids).await;
@@ -625,16 +637,11 @@ pub(super) async fn set_endpoint_as(
             ));
         }
     };
-    let known = app
-        .core
-        .engine
-        .directory
-        .get(recipient)
-        .is_some_and(|r| {
-            crate::notification::Channel::ALL
-                .iter()
-                .any(|c| c.as_str() == channel && r.has_channel(*c))
-        });
+    let known = app.core.engine.directory.get(recipient).is_some_and(|r| {
+        crate::notification::Channel::ALL
+            .iter()
+            .any(|c| c.as_str() == channel && r.has_channel(*c))
+    });
     if !known {
         return Err(Failure::new(
             StatusCode::NOT_FOUND,

@@ -21,7 +21,9 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 /// What a user may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, utoipa::ToSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Right {
     /// Look at everything the console shows.
@@ -311,10 +313,21 @@ mod tests {
 
     #[test]
     fn loopback_hosts() {
-        for h in ["localhost", "localhost:9465", "127.0.0.1:80", "[::1]:9465", "127.0.0.5"] {
+        for h in [
+            "localhost",
+            "localhost:9465",
+            "127.0.0.1:80",
+            "[::1]:9465",
+            "127.0.0.5",
+        ] {
             assert!(loopback_host(h), "{h}");
         }
-        for h in ["evil.example", "evil.example:9465", "10.0.0.1", "[2001:db8::1]:1"] {
+        for h in [
+            "evil.example",
+            "evil.example:9465",
+            "10.0.0.1",
+            "[2001:db8::1]:1",
+        ] {
             assert!(!loopback_host(h), "{h}");
         }
     }

@@ -114,20 +114,19 @@ pub struct Bound {
 
 /// Binds the console's address and reads its credentials. Refuses an address that is not
 /// loopback unless credentials are set (see [`auth`]).
-pub async fn bind(
-    addr: &str,
-    env: impl Fn(&str) -> Option<String>,
-) -> Result<Bound, ConsoleError> {
+pub async fn bind(addr: &str, env: impl Fn(&str) -> Option<String>) -> Result<Bound, ConsoleError> {
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|source| ConsoleError::Listen {
             addr: addr.to_owned(),
             source,
         })?;
-    let bound = listener.local_addr().map_err(|source| ConsoleError::Listen {
-        addr: addr.to_owned(),
-        source,
-    })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| ConsoleError::Listen {
+            addr: addr.to_owned(),
+            source,
+        })?;
     let access = Access::from_env(env, addr, bound.ip().is_loopback(), csrf_key()?)?;
     Ok(Bound {
         listener,
@@ -187,7 +186,10 @@ pub(crate) fn router(app: Arc<App>) -> Router {
     Router::new()
         .merge(pages::routes())
         .merge(api::routes())
-        .layer(middleware::from_fn_with_state(Arc::clone(&app), authenticate))
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&app),
+            authenticate,
+        ))
         .layer(middleware::from_fn(secure))
         .with_state(app)
 }

@@ -82,7 +82,11 @@ fn page(t: impl Template) -> Response {
         Ok(html) => Html(html).into_response(),
         Err(e) => {
             tracing::error!(error = %e, "a console page could not be rendered");
-            (StatusCode::INTERNAL_SERVER_ERROR, "the page could not be rendered\n").into_response()
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the page could not be rendered\n",
+            )
+                .into_response()
         }
     }
 }
@@ -417,8 +421,7 @@ async fn event_views(
             Failure::forbidden("refused: the form's CSRF token is missing or not yours"),
         );
     }
-    let event: serde_json::Value = match serde_json::from_str(field(&form, "event").unwrap_or(""))
-    {
+    let event: serde_json::Value = match serde_json::from_str(field(&form, "event").unwrap_or("")) {
         Ok(v @ serde_json::Value::Object(_)) => v,
         Ok(_) => {
             return failed(
@@ -534,7 +537,11 @@ async fn dead_letter(
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), plain(v)))
                 .collect(),
-            headers: s.headers.iter().map(|(k, v)| (k.clone(), plain(v))).collect(),
+            headers: s
+                .headers
+                .iter()
+                .map(|(k, v)| (k.clone(), plain(v)))
+                .collect(),
             body: match (&s.body, &s.body_text) {
                 (Some(b), _) => serde_json::to_string_pretty(b).unwrap_or_default(),
                 (None, t) => t.clone().unwrap_or_default(),
@@ -636,7 +643,11 @@ async fn act(
     match field(&form, "do").unwrap_or_default() {
         "purge" => {
             if ids.is_empty() {
-                return failed(&app, &user, Failure::bad_request("pick the messages to purge"));
+                return failed(
+                    &app,
+                    &user,
+                    Failure::bad_request("pick the messages to purge"),
+                );
             }
             if field(&form, "confirm") != Some("yes") {
                 return page(PurgePage {
@@ -707,7 +718,9 @@ async fn act(
         other => failed(
             &app,
             &user,
-            Failure::bad_request(format!("{other:?} is not an action: dry-run, replay or purge")),
+            Failure::bad_request(format!(
+                "{other:?} is not an action: dry-run, replay or purge"
+            )),
         ),
     }
 }
@@ -801,7 +814,12 @@ struct Period {
 
 impl Period {
     fn range(&self, now: DateTime<Utc>) -> Result<(DateTime<Utc>, DateTime<Utc>), Failure> {
-        let from = match self.from.as_deref().map(str::trim).filter(|t| !t.is_empty()) {
+        let from = match self
+            .from
+            .as_deref()
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+        {
             Some(t) => instant_at(t, now).map_err(Failure::bad_request)?,
             None => now - Duration::days(30),
         };
@@ -810,7 +828,9 @@ impl Period {
             None => now,
         };
         if to <= from {
-            return Err(Failure::bad_request("the period is empty: to is not after from"));
+            return Err(Failure::bad_request(
+                "the period is empty: to is not after from",
+            ));
         }
         Ok((from, to))
     }
@@ -824,8 +844,18 @@ struct ReportPage {
     to: String,
     query: String,
     problem: Option<String>,
-    /// Per route, then the total: name, made, delivered, met, breached, open, within deadline.
-    report: Option<Vec<(String, u64, u64, u64, u64, u64, String)>>,
+    /// Per route, then the total.
+    report: Option<Vec<ReportRow>>,
+}
+
+struct ReportRow {
+    name: String,
+    notifications: u64,
+    delivered: u64,
+    met: u64,
+    breached: u64,
+    open: u64,
+    within: String,
 }
 
 async fn report(
@@ -849,21 +879,20 @@ async fn report(
             p.query = format!("from={}&to={}", encode(&p.from), encode(&p.to));
             match app.store.report(from, to, now).await {
                 Ok(r) => {
-                    let line = |l: &crate::ledger::report::Line| {
-                        (
-                            l.name.clone(),
-                            l.notifications,
-                            l.delivered,
-                            l.met,
-                            l.breached,
-                            l.open,
-                            l.within_deadline_pct
-                                .map_or_else(|| "-".into(), |p| format!("{p:.1} %")),
-                        )
+                    let line = |l: &crate::ledger::report::Line| ReportRow {
+                        name: l.name.clone(),
+                        notifications: l.notifications,
+                        delivered: l.delivered,
+                        met: l.met,
+                        breached: l.breached,
+                        open: l.open,
+                        within: l
+                            .within_deadline_pct
+                            .map_or_else(|| "-".into(), |p| format!("{p:.1} %")),
                     };
                     let mut lines: Vec<_> = r.routes.iter().map(line).collect();
                     let mut total = line(&r.total);
-                    total.0 = "all routes".into();
+                    total.name = "all routes".into();
                     lines.push(total);
                     p.report = Some(lines);
                 }

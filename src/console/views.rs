@@ -77,7 +77,14 @@ pub struct Step {
 
 /// A notification's story in time order: made, each attempt, delivered, the deadline.
 pub fn timeline(n: &NotificationView, received: DateTime<Utc>) -> Vec<Step> {
-    let after = |at: DateTime<Utc>| span((at - received).num_milliseconds());
+    let after = |at: DateTime<Utc>| {
+        let ms = (at - received).num_milliseconds();
+        if ms < 0 {
+            format!("-{}", span(-ms))
+        } else {
+            format!("+{}", span(ms))
+        }
+    };
     let mut steps: Vec<(DateTime<Utc>, Step)> = vec![(
         n.created_at,
         Step {
@@ -99,7 +106,11 @@ pub fn timeline(n: &NotificationView, received: DateTime<Utc>) -> Vec<Step> {
                     "attempt {number}: {}{code} in {} ms (breaker {})",
                     a.outcome, a.duration_ms, a.breaker
                 ),
-                if a.outcome == "delivered" { "ok" } else { "failed" },
+                if a.outcome == "delivered" {
+                    "ok"
+                } else {
+                    "failed"
+                },
             )
         };
         steps.push((
@@ -115,7 +126,10 @@ pub fn timeline(n: &NotificationView, received: DateTime<Utc>) -> Vec<Step> {
     if let Some(d) = n.deadline {
         let (what, kind) = match n.delivered_at {
             Some(at) if at <= d => (
-                format!("deadline: met, {} before it", span((d - at).num_milliseconds())),
+                format!(
+                    "deadline: met, {} before it",
+                    span((d - at).num_milliseconds())
+                ),
                 "deadline",
             ),
             Some(at) => (

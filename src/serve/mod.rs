@@ -114,8 +114,7 @@ impl Settings {
             metrics_addr: env("HERALD_METRICS_ADDR")
                 .unwrap_or_else(|| config.service.metrics_addr.clone()),
             console_addr: Some(
-                env("HERALD_CONSOLE_ADDR")
-                    .unwrap_or_else(|| config.service.console_addr.clone()),
+                env("HERALD_CONSOLE_ADDR").unwrap_or_else(|| config.service.console_addr.clone()),
             )
             .filter(|a| !a.trim().is_empty()),
             smtp_url: env("HERALD_SMTP_URL").or_else(|| config.email.url.clone()),
