@@ -27,10 +27,10 @@ const RITA: &str = "rita:rita-reader-password-1";
 /// `env` (none: open, on loopback).
 async fn herald_with_console(
     names: &Names,
-    receiver: &Receiver,
+    config: herald::config::Config,
     env: &'static [(&'static str, &'static str)],
 ) -> (Running, String) {
-    let (core, settings) = service::prepare(service::config(receiver), names, None, |_| {}).await;
+    let (core, settings) = service::prepare(config, names, None, |_| {}).await;
     let core = Arc::new(core);
     let bound = console::bind("127.0.0.1:0", |k| {
         env.iter()
@@ -177,7 +177,7 @@ async fn every_authorisation_rule_holds_and_a_refusal_changes_nothing() {
     let (receiver, names) = (Receiver::start().await, Names::new("console-auth"));
     let (herald, base) = herald_with_console(
         &names,
-        &receiver,
+        service::config(&receiver),
         &[
             ("HERALD_CONSOLE_OPERATOR_TOKEN", OPERATOR_TOKEN),
             ("HERALD_CONSOLE_READER_TOKEN", READER_TOKEN),
@@ -424,9 +424,65 @@ async fn an_open_console_is_loopback_only_and_answers_only_loopback_names() {
     assert!(short.to_string().contains("at least 16"), "{short}");
 
     let (receiver, names) = (Receiver::start().await, Names::new("console-open"));
-    let (herald, base) = herald_with_console(&names, &receiver, &[]).await;
+    let (herald, base) =
+        herald_with_console(&names, service::config_with_digests(&receiver), &[]).await;
     let http = Http::new(&base);
     assert_eq!(http.get("/console", None).await.status(), StatusCode::OK);
+    // The registers: a grant from PPUD, then the authority register and a digest's preview.
+    let (_conn, ch) = service::channel().await;
+    let grant = common::example("ppud.representation.granted.json");
+    service::publish(
+        &ch,
+        &names.exchange,
+        "ppud.representation.granted",
+        &serde_json::to_vec(&grant).unwrap(),
+        service::agency("evt-console-grant"),
+    )
+    .await;
+    let person = "NOMS:A1234BC";
+    let mut standings = Value::Null;
+    for _ in 0..100 {
+        let r = http
+            .get(
+                &format!("/api/v1/registers/authority?person={person}"),
+                None,
+            )
+            .await;
+        standings = body_json(r).await;
+        if standings[0]["history"]
+            .as_array()
+            .is_some_and(|h| !h.is_empty())
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(standings[0]["history"][0]["change"], "grant", "{standings}");
+    assert_eq!(standings[0]["history"][0]["event"], "evt-console-grant");
+    let page = http
+        .get(&format!("/console/registers?person={person}"), None)
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("evt-console-grant"), "{page}");
+    let r = http
+        .get("/console/registers", None)
+        .await
+        .text()
+        .await
+        .unwrap();
+    let digest = r
+        .split("href=\"/console/registers/digests/")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("a digest listed: {r}"))
+        .to_owned();
+    let preview = http
+        .get(&format!("/console/registers/digests/{digest}"), None)
+        .await;
+    assert_eq!(preview.status(), StatusCode::OK);
+    assert!(preview.text().await.unwrap().contains("Subject:"));
     // A page of another site that rebinds its own name to 127.0.0.1 is not answered.
     let r = http
         .client
@@ -447,7 +503,6 @@ async fn an_open_console_is_loopback_only_and_answers_only_loopback_names() {
         .await;
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
     herald.stop().await.unwrap();
-    let (_conn, ch) = service::channel().await;
     service::cleanup(&ch, &names).await;
 }
 
@@ -477,7 +532,7 @@ async fn the_openapi_document_is_current_and_served() {
         assert!(doc["paths"].get(path).is_some(), "{path} documented");
     }
     let (receiver, names) = (Receiver::start().await, Names::new("console-openapi"));
-    let (herald, base) = herald_with_console(&names, &receiver, &[]).await;
+    let (herald, base) = herald_with_console(&names, service::config(&receiver), &[]).await;
     let served = body_json(Http::new(&base).get("/api/v1/openapi.json", None).await).await;
     assert_eq!(served, doc);
     herald.stop().await.unwrap();
@@ -583,7 +638,7 @@ async fn an_operator_finds_a_person_and_replays_a_parked_notification_in_a_brows
     use fantoccini::Locator::Css;
     let driver = chromedriver().await;
     let (receiver, names) = (Receiver::start().await, Names::new("console-browser"));
-    let (herald, base) = herald_with_console(&names, &receiver, &[]).await;
+    let (herald, base) = herald_with_console(&names, service::config(&receiver), &[]).await;
     // A refused event, and a parked notification.
     let (_conn, ch) = service::channel().await;
     service::publish(

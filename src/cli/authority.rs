@@ -1,7 +1,6 @@
 //! `herald authority list`: who is authorised to act for whom, from when to when, and which
 //! event said so; `--at` shows the register as it stood then.
 
-use std::collections::BTreeMap;
 use std::process::ExitCode;
 
 use chrono::{DateTime, Utc};
@@ -10,10 +9,9 @@ use serde_json::{Value, json};
 use super::ledger::{emit, open, stamp};
 use super::table::{printable, table};
 use crate::core::Core;
-use crate::ledger::AuthorityRow;
-use crate::notification::Unauthorised;
+use crate::ledger::{AuthorityRow, Pair};
 use crate::route::RecipientClass;
-use crate::route::authority::{ChangeKind, Standing, standing};
+use crate::route::authority::ChangeKind;
 
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum Action {
@@ -44,14 +42,6 @@ pub async fn run(core: &Core, url: String, action: Action) -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// One pair: its standing at the instant asked and the rows that applied by then.
-struct Pair {
-    person: String,
-    representative: String,
-    seeded: bool,
-    rows: Vec<AuthorityRow>,
 }
 
 // String error: one line for the operator, printed before exit status 1.
@@ -86,48 +76,18 @@ async fn list(core: &Core, url: String, action: Action) -> Result<ExitCode, Stri
     let now = Utc::now();
     let at = at.unwrap_or(now);
     let store = open(&url).await?;
-    let rows = store
-        .authority_rows(person.as_deref(), representative.as_deref())
+    let pairs = store
+        .register(
+            &core.engine.directory,
+            person.as_deref(),
+            representative.as_deref(),
+            at,
+        )
         .await
         .map_err(|e| e.to_string())?;
-    let mut pairs: BTreeMap<(String, String), Pair> = BTreeMap::new();
-    fn pair<'p>(
-        pairs: &'p mut BTreeMap<(String, String), Pair>,
-        core: &Core,
-        person: &str,
-        representative: &str,
-    ) -> &'p mut Pair {
-        let key = (person.to_owned(), representative.to_owned());
-        pairs.entry(key).or_insert_with(|| Pair {
-            person: person.to_owned(),
-            representative: representative.to_owned(),
-            seeded: core.engine.directory.seeded(person, representative),
-            rows: Vec::new(),
-        })
-    }
-    // The pairs routes.toml's acts_for starts the register with.
-    for r in core.engine.directory.of_class(RecipientClass::LegalRep) {
-        if representative
-            .as_deref()
-            .is_some_and(|x| x != r.id.as_str())
-        {
-            continue;
-        }
-        for (kind, value) in &r.acts_for {
-            let p = format!("{kind}:{value}");
-            if person.as_deref().is_none_or(|x| x == p) {
-                pair(&mut pairs, core, &p, r.id.as_str());
-            }
-        }
-    }
-    // What had happened by then: the register as it stood.
-    for row in rows.into_iter().filter(|r| r.change.occurred_at <= at) {
-        let (p, r) = (row.change.person.clone(), row.change.representative.clone());
-        pair(&mut pairs, core, &p, &r).rows.push(row);
-    }
     let mut text = String::new();
     if json {
-        for p in pairs.values() {
+        for p in &pairs {
             text.push_str(&json_line(p, at));
             text.push('\n');
         }
@@ -146,9 +106,9 @@ async fn list(core: &Core, url: String, action: Action) -> Result<ExitCode, Stri
                 "UNTIL",
                 "EVENT",
             ],
-            pairs.values().map(|p| standing_cells(p, at)),
+            pairs.iter().map(|p| standing_cells(p, at)),
         ));
-        let history: Vec<&AuthorityRow> = pairs.values().flat_map(|p| &p.rows).collect();
+        let history: Vec<&AuthorityRow> = pairs.iter().flat_map(|p| &p.rows).collect();
         if !history.is_empty() {
             text.push_str("\nhistory, in the order it applies:\n");
             text.push_str(&table(
@@ -174,41 +134,8 @@ fn printable_lines(text: &str) -> String {
     text.lines().map(|l| printable(l) + "\n").collect()
 }
 
-fn standing_of(p: &Pair, at: DateTime<Utc>) -> Standing {
-    standing(p.rows.iter().map(|r| &r.change), p.seeded, at)
-}
-
-/// The standing's word, from, until and event.
-fn described(s: &Standing) -> [String; 4] {
-    let dash = || "-".to_owned();
-    match s {
-        Standing::Authorised { from, until, event } => [
-            "authorised".into(),
-            from.to_string(),
-            until.map_or_else(dash, |u| u.to_string()),
-            event.clone(),
-        ],
-        Standing::Seeded => ["authorised (acts_for)".into(), dash(), dash(), dash()],
-        Standing::Not(Unauthorised::NeverShown) => {
-            ["not authorised".into(), dash(), dash(), dash()]
-        }
-        Standing::Not(Unauthorised::NotYet { from, event }) => {
-            ["not yet".into(), from.to_string(), dash(), event.clone()]
-        }
-        Standing::Not(Unauthorised::Withdrawn { from, event }) => {
-            ["withdrawn".into(), from.to_string(), dash(), event.clone()]
-        }
-        Standing::Not(Unauthorised::Expired { last_day, event }) => [
-            "expired".into(),
-            dash(),
-            last_day.to_string(),
-            event.clone(),
-        ],
-    }
-}
-
 fn standing_cells(p: &Pair, at: DateTime<Utc>) -> [String; 6] {
-    let [word, from, until, event] = described(&standing_of(p, at));
+    let [word, from, until, event] = p.standing(at).described();
     [
         p.person.clone(),
         p.representative.clone(),
@@ -238,8 +165,8 @@ fn history_cells(r: &AuthorityRow) -> [String; 8] {
 }
 
 fn json_line(p: &Pair, at: DateTime<Utc>) -> String {
-    let s = standing_of(p, at);
-    let [word, from, until, event] = described(&s);
+    let s = p.standing(at);
+    let [word, from, until, event] = s.described();
     let opt = |v: String| if v == "-" { Value::Null } else { json!(v) };
     let history: Vec<Value> = p
         .rows

@@ -42,7 +42,8 @@ use crate::serve::dlq::{Pick, Picked, Record, Replay, Shown, Which};
         purge,
         endpoints,
         endpoint_action,
-        audit
+        audit,
+        super::registers::authority
     ),
     components(schemas(
         Session,
@@ -138,7 +139,7 @@ pub struct Session {
     pub csrf: String,
 }
 
-#[utoipa::path(get, path = "/api/v1/session", responses((status = 200, body = Session)))]
+#[utoipa::path(get, path = "/api/v1/session", responses((status = 200, description = "who the request is", body = Session)))]
 async fn session(State(app): State<Arc<App>>, Extension(user): Extension<User>) -> Json<Session> {
     Json(Session {
         csrf: app.access.csrf(&user),
@@ -187,7 +188,7 @@ pub(super) async fn overview_of(app: &App, now: DateTime<Utc>) -> Result<Overvie
     })
 }
 
-#[utoipa::path(get, path = "/api/v1/overview", responses((status = 200, body = Overview)))]
+#[utoipa::path(get, path = "/api/v1/overview", responses((status = 200, description = "the overview", body = Overview)))]
 async fn overview(State(app): State<Arc<App>>) -> Answer<Overview> {
     Ok(Json(overview_of(&app, Utc::now()).await?))
 }
@@ -196,7 +197,7 @@ async fn overview(State(app): State<Arc<App>>) -> Answer<Overview> {
     get,
     path = "/api/v1/events/{id}",
     params(("id" = String, Path, description = "the event's message_id, or a notification's key")),
-    responses((status = 200, body = Vec<EventView>), (status = 404, body = ApiError))
+    responses((status = 200, description = "every event with that message_id, or that made the notification with that key, with all the ledger holds about it", body = Vec<EventView>), (status = 404, description = "not found", body = ApiError))
 )]
 async fn event(State(app): State<Arc<App>>, Path(id): Path<String>) -> Answer<Vec<EventView>> {
     let found = app.store.find(&id).await?;
@@ -278,7 +279,7 @@ impl Search {
     get,
     path = "/api/v1/notifications",
     params(Search),
-    responses((status = 200, body = Vec<Found>), (status = 400, body = ApiError))
+    responses((status = 200, description = "the notifications found, the most recently made first", body = Vec<Found>), (status = 400, description = "the request is not one the console can act on", body = ApiError))
 )]
 async fn notifications(
     State(app): State<Arc<App>>,
@@ -320,7 +321,7 @@ pub struct Limit {
     get,
     path = "/api/v1/dead-letters/{queue}",
     params(("queue" = String, Path, description = "rejected or failed"), Limit),
-    responses((status = 200, body = DeadLetters), (status = 502, body = ApiError))
+    responses((status = 200, description = "what is parked", body = DeadLetters), (status = 502, description = "the broker cannot be reached", body = ApiError))
 )]
 async fn dead_letters(
     State(app): State<Arc<App>>,
@@ -347,7 +348,7 @@ async fn dead_letters(
         ("queue" = String, Path, description = "rejected or failed"),
         ("id" = String, Path, description = "the parked message's id, message_id or event id")
     ),
-    responses((status = 200, body = Vec<Shown>), (status = 404, body = ApiError))
+    responses((status = 200, description = "each parked message that id names, in full", body = Vec<Shown>), (status = 404, description = "not found", body = ApiError))
 )]
 async fn dead_letter(
     State(app): State<Arc<App>>,
@@ -474,9 +475,9 @@ pub(super) async fn replay_as(
     params(("queue" = String, Path, description = "rejected or failed")),
     request_body = ReplayRequest,
     responses(
-        (status = 200, body = Replay),
-        (status = 400, body = ApiError),
-        (status = 403, description = "no operator right, or no CSRF token", body = ApiError)
+        (status = 200, description = "what became of each message picked", body = Replay),
+        (status = 400, description = "the request is not one the console can act on", body = ApiError),
+        (status = 403, description = "no operator right, no CSRF token, or another site asking", body = ApiError)
     )
 )]
 async fn replay(
@@ -552,9 +553,9 @@ pub(super) async fn purge_as(
     params(("queue" = String, Path, description = "rejected or failed")),
     request_body = PurgeRequest,
     responses(
-        (status = 200, body = Purged),
-        (status = 400, body = ApiError),
-        (status = 403, body = ApiError)
+        (status = 200, description = "what was deleted", body = Purged),
+        (status = 400, description = "the request is not one the console can act on", body = ApiError),
+        (status = 403, description = "no operator right, no CSRF token, or another site asking", body = ApiError)
     )
 )]
 async fn purge(
@@ -608,7 +609,7 @@ pub(super) async fn endpoints_of(app: &App) -> Result<Vec<EndpointInfo>, Failure
     Ok(out)
 }
 
-#[utoipa::path(get, path = "/api/v1/endpoints", responses((status = 200, body = Vec<EndpointInfo>)))]
+#[utoipa::path(get, path = "/api/v1/endpoints", responses((status = 200, description = "every endpoint of the directory, with its state", body = Vec<EndpointInfo>)))]
 async fn endpoints(State(app): State<Arc<App>>) -> Answer<Vec<EndpointInfo>> {
     Ok(Json(endpoints_of(&app).await?))
 }
@@ -667,9 +668,9 @@ pub(super) async fn set_endpoint_as(
         ("action" = String, Path, description = "disable or enable")
     ),
     responses(
-        (status = 200, body = Changed),
-        (status = 403, body = ApiError),
-        (status = 404, body = ApiError)
+        (status = 200, description = "the endpoint's new state", body = Changed),
+        (status = 403, description = "no operator right, no CSRF token, or another site asking", body = ApiError),
+        (status = 404, description = "not found", body = ApiError)
     )
 )]
 async fn endpoint_action(
@@ -684,7 +685,7 @@ async fn endpoint_action(
     ))
 }
 
-#[utoipa::path(get, path = "/api/v1/audit", responses((status = 200, body = Vec<AuditEntry>)))]
+#[utoipa::path(get, path = "/api/v1/audit", responses((status = 200, description = "the latest audit entries, the most recent first", body = Vec<AuditEntry>)))]
 async fn audit(State(app): State<Arc<App>>) -> Answer<Vec<AuditEntry>> {
     Ok(Json(app.store.audit_trail(200).await?))
 }

@@ -6,12 +6,14 @@
 //! work the parking queues with the same code as `herald dlq`.
 //!
 //! `auth.rs` decides who may look and who may act; `api.rs` the JSON API and its OpenAPI
-//! document; `pages.rs` the HTML (askama templates under `templates/console/`); `views.rs`
+//! document; `pages.rs` the HTML (askama templates in `src/console/templates/`); `registers.rs` the
+//! authority register and the weekly digests' previews; `views.rs`
 //! what the pages show, worked out from records without I/O.
 
 pub mod api;
 pub mod auth;
 mod pages;
+mod registers;
 pub mod views;
 
 use std::net::SocketAddr;
@@ -186,6 +188,7 @@ pub(crate) fn router(app: Arc<App>) -> Router {
     Router::new()
         .merge(pages::routes())
         .merge(api::routes())
+        .merge(registers::routes())
         .layer(middleware::from_fn_with_state(
             Arc::clone(&app),
             authenticate,

@@ -1,4 +1,4 @@
-//! The console's HTML pages: server-rendered (askama templates under `templates/console/`),
+//! The console's HTML pages: server-rendered (askama templates in `src/console/templates/`),
 //! working without any script. Every form that changes something posts its CSRF token and
 //! needs the operator right; see [`super::App::may_act`].
 
@@ -54,15 +54,20 @@ async fn css() -> impl IntoResponse {
 
 /// What every page's frame shows.
 pub(super) struct Frame {
-    title: String,
-    nav: &'static str,
-    user: String,
-    right: &'static str,
-    csrf: String,
+    pub(super) title: String,
+    pub(super) nav: &'static str,
+    pub(super) user: String,
+    pub(super) right: &'static str,
+    pub(super) csrf: String,
 }
 
 impl Frame {
-    fn new(app: &App, user: &User, title: impl Into<String>, nav: &'static str) -> Frame {
+    pub(super) fn new(
+        app: &App,
+        user: &User,
+        title: impl Into<String>,
+        nav: &'static str,
+    ) -> Frame {
         Frame {
             title: title.into(),
             nav,
@@ -77,7 +82,7 @@ impl Frame {
 }
 
 /// A rendered page, or the error page.
-fn page(t: impl Template) -> Response {
+pub(super) fn page(t: impl Template) -> Response {
     match t.render() {
         Ok(html) => Html(html).into_response(),
         Err(e) => {
@@ -99,7 +104,7 @@ struct ErrorPage {
 }
 
 /// A failure as a page, with its status.
-fn failed(app: &App, user: &User, f: Failure) -> Response {
+pub(super) fn failed(app: &App, user: &User, f: Failure) -> Response {
     let status = f.status;
     let mut r = page(ErrorPage {
         frame: Frame::new(app, user, "Not done", ""),

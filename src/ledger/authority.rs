@@ -192,3 +192,73 @@ impl Store {
         Ok((deleted, cursor))
     }
 }
+
+/// One pair of the register: a person and a representative, whether routes.toml's `acts_for`
+/// starts them authorised, and the register's rows about them that had happened by the
+/// instant asked, in the order they apply.
+#[derive(Debug, Clone)]
+pub struct Pair {
+    pub person: String,
+    pub representative: String,
+    pub seeded: bool,
+    pub rows: Vec<AuthorityRow>,
+}
+
+impl Pair {
+    /// The pair's standing at `at`.
+    pub fn standing(&self, at: DateTime<Utc>) -> crate::route::authority::Standing {
+        standing(self.rows.iter().map(|r| &r.change), self.seeded, at)
+    }
+}
+
+impl Store {
+    /// The register for a person, a representative, or both, as it stood at `at`: every pair
+    /// the register or the directory's `acts_for` names, with the rows that had happened by
+    /// then. What `herald authority list` prints and the console shows.
+    pub async fn register(
+        &self,
+        directory: &crate::directory::Directory,
+        person: Option<&str>,
+        representative: Option<&str>,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<Pair>, LedgerError> {
+        use crate::directory::RecipientClass;
+        let rows = self.authority_rows(person, representative).await?;
+        let mut pairs: std::collections::BTreeMap<(String, String), Pair> =
+            std::collections::BTreeMap::new();
+        let mut pair = |p: &str, r: &str| -> (String, String) {
+            let key = (p.to_owned(), r.to_owned());
+            pairs.entry(key.clone()).or_insert_with(|| Pair {
+                person: p.to_owned(),
+                representative: r.to_owned(),
+                seeded: directory.seeded(p, r),
+                rows: Vec::new(),
+            });
+            key
+        };
+        // The pairs routes.toml's acts_for starts the register with.
+        for r in directory.of_class(RecipientClass::LegalRep) {
+            if representative.is_some_and(|x| x != r.id.as_str()) {
+                continue;
+            }
+            for (kind, value) in &r.acts_for {
+                let p = format!("{kind}:{value}");
+                if person.is_none_or(|x| x == p) {
+                    pair(&p, r.id.as_str());
+                }
+            }
+        }
+        // What had happened by then: the register as it stood.
+        let mut placed = Vec::new();
+        for row in rows.into_iter().filter(|r| r.change.occurred_at <= at) {
+            let key = pair(&row.change.person, &row.change.representative);
+            placed.push((key, row));
+        }
+        for (key, row) in placed {
+            if let Some(p) = pairs.get_mut(&key) {
+                p.rows.push(row);
+            }
+        }
+        Ok(pairs.into_values().collect())
+    }
+}

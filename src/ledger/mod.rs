@@ -32,7 +32,7 @@ use sqlx::{AnyPool, ConnectOptions, Executor, Row};
 
 use crate::notification::{DeliveryOutcome, ParkReason};
 
-pub use authority::AuthorityRow;
+pub use authority::{AuthorityRow, Pair};
 pub use digest::{DigestClaim, OpenDigest};
 pub use instances::EndpointState;
 pub use writer::Ledger;

@@ -202,6 +202,37 @@ impl Standing {
     }
 }
 
+impl Standing {
+    /// The standing's word, from, until and event.
+    pub fn described(&self) -> [String; 4] {
+        let dash = || "-".to_owned();
+        match self {
+            Standing::Authorised { from, until, event } => [
+                "authorised".into(),
+                from.to_string(),
+                until.map_or_else(dash, |u| u.to_string()),
+                event.clone(),
+            ],
+            Standing::Seeded => ["authorised (acts_for)".into(), dash(), dash(), dash()],
+            Standing::Not(Unauthorised::NeverShown) => {
+                ["not authorised".into(), dash(), dash(), dash()]
+            }
+            Standing::Not(Unauthorised::NotYet { from, event }) => {
+                ["not yet".into(), from.to_string(), dash(), event.clone()]
+            }
+            Standing::Not(Unauthorised::Withdrawn { from, event }) => {
+                ["withdrawn".into(), from.to_string(), dash(), event.clone()]
+            }
+            Standing::Not(Unauthorised::Expired { last_day, event }) => [
+                "expired".into(),
+                dash(),
+                last_day.to_string(),
+                event.clone(),
+            ],
+        }
+    }
+}
+
 /// The standing of one pair at `at`, from the register's changes for that pair (in any
 /// order) and whether routes.toml's `acts_for` names it.
 pub fn standing<'c>(
