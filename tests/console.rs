@@ -633,6 +633,21 @@ async fn text_of(b: &fantoccini::Client, css: &str) -> String {
         .unwrap()
 }
 
+/// The text of `css` once it contains `wanted` (the page it is on may still be the last one).
+async fn text_once(b: &fantoccini::Client, css: &str, wanted: &str) -> String {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let text = match b.find(fantoccini::Locator::Css(css)).await {
+            Ok(e) => e.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        if text.contains(wanted) || std::time::Instant::now() > deadline {
+            return text;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_operator_finds_a_person_and_replays_a_parked_notification_in_a_browser() {
     use fantoccini::Locator::Css;
@@ -725,7 +740,8 @@ async fn an_operator_finds_a_person_and_replays_a_parked_notification_in_a_brows
         .click()
         .await
         .unwrap();
-    let summary = text_of(&b, "#summary").await;
+    // The replay's page has a #summary too: wait for the new one.
+    let summary = text_once(&b, "#summary", "replayed,").await;
     assert!(summary.contains("1 replayed"), "{summary}");
     wait_until("the replayed webhook delivered", WAIT, || async {
         receiver.arrived(LEEDS) == 2

@@ -16,11 +16,12 @@ use crate::deliver::webhook::Secret;
 use crate::mask::MASK;
 
 /// The variables that override a setting of routes.toml, as `Settings::new` applies them.
-const OVERRIDES: [(&str, &str); 4] = [
+const OVERRIDES: [(&str, &str); 5] = [
     ("HERALD_AMQP_URLS", "amqp.urls"),
     ("HERALD_AMQP_URL", "amqp.url"),
     ("HERALD_SMTP_URL", "email.url"),
     ("HERALD_METRICS_ADDR", "service.metrics_addr"),
+    ("HERALD_CONSOLE_ADDR", "service.console_addr"),
 ];
 
 pub fn run(path: &Path, config: Config, env: impl Fn(&str) -> Option<String>) -> ExitCode {
@@ -56,6 +57,7 @@ pub fn show(
                 config.amqp.urls.clear();
             }
             "email.url" => config.email.url = Some(value),
+            "service.console_addr" => config.service.console_addr = value,
             _ => config.service.metrics_addr = value,
         }
         applied.push(format!("{variable} ({setting})"));
