@@ -13,6 +13,7 @@ pub fn run(core: &Core, strict: bool) -> ExitCode {
     let mut report = core.check();
     check_secrets(core, |name| std::env::var_os(name), &mut report);
     check_replicas(core, |name| std::env::var(name).ok(), &mut report);
+    check_console(core, |name| std::env::var(name).ok(), &mut report);
     for e in &report.errors {
         eprintln!("error: {e}");
     }
@@ -77,6 +78,32 @@ fn check_replicas(core: &Core, env: impl Fn(&str) -> Option<String>, report: &mu
             "each quorum queue has {replicas} members; {listed}; a queue stays available with {} of its members down",
             (replicas - 1) / 2
         ));
+    }
+}
+
+/// The console's address against its credentials, as `serve` judges them before it takes an
+/// event: beyond loopback without credentials, or with a malformed one, it would refuse to
+/// start.
+fn check_console(core: &Core, env: impl Fn(&str) -> Option<String>, report: &mut CheckReport) {
+    let addr = env("HERALD_CONSOLE_ADDR").unwrap_or_else(|| core.config.service.console_addr.clone());
+    if addr.trim().is_empty() {
+        report
+            .notes
+            .push("the operator's console is off ([service] console_addr is \"\")".into());
+        return;
+    }
+    let host = addr.rsplit_once(':').map_or(addr.as_str(), |(h, _)| h);
+    let loopback = crate::console::auth::loopback_host(&addr)
+        || host
+            .trim_matches(['[', ']'])
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    match crate::console::auth::Access::from_env(&env, &addr, loopback, [0; 32]) {
+        Err(e) => report.errors.push(format!("console: {e}")),
+        Ok(access) if access.is_open() => report.notes.push(format!(
+            "the operator's console on {addr} is open to whoever reaches that loopback address, as an operator (no HERALD_CONSOLE_* credential is set)"
+        )),
+        Ok(_) => {}
     }
 }
 
