@@ -509,7 +509,7 @@ async fn an_open_console_is_loopback_only_and_answers_only_loopback_names() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_openapi_document_is_current_and_served() {
     let file = common::root().join("docs/openapi.json");
-    let generated = console::api::document();
+    let generated = console::openapi::document();
     if std::env::var_os("HERALD_WRITE_OPENAPI").is_some() {
         std::fs::write(&file, &generated).unwrap();
     }

@@ -85,7 +85,8 @@ fn check_replicas(core: &Core, env: impl Fn(&str) -> Option<String>, report: &mu
 /// event: beyond loopback without credentials, or with a malformed one, it would refuse to
 /// start.
 fn check_console(core: &Core, env: impl Fn(&str) -> Option<String>, report: &mut CheckReport) {
-    let addr = env("HERALD_CONSOLE_ADDR").unwrap_or_else(|| core.config.service.console_addr.clone());
+    let addr =
+        env("HERALD_CONSOLE_ADDR").unwrap_or_else(|| core.config.service.console_addr.clone());
     if addr.trim().is_empty() {
         report
             .notes

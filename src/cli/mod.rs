@@ -371,7 +371,7 @@ pub fn run(cli: Cli) -> ExitCode {
         } => Ok(runtime(receive::run(&addr, &secret_env, verbose))),
         Command::Check { strict } => config.load().map(|core| check::run(&core, strict)),
         Command::Openapi => {
-            print!("{}", crate::console::api::document());
+            print!("{}", crate::console::openapi::document());
             Ok(ExitCode::SUCCESS)
         }
         Command::Config {

@@ -1,6 +1,6 @@
 //! The JSON API under `/api/v1`, and the operations the pages share with it: what the
 //! overview counts, a search, the endpoints with their states, a replay, a purge, an endpoint
-//! disabled or enabled. The OpenAPI document is generated from this file ([`Doc`]).
+//! disabled or enabled. `openapi.rs` generates the OpenAPI document from the handlers here.
 
 use std::sync::Arc;
 
@@ -11,7 +11,7 @@ use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, OpenApi, ToSchema};
+use utoipa::{IntoParams, ToSchema};
 
 use super::auth::{Right, User};
 use super::{App, Failure};
@@ -20,74 +20,8 @@ use crate::ledger::overview::{AuditEntry, EndpointRow, Minute, Totals};
 use crate::ledger::read::{EventView, Filter, Found, ParkedFilter, instant_at};
 use crate::serve::dlq::{Pick, Picked, Record, Replay, Shown, Which};
 
-/// The OpenAPI document of the console's API.
-#[derive(OpenApi)]
-#[openapi(
-    info(
-        title = "Herald operator's API",
-        description = "What Herald's delivery ledger and parking queues hold, and the \
-                       operator's actions on them (README, \"The operator's console\"). \
-                       Authenticate with `Authorization: Bearer` (HERALD_CONSOLE_OPERATOR_TOKEN \
-                       or HERALD_CONSOLE_READER_TOKEN) or HTTP Basic; a POST authenticated by \
-                       Basic also needs the X-CSRF-Token header from /api/v1/session."
-    ),
-    paths(
-        session,
-        overview,
-        event,
-        notifications,
-        dead_letters,
-        dead_letter,
-        replay,
-        purge,
-        endpoints,
-        endpoint_action,
-        audit,
-        super::registers::authority
-    ),
-    components(schemas(
-        Session,
-        Overview,
-        EndpointInfo,
-        DeadLetters,
-        ReplayRequest,
-        PurgeRequest,
-        Purged,
-        Changed,
-        ApiError
-    )),
-    security(("bearer" = []), ("basic" = [])),
-    modifiers(&Security)
-)]
-pub struct Doc;
-
-struct Security;
-
-impl utoipa::Modify for Security {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
-        );
-        components.add_security_scheme(
-            "basic",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Basic).build()),
-        );
-    }
-}
-
-/// The document as `herald openapi` prints it and `/api/v1/openapi.json` serves it.
-pub fn document() -> String {
-    let mut doc = Doc::openapi();
-    doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
-    doc.to_pretty_json().unwrap_or_default() + "\n"
-}
-
 pub(super) fn routes() -> Router<Arc<App>> {
     Router::new()
-        .route("/api/v1/openapi.json", get(openapi))
         .route("/api/v1/session", get(session))
         .route("/api/v1/overview", get(overview))
         .route("/api/v1/events/{id}", get(event))
@@ -124,13 +58,6 @@ impl IntoResponse for Failure {
 
 type Answer<T> = Result<Json<T>, Failure>;
 
-async fn openapi() -> impl IntoResponse {
-    (
-        [(axum::http::header::CONTENT_TYPE, "application/json")],
-        document(),
-    )
-}
-
 /// Who the request is, what they may do, and the CSRF token their POSTs carry.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Session {
@@ -140,7 +67,10 @@ pub struct Session {
 }
 
 #[utoipa::path(get, path = "/api/v1/session", responses((status = 200, description = "who the request is", body = Session)))]
-async fn session(State(app): State<Arc<App>>, Extension(user): Extension<User>) -> Json<Session> {
+pub(super) async fn session(
+    State(app): State<Arc<App>>,
+    Extension(user): Extension<User>,
+) -> Json<Session> {
     Json(Session {
         csrf: app.access.csrf(&user),
         user: user.name,
@@ -189,7 +119,7 @@ pub(super) async fn overview_of(app: &App, now: DateTime<Utc>) -> Result<Overvie
 }
 
 #[utoipa::path(get, path = "/api/v1/overview", responses((status = 200, description = "the overview", body = Overview)))]
-async fn overview(State(app): State<Arc<App>>) -> Answer<Overview> {
+pub(super) async fn overview(State(app): State<Arc<App>>) -> Answer<Overview> {
     Ok(Json(overview_of(&app, Utc::now()).await?))
 }
 
@@ -199,7 +129,10 @@ async fn overview(State(app): State<Arc<App>>) -> Answer<Overview> {
     params(("id" = String, Path, description = "the event's message_id, or a notification's key")),
     responses((status = 200, description = "every event with that message_id, or that made the notification with that key, with all the ledger holds about it", body = Vec<EventView>), (status = 404, description = "not found", body = ApiError))
 )]
-async fn event(State(app): State<Arc<App>>, Path(id): Path<String>) -> Answer<Vec<EventView>> {
+pub(super) async fn event(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> Answer<Vec<EventView>> {
     let found = app.store.find(&id).await?;
     if found.is_empty() {
         return Err(Failure::new(
@@ -281,7 +214,7 @@ impl Search {
     params(Search),
     responses((status = 200, description = "the notifications found, the most recently made first", body = Vec<Found>), (status = 400, description = "the request is not one the console can act on", body = ApiError))
 )]
-async fn notifications(
+pub(super) async fn notifications(
     State(app): State<Arc<App>>,
     Query(search): Query<Search>,
 ) -> Answer<Vec<Found>> {
@@ -323,7 +256,7 @@ pub struct Limit {
     params(("queue" = String, Path, description = "rejected or failed"), Limit),
     responses((status = 200, description = "what is parked", body = DeadLetters), (status = 502, description = "the broker cannot be reached", body = ApiError))
 )]
-async fn dead_letters(
+pub(super) async fn dead_letters(
     State(app): State<Arc<App>>,
     Path(queue): Path<String>,
     Query(limit): Query<Limit>,
@@ -350,7 +283,7 @@ async fn dead_letters(
     ),
     responses((status = 200, description = "each parked message that id names, in full", body = Vec<Shown>), (status = 404, description = "not found", body = ApiError))
 )]
-async fn dead_letter(
+pub(super) async fn dead_letter(
     State(app): State<Arc<App>>,
     Path((queue, id)): Path<(String, String)>,
 ) -> Answer<Vec<Shown>> {
@@ -480,7 +413,7 @@ pub(super) async fn replay_as(
         (status = 403, description = "no operator right, no CSRF token, or another site asking", body = ApiError)
     )
 )]
-async fn replay(
+pub(super) async fn replay(
     State(app): State<Arc<App>>,
     Extension(user): Extension<User>,
     headers: HeaderMap,
@@ -558,7 +491,7 @@ pub(super) async fn purge_as(
         (status = 403, description = "no operator right, no CSRF token, or another site asking", body = ApiError)
     )
 )]
-async fn purge(
+pub(super) async fn purge(
     State(app): State<Arc<App>>,
     Extension(user): Extension<User>,
     headers: HeaderMap,
@@ -610,7 +543,7 @@ pub(super) async fn endpoints_of(app: &App) -> Result<Vec<EndpointInfo>, Failure
 }
 
 #[utoipa::path(get, path = "/api/v1/endpoints", responses((status = 200, description = "every endpoint of the directory, with its state", body = Vec<EndpointInfo>)))]
-async fn endpoints(State(app): State<Arc<App>>) -> Answer<Vec<EndpointInfo>> {
+pub(super) async fn endpoints(State(app): State<Arc<App>>) -> Answer<Vec<EndpointInfo>> {
     Ok(Json(endpoints_of(&app).await?))
 }
 
@@ -673,7 +606,7 @@ pub(super) async fn set_endpoint_as(
         (status = 404, description = "not found", body = ApiError)
     )
 )]
-async fn endpoint_action(
+pub(super) async fn endpoint_action(
     State(app): State<Arc<App>>,
     Extension(user): Extension<User>,
     headers: HeaderMap,
@@ -686,6 +619,6 @@ async fn endpoint_action(
 }
 
 #[utoipa::path(get, path = "/api/v1/audit", responses((status = 200, description = "the latest audit entries, the most recent first", body = Vec<AuditEntry>)))]
-async fn audit(State(app): State<Arc<App>>) -> Answer<Vec<AuditEntry>> {
+pub(super) async fn audit(State(app): State<Arc<App>>) -> Answer<Vec<AuditEntry>> {
     Ok(Json(app.store.audit_trail(200).await?))
 }

@@ -5,13 +5,14 @@
 //! service uses. Pages and API read the ledger with the same queries as `herald ledger`, and
 //! work the parking queues with the same code as `herald dlq`.
 //!
-//! `auth.rs` decides who may look and who may act; `api.rs` the JSON API and its OpenAPI
-//! document; `pages.rs` the HTML (askama templates in `src/console/templates/`); `registers.rs` the
+//! `auth.rs` decides who may look and who may act; `api.rs` the JSON API; `openapi.rs` its
+//! OpenAPI document; `pages.rs` the HTML (askama templates in `src/console/templates/`); `registers.rs` the
 //! authority register and the weekly digests' previews; `views.rs`
 //! what the pages show, worked out from records without I/O.
 
 pub mod api;
 pub mod auth;
+pub mod openapi;
 mod pages;
 mod registers;
 pub mod views;
@@ -189,6 +190,7 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .merge(pages::routes())
         .merge(api::routes())
         .merge(registers::routes())
+        .merge(openapi::routes())
         .layer(middleware::from_fn_with_state(
             Arc::clone(&app),
             authenticate,

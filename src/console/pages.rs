@@ -137,8 +137,17 @@ fn event_href(message_id: &str) -> String {
     format!("/console/events/{}", encode(message_id))
 }
 
-fn encode(text: &str) -> String {
-    url::form_urlencoded::byte_serialize(text.as_bytes()).collect::<String>()
+/// What [`encode`] leaves as it is: RFC 3986's unreserved characters.
+const UNRESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// Text as one segment of a URL's path, or a value of its query: every byte but RFC 3986's
+/// unreserved characters percent-encoded.
+pub(super) fn encode(text: &str) -> String {
+    percent_encoding::utf8_percent_encode(text, UNRESERVED).to_string()
 }
 
 impl Row {

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::auth::User;
-use super::pages::{Frame, failed, page};
+use super::pages::{Frame, encode, failed, page};
 use super::{App, Failure};
 use crate::directory::RecipientClass;
 use crate::ledger::Pair;
@@ -196,10 +196,7 @@ async fn authority_page(
                 name: s.name.to_string(),
                 title: title(s.report),
                 schedule: s.schedule_written.clone(),
-                href: format!(
-                    "/console/registers/digests/{}",
-                    url::form_urlencoded::byte_serialize(s.name.as_bytes()).collect::<String>()
-                ),
+                href: format!("/console/registers/digests/{}", encode(&s.name)),
             })
             .collect(),
     })
