@@ -395,25 +395,8 @@ fn actor() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::serve::dlq::tests::{headers, read, text};
     use lapin::BasicProperties;
-    use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-
-    fn headers(pairs: &[(&str, AMQPValue)]) -> FieldTable {
-        let mut t = FieldTable::default();
-        for (k, v) in pairs {
-            t.insert(ShortString::from(*k), v.clone());
-        }
-        t
-    }
-
-    fn text(s: &str) -> AMQPValue {
-        AMQPValue::LongString(LongString::from(s))
-    }
-
-    fn read(which: Which, p: BasicProperties, body: &[u8]) -> Record {
-        let settings = Settings::new(&crate::config::Config::parse("").unwrap(), |_| None);
-        Record::read(which, &settings, &p, body)
-    }
 
     #[test]
     fn control_characters_from_a_publisher_are_not_printed() {

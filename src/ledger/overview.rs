@@ -167,36 +167,23 @@ impl Store {
         within: Duration,
         limit: i64,
     ) -> Result<Vec<Found>, LedgerError> {
-        let err = |e: sqlx::Error| self.error(&e);
-        sqlx::query(&format!(
+        let sql = format!(
             "SELECT {FOUND_COLUMNS} FROM notifications n JOIN events e ON e.id = n.event_id \
              WHERE n.{OPEN} AND n.deadline IS NOT NULL AND n.deadline < $1 \
              ORDER BY n.deadline, n.key LIMIT $2"
-        ))
-        .bind(ms(now + within))
-        .bind(limit)
-        .fetch_all(self.pool())
-        .await
-        .map_err(err)?
-        .iter()
-        .map(found)
-        .collect::<Result<_, sqlx::Error>>()
-        .map_err(err)
+        );
+        let query = sqlx::query(&sql).bind(ms(now + within)).bind(limit);
+        self.rows(query, found).await
     }
 
     /// Every endpoint whose state the ledger holds (one that never changed state is closed and
     /// not here).
     pub async fn endpoints(&self) -> Result<Vec<EndpointRow>, LedgerError> {
-        let err = |e: sqlx::Error| self.error(&e);
-        sqlx::query(
+        let query = sqlx::query(
             "SELECT recipient, channel, state, since, reason FROM endpoints \
              ORDER BY recipient, channel",
-        )
-        .fetch_all(self.pool())
-        .await
-        .map_err(err)?
-        .iter()
-        .map(|r| {
+        );
+        self.rows(query, |r| {
             Ok(EndpointRow {
                 recipient: r.try_get(0)?,
                 channel: r.try_get(1)?,
@@ -205,8 +192,7 @@ impl Store {
                 reason: r.try_get(4)?,
             })
         })
-        .collect::<Result<_, sqlx::Error>>()
-        .map_err(err)
+        .await
     }
 
     /// The notifications to `recipient` by `channel` made since `since` that failed at least
@@ -218,23 +204,17 @@ impl Store {
         since: DateTime<Utc>,
         limit: i64,
     ) -> Result<Vec<Found>, LedgerError> {
-        let err = |e: sqlx::Error| self.error(&e);
-        sqlx::query(&format!(
+        let sql = format!(
             "SELECT {FOUND_COLUMNS} FROM notifications n JOIN events e ON e.id = n.event_id \
              WHERE n.recipient = $1 AND n.created_at >= $2 AND n.channel = $3 \
              AND n.first_failure_at IS NOT NULL ORDER BY n.created_at DESC, n.key LIMIT $4"
-        ))
-        .bind(recipient)
-        .bind(ms(since))
-        .bind(channel)
-        .bind(limit)
-        .fetch_all(self.pool())
-        .await
-        .map_err(err)?
-        .iter()
-        .map(found)
-        .collect::<Result<_, sqlx::Error>>()
-        .map_err(err)
+        );
+        let query = sqlx::query(&sql)
+            .bind(recipient)
+            .bind(ms(since))
+            .bind(channel)
+            .bind(limit);
+        self.rows(query, found).await
     }
 
     /// An operator sets an endpoint's state (`disabled`, or `closed` to enable it again), with
@@ -281,17 +261,12 @@ impl Store {
 
     /// The latest audit entries, the most recent first.
     pub async fn audit_trail(&self, limit: i64) -> Result<Vec<AuditEntry>, LedgerError> {
-        let err = |e: sqlx::Error| self.error(&e);
-        sqlx::query(
+        let query = sqlx::query(
             "SELECT at, actor, action, subject, detail FROM audit ORDER BY at DESC, id DESC \
              LIMIT $1",
         )
-        .bind(limit)
-        .fetch_all(self.pool())
-        .await
-        .map_err(err)?
-        .iter()
-        .map(|r| {
+        .bind(limit);
+        self.rows(query, |r| {
             Ok(AuditEntry {
                 at: time(r.try_get(0)?),
                 actor: r.try_get(1)?,
@@ -300,7 +275,6 @@ impl Store {
                 detail: r.try_get(4)?,
             })
         })
-        .collect::<Result<_, sqlx::Error>>()
-        .map_err(err)
+        .await
     }
 }

@@ -231,7 +231,27 @@ pub fn instant_at(text: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, Strin
     ))
 }
 
+/// A query of the ledger, its binds given.
+pub(super) type Query<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
+
 impl Store {
+    /// Every row `query` gives, each read by `read`.
+    pub(super) async fn rows<T>(
+        &self,
+        query: Query<'_>,
+        read: impl Fn(&AnyRow) -> Result<T, sqlx::Error>,
+    ) -> Result<Vec<T>, LedgerError> {
+        let err = |e: sqlx::Error| self.error(&e);
+        query
+            .fetch_all(self.pool())
+            .await
+            .map_err(err)?
+            .iter()
+            .map(read)
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(err)
+    }
+
     /// Every event whose message_id is `id`, or that made the notification whose key is `id`,
     /// oldest first, each with all the ledger holds about it.
     pub async fn find(&self, id: &str) -> Result<Vec<EventView>, LedgerError> {
@@ -297,17 +317,12 @@ impl Store {
 
     /// A notification's attempts, in the order they were made.
     async fn attempts(&self, key: &str) -> Result<Vec<AttemptView>, LedgerError> {
-        let err = |e: sqlx::Error| self.error(&e);
-        sqlx::query(
+        let query = sqlx::query(
             "SELECT at, duration_ms, outcome, code, breaker FROM attempts \
              WHERE notification_key = $1 ORDER BY at, id",
         )
-        .bind(key)
-        .fetch_all(self.pool())
-        .await
-        .map_err(err)?
-        .iter()
-        .map(|r| {
+        .bind(key);
+        self.rows(query, |r| {
             Ok(AttemptView {
                 at: time(r.try_get(0)?),
                 duration_ms: r.try_get(1)?,
@@ -316,13 +331,11 @@ impl Store {
                 breaker: r.try_get(4)?,
             })
         })
-        .collect::<Result<_, sqlx::Error>>()
-        .map_err(err)
+        .await
     }
 
     /// The notifications `filter` finds, the most recently made first.
     pub async fn search(&self, filter: &Filter) -> Result<Vec<Found>, LedgerError> {
-        let err = |e: sqlx::Error| self.error(&e);
         let mut w = Where::default();
         if let Some(person) = &filter.person {
             // Identifiers are upper case in the contract; a value alone is any type's.
@@ -365,20 +378,12 @@ impl Store {
              ORDER BY n.created_at DESC, n.key LIMIT {limit}",
             w.clause()
         );
-        w.bound(sqlx::query(&sql))
-            .fetch_all(self.pool())
-            .await
-            .map_err(err)?
-            .iter()
-            .map(found)
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(err)
+        self.rows(w.bound(sqlx::query(&sql)), found).await
     }
 
     /// The parked and expired notifications `filter` picks, oldest first: what `herald dlq
     /// replay failed` sends again.
     pub async fn parked(&self, filter: &ParkedFilter) -> Result<Vec<Found>, LedgerError> {
-        let err = |e: sqlx::Error| self.error(&e);
         let mut w = Where::default();
         let parked = w.placeholder(Bind::Text(Status::Parked.as_str().into()));
         let expired = w.placeholder(Bind::Text(Status::Expired.as_str().into()));
@@ -395,14 +400,7 @@ impl Store {
              ORDER BY n.updated_at, n.key",
             w.clause()
         );
-        w.bound(sqlx::query(&sql))
-            .fetch_all(self.pool())
-            .await
-            .map_err(err)?
-            .iter()
-            .map(found)
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(err)
+        self.rows(w.bound(sqlx::query(&sql)), found).await
     }
 
     /// The (publisher, message_id) of each event refused in `[since, until)` that had a
@@ -478,25 +476,19 @@ impl Store {
         to: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> Result<Vec<Found>, LedgerError> {
-        let err = |e: sqlx::Error| self.error(&e);
-        sqlx::query(&format!(
+        let sql = format!(
             "SELECT {FOUND_COLUMNS} FROM notifications n JOIN events e ON e.id = n.event_id \
              WHERE n.created_at >= $1 AND n.created_at < $2 AND n.status <> $3 AND \
              (n.sla_outcome = 'breached' OR \
               (n.delivered_at IS NULL AND n.deadline IS NOT NULL AND n.deadline < $4)) \
              ORDER BY n.created_at, n.key"
-        ))
-        .bind(ms(from))
-        .bind(ms(to))
-        .bind(Status::Skipped.as_str())
-        .bind(ms(now))
-        .fetch_all(self.pool())
-        .await
-        .map_err(err)?
-        .iter()
-        .map(found)
-        .collect::<Result<_, sqlx::Error>>()
-        .map_err(err)
+        );
+        let query = sqlx::query(&sql)
+            .bind(ms(from))
+            .bind(ms(to))
+            .bind(Status::Skipped.as_str())
+            .bind(ms(now));
+        self.rows(query, found).await
     }
 
     /// For each notification in `keys` that failed at least once: how many attempts the

@@ -1049,7 +1049,7 @@ fn dead_lettered_routing_key(headers: &Option<FieldTable>) -> Option<String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use lapin::types::{FieldArray, LongString, ShortString};
 
@@ -1057,7 +1057,7 @@ mod tests {
         Settings::new(&crate::config::Config::parse("").unwrap(), |_| None)
     }
 
-    fn headers(pairs: &[(&str, AMQPValue)]) -> FieldTable {
+    pub(crate) fn headers(pairs: &[(&str, AMQPValue)]) -> FieldTable {
         let mut t = FieldTable::default();
         for (k, v) in pairs {
             t.insert(ShortString::from(*k), v.clone());
@@ -1065,11 +1065,12 @@ mod tests {
         t
     }
 
-    fn text(s: &str) -> AMQPValue {
+    pub(crate) fn text(s: &str) -> AMQPValue {
         AMQPValue::LongString(LongString::from(s))
     }
 
-    fn read(which: Which, p: BasicProperties, body: &[u8]) -> Record {
+    /// A parked message as the default configuration reads it.
+    pub(crate) fn read(which: Which, p: BasicProperties, body: &[u8]) -> Record {
         Record::read(which, &settings(), &p, body)
     }
 
