@@ -492,6 +492,15 @@ async fn an_open_console_is_loopback_only_and_answers_only_loopback_names() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::MISDIRECTED_REQUEST);
+    // Open, it is for this machine's users, not for what a proxy passes on.
+    let r = http
+        .client
+        .get(format!("{base}/console"))
+        .header("x-forwarded-for", "203.0.113.9")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
     // Open is not unguarded: a form still needs the page's CSRF token.
     let r = http
         .form(
@@ -691,7 +700,7 @@ async fn an_operator_finds_a_person_and_replays_a_parked_notification_in_a_brows
     assert!(results.contains("parked"), "{results}");
     snap(&b, "search").await;
     b.find(Css(
-        "#results a[href='/console/events/evt-console-warrant']",
+        "#results a[href='/console/event?id=evt-console-warrant']",
     ))
     .await
     .unwrap()
@@ -751,7 +760,7 @@ async fn an_operator_finds_a_person_and_replays_a_parked_notification_in_a_brows
     // The event's page now tells the whole story: parked, replayed, delivered.
     let mut story = String::new();
     for _ in 0..50 {
-        b.goto(&format!("{base}/console/events/evt-console-warrant"))
+        b.goto(&format!("{base}/console/event?id=evt-console-warrant"))
             .await
             .unwrap();
         story = text_of(&b, "section.event").await;

@@ -109,15 +109,16 @@ async fn records_and_dedups_across_a_restart(backend: Backend) {
     })
     .await;
     assert_eq!(receiver.hooks().len(), sent, "nothing is sent twice");
-    assert_eq!(
+    // Counted as it is recognised, recorded in the ledger's next commit.
+    wait_until("the copy recorded as a duplicate", WAIT, || async {
         count(
             &store,
-            "SELECT COUNT(*) FROM events WHERE message_id = 'evt-ledger-1' AND outcome = 'duplicate'"
+            "SELECT COUNT(*) FROM events WHERE message_id = 'evt-ledger-1' AND outcome = 'duplicate'",
         )
-        .await,
-        1,
-        "the copy is recorded as a duplicate"
-    );
+        .await
+            == 1
+    })
+    .await;
     herald.stop().await.unwrap();
     store.close().await;
     service::cleanup(&ch, &names).await;

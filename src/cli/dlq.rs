@@ -238,9 +238,22 @@ async fn act(
                 );
                 return Ok(ExitCode::from(2));
             }
-            let purged = parking.purge(which, &ids).await?;
+            // Each deletion is in the ledger's audit trail before it is made.
+            let store = super::ledger::open(&settings.ledger_url).await?;
+            let books = Books::new(store, actor(), crate::metrics::Metrics::new());
+            let pick = if ids.is_empty() {
+                Pick::All
+            } else {
+                Pick::Ids(ids)
+            };
+            let done = parking.purge(which, &pick, &books).await;
+            books.store.close().await;
+            let (purged, missing) = done?;
             for id in &purged {
                 println!("{id}  purged");
+            }
+            for id in &missing {
+                println!("{}  not found in {}", printable(id), parking.queue(which));
             }
             println!(
                 "purged {} message(s) from {}",

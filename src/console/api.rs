@@ -262,11 +262,8 @@ pub(super) async fn dead_letters(
     Query(limit): Query<Limit>,
 ) -> Answer<DeadLetters> {
     let which = which(&queue)?;
-    let parking = app.parking().await?;
-    let listed = parking.list(which, limit.limit.unwrap_or(100)).await;
-    let queue = parking.queue(which).to_owned();
-    parking.close().await;
-    let (records, total) = listed.map_err(|e| Failure::new(StatusCode::BAD_GATEWAY, e))?;
+    let (records, total) = list(&app, which, limit.limit.unwrap_or(100)).await?;
+    let queue = app.settings_queue(which);
     Ok(Json(DeadLetters {
         queue,
         total,
@@ -297,17 +294,37 @@ pub(super) async fn dead_letter(
     Ok(Json(shown))
 }
 
+/// Up to `limit` (at most 1,000) parked messages of a queue, and how many it holds.
+pub(super) async fn list(
+    app: &App,
+    which: Which,
+    limit: usize,
+) -> Result<(Vec<Record>, u32), Failure> {
+    let limit = limit.clamp(1, 1000);
+    app.with_parking(which, move |parking| async move {
+        parking.list(which, limit).await
+    })
+    .await?
+    .map_err(|e| Failure::new(StatusCode::BAD_GATEWAY, e))
+}
+
+/// The parked messages `id` names exactly (their id as listed).
 pub(super) async fn shown(app: &App, which: Which, id: &str) -> Result<Vec<Shown>, Failure> {
-    let parking = app.parking().await?;
-    let shown = parking.show(which, id).await;
-    parking.close().await;
-    shown.map_err(|e| Failure::new(StatusCode::BAD_GATEWAY, e))
+    let id = id.to_owned();
+    let shown = app
+        .with_parking(which, move |parking| async move {
+            parking.show(which, &id).await
+        })
+        .await?
+        .map_err(|e| Failure::new(StatusCode::BAD_GATEWAY, e))?;
+    Ok(shown)
 }
 
 /// Which parked messages to send again: `ids`, `all`, or those the ledger picks by the
 /// rest (`route` and `recipient` only in `failed`).
 #[derive(Debug, Default, Clone, Deserialize, Serialize, ToSchema)]
 pub struct ReplayRequest {
+    /// The messages' ids, as listed (`p-…`), and no others.
     #[serde(default)]
     pub ids: Vec<String>,
     #[serde(default)]
@@ -377,19 +394,21 @@ pub(super) async fn replay_as(
     } else if request.all {
         Pick::All
     } else if !request.ids.is_empty() {
-        Pick::Ids(request.ids.clone())
+        Pick::Exact(request.ids.clone())
     } else {
         return Err(Failure::bad_request(
             "name the messages to replay, ask for all, or pick them by time, route or recipient",
         ));
     };
     let books = app.books.acting(user.actor());
-    let parking = app.parking().await?;
-    let done = parking
-        .replay(&app.core, &books, which, &pick, request.dry_run)
-        .await;
-    parking.close().await;
-    let done = done.map_err(|e| Failure::new(StatusCode::BAD_GATEWAY, e))?;
+    let core = Arc::clone(&app.core);
+    let dry_run = request.dry_run;
+    let done = app
+        .with_parking(which, move |parking| async move {
+            parking.replay(&core, &books, which, &pick, dry_run).await
+        })
+        .await?
+        .map_err(|e| Failure::new(StatusCode::BAD_GATEWAY, e))?;
     tracing::info!(
         actor = %user.actor(),
         queue = %done.queue,
@@ -429,7 +448,7 @@ pub(super) async fn replay(
 /// Which parked messages to delete; `confirm` must be true.
 #[derive(Debug, Default, Clone, Deserialize, Serialize, ToSchema)]
 pub struct PurgeRequest {
-    /// The messages' ids (or message_id or event id); empty with `all` for every one.
+    /// The messages' ids, as listed (`p-…`); or `all` for every one.
     #[serde(default)]
     pub ids: Vec<String>,
     #[serde(default)]
@@ -442,7 +461,10 @@ pub struct PurgeRequest {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Purged {
     pub queue: String,
+    /// The ids of the messages deleted, each in the audit trail.
     pub purged: Vec<String>,
+    /// The ids named that are not in the queue.
+    pub missing: Vec<String>,
 }
 
 pub(super) async fn purge_as(
@@ -461,23 +483,25 @@ pub(super) async fn purge_as(
             "name the messages to purge, or ask for all",
         ));
     }
-    let parking = app.parking().await?;
-    let purged = parking.purge(which, &request.ids).await;
-    let queue = parking.queue(which).to_owned();
-    parking.close().await;
-    let purged = purged.map_err(|e| Failure::new(StatusCode::BAD_GATEWAY, e))?;
-    let now = Utc::now();
-    for id in &purged {
-        if let Err(e) = app
-            .store
-            .audit(now, &user.actor(), "purge", id, Some(&queue))
-            .await
-        {
-            tracing::warn!(error = %e, "a purge from the console is not in the audit trail");
-        }
-    }
+    let pick = if request.all {
+        Pick::All
+    } else {
+        Pick::Exact(request.ids.clone())
+    };
+    let books = app.books.acting(user.actor());
+    let queue = app.settings_queue(which);
+    let done = app
+        .with_parking(which, move |parking| async move {
+            parking.purge(which, &pick, &books).await
+        })
+        .await?;
+    let (purged, missing) = done.map_err(|e| Failure::new(StatusCode::BAD_GATEWAY, e))?;
     tracing::info!(actor = %user.actor(), queue = %queue, purged = purged.len(), "purge from the console");
-    Ok(Purged { queue, purged })
+    Ok(Purged {
+        queue,
+        purged,
+        missing,
+    })
 }
 
 #[utoipa::path(

@@ -33,7 +33,7 @@ use crate::core::Core;
 use crate::ledger::{LedgerError, Store};
 use crate::metrics::Metrics;
 use crate::serve::Settings;
-use crate::serve::dlq::{Books, Parking};
+use crate::serve::dlq::{Books, Parking, Which};
 use auth::{Access, AuthError, User, Via};
 
 /// Why the console cannot start.
@@ -60,14 +60,52 @@ pub(crate) struct App {
     pub books: Books,
     pub access: Access,
     pub metrics: Metrics,
+    /// Whether the console listens on loopback (then it answers loopback names only).
+    pub loopback: bool,
+    /// One at a time on each parking queue (rejected, failed): a look takes the messages
+    /// off the queue until it puts them back, and an action meanwhile would not see them.
+    pub parking: [Arc<tokio::sync::Mutex<()>>; 2],
 }
 
 impl App {
-    /// A connection to the broker for the parking queues, for one request.
-    pub async fn parking(&self) -> Result<Parking, Failure> {
-        Parking::open(&self.settings)
-            .await
-            .map_err(|e| Failure::new(StatusCode::BAD_GATEWAY, format!("the broker: {e}")))
+    /// Runs `work` on a connection of its own to the broker, alone on the queue `which`, to
+    /// its end even if the request that asked for it goes away (an operator closing the page
+    /// must not cut a replay between sending and recording it).
+    pub async fn with_parking<T, F, Fut>(&self, which: Which, work: F) -> Result<T, Failure>
+    where
+        F: FnOnce(Arc<Parking>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let lock = Arc::clone(&self.parking[usize::from(which == Which::Failed)]);
+        let settings = self.settings.clone();
+        tokio::spawn(async move {
+            let _alone = lock.lock().await;
+            let parking = Parking::open(&settings)
+                .await
+                .map(Arc::new)
+                .map_err(|e| Failure::new(StatusCode::BAD_GATEWAY, format!("the broker: {e}")))?;
+            let out = work(Arc::clone(&parking)).await;
+            if let Ok(p) = Arc::try_unwrap(parking) {
+                p.close().await;
+            }
+            Ok(out)
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Err(Failure::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("the work on the parking queue ended early: {e}"),
+            ))
+        })
+    }
+
+    /// The parking queue's name.
+    pub fn settings_queue(&self, which: Which) -> String {
+        match which {
+            Which::Rejected => self.settings.rejected_queue.clone(),
+            Which::Failed => self.settings.failed_queue.clone(),
+        }
     }
 }
 
@@ -152,7 +190,9 @@ impl Bound {
         shutdown: CancellationToken,
     ) -> Result<Started, ConsoleError> {
         let store = Store::open_current(&settings.ledger_url).await?;
-        let books = Books::new(store.clone(), String::new(), metrics.clone());
+        // The console's replays are written by a writer of its own, whose metrics are its own:
+        // the service's `herald_ledger_*` describe the service's writer only.
+        let books = Books::new(store.clone(), String::new(), Metrics::new());
         let open = self.access.is_open();
         let app = Arc::new(App {
             core,
@@ -161,6 +201,8 @@ impl Bound {
             books,
             access: self.access,
             metrics,
+            loopback: self.addr.ip().is_loopback(),
+            parking: Default::default(),
         });
         let router = router(app);
         let listener = self.listener;
@@ -240,19 +282,44 @@ async fn secure(request: Request, next: Next) -> Response {
 /// handlers ([`App::may_act`]).
 async fn authenticate(State(app): State<Arc<App>>, mut request: Request, next: Next) -> Response {
     let headers = request.headers();
-    if app.access.is_open() {
-        let host = headers
-            .get(header::HOST)
+    let header = |name: &str| {
+        headers
+            .get(name)
             .and_then(|h| h.to_str().ok())
-            .unwrap_or_default();
-        if !auth::loopback_host(host) {
-            return (
-                StatusCode::MISDIRECTED_REQUEST,
-                "this console has no credentials set, so it answers only requests to \
-                 127.0.0.1, ::1 or localhost\n",
-            )
-                .into_response();
-        }
+            .unwrap_or_default()
+    };
+    // Another site's page may link here (a navigation), but not load or post anything.
+    if matches!(header("sec-fetch-site"), "cross-site" | "same-site")
+        && header("sec-fetch-mode") != "navigate"
+    {
+        return (
+            StatusCode::FORBIDDEN,
+            "refused: another site's page asked for this\n",
+        )
+            .into_response();
+    }
+    // On loopback, only requests addressed to loopback: a page of another site that rebinds
+    // its own name to 127.0.0.1 is not answered.
+    if app.loopback && !auth::loopback_host(header("host")) {
+        return (
+            StatusCode::MISDIRECTED_REQUEST,
+            "this console listens on loopback, and answers only requests to 127.0.0.1, ::1 \
+             or localhost\n",
+        )
+            .into_response();
+    }
+    // Open, it is for this machine's users only: not for what a proxy here passes on.
+    if app.access.is_open()
+        && ["forwarded", "x-forwarded-for", "x-real-ip", "via"]
+            .iter()
+            .any(|h| headers.contains_key(*h))
+    {
+        return (
+            StatusCode::FORBIDDEN,
+            "refused: this console has no credentials set and is for this machine's users \
+             only, not for requests a proxy passes on\n",
+        )
+            .into_response();
     }
     let authorization = headers
         .get(header::AUTHORIZATION)

@@ -29,8 +29,8 @@ pub(super) fn routes() -> Router<Arc<App>> {
         .route("/console/", get(|| async { Redirect::to("/console") }))
         .route("/console/static/console.css", get(css))
         .route("/console/search", get(search))
-        .route("/console/events/{id}", get(event))
-        .route("/console/events/{id}/views", post(event_views))
+        .route("/console/event", get(event))
+        .route("/console/event/views", post(event_views))
         .route("/console/dead-letters/{queue}", get(dead_letters))
         .route("/console/dead-letters/{queue}/act", post(act))
         .route("/console/dead-letters/{queue}/{id}", get(dead_letter))
@@ -133,8 +133,10 @@ struct Row {
     class: &'static str,
 }
 
+/// An event's page. The id goes in the query, not the path: a publisher's message_id may be
+/// anything, `..` included, which a path would not keep.
 fn event_href(message_id: &str) -> String {
-    format!("/console/events/{}", encode(message_id))
+    format!("/console/event?id={}", encode(message_id))
 }
 
 /// What [`encode`] leaves as it is: RFC 3986's unreserved characters.
@@ -392,14 +394,19 @@ async fn event_page(
             Some(b) => views::class_values(redaction, b),
             None => views::class_rules(redaction),
         },
-        views_action: format!("{}/views", event_href(id)),
+        views_action: format!("/console/event/views?id={}", encode(id)),
     })
+}
+
+#[derive(Debug, Deserialize)]
+struct EventId {
+    id: String,
 }
 
 async fn event(
     State(app): State<Arc<App>>,
     Extension(user): Extension<User>,
-    Path(id): Path<String>,
+    Query(EventId { id }): Query<EventId>,
 ) -> Response {
     match event_page(&app, &user, &id, None).await {
         Ok(p) => page(p),
@@ -422,7 +429,7 @@ fn field<'f>(fields: &'f [(String, String)], name: &str) -> Option<&'f str> {
 async fn event_views(
     State(app): State<Arc<App>>,
     Extension(user): Extension<User>,
-    Path(id): Path<String>,
+    Query(EventId { id }): Query<EventId>,
     body: Bytes,
 ) -> Response {
     let form = fields(&body);
@@ -478,13 +485,8 @@ async fn dead_letters(
         Ok(w) => w,
         Err(f) => return failed(&app, &user, f),
     };
-    let parking = match app.parking().await {
-        Ok(p) => p,
-        Err(f) => return failed(&app, &user, f),
-    };
-    let listed = parking.list(which, 200).await;
-    let name = parking.queue(which).to_owned();
-    parking.close().await;
+    let listed = api::list(&app, which, 200).await;
+    let name = app.settings_queue(which);
     match listed {
         Ok((records, total)) => page(DeadLettersPage {
             frame: Frame::new(&app, &user, format!("Parked in {name}"), which.as_str()),
@@ -494,7 +496,7 @@ async fn dead_letters(
             records,
             operator: user.right == Right::Operate,
         }),
-        Err(e) => failed(&app, &user, Failure::new(StatusCode::BAD_GATEWAY, e)),
+        Err(f) => failed(&app, &user, f),
     }
 }
 
@@ -650,10 +652,7 @@ async fn act(
             .filter(|v| !v.is_empty())
             .map(str::to_owned)
     };
-    let name = match which {
-        Which::Rejected => app.settings.rejected_queue.clone(),
-        Which::Failed => app.settings.failed_queue.clone(),
-    };
+    let name = app.settings_queue(which);
     match field(&form, "do").unwrap_or_default() {
         "purge" => {
             if ids.is_empty() {
@@ -965,7 +964,8 @@ async fn report_file(app: &App, user: &User, period: &Period, csv: bool) -> Resp
     h.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(
-            "default-src 'none'; style-src 'unsafe-inline'; img-src data:; frame-ancestors 'none'",
+            "default-src 'none'; style-src 'unsafe-inline'; img-src data:; frame-ancestors 'none'; \
+             form-action 'none'; base-uri 'none'; sandbox",
         ),
     );
     r

@@ -485,6 +485,10 @@ pub struct Picked {
 pub enum Pick {
     /// Those whose id (as [`Record::id`]), message_id or event id is one of these.
     Ids(Vec<String>),
+    /// Those whose own id ([`Record::id`]) is one of these, and no other: a message_id or an
+    /// event id is the publisher's to choose, and could name a message the operator did not
+    /// pick (the console's choice).
+    Exact(Vec<String>),
     /// Every one.
     All,
     /// Those the ledger picked.
@@ -495,9 +499,28 @@ impl Pick {
     fn has(&self, r: &Record) -> bool {
         match self {
             Pick::Ids(ids) => ids.iter().any(|id| r.is(id)),
+            Pick::Exact(ids) => ids.contains(&r.id),
             Pick::All => true,
             Pick::Ledger(p) => p.has(r),
         }
+    }
+
+    /// The ids named that `records` do not hold.
+    fn missing<'r>(&self, records: impl Iterator<Item = &'r Record> + Clone) -> Vec<String> {
+        let named = match self {
+            Pick::Ids(ids) | Pick::Exact(ids) => ids,
+            Pick::All | Pick::Ledger(_) => return Vec::new(),
+        };
+        named
+            .iter()
+            .filter(|id| {
+                !records.clone().any(|r| match self {
+                    Pick::Exact(_) => &r.id == *id,
+                    _ => r.is(id),
+                })
+            })
+            .cloned()
+            .collect()
     }
 }
 
@@ -749,31 +772,64 @@ impl Parking {
                 step,
             });
         }
-        if let Pick::Ids(ids) = pick {
-            out.missing = ids
-                .iter()
-                .filter(|id| !got.iter().any(|m| self.record(which, m).is(id)))
-                .cloned()
-                .collect();
-        }
+        let records: Vec<Record> = got.iter().map(|m| self.record(which, m)).collect();
+        out.missing = pick.missing(records.iter());
         Ok(out)
     }
 
-    /// Deletes the messages `ids` name, or every one when `ids` is empty; the ids of those
-    /// deleted.
-    pub async fn purge(&self, which: Which, ids: &[String]) -> Result<Vec<String>, String> {
+    /// Deletes the picked messages, each recorded in the ledger's audit trail (with `books`'
+    /// actor) before it goes; one the ledger cannot record is kept. The ids of those deleted,
+    /// and of those named that are not in the queue.
+    pub async fn purge(
+        &self,
+        which: Which,
+        pick: &Pick,
+        books: &Books,
+    ) -> Result<(Vec<String>, Vec<String>), String> {
         let got = fetch(&self.ch, self.queue(which), usize::MAX).await?;
+        let queue = self.queue(which).to_owned();
         let mut purged = Vec::new();
+        let mut kept: Option<String> = None;
         for m in &got {
             let record = self.record(which, m);
-            if ids.is_empty() || ids.iter().any(|id| record.is(id)) {
-                let _ = m.ack(BasicAckOptions::default()).await;
-                purged.push(record.id);
-            } else {
+            if !pick.has(&record) || kept.is_some() {
                 let _ = m.nack(requeue()).await;
+                continue;
+            }
+            let audited = books
+                .store
+                .audit(Utc::now(), &books.actor, "purge", &record.id, Some(&queue))
+                .await;
+            if let Err(e) = audited {
+                let _ = m.nack(requeue()).await;
+                kept = Some(format!(
+                    "the ledger cannot record the purge ({e}): {} and the rest kept",
+                    record.id
+                ));
+                continue;
+            }
+            match m.ack(BasicAckOptions::default()).await {
+                Ok(_) => purged.push(record.id),
+                Err(e) => {
+                    kept = Some(format!(
+                        "the broker did not take the deletion of {} ({e}); it and the rest kept",
+                        record.id
+                    ))
+                }
             }
         }
-        Ok(purged)
+        if let Some(why) = kept {
+            return Err(format!(
+                "{why}; purged before that: {}",
+                if purged.is_empty() {
+                    "none".to_owned()
+                } else {
+                    purged.join(", ")
+                }
+            ));
+        }
+        let records: Vec<Record> = got.iter().map(|m| self.record(which, m)).collect();
+        Ok((purged, pick.missing(records.iter())))
     }
 
     /// How many messages are ready on the queue.
@@ -885,9 +941,15 @@ async fn replay(
                     .map_err(|e| e.to_string())?
                 {
                     Some(Status::Delivered) => {
-                        return Ok(Replayed::Stale(
-                            "the ledger shows it delivered; this parked copy is removed".into(),
-                        ));
+                        let why = "the ledger shows it delivered; this parked copy is removed";
+                        books
+                            .store
+                            .audit(now, &books.actor, "remove", &p.key, Some(why))
+                            .await
+                            .map_err(|e| {
+                                format!("not removed: the ledger cannot record it: {e}")
+                            })?;
+                        return Ok(Replayed::Stale(why.into()));
                     }
                     Some(s @ (Status::Pending | Status::Retrying | Status::Skipped)) => {
                         return Err(format!(
@@ -1258,6 +1320,29 @@ pub(crate) mod tests {
         let r = read(Which::Failed, BasicProperties::default(), b"");
         assert_eq!(r.reason, "unexplained");
         assert!(r.detail.unwrap_or_default().contains("it has no headers"));
+    }
+
+    #[test]
+    fn an_exact_pick_takes_only_the_ids_listed() {
+        let listed = Record {
+            id: "p-0123456789abcdef".into(),
+            ..Record::default()
+        };
+        // A publisher's message whose message_id is the id of another parked message.
+        let lookalike = Record {
+            id: "p-fedcba9876543210".into(),
+            message_id: Some("p-0123456789abcdef".into()),
+            ..Record::default()
+        };
+        let exact = Pick::Exact(vec!["p-0123456789abcdef".into(), "p-gone".into()]);
+        assert!(exact.has(&listed));
+        assert!(!exact.has(&lookalike));
+        assert_eq!(exact.missing([&listed, &lookalike].into_iter()), ["p-gone"]);
+        let loose = Pick::Ids(vec!["p-0123456789abcdef".into()]);
+        assert!(
+            loose.has(&lookalike),
+            "the command line's ids also match message_ids"
+        );
     }
 
     #[test]
