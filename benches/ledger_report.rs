@@ -2,12 +2,12 @@
 //! PostgreSQL (the machine's, 127.0.0.1:5432, when it answers).
 //!
 //! Each backend gets a fresh ledger, migrated by Herald, filled by the store itself (SQL that
-//! generates the rows: 500,000 events of two notifications each over November 2026, twenty
-//! routes and fifty recipients; 0.2 % delivered late and 0.1 % parked, each with a failed
-//! attempt), so the filling is quick and the same on both. Then the release binary runs
-//! `herald ledger report --from 2026-11-01 --to 2026-12-01` in each format, `REPORT_RUNS`
-//! times (default 3), and the median, the spread and the peak RSS are printed. The target is
-//! under 5 s.
+//! generates the rows, `support/ledger.rs`: 500,000 events of two notifications each over
+//! November 2026, twenty routes and fifty recipients; 0.2 % delivered late and 0.1 % parked,
+//! each with a failed attempt), so the filling is quick and the same on both. Then the release
+//! binary runs `herald ledger report --from 2026-11-01 --to 2026-12-01` in each format,
+//! `REPORT_RUNS` times (default 3), and the median, the spread and the peak RSS are printed.
+//! The target is under 5 s.
 //!
 //! `cargo bench --locked --bench ledger_report` (`REPORT_NOTIFICATIONS` to change the count).
 
@@ -22,61 +22,42 @@ const T0: i64 = 1_793_491_200_000;
 mod support;
 
 use support::env;
+use support::ledger::{Addressed, Fill, Kind, Outcome};
 
-fn fill_sql(backend: Backend, notifications: i64) -> Vec<String> {
-    let events = notifications / 2;
-    // One event every `gap` ms spreads them over the 30 days of November.
-    let gap = 30 * 86_400_000 / events.max(1);
-    let series = |n: i64| match backend {
-        Backend::Sqlite => format!(
-            "WITH RECURSIVE s(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM s WHERE i < {}) \
-             SELECT i FROM s",
-            n - 1
-        ),
-        Backend::Postgres => format!(
-            "SELECT i FROM generate_series(0::bigint, {}) AS s(i)",
-            n - 1
-        ),
+/// November 2026's ledger: 500,000 events (per million notifications) of two notifications
+/// each, twenty routes and fifty recipients, 0.2 % delivered late and 0.1 % parked.
+fn fill(notifications: i64) -> Fill {
+    // Notification n of the pattern (which repeats every 100) goes by route n % 20 to
+    // recipient n % 50.
+    let to = |n: usize| {
+        Addressed::new(
+            &format!("route-{}", n % 20),
+            &format!("police:BCU-{}", n % 50),
+            "webhook",
+            ("within 1 working day", 86_400_000),
+        )
     };
-    let made = format!("({T0} + (i / 2) * {gap})");
-    let deadline = format!("({made} + 86400000)");
-    // Every 1,000th is parked (not delivered), every 500th (offset by one) delivered an hour
-    // late, the rest delivered within ten minutes.
-    let parked = "i % 1000 = 0";
-    let late = "i % 500 = 1";
-    vec![
-        format!(
-            "INSERT INTO events (id, publisher, message_id, event_type, version, occurred_at, \
-             received_at, outcome) \
-             SELECT i + 1, 'court-store', 'evt-' || i, 'court.bail.decided', 1, \
-             {T0} + i * {gap}, {T0} + i * {gap}, 'routed' FROM ({}) AS e",
-            series(events)
-        ),
-        format!(
-            "INSERT INTO notifications (key, event_id, route, recipient, recipient_class, \
-             channel, sla_rule, deadline, created_at, status, reason, attempts, \
-             first_failure_at, delivered_at, sla_outcome, updated_at) \
-             SELECT 'msg_' || i, i / 2 + 1, 'route-' || (i % 20), 'police:BCU-' || (i % 50), \
-             'police', 'webhook', 'within 1 working day', {deadline}, {made}, \
-             CASE WHEN {parked} THEN 'parked' ELSE 'delivered' END, \
-             CASE WHEN {parked} THEN 'refused by the recipient' END, \
-             CASE WHEN {parked} OR {late} THEN 2 ELSE 1 END, \
-             CASE WHEN {parked} OR {late} THEN {made} + 1000 END, \
-             CASE WHEN {parked} THEN NULL WHEN {late} THEN {deadline} + 3600000 \
-                  ELSE {made} + (i * 7919) % 600000 END, \
-             CASE WHEN {parked} THEN NULL WHEN {late} THEN 'breached' ELSE 'met' END, \
-             {made} FROM ({}) AS n",
-            series(notifications)
-        ),
-        format!(
-            "INSERT INTO attempts (notification_key, at, duration_ms, outcome, code, breaker) \
-             SELECT 'msg_' || i, {made} + 1000, 30, \
-             CASE WHEN {parked} THEN 'http-refused' ELSE 'http-retryable' END, \
-             CASE WHEN {parked} THEN 400 ELSE 503 END, 'closed' \
-             FROM ({}) AS n WHERE {parked} OR {late}",
-            series(notifications)
-        ),
-    ]
+    Fill {
+        start: T0,
+        span: 30 * 86_400_000,
+        notifications,
+        kinds: (0..50)
+            .map(|k| Kind {
+                publisher: "court-store".into(),
+                event_type: "court.bail.decided".into(),
+                notifications: [to(2 * k), to(2 * k + 1)],
+            })
+            .collect(),
+        // Every 1,000th is parked (not delivered), every 500th (offset by one) delivered an
+        // hour late, the rest delivered within ten minutes.
+        outcomes: vec![
+            ("i % 1000 = 0".into(), Outcome::Parked),
+            ("i % 500 = 1".into(), Outcome::Late),
+        ],
+        every_attempt: false,
+        persons: None,
+        refused: 0,
+    }
 }
 
 /// A fresh ledger's URL, and the database to drop afterwards (PostgreSQL).
@@ -144,7 +125,7 @@ async fn main() {
             .await
             .expect("open the ledger");
         let started = Instant::now();
-        for sql in fill_sql(backend, notifications) {
+        for sql in fill(notifications).sql(backend) {
             store.pool().execute(sql.as_str()).await.expect("fill");
         }
         if backend == Backend::Postgres {

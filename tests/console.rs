@@ -492,6 +492,36 @@ async fn an_open_console_is_loopback_only_and_answers_only_loopback_names() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::MISDIRECTED_REQUEST);
+    // The report counts only once a period is asked for; then it is a page and two downloads.
+    let form = http
+        .get("/console/report", None)
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        form.contains("Give a period") && !form.contains("all routes"),
+        "{form}"
+    );
+    let counted = http.get("/console/report?from=1d", None).await;
+    assert_eq!(counted.status(), StatusCode::OK);
+    let counted = counted.text().await.unwrap();
+    assert!(counted.contains("all routes"), "{counted}");
+    let csv = http.get("/console/report.csv?from=1d", None).await;
+    assert!(
+        csv.headers()["content-disposition"]
+            .to_str()
+            .unwrap()
+            .starts_with("attachment;")
+    );
+    let html = http.get("/console/report.html?from=1d", None).await;
+    assert!(
+        html.headers()["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .contains("sandbox")
+    );
+
     // Open, it is for this machine's users, not for what a proxy passes on.
     let r = http
         .client

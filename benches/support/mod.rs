@@ -1,5 +1,8 @@
 //! What the benchmarks share: sizes read from the environment, databases of their own on the
-//! machine's PostgreSQL, and the configuration the service benchmarks deliver with.
+//! machine's PostgreSQL, a ledger filled with generated rows (`ledger.rs`), and the
+//! configuration the service benchmarks deliver with.
+
+pub mod ledger;
 
 use std::time::Duration;
 
