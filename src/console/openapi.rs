@@ -34,7 +34,8 @@ use super::{App, api, registers};
         api::endpoints,
         api::endpoint_action,
         api::audit,
-        registers::authority
+        registers::authority,
+        registers::custody
     ),
     components(schemas(
         api::Session,

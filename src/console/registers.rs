@@ -1,7 +1,8 @@
 //! The registers the events keep, as operators look at them: the authority register by
-//! person or by representative (what `herald authority list` prints), and each weekly
+//! person or by representative (what `herald authority list` prints), who is in custody now by
+//! home BCU or PDU (the custody register folded as the digests fold it), and each weekly
 //! subscription's digest as its recipients would get it now (what `herald digest preview`
-//! prints), from the custody register.
+//! prints).
 
 use std::sync::Arc;
 
@@ -22,6 +23,7 @@ use crate::directory::RecipientClass;
 use crate::ledger::Pair;
 use crate::ledger::read::instant_at;
 use crate::route::authority::ChangeKind;
+use crate::route::custody::fold;
 use crate::route::subscription::title;
 use crate::serve::digest::{registers, render};
 
@@ -29,7 +31,9 @@ pub(super) fn routes() -> Router<Arc<App>> {
     Router::new()
         .route("/console/registers", get(authority_page))
         .route("/console/registers/digests/{name}", get(digest_page))
+        .route("/console/registers/custody", get(custody_page))
         .route("/api/v1/registers/authority", get(authority))
+        .route("/api/v1/registers/custody", get(custody))
 }
 
 /// Whose standing to show, and as of when.
@@ -275,5 +279,112 @@ async fn digest_page(
         due: stamp(due),
         people: lines.len(),
         previews,
+    })
+}
+
+/// Whose custody to show: an area, by home BCU or probation delivery unit.
+#[derive(Debug, Default, Clone, Deserialize, Serialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct Area {
+    /// A home BCU (`WYP-LEEDS`) or a PDU (`PDU-LEEDS`), as the events give them.
+    pub area: Option<String>,
+}
+
+/// A person in custody, as the custody register holds them now.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct InCustody {
+    /// The NOMS number when known, else the first identifier.
+    pub reference: String,
+    /// The console's search for the person's notifications.
+    #[serde(skip)]
+    pub search: String,
+    pub identifiers: Vec<String>,
+    pub name: String,
+    pub ppo: bool,
+    pub home_bcu: String,
+    pub pdu: String,
+    /// The establishment's code and name.
+    pub establishment: String,
+    pub hdc_eligibility: String,
+    pub release_date: String,
+}
+
+/// Everyone the custody register holds in custody now whose home BCU or PDU is the area,
+/// by name.
+async fn in_custody(app: &App, area: &Area) -> Result<Vec<InCustody>, Failure> {
+    let Some(area) = area
+        .area
+        .as_deref()
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+    else {
+        return Ok(Vec::new());
+    };
+    let now = Utc::now();
+    let entries = app.store.custody_entries(Some(now)).await?;
+    let day = |d: Option<chrono::NaiveDate>| d.map_or_else(|| "-".into(), |d| d.to_string());
+    let mut people: Vec<InCustody> = fold(&entries, now)
+        .into_iter()
+        .filter(|p| {
+            p.in_custody
+                && (p.offender.home_bcu.eq_ignore_ascii_case(area)
+                    || p.offender.pdu.eq_ignore_ascii_case(area))
+        })
+        .map(|p| InCustody {
+            reference: p.reference().to_owned(),
+            search: format!("/console/search?person={}", encode(p.reference())),
+            establishment: p
+                .establishment
+                .as_ref()
+                .map_or_else(|| "-".into(), |e| format!("{} ({})", e.name, e.code)),
+            hdc_eligibility: day(p.hdc_eligibility),
+            release_date: day(p.release_date),
+            name: p.offender.name.clone(),
+            ppo: p.offender.ppo,
+            home_bcu: p.offender.home_bcu.clone(),
+            pdu: p.offender.pdu.clone(),
+            identifiers: p.identifiers,
+        })
+        .collect();
+    people.sort_by(|a, b| (&a.name, &a.reference).cmp(&(&b.name, &b.reference)));
+    Ok(people)
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/v1/registers/custody",
+    params(Area),
+    responses((status = 200, description = "everyone in custody now from the area, by name", body = Vec<InCustody>))
+)]
+pub(super) async fn custody(
+    State(app): State<Arc<App>>,
+    Query(area): Query<Area>,
+) -> Result<Json<Vec<InCustody>>, Failure> {
+    Ok(Json(in_custody(&app, &area).await?))
+}
+
+#[derive(Template)]
+#[template(path = "custody.html")]
+struct CustodyPage {
+    frame: Frame,
+    area: String,
+    problem: Option<String>,
+    people: Vec<InCustody>,
+}
+
+async fn custody_page(
+    State(app): State<Arc<App>>,
+    Extension(user): Extension<User>,
+    Query(area): Query<Area>,
+) -> Response {
+    let (people, problem) = match in_custody(&app, &area).await {
+        Ok(p) => (p, None),
+        Err(f) => (Vec::new(), Some(f.message)),
+    };
+    page(CustodyPage {
+        frame: Frame::new(&app, &user, "In custody, by area", "registers"),
+        area: area.area.unwrap_or_default(),
+        problem,
+        people,
     })
 }
