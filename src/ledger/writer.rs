@@ -4,8 +4,9 @@
 //! attempts. Beside it, a reader answers what the ledger holds of the events about to be
 //! delivered, all the questions that queued in one query.
 //!
-//! When a commit fails, the task writes one small row on its own (a probe). If that fails
-//! too, the store is down (PostgreSQL unreachable, a disk full, a read-only file): the task
+//! When a commit fails with an error of the store itself (SQLite's I/O error, disk full,
+//! read-only, busy), or fails and one small row written on its own (a probe) fails too, the
+//! store is down (PostgreSQL unreachable, a disk full, a read-only file): the task
 //! says so once (log line, `herald_ledger_up`, `/readyz`), keeps the rows and tries again,
 //! every second at first and then every five, until the store takes them. If the probe
 //! succeeds, the fault is in the rows: each is written alone, and the one the store refuses is
@@ -220,7 +221,14 @@ async fn write_batch(store: &Store, mut batch: Vec<Op>, metrics: &Metrics) {
                 return;
             }
             Err(e) => {
-                if down(store, metrics).await {
+                // An error of the store itself (I/O, full, read-only) is never the rows' fault,
+                // even when a probe gets through: refusing the rows would send their events
+                // back to the queue, and what was delivered would be sent again.
+                let faulty = store_fault(store, &e);
+                if faulty {
+                    mark_down(store, metrics, &e);
+                }
+                if faulty || down(store, metrics).await {
                     tokio::time::sleep(wait).await;
                     wait = Duration::from_secs(5);
                     continue;
@@ -233,16 +241,41 @@ async fn write_batch(store: &Store, mut batch: Vec<Op>, metrics: &Metrics) {
     }
 }
 
+/// Whether an error is the store's own rather than the rows': SQLite's I/O error, disk full,
+/// read-only database, cannot open, busy or locked (by their primary result codes). On
+/// PostgreSQL the probe decides, as a server that takes no writes refuses the probe too.
+fn store_fault(store: &Store, e: &sqlx::Error) -> bool {
+    if store.backend() != Backend::Sqlite {
+        return false;
+    }
+    let Some(code) = e
+        .as_database_error()
+        .and_then(|d| d.code())
+        .and_then(|c| c.parse::<i64>().ok())
+    else {
+        return false;
+    };
+    // SQLITE_BUSY 5, SQLITE_LOCKED 6, SQLITE_READONLY 8, SQLITE_IOERR 10, SQLITE_FULL 13,
+    // SQLITE_CANTOPEN 14; an extended code keeps its primary code in the low byte.
+    matches!(code & 0xff, 5 | 6 | 8 | 10 | 13 | 14)
+}
+
+/// Says once per change that the store takes no writes (log line, `herald_ledger_up`,
+/// `/readyz`).
+fn mark_down(store: &Store, metrics: &Metrics, e: &dyn std::fmt::Display) {
+    let reason = crate::mask::scrub(&e.to_string(), store.shown());
+    metrics.ledger_up.set(0);
+    if store.health().set(Some(reason.clone())) {
+        error!(ledger = store.shown(), error = %reason, "the ledger takes no writes; no event is acknowledged until it does");
+    }
+}
+
 /// Whether the store takes no writes now, found by writing one small row (a probe): said once
 /// per change (log line, `herald_ledger_up`, `/readyz`).
 async fn down(store: &Store, metrics: &Metrics) -> bool {
     match store.probe().await {
         Err(probe) => {
-            let reason = crate::mask::scrub(&probe.to_string(), store.shown());
-            metrics.ledger_up.set(0);
-            if store.health().set(Some(reason.clone())) {
-                error!(ledger = store.shown(), error = %reason, "the ledger takes no writes; no event is acknowledged until it does");
-            }
+            mark_down(store, metrics, &probe);
             true
         }
         Ok(()) => {
