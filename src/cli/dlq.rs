@@ -11,7 +11,7 @@ use super::table::{printable, table};
 use crate::core::Core;
 use crate::ledger::read::ParkedFilter;
 use crate::serve::Settings;
-use crate::serve::dlq::{Books, COLUMNS, Parking, Pick, Picked, Record, Shown, Step, Which};
+use crate::serve::dlq::{Books, COLUMNS, Parking, Pick, Picked, Record, Shown, Step, Which, plain};
 
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum Action {
@@ -354,14 +354,6 @@ fn full_json(s: &Shown) -> String {
         (None, text) => doc.insert("bodyText".into(), json!(text.clone().unwrap_or_default())),
     };
     Value::Object(doc).to_string()
-}
-
-/// A JSON value as plain text: a string as it is, anything else as JSON.
-fn plain(value: &Value) -> String {
-    match value {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
 }
 
 /// A body that is not JSON, for a terminal: lossy UTF-8, control characters other than

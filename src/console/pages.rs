@@ -20,7 +20,7 @@ use super::views::{self, ClassViews, Step};
 use super::{App, Failure};
 use crate::ledger::Status;
 use crate::ledger::read::{Found, instant_at};
-use crate::serve::dlq::{self, Record, Replay, Which};
+use crate::serve::dlq::{self, Record, Replay, Which, plain};
 
 pub(super) fn routes() -> Router<Arc<App>> {
     Router::new()
@@ -515,10 +515,6 @@ struct DeadLetterPage {
     which: &'static str,
     shown: Vec<ShownView>,
     operator: bool,
-}
-
-fn plain(v: &serde_json::Value) -> String {
-    v.as_str().map_or_else(|| v.to_string(), str::to_owned)
 }
 
 async fn dead_letter(

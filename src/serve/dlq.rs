@@ -612,6 +612,15 @@ impl Replay {
     }
 }
 
+/// A property's or header's value (as [`Shown`] holds them) as plain text: a string as it is,
+/// anything else as JSON.
+pub fn plain(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
 /// A parked message in full: its record, properties, headers and body.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Shown {
