@@ -310,7 +310,12 @@ async fn console(core: &Arc<Core>, url: &str, shutdown: &CancellationToken) -> S
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let started = bound
-        .serve(Arc::clone(core), settings, Metrics::new(), shutdown.clone())
+        .serve(
+            herald::core::Live::new(Arc::clone(core)),
+            settings,
+            Metrics::new(),
+            shutdown.clone(),
+        )
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     format!("http://{}", started.addr)

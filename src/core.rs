@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use chrono::{DateTime, Utc};
 
@@ -414,6 +414,30 @@ impl Core {
                     })
             })
             .collect()
+    }
+}
+
+/// The configuration in force. A reload replaces it whole; whoever took it keeps the one it
+/// took, so an event is handled to its end under the configuration it started with.
+#[derive(Debug, Clone)]
+pub struct Live(Arc<RwLock<Arc<Core>>>);
+
+impl Live {
+    pub fn new(core: Arc<Core>) -> Live {
+        Live(Arc::new(RwLock::new(core)))
+    }
+
+    /// The configuration in force now.
+    pub fn current(&self) -> Arc<Core> {
+        Arc::clone(&self.0.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Puts `core` in force; returns the one it replaces.
+    pub fn replace(&self, core: Arc<Core>) -> Arc<Core> {
+        std::mem::replace(
+            &mut *self.0.write().unwrap_or_else(|e| e.into_inner()),
+            core,
+        )
     }
 }
 

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 /// Every SLA outcome, so each route's series exist from the start (at zero) and a first breach
@@ -116,6 +116,15 @@ pub struct Metrics {
     /// this instance did: `waited` (until the other was done) or `returned` (put back on the
     /// queue after the wait).
     pub held_elsewhere: IntCounterVec,
+    /// 1 when the last reload of the configuration put it in force (or found it unchanged),
+    /// 0 when it was refused; 1 from the start.
+    pub config_reload_successful: IntGauge,
+    /// When the configuration in force was last loaded: at start, or by a reload that passed.
+    pub config_reload_success_time: Gauge,
+    /// The configuration in force: one series, `hash` its SHA-256, at 1.
+    pub config_info: IntGaugeVec,
+    /// Reloads asked for, by result: `applied`, `unchanged`, `refused`.
+    pub config_reloads: IntCounterVec,
 }
 
 impl Metrics {
@@ -315,8 +324,55 @@ impl Metrics {
                 "Looks at a subscription's latest weekly digest, by result: claimed (this instance sends it), already-claimed (sent or being sent, by this instance or another), passed-over (its time passed before the subscription was first seen by this ledger: the next one is its first).",
                 &["subscription", "result"],
             ),
+            config_reload_successful: {
+                let g = IntGauge::new(
+                    "herald_config_last_reload_successful",
+                    "1 when the last reload of the configuration passed its checks (or found the files unchanged), 0 when it was refused and the configuration before it kept running.",
+                )
+                .expect("valid metric definition");
+                registry
+                    .register(Box::new(g.clone()))
+                    .expect("metric registered once");
+                g
+            },
+            config_reload_success_time: {
+                let g = Gauge::new(
+                    "herald_config_last_reload_success_timestamp_seconds",
+                    "When the configuration in force was loaded: at start, or by the last reload that passed (Unix time).",
+                )
+                .expect("valid metric definition");
+                registry
+                    .register(Box::new(g.clone()))
+                    .expect("metric registered once");
+                g
+            },
+            config_info: int_gauge(
+                "herald_config_info",
+                "The configuration in force: hash is the SHA-256 of routes.toml, the schemas, the templates and the bank holidays file.",
+                &["hash"],
+            ),
+            config_reloads: counter(
+                "herald_config_reloads_total",
+                "Reloads of the configuration asked for (SIGHUP, herald reload, POST /-/reload), by result: applied, unchanged, refused.",
+                &["result"],
+            ),
             registry,
         }
+    }
+
+    /// The configuration `hash` is in force, loaded now.
+    pub fn config_loaded(&self, hash: &str) {
+        self.config_info.reset();
+        self.config_info.with_label_values(&[hash]).set(1);
+        self.config_reload_successful.set(1);
+        #[allow(clippy::cast_precision_loss)]
+        self.config_reload_success_time
+            .set(Utc::now().timestamp_millis() as f64 / 1000.0);
+    }
+
+    /// A reload was refused; the configuration in force is unchanged.
+    pub fn config_refused(&self) {
+        self.config_reload_successful.set(0);
     }
 
     /// Creates every route's SLA outcome series at zero.

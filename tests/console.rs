@@ -44,7 +44,7 @@ async fn herald_with_console(
         .unwrap_or_else(|e| panic!("{e}"));
     let started = bound
         .serve(
-            core,
+            running.live(),
             settings,
             running.metrics.clone(),
             running.shutdown_token(),

@@ -8,6 +8,7 @@ mod dlq;
 mod ledger;
 mod publish;
 mod receive;
+mod reload;
 mod restamp;
 mod route_test;
 mod serve;
@@ -107,6 +108,11 @@ const SERVE_ENV: &str = concat!(
     env_receiver!(),
     env_secrets!(),
     env_logs!(),
+    "\nSignals:\n",
+    "  SIGHUP                   load routes.toml, the schemas and the templates again (as\n",
+    "                           `herald reload` does); a configuration that fails the checks\n",
+    "                           of `herald check` is refused and the one in force keeps running\n",
+    "  SIGTERM, Ctrl-C          take no new events, finish those in flight, then exit\n",
 );
 
 const PUBLISH_ENV: &str = concat!(
@@ -131,6 +137,12 @@ const RECEIVE_ENV: &str = concat!(
 );
 
 const CHECK_ENV: &str = concat!("Environment:\n", env_receiver!(), env_secrets!());
+
+const RELOAD_ENV: &str = concat!(
+    "Environment:\n",
+    "  HERALD_METRICS_ADDR      where the service's /-/reload is; overrides [service]\n",
+    "                           metrics_addr (a wildcard address is reached on loopback)\n",
+);
 
 const ROUTE_TEST_ENV: &str = concat!("Environment:\n", env_receiver!());
 
@@ -238,6 +250,12 @@ pub enum Command {
     },
     /// Print the OpenAPI document of the console's JSON API (docs/openapi.json is this).
     Openapi,
+    /// Ask the `herald serve` on this machine to load routes.toml, the schemas and the
+    /// templates again (as SIGHUP does); a configuration that fails `herald check` is refused
+    /// and the one in force keeps running. Exit 0 reloaded or unchanged, 1 refused, 2 no
+    /// answer.
+    #[command(after_help = RELOAD_ENV)]
+    Reload,
     /// Load schemas, routes.toml and templates; render every template against every example.
     #[command(after_help = CHECK_ENV)]
     Check {
@@ -370,6 +388,10 @@ pub fn run(cli: Cli) -> ExitCode {
             verbose,
         } => Ok(runtime(receive::run(&addr, &secret_env, verbose))),
         Command::Check { strict } => config.load().map(|core| check::run(&core, strict)),
+        Command::Reload => config.load_file().map(|c| {
+            let addr = std::env::var("HERALD_METRICS_ADDR").unwrap_or(c.service.metrics_addr);
+            runtime(reload::run(&addr))
+        }),
         Command::Openapi => {
             print!("{}", crate::console::openapi::document());
             Ok(ExitCode::SUCCESS)

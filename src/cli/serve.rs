@@ -1,4 +1,5 @@
-//! `herald serve`: run the service until SIGTERM or Ctrl-C, then drain and exit 0.
+//! `herald serve`: run the service until SIGTERM or Ctrl-C, then drain and exit 0. SIGHUP
+//! reloads the configuration (as `herald reload` and `POST /-/reload` do).
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -40,7 +41,12 @@ pub async fn run(core: Core) -> ExitCode {
     let stop = running.shutdown_token();
     if let Some(bound) = console {
         let started = bound
-            .serve(core, settings, running.metrics.clone(), stop.clone())
+            .serve(
+                running.live(),
+                settings,
+                running.metrics.clone(),
+                stop.clone(),
+            )
             .await;
         if let Err(e) = started {
             // A console it may not serve stops the service before it takes more events.
@@ -51,6 +57,8 @@ pub async fn run(core: Core) -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
+    drop(core);
+    reload_on_hangup(running.reloads());
     tokio::spawn(async move {
         wait_for_signal().await;
         info!("shutting down: no new events; finishing those in flight");
@@ -91,4 +99,28 @@ async fn wait_for_signal() {
     {
         let _ = ctrl_c.await;
     }
+}
+
+/// Reloads the configuration at every SIGHUP, for as long as the service runs. The reload's
+/// outcome is logged by the service; SIGHUP no longer ends the process.
+fn reload_on_hangup(reloads: serve::reload::Requests) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hangups = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                error!(error = %e, "cannot listen for SIGHUP; reload with `herald reload` instead");
+                return;
+            }
+        };
+        tokio::spawn(async move {
+            while hangups.recv().await.is_some() {
+                info!("SIGHUP: reloading the configuration");
+                serve::ask_reload(&reloads).await;
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    let _ = reloads;
 }

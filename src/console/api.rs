@@ -401,7 +401,7 @@ pub(super) async fn replay_as(
         ));
     };
     let books = app.books.acting(user.actor());
-    let core = Arc::clone(&app.core);
+    let core = app.live.current();
     let dry_run = request.dry_run;
     let done = app
         .with_parking(which, move |parking| async move {
@@ -544,7 +544,8 @@ pub struct EndpointInfo {
 pub(super) async fn endpoints_of(app: &App) -> Result<Vec<EndpointInfo>, Failure> {
     let rows: Vec<EndpointRow> = app.store.endpoints().await?;
     let mut out = Vec::new();
-    for r in app.core.engine.directory.all() {
+    let core = app.live.current();
+    for r in core.engine.directory.all() {
         for channel in crate::notification::Channel::ALL {
             if !r.has_channel(channel) {
                 continue;
@@ -595,7 +596,8 @@ pub(super) async fn set_endpoint_as(
             ));
         }
     };
-    let known = app.core.engine.directory.get(recipient).is_some_and(|r| {
+    let core = app.live.current();
+    let known = core.engine.directory.get(recipient).is_some_and(|r| {
         crate::notification::Channel::ALL
             .iter()
             .any(|c| c.as_str() == channel && r.has_channel(*c))

@@ -29,7 +29,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::core::Core;
+use crate::core::Live;
 use crate::ledger::{LedgerError, Store};
 use crate::metrics::Metrics;
 use crate::serve::Settings;
@@ -54,7 +54,8 @@ pub enum ConsoleError {
 
 /// What every handler works with.
 pub(crate) struct App {
-    pub core: Arc<Core>,
+    /// The configuration in force, as reloads change it.
+    pub live: Live,
     pub settings: Settings,
     pub store: Store,
     pub books: Books,
@@ -184,7 +185,7 @@ impl Bound {
     /// Serves the console until `shutdown`.
     pub async fn serve(
         self,
-        core: Arc<Core>,
+        live: Live,
         settings: Settings,
         metrics: Metrics,
         shutdown: CancellationToken,
@@ -195,7 +196,7 @@ impl Bound {
         let books = Books::new(store.clone(), String::new(), Metrics::new());
         let open = self.access.is_open();
         let app = Arc::new(App {
-            core,
+            live,
             settings,
             store,
             books,

@@ -351,7 +351,8 @@ async fn event_page(
             ),
         ));
     }
-    let redaction = &app.core.engine.redaction;
+    let core = app.live.current();
+    let redaction = &core.engine.redaction;
     let events = found
         .iter()
         .map(|e| EventShown {
@@ -540,7 +541,8 @@ async fn dead_letter(
         Ok(s) => s,
         Err(f) => return failed(&app, &user, f),
     };
-    let redaction = &app.core.engine.redaction;
+    let core = app.live.current();
+    let redaction = &core.engine.redaction;
     let shown = shown
         .into_iter()
         .map(|s| ShownView {

@@ -121,9 +121,9 @@ async fn standings(app: &App, asked: &Asked) -> Result<Vec<Standing>, Failure> {
             "give the person as NOMS:A1234BC: the register is kept by NOMS number",
         ));
     }
+    let core = app.live.current();
     if let Some(r) = representative
-        && app
-            .core
+        && core
             .engine
             .directory
             .get(r)
@@ -140,7 +140,7 @@ async fn standings(app: &App, asked: &Asked) -> Result<Vec<Standing>, Failure> {
     };
     let pairs = app
         .store
-        .register(&app.core.engine.directory, person, representative, at)
+        .register(&core.engine.directory, person, representative, at)
         .await?;
     Ok(pairs.iter().map(|p| standing(p, at)).collect())
 }
@@ -193,7 +193,8 @@ async fn authority_page(
         problem,
         standings,
         digests: app
-            .core
+            .live
+            .current()
             .subscriptions
             .iter()
             .map(|s| Digest {
@@ -226,7 +227,8 @@ async fn digest_page(
     Extension(user): Extension<User>,
     Path(name): Path<String>,
 ) -> Response {
-    let Some(sub) = app.core.subscriptions.iter().find(|s| *s.name == *name) else {
+    let core = app.live.current();
+    let Some(sub) = core.subscriptions.iter().find(|s| *s.name == *name) else {
         return failed(
             &app,
             &user,
@@ -246,7 +248,7 @@ async fn digest_page(
     let lines = sub.lines(&now, &week_ago);
     let mut previews = Vec::new();
     for r in &sub.to {
-        match render(&app.core, sub, due, &lines, r, false) {
+        match render(&core, sub, due, &lines, r, false) {
             Ok(parts) => previews.push(Preview {
                 to: format!(
                     "{} ({})",

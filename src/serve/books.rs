@@ -2,7 +2,6 @@
 //! state rebuilt from it at start-up (endpoints disabled after 410 Gone, notifications waiting
 //! for a retry), the parked gauge it keeps, and the background pruning by age.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -10,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use super::Settings;
-use crate::core::Core;
+use crate::core::{Core, Live};
 use crate::deliver::guard::{Guard, State};
 use crate::ledger::{Health, LedgerError, Store};
 use crate::metrics::Metrics;
@@ -124,7 +123,7 @@ pub async fn refresh_register(store: &Store, core: &Core, metrics: &Metrics) {
 /// with what was made of them, and the register's rows of pairs no longer authorised.
 pub async fn prune(
     store: Store,
-    core: Arc<Core>,
+    live: Live,
     keep: Duration,
     metrics: Metrics,
     stop: CancellationToken,
@@ -138,6 +137,7 @@ pub async fn prune(
             _ = tokio::time::sleep(Duration::from_secs(60)) => {}
         }
         let before = Utc::now() - keep;
+        let core = live.current();
         let seeded = |person: &str, rep: &str| core.engine.directory.seeded(person, rep);
         let mut after = 0;
         loop {

@@ -398,21 +398,20 @@ pub(crate) async fn schedule(
     tick: Duration,
     stop: CancellationToken,
 ) {
-    if ctx.core.subscriptions.is_empty() {
-        return;
-    }
     // The digests claimed (here or elsewhere) or passed over: not asked about again.
     let mut settled = std::collections::HashSet::new();
     loop {
         let now = clock.now();
+        // The subscriptions in force now: a reload may add or remove some.
+        let core = ctx.live.current();
         let sender = Sender {
-            core: &ctx.core,
+            core: &core,
             ledger: &ctx.ledger,
             deliverer: &ctx.deliverer,
             metrics: &ctx.metrics,
             retry: &ctx.settings.retry_schedule,
         };
-        for sub in &ctx.core.subscriptions {
+        for sub in &core.subscriptions {
             let due = sub.schedule.last_due(now);
             let this = (Arc::clone(&sub.name), due);
             if settled.contains(&this) {
@@ -437,7 +436,9 @@ pub(crate) async fn schedule(
                 warn!(subscription = %sub.name, error = %e, "cannot send the digest now; trying again shortly");
             }
         }
-        if let Err(e) = sender.finish_open(now).await {
+        if core.subscriptions.is_empty() {
+            // Nothing is open without a subscription.
+        } else if let Err(e) = sender.finish_open(now).await {
             warn!(error = %e, "cannot read the digests waiting for a retry now; trying again shortly");
         }
         tokio::select! {

@@ -1,6 +1,7 @@
 //! One event from the queue: check who sent it, validate, route, deliver every notification
 //! concurrently, park what cannot be delivered, and only then acknowledge.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -14,6 +15,7 @@ use super::dedup::Claim;
 use super::instances::{self, Held, RETRY_CLAIMS};
 use super::retry::{self, Pending};
 use super::{Ctx, park, rows};
+use crate::core::Core;
 use crate::deliver::Failure;
 use crate::deliver::guard::State;
 use crate::event::Event;
@@ -24,6 +26,30 @@ use crate::ledger::{
 use crate::notification::{Content, DeliveryOutcome, ParkReason, Skip};
 use crate::route::Authority;
 use crate::route::authority::{Change, ChangeKind, ChangeResult};
+
+/// One handling's view of the service: the configuration in force when it began, which it
+/// keeps to its end whatever a reload puts in force meanwhile, and the rest of the service.
+pub(crate) struct Scope<'a> {
+    ctx: &'a Ctx,
+    core: Arc<Core>,
+}
+
+impl<'a> Scope<'a> {
+    fn of(ctx: &'a Ctx) -> Scope<'a> {
+        Scope {
+            ctx,
+            core: ctx.live.current(),
+        }
+    }
+}
+
+impl std::ops::Deref for Scope<'_> {
+    type Target = Ctx;
+
+    fn deref(&self) -> &Ctx {
+        self.ctx
+    }
+}
 
 /// How one notification ended in this handling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +67,8 @@ enum Outcome {
 }
 
 pub async fn handle(ctx: &Ctx, delivery: Delivery, acks: &Acks) {
+    let scope = Scope::of(ctx);
+    let ctx = &scope;
     let label = ctx
         .core
         .intake
@@ -73,7 +101,7 @@ pub async fn handle(ctx: &Ctx, delivery: Delivery, acks: &Acks) {
 }
 
 /// Handles one event; true when it may be acknowledged, false when it must come back.
-async fn handle_event(ctx: &Ctx, delivery: &Delivery, label: String) -> bool {
+async fn handle_event(ctx: &Scope<'_>, delivery: &Delivery, label: String) -> bool {
     let received_at = Utc::now();
     match check(ctx, delivery) {
         Err(rejection) => {
@@ -184,14 +212,14 @@ async fn handle_event(ctx: &Ctx, delivery: &Delivery, label: String) -> bool {
 /// How long a copy of an event (or of a retry) waits for the handling of another copy, here or
 /// in another instance: what one handling can take, an attempt per notification, each waiting
 /// at most the timeout for a slot and the timeout for an answer.
-fn copy_wait(ctx: &Ctx) -> Duration {
+fn copy_wait(ctx: &Scope<'_>) -> Duration {
     ctx.settings.webhook_timeout * 2 + Duration::from_secs(5)
 }
 
 /// The message's own checks, through the same gate a replay passes: an id, a publisher the
 /// broker vouched for who may send this type, JSON, a routing key that is the event's type,
 /// and a valid event.
-fn check(ctx: &Ctx, delivery: &Delivery) -> Result<Event, Rejection> {
+fn check(ctx: &Scope<'_>, delivery: &Delivery) -> Result<Event, Rejection> {
     let props = &delivery.properties;
     let message = Message {
         body: &delivery.data,
@@ -220,7 +248,7 @@ fn check(ctx: &Ctx, delivery: &Delivery) -> Result<Event, Rejection> {
 
 /// Routes, records the event and its notifications in the ledger, and delivers; true when
 /// everything is delivered, scheduled or parked.
-async fn route_and_deliver(ctx: &Ctx, event: Event, received_at: DateTime<Utc>) -> bool {
+async fn route_and_deliver(ctx: &Scope<'_>, event: Event, received_at: DateTime<Utc>) -> bool {
     let change = match Change::of(&event) {
         Ok(change) => change,
         Err(e) => {
@@ -364,7 +392,7 @@ async fn route_and_deliver(ctx: &Ctx, event: Event, received_at: DateTime<Utc>) 
 }
 
 /// Counts and says what a register event did to the register (its row is committed).
-fn applied(ctx: &Ctx, message_id: &str, change: &Change, seen: &Seen, before: &[Change]) {
+fn applied(ctx: &Scope<'_>, message_id: &str, change: &Change, seen: &Seen, before: &[Change]) {
     let seeded = ctx
         .core
         .engine
@@ -406,7 +434,7 @@ fn change_label(event_type: &str) -> &'static str {
 }
 
 /// A copy of an event already routed: counted, recorded, and acknowledged.
-async fn duplicate(ctx: &Ctx, event: &Event, received_at: DateTime<Utc>) -> bool {
+async fn duplicate(ctx: &Scope<'_>, event: &Event, received_at: DateTime<Utc>) -> bool {
     ctx.metrics
         .events_duplicate
         .with_label_values(&[event.event_type.as_str()])
@@ -435,7 +463,7 @@ fn recorded<T>(result: Result<T, crate::ledger::LedgerError>) -> bool {
 }
 
 /// A SHA-256 of what a notification sends, when `[ledger] keep_sent_hash` asks for one.
-fn sent_hash(ctx: &Ctx, p: &Pending) -> Option<String> {
+fn sent_hash(ctx: &Scope<'_>, p: &Pending) -> Option<String> {
     use sha2::Digest;
     if !ctx.settings.keep_sent_hash {
         return None;
@@ -461,6 +489,8 @@ fn sent_hash(ctx: &Ctx, p: &Pending) -> Option<String> {
 /// A due retry from the deliveries queue: one more attempt, then acknowledged unless it could
 /// neither be delivered, rescheduled nor parked.
 pub async fn handle_retry(ctx: &Ctx, delivery: Delivery) {
+    let scope = Scope::of(ctx);
+    let ctx = &scope;
     let done = match serde_json::from_slice::<Pending>(&delivery.data) {
         Ok(pending) => {
             let span = event_span(
@@ -523,7 +553,7 @@ fn event_span(message_id: &str, event_type: &str, publisher: &str) -> Span {
 /// One delivery attempt, in a span of its own inside the event's: which recipient, by which
 /// channel, which attempt. How it ended, and the ledger's update saying so, for the caller to
 /// write (with its event's rows, or on its own for a retry).
-async fn attempt(ctx: &Ctx, p: Pending) -> (Outcome, Option<Update>) {
+async fn attempt(ctx: &Scope<'_>, p: Pending) -> (Outcome, Option<Update>) {
     let span = info_span!(
         "delivery",
         recipient = %p.recipient,
@@ -536,7 +566,7 @@ async fn attempt(ctx: &Ctx, p: Pending) -> (Outcome, Option<Update>) {
 /// A notification to a legal representative tried again (a retry, a replay) goes only if the
 /// representative is still authorised for the person now; if not, it is skipped and the
 /// ledger says why. `None`: it may go.
-async fn no_longer_entitled(ctx: &Ctx, p: &Pending) -> Option<(Outcome, Option<Update>)> {
+async fn no_longer_entitled(ctx: &Scope<'_>, p: &Pending) -> Option<(Outcome, Option<Update>)> {
     if p.persons.is_empty() || (p.attempts == 0 && !p.replay) {
         return None;
     }
@@ -581,7 +611,7 @@ async fn no_longer_entitled(ctx: &Ctx, p: &Pending) -> Option<(Outcome, Option<U
 
 /// A transient failure is scheduled for a later attempt (or parked when the schedule is
 /// spent); a permanent one is parked.
-async fn attempt_once(ctx: &Ctx, mut p: Pending) -> (Outcome, Option<Update>) {
+async fn attempt_once(ctx: &Scope<'_>, mut p: Pending) -> (Outcome, Option<Update>) {
     if let Some(ended) = no_longer_entitled(ctx, &p).await {
         return ended;
     }
@@ -710,7 +740,7 @@ async fn attempt_once(ctx: &Ctx, mut p: Pending) -> (Outcome, Option<Update>) {
 
 /// Schedules the next attempt of a notification that failed transiently.
 async fn schedule(
-    ctx: &Ctx,
+    ctx: &Scope<'_>,
     p: Pending,
     failure: &Failure,
     attempt: AttemptRecord,
@@ -761,7 +791,7 @@ fn failed_update(p: &Pending, status: Status, failure: &Failure, attempt: Attemp
     }
 }
 
-fn delivered(ctx: &Ctx, p: &Pending, now: DateTime<Utc>) {
+fn delivered(ctx: &Scope<'_>, p: &Pending, now: DateTime<Utc>) {
     let route = p.route.as_str();
     let channel = p.channel().as_str();
     ctx.metrics

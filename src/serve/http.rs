@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -42,6 +42,7 @@ impl Readiness {
 struct Shared {
     metrics: Metrics,
     ready: Arc<Readiness>,
+    reloads: super::reload::Requests,
 }
 
 /// Binds the address and serves until `shutdown`; returns the bound address.
@@ -49,6 +50,7 @@ pub async fn start(
     addr: &str,
     metrics: Metrics,
     ready: Arc<Readiness>,
+    reloads: super::reload::Requests,
     shutdown: CancellationToken,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = TcpListener::bind(addr).await?;
@@ -57,11 +59,19 @@ pub async fn start(
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .with_state(Shared { metrics, ready });
+        .route("/-/reload", post(reload))
+        .with_state(Shared {
+            metrics,
+            ready,
+            reloads,
+        });
     let task = tokio::spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await;
+        let served = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await;
         if let Err(e) = served {
             tracing::error!(error = %e, "metrics endpoint stopped");
         }
@@ -88,4 +98,32 @@ async fn readyz(State(s): State<Shared>) -> impl IntoResponse {
             format!("not ready: {why}\n"),
         ),
     }
+}
+
+/// `POST /-/reload`, from this machine only (as Prometheus's is meant to be used): the
+/// configuration is loaded anew and put in force if it passes; 200 with what changed, or 422
+/// with why it was refused (the configuration in force keeps running).
+async fn reload(
+    State(s): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> impl IntoResponse {
+    let loopback = match peer.ip() {
+        std::net::IpAddr::V6(ip) => ip
+            .to_ipv4_mapped()
+            .map_or(ip.is_loopback(), |v4| v4.is_loopback()),
+        ip => ip.is_loopback(),
+    };
+    if !loopback {
+        return (
+            StatusCode::FORBIDDEN,
+            "a reload is taken from this machine only (a loopback address); run `herald reload` there, or send the process SIGHUP\n".to_owned(),
+        );
+    }
+    let done = super::ask_reload(&s.reloads).await;
+    let status = if done.passed() {
+        StatusCode::OK
+    } else {
+        StatusCode::UNPROCESSABLE_ENTITY
+    };
+    (status, done.text())
 }

@@ -15,6 +15,7 @@ mod handler;
 mod http;
 pub mod instances;
 pub mod park;
+pub mod reload;
 pub mod retry;
 pub mod rows;
 mod topology;
@@ -38,7 +39,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
-use crate::core::Core;
+use crate::core::{Core, Live};
 use crate::deliver::Deliverer;
 use crate::deliver::email::EmailSender;
 use crate::deliver::guard::{Guard, Limits as GuardLimits};
@@ -291,7 +292,8 @@ fn decode(text: &str) -> String {
 
 /// What every event handler shares.
 pub(crate) struct Ctx {
-    core: Arc<Core>,
+    /// The configuration in force; each event takes it when its handling begins.
+    live: Live,
     deliverer: Deliverer,
     metrics: Metrics,
     /// A channel in confirm mode, for parking; replaced when Herald reconnects.
@@ -325,6 +327,8 @@ pub struct Running {
     /// Where `/metrics`, `/healthz` and `/readyz` are served.
     pub metrics_addr: SocketAddr,
     pub metrics: Metrics,
+    live: Live,
+    reloads: reload::Requests,
     shutdown: CancellationToken,
     task: JoinHandle<Result<(), ServeError>>,
 }
@@ -343,10 +347,38 @@ impl Running {
             .unwrap_or_else(|e| Err(ServeError::Lost(format!("service task ended: {e}"))))
     }
 
+    /// Loads the configuration anew from its files and puts it in force if it passes every
+    /// check `herald check` makes (what `SIGHUP` and `POST /-/reload` do).
+    pub async fn reload(&self) -> reload::Reload {
+        ask_reload(&self.reloads).await
+    }
+
+    /// The configuration in force, as reloads change it.
+    pub fn live(&self) -> Live {
+        self.live.clone()
+    }
+
+    /// Where a reload is asked for, for a task that outlives the borrow of `self`.
+    pub fn reloads(&self) -> reload::Requests {
+        self.reloads.clone()
+    }
+
     /// Cancelling this token starts a graceful shutdown.
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
     }
+}
+
+/// Asks the service's reload task for a reload and waits for its answer.
+pub async fn ask_reload(requests: &reload::Requests) -> reload::Reload {
+    let (answer, answered) = tokio::sync::oneshot::channel();
+    let stopping = || reload::Reload::Refused {
+        errors: vec!["the service is stopping".into()],
+    };
+    if requests.send(answer).await.is_err() {
+        return stopping();
+    }
+    answered.await.unwrap_or_else(|_| stopping())
 }
 
 /// Where serve and dlq read the broker's password from.
@@ -478,7 +510,7 @@ impl Link {
                         watch_queues(&ch, &ctx).await;
                         books::refresh_parked(ctx.ledger.store(), &ctx.metrics).await;
                         if ctx.register_dirty.swap(false, Ordering::Relaxed) {
-                            books::refresh_register(ctx.ledger.store(), &ctx.core, &ctx.metrics).await;
+                            books::refresh_register(ctx.ledger.store(), &ctx.live.current(), &ctx.metrics).await;
                         }
                     });
                 }
@@ -602,11 +634,12 @@ pub fn redact_url(url: &str) -> String {
 pub async fn start(
     core: Arc<Core>,
     settings: Settings,
-    env: impl Fn(&str) -> Option<String>,
+    env: impl Fn(&str) -> Option<String> + Send + Sync + 'static,
 ) -> Result<Running, ServeError> {
+    let env: reload::Env = Arc::new(env);
     let email = settings.email_sender()?;
     let (webhook, warnings) =
-        WebhookSender::new(&core.engine.directory, settings.webhook_timeout, env)
+        WebhookSender::new(&core.engine.directory, settings.webhook_timeout, &*env)
             .map_err(ServeError::Webhook)?;
     for w in &warnings {
         warn!("{w}");
@@ -614,11 +647,20 @@ pub async fn start(
     let shutdown = CancellationToken::new();
     let metrics = Metrics::new();
     metrics.expect_routes(core.engine.routes.iter().map(|r| &*r.name));
+    // The files' hash; a configuration built in memory (a test's) has the files' hash too.
+    let hash = reload::fingerprint(&core.config_path, &core.config).unwrap_or_else(|e| {
+        warn!(error = %e, "cannot read the configuration's files to hash them");
+        String::new()
+    });
+    metrics.config_loaded(&hash);
+    let live = Live::new(core);
+    let (reloads, requests) = tokio::sync::mpsc::channel(8);
     let ready = Arc::new(http::Readiness::default());
     let (metrics_addr, http_task) = http::start(
         &settings.metrics_addr,
         metrics.clone(),
         Arc::clone(&ready),
+        reloads.clone(),
         shutdown.clone(),
     )
     .await
@@ -639,7 +681,7 @@ pub async fn start(
         .inspect_err(|_| shutdown.cancel())?;
     tokio::spawn(books::prune(
         store.clone(),
-        Arc::clone(&core),
+        live.clone(),
         settings.ledger_keep,
         metrics.clone(),
         shutdown.clone(),
@@ -669,7 +711,7 @@ pub async fn start(
     );
 
     let ctx = Arc::new(Ctx {
-        core,
+        live: live.clone(),
         deliverer: Deliverer {
             email,
             webhook,
@@ -689,6 +731,13 @@ pub async fn start(
         Arc::clone(&ctx),
         ctx.settings.clock.clone(),
         ctx.settings.digest_tick,
+        shutdown.clone(),
+    ));
+    tokio::spawn(reload::serve(
+        Arc::clone(&ctx),
+        requests,
+        env,
+        hash,
         shutdown.clone(),
     ));
     let stop = shutdown.clone();
@@ -736,6 +785,8 @@ pub async fn start(
     Ok(Running {
         metrics_addr,
         metrics,
+        live,
+        reloads,
         shutdown,
         task,
     })

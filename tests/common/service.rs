@@ -845,8 +845,13 @@ pub fn install_tls() {
 
 /// `/metrics` as `name{labels}` -> value.
 pub async fn scrape(running: &Running) -> BTreeMap<String, f64> {
+    scrape_at(&running.metrics_addr.to_string()).await
+}
+
+/// `/metrics` of the Herald whose metrics endpoint is at `addr`, as [`scrape`] reads it.
+pub async fn scrape_at(addr: &str) -> BTreeMap<String, f64> {
     install_tls();
-    let text = reqwest::get(format!("http://{}/metrics", running.metrics_addr))
+    let text = reqwest::get(format!("http://{addr}/metrics"))
         .await
         .unwrap()
         .text()

@@ -9,6 +9,7 @@ pub mod signature;
 
 use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -39,12 +40,52 @@ pub struct WebhookSender {
     client: Client<Connector, Full<Bytes>>,
     /// The whole exchange (connect, send, answer) must finish within this.
     timeout: Duration,
+    /// The endpoints' secrets and URLs, replaced whole when the configuration is reloaded.
+    keys: RwLock<Arc<Keys>>,
+}
+
+/// What the sender knows of the directory's endpoints.
+#[derive(Default)]
+struct Keys {
     /// Recipient id -> current secret and, during a rotation, the previous one.
     secrets: HashMap<String, Vec<Secret>>,
     /// Recipient id -> the variable to set, for endpoints with no usable secret.
     missing: HashMap<String, String>,
     /// Each directory URL, as routes.toml spells it, parsed once.
     uris: HashMap<String, Uri>,
+}
+
+impl Keys {
+    /// Reads each endpoint's signing secret from the environment variable routes.toml names;
+    /// a warning per endpoint that cannot be signed for.
+    fn of(directory: &Directory, env: &dyn Fn(&str) -> Option<String>) -> (Keys, Vec<String>) {
+        let mut keys = Keys::default();
+        let mut warnings = Vec::new();
+        for r in directory.all() {
+            let Some(w) = &r.webhook else { continue };
+            if let Some(uri) = parse_uri(&w.url) {
+                keys.uris.insert(w.url.clone(), uri);
+            }
+            let mut found = Vec::new();
+            for name in std::iter::once(&w.secret_env).chain(&w.previous_secret_env) {
+                match env(name).map(|v| Secret::parse(&v)) {
+                    Some(Ok(s)) => found.push(s),
+                    Some(Err(e)) => warnings.push(format!("{}: {name}: {e}", r.id)),
+                    None if name == &w.secret_env => warnings.push(format!(
+                        "{}: {name} is not set; its webhooks cannot be signed and will be parked",
+                        r.id
+                    )),
+                    None => {}
+                }
+            }
+            if found.is_empty() {
+                keys.missing.insert(r.id.to_string(), w.secret_env.clone());
+            } else {
+                keys.secrets.insert(r.id.to_string(), found);
+            }
+        }
+        (keys, warnings)
+    }
 }
 
 impl WebhookSender {
@@ -84,44 +125,52 @@ impl WebhookSender {
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_timer(TokioTimer::new())
             .build(connector);
-        let mut secrets = HashMap::new();
-        let mut missing = HashMap::new();
-        let mut warnings = Vec::new();
-        let mut uris = HashMap::new();
-        for r in directory.all() {
-            let Some(w) = &r.webhook else { continue };
-            if let Some(uri) = parse_uri(&w.url) {
-                uris.insert(w.url.clone(), uri);
-            }
-            let mut keys = Vec::new();
-            for name in std::iter::once(&w.secret_env).chain(&w.previous_secret_env) {
-                match env(name).map(|v| Secret::parse(&v)) {
-                    Some(Ok(s)) => keys.push(s),
-                    Some(Err(e)) => warnings.push(format!("{}: {name}: {e}", r.id)),
-                    None if name == &w.secret_env => warnings.push(format!(
-                        "{}: {name} is not set; its webhooks cannot be signed and will be parked",
-                        r.id
-                    )),
-                    None => {}
-                }
-            }
-            if keys.is_empty() {
-                missing.insert(r.id.to_string(), w.secret_env.clone());
-            } else {
-                secrets.insert(r.id.to_string(), keys);
-            }
-        }
+        let (keys, warnings) = Keys::of(directory, &env);
         Ok((
             WebhookSender {
                 client,
                 // A timeout beyond a day is a day (and cannot overflow the clock).
                 timeout: timeout.min(Duration::from_secs(86_400)),
-                secrets,
-                missing,
-                uris,
+                keys: RwLock::new(Arc::new(keys)),
             },
             warnings,
         ))
+    }
+
+    /// Takes up a reloaded directory's endpoints: their secrets are read from the environment
+    /// again. The endpoints only `previous` had keep theirs, for the events still being
+    /// handled under the configuration it came from. Returns a warning per endpoint of
+    /// `directory` that cannot be signed for.
+    pub fn rekey(
+        &self,
+        directory: &Directory,
+        previous: &Directory,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Vec<String> {
+        let (mut keys, warnings) = Keys::of(directory, env);
+        let old = self.keys();
+        for r in previous.all() {
+            let id = r.id.as_str();
+            if directory.get(id).is_some() {
+                continue;
+            }
+            if let Some(s) = old.secrets.get(id) {
+                keys.secrets.insert(id.to_owned(), s.clone());
+            }
+            if let Some(w) = &r.webhook
+                && let Some(uri) = old.uris.get(&w.url)
+            {
+                keys.uris
+                    .entry(w.url.clone())
+                    .or_insert_with(|| uri.clone());
+            }
+        }
+        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys);
+        warnings
+    }
+
+    fn keys(&self) -> Arc<Keys> {
+        Arc::clone(&self.keys.read().unwrap_or_else(|e| e.into_inner()))
     }
 
     pub async fn send(&self, out: Outgoing<'_>) -> Result<(), Failure> {
@@ -131,8 +180,9 @@ impl WebhookSender {
                 "not a webhook notification",
             ));
         };
-        let Some(secrets) = self.secrets.get(out.recipient) else {
-            let var = self
+        let keys = self.keys();
+        let Some(secrets) = keys.secrets.get(out.recipient) else {
+            let var = keys
                 .missing
                 .get(out.recipient)
                 .map_or("its secret variable", String::as_str);
@@ -143,7 +193,7 @@ impl WebhookSender {
         };
         // A URL not in the directory (a retry made before a configuration change) is parsed
         // here.
-        let Some(uri) = self
+        let Some(uri) = keys
             .uris
             .get(url.as_str())
             .cloned()
