@@ -556,10 +556,7 @@ impl Rate {
         let count: u32 = match count.trim().parse() {
             Ok(n) => n,
             Err(_) => {
-                return Err(format!(
-                    "`{}` is not a whole number: {FORM}",
-                    count.trim()
-                ));
+                return Err(format!("`{}` is not a whole number: {FORM}", count.trim()));
             }
         };
         if count == 0 {
@@ -1372,7 +1369,11 @@ mod tests {
         assert_eq!(rate("2000/day").map(Rate::burst), Ok(1));
         assert!(rate("fast").unwrap_err().contains("not `fast`"));
         assert!(rate("0/s").unwrap_err().contains("lets nothing through"));
-        assert!(rate("-5/s").unwrap_err().contains("`-5` is not a whole number"));
+        assert!(
+            rate("-5/s")
+                .unwrap_err()
+                .contains("`-5` is not a whole number")
+        );
         assert!(
             rate("10/fortnight")
                 .unwrap_err()
@@ -1384,9 +1385,17 @@ mod tests {
             "[email]\nrate = \"3000/min\"\n{RECIPIENT}webhook = {{ url = \"https://h.example/\", secret_env = \"S\", rate = \"50/s\" }}\n"
         );
         let config = Config::parse(&text).unwrap();
-        assert_eq!(config.email.rate.map(|r| r.to_string()), Some("3000/min".into()));
         assert_eq!(
-            config.recipients[0].webhook.as_ref().unwrap().rate.map(|r| r.count),
+            config.email.rate.map(|r| r.to_string()),
+            Some("3000/min".into())
+        );
+        assert_eq!(
+            config.recipients[0]
+                .webhook
+                .as_ref()
+                .unwrap()
+                .rate
+                .map(|r| r.count),
             Some(50)
         );
         let p = problems(&format!(
@@ -1399,7 +1408,10 @@ mod tests {
         let p = problems(
             "[[route]]\nname = \"r\"\nevents = []\nto = []\ntemplate = \"t\"\nvolume = \"fast\"\n",
         );
-        assert!(p[0].contains("[[route]] r, key volume: a rate is written"), "{p:?}");
+        assert!(
+            p[0].contains("[[route]] r, key volume: a rate is written"),
+            "{p:?}"
+        );
     }
 
     #[test]

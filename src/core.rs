@@ -11,9 +11,9 @@ use chrono::{DateTime, Utc};
 use std::time::Duration;
 
 use crate::config::{Config, Rate};
-use crate::notification::{Channel, Priority};
 use crate::event::{Event, EventId, REPRESENTATION_GRANTED, REPRESENTATION_WITHDRAWN};
 use crate::intake::{Intake, Message, Publishers, Rejection, SchemaSet};
+use crate::notification::{Channel, Priority};
 use crate::render::Renderer;
 use crate::render::Routing;
 use crate::route::custody::{Entry, Recorded, fold};

@@ -45,7 +45,10 @@ fn kept_to(times: &[f64], per_second: f64, burst: f64) {
             );
         }
         // The brief's own form: no one-second window holds more than rate + burst.
-        let window = times[i..].iter().take_while(|t| **t < times[i] + 1.0).count();
+        let window = times[i..]
+            .iter()
+            .take_while(|t| **t < times[i] + 1.0)
+            .count();
         assert!(
             window as f64 <= per_second + burst,
             "{window} in the second from {:.3}s: {times:?}",
@@ -64,7 +67,10 @@ async fn highest_held(
     let mut highest: f64 = 0.0;
     let deadline = Instant::now() + WAIT;
     while !done() {
-        assert!(Instant::now() < deadline, "not everything arrived in {WAIT:?}");
+        assert!(
+            Instant::now() < deadline,
+            "not everything arrived in {WAIT:?}"
+        );
         let m = scrape(running).await;
         highest = highest.max(total(&m, "herald_notifications_held", &[&label]));
         tokio::time::sleep(Duration::from_millis(25)).await;
@@ -109,10 +115,7 @@ async fn a_webhook_rate_limit_spaces_the_requests_and_lets_urgent_ones_through_f
     assert_eq!(ids.len(), ROUTINE + URGENT, "each arrived once");
     assert!(hooks.iter().all(|h| h.verified && h.status == 204));
     let start = hooks[0].at;
-    let times: Vec<f64> = hooks
-        .iter()
-        .map(|h| (h.at - start).as_secs_f64())
-        .collect();
+    let times: Vec<f64> = hooks.iter().map(|h| (h.at - start).as_secs_f64()).collect();
     println!("rate: arrivals at {times:.2?}");
     kept_to(&times, 5.0, 5.0);
     // 23 at 5/s after a burst of 5: 3.6 s at least.
@@ -144,7 +147,11 @@ async fn a_webhook_rate_limit_spaces_the_requests_and_lets_urgent_ones_through_f
 
     let label = "endpoint=\"police:WYP-LEEDS/webhook\"";
     wait_until("none held any more", WAIT, || async {
-        total(&scrape(&herald).await, "herald_notifications_held", &[label]) == 0.0
+        total(
+            &scrape(&herald).await,
+            "herald_notifications_held",
+            &[label],
+        ) == 0.0
     })
     .await;
     let m = scrape(&herald).await;
@@ -201,10 +208,7 @@ async fn a_backlog_longer_than_the_wait_goes_to_the_retry_queues_and_still_arriv
     );
     let hooks = police();
     let start = hooks[0].at;
-    let times: Vec<f64> = hooks
-        .iter()
-        .map(|h| (h.at - start).as_secs_f64())
-        .collect();
+    let times: Vec<f64> = hooks.iter().map(|h| (h.at - start).as_secs_f64()).collect();
     kept_to(&times, 2.0, 2.0);
     herald.stop().await.unwrap();
     let hooks = police();

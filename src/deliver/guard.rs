@@ -360,6 +360,40 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_endpoint_at_its_rate_limit_defers_with_the_wait_it_would_have_had() {
+        use crate::config::Rate;
+        use crate::deliver::rate::{Limit, Watch};
+        let rate = Rate::parse("1/min").unwrap();
+        let rates = Rates::new(
+            &[Limit {
+                name: "a/webhook".into(),
+                rate,
+                endpoints: vec!["a/webhook".into()],
+            }],
+            |_| Watch {
+                held: prometheus::IntGauge::new("held", "held").unwrap(),
+                held_seconds: prometheus::Counter::new("held_seconds", "held").unwrap(),
+            },
+        );
+        let g = Guard::new(Limits {
+            concurrency: 4,
+            ..guard().limits
+        })
+        .with_rates(rates);
+        drop(g.enter("a/webhook", false).await.expect("the one token"));
+        let refused = g.enter("a/webhook", true).await.err().expect("no token");
+        assert_eq!(refused.kind, FailureKind::RateLimited);
+        assert!(refused.is_transient() && !refused.kind.counts_against_endpoint());
+        let wait = refused.retry_after.expect("when to come back");
+        assert!(wait > Duration::from_secs(50), "{wait:?}");
+        assert_eq!(g.state("a/webhook"), State::Closed);
+        assert!(
+            g.enter("b/webhook", false).await.is_ok(),
+            "others have no limit"
+        );
+    }
+
+    #[tokio::test]
     async fn a_state_another_instance_recorded_is_taken_up() {
         let g = guard();
         let now = std::time::SystemTime::now();

@@ -284,11 +284,7 @@ impl State {
     /// or `None` when no one is left waiting.
     fn grant(&mut self) -> Option<Duration> {
         while self.tokens >= 1.0 {
-            let Some(waiter) = self
-                .urgent
-                .pop_front()
-                .or_else(|| self.routine.pop_front())
-            else {
+            let Some(waiter) = self.urgent.pop_front().or_else(|| self.routine.pop_front()) else {
                 break;
             };
             // One that stopped waiting (it was refused by its bound) takes no token.
@@ -359,7 +355,10 @@ mod tests {
         assert!(routine.iter_mut().all(|r| r.try_recv().is_err()));
         s.refill(t0 + ms(2000));
         s.grant();
-        assert!(routine[0].try_recv().is_ok(), "then the routine ones, in order");
+        assert!(
+            routine[0].try_recv().is_ok(),
+            "then the routine ones, in order"
+        );
         assert!(routine[1].try_recv().is_err());
     }
 
@@ -387,7 +386,10 @@ mod tests {
         let mut next = queue(&mut s, false);
         s.refill(t0 + ms(1000));
         assert_eq!(s.grant(), None);
-        assert!(next.try_recv().is_ok(), "the token passed to the next in line");
+        assert!(
+            next.try_recv().is_ok(),
+            "the token passed to the next in line"
+        );
     }
 
     #[test]
@@ -431,7 +433,9 @@ mod tests {
         for i in 0..5 {
             let (b, tx) = (Arc::clone(&bucket), tx.clone());
             tasks.push(tokio::spawn(async move {
-                b.take(false, ms(1000)).await.expect("held, then let through");
+                b.take(false, ms(1000))
+                    .await
+                    .expect("held, then let through");
                 tx.send(format!("routine {i}")).unwrap();
             }));
             tokio::task::yield_now().await;
@@ -454,7 +458,16 @@ mod tests {
             seen.push(s);
         }
         assert_eq!(seen[0], "urgent", "{seen:?}");
-        assert_eq!(&seen[1..], ["routine 0", "routine 1", "routine 2", "routine 3", "routine 4"]);
+        assert_eq!(
+            &seen[1..],
+            [
+                "routine 0",
+                "routine 1",
+                "routine 2",
+                "routine 3",
+                "routine 4"
+            ]
+        );
         // Six more at 10/s: 600 ms after the burst emptied the bucket.
         assert!(started.elapsed() >= ms(590), "{:?}", started.elapsed());
         assert_eq!(w.held.get(), 0);
