@@ -182,6 +182,10 @@ pub struct Email {
     pub outbox: PathBuf,
     /// Most SMTP connections open at once to the relay: each carries one message at a time.
     pub connections: u32,
+    /// Most emails sent through the relay, all recipients together (`"3000/min"`); unset: no
+    /// limit but the connections.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate: Option<Rate>,
 }
 
 impl Default for Email {
@@ -191,6 +195,7 @@ impl Default for Email {
             url: None,
             outbox: "outbox".into(),
             connections: 16,
+            rate: None,
         }
     }
 }
@@ -459,6 +464,10 @@ pub struct WebhookConfig {
     pub secret_env: String,
     /// During a rotation, the variable holding the previous secret; both signatures are sent.
     pub previous_secret_env: Option<String>,
+    /// Most requests to this endpoint (`"50/s"`, `"3000/min"`); unset: no limit but the
+    /// concurrency.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<Rate>,
 }
 
 /// One routing rule.
@@ -488,6 +497,117 @@ pub struct RouteConfig {
     /// Keep trying later routes after this one matched.
     #[serde(default, rename = "continue")]
     pub continue_matching: bool,
+    /// The most events this route is expected to match in a period (`"2000/day"`), all of
+    /// which may come at once: what `herald check` holds the rate limits of its recipients'
+    /// endpoints to against its SLA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<Rate>,
+}
+
+/// A count in a period, as routes.toml writes it: `"50/s"`, `"3000/min"`, `"100000/h"`,
+/// `"2000/day"`. A rate limit (`rate`) or an expected volume (`volume`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    /// How many in each period; at least 1.
+    pub count: u32,
+    pub per: RateUnit,
+}
+
+/// The period of a [`Rate`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateUnit {
+    Second,
+    Minute,
+    Hour,
+    Day,
+}
+
+impl RateUnit {
+    /// The word routes.toml writes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RateUnit::Second => "s",
+            RateUnit::Minute => "min",
+            RateUnit::Hour => "h",
+            RateUnit::Day => "day",
+        }
+    }
+
+    pub fn seconds(self) -> u32 {
+        match self {
+            RateUnit::Second => 1,
+            RateUnit::Minute => 60,
+            RateUnit::Hour => 3600,
+            RateUnit::Day => 86_400,
+        }
+    }
+}
+
+impl Rate {
+    /// Reads `"<count>/<unit>"`, the unit `s`, `min`, `h` or `day` (or `second`, `minute`,
+    /// `hour`).
+    // String error: words for `herald check`, which adds the file and key; no caller branches.
+    pub fn parse(text: &str) -> Result<Rate, String> {
+        const FORM: &str = "a rate is written `<count>/<unit>` with the unit s, min, h or day \
+                            (`50/s`, `3000/min`, `100000/h`, `2000/day`)";
+        let Some((count, unit)) = text.split_once('/') else {
+            return Err(format!("{FORM}, not `{text}`"));
+        };
+        let count: u32 = match count.trim().parse() {
+            Ok(n) => n,
+            Err(_) => {
+                return Err(format!("`{}` is not a whole number: {FORM}", count.trim()));
+            }
+        };
+        if count == 0 {
+            return Err(format!(
+                "a rate of `{}` lets nothing through: give a count of at least 1 (or leave the rate out for no limit)",
+                text.trim()
+            ));
+        }
+        let per = match unit.trim() {
+            "s" | "sec" | "second" => RateUnit::Second,
+            "min" | "minute" => RateUnit::Minute,
+            "h" | "hour" => RateUnit::Hour,
+            "day" | "d" => RateUnit::Day,
+            other => {
+                return Err(format!(
+                    "`{other}` is not a unit of a rate: use s, min, h or day (`50/s`, `3000/min`)"
+                ));
+            }
+        };
+        Ok(Rate { count, per })
+    }
+
+    /// How many in one second, on average.
+    pub fn per_second(self) -> f64 {
+        f64::from(self.count) / f64::from(self.per.seconds())
+    }
+
+    /// How many a rate limit lets through at once after a quiet spell: one second's worth,
+    /// at least 1.
+    pub fn burst(self) -> u32 {
+        (self.count / self.per.seconds()).max(1)
+    }
+}
+
+impl std::fmt::Display for Rate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.count, self.per.as_str())
+    }
+}
+
+impl Serialize for Rate {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Rate {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Rate, D::Error> {
+        let text = String::deserialize(d)?;
+        Rate::parse(&text).map_err(serde::de::Error::custom)
+    }
 }
 
 /// One weekly digest: a report over the custody register, for a scope, to recipients.
@@ -829,7 +949,7 @@ fn blank(text: &mut String, range: std::ops::Range<usize>) {
 }
 
 /// The keys of webhook tables that hold names of variables or a URL, never a secret.
-const WEBHOOK_KEYS: [&str; 3] = ["url", "secret_env", "previous_secret_env"];
+const WEBHOOK_KEYS: [&str; 4] = ["url", "secret_env", "previous_secret_env", "rate"];
 
 /// Where secrets go instead of routes.toml.
 const PUT_IT_IN_THE_ENVIRONMENT: &str = "put it in an environment variable and name that \
@@ -1230,6 +1350,67 @@ mod tests {
         assert_eq!(
             parsed.recipients[0].webhook.as_ref().unwrap().url,
             "http://127.0.0.1:9900/police/X"
+        );
+    }
+
+    #[test]
+    fn rates_are_read_with_their_unit_and_bad_ones_are_named() {
+        let rate = |text: &str| Rate::parse(text);
+        assert_eq!(
+            rate("3000/min"),
+            Ok(Rate {
+                count: 3000,
+                per: RateUnit::Minute
+            })
+        );
+        assert_eq!(rate(" 50 / s ").map(|r| r.to_string()), Ok("50/s".into()));
+        assert_eq!(rate("100000/h").map(Rate::burst), Ok(27));
+        assert_eq!(rate("3000/min").map(Rate::burst), Ok(50));
+        assert_eq!(rate("2000/day").map(Rate::burst), Ok(1));
+        assert!(rate("fast").unwrap_err().contains("not `fast`"));
+        assert!(rate("0/s").unwrap_err().contains("lets nothing through"));
+        assert!(
+            rate("-5/s")
+                .unwrap_err()
+                .contains("`-5` is not a whole number")
+        );
+        assert!(
+            rate("10/fortnight")
+                .unwrap_err()
+                .contains("`fortnight` is not a unit of a rate")
+        );
+        // In routes.toml: on a recipient's webhook, the relay and a route, and a bad one is
+        // named by its key.
+        let text = format!(
+            "[email]\nrate = \"3000/min\"\n{RECIPIENT}webhook = {{ url = \"https://h.example/\", secret_env = \"S\", rate = \"50/s\" }}\n"
+        );
+        let config = Config::parse(&text).unwrap();
+        assert_eq!(
+            config.email.rate.map(|r| r.to_string()),
+            Some("3000/min".into())
+        );
+        assert_eq!(
+            config.recipients[0]
+                .webhook
+                .as_ref()
+                .unwrap()
+                .rate
+                .map(|r| r.count),
+            Some(50)
+        );
+        let p = problems(&format!(
+            "{RECIPIENT}webhook = {{ url = \"https://h.example/\", secret_env = \"S\", rate = \"10/fortnight\" }}\n"
+        ));
+        assert!(
+            p[0].contains("[[recipient]] police:X, key webhook.rate: `fortnight` is not a unit"),
+            "{p:?}"
+        );
+        let p = problems(
+            "[[route]]\nname = \"r\"\nevents = []\nto = []\ntemplate = \"t\"\nvolume = \"fast\"\n",
+        );
+        assert!(
+            p[0].contains("[[route]] r, key volume: a rate is written"),
+            "{p:?}"
         );
     }
 

@@ -8,9 +8,12 @@ use std::sync::{Arc, RwLock};
 
 use chrono::{DateTime, Utc};
 
-use crate::config::Config;
+use std::time::Duration;
+
+use crate::config::{Config, Rate};
 use crate::event::{Event, EventId, REPRESENTATION_GRANTED, REPRESENTATION_WITHDRAWN};
 use crate::intake::{Intake, Message, Publishers, Rejection, SchemaSet};
+use crate::notification::{Channel, Priority};
 use crate::render::Renderer;
 use crate::render::Routing;
 use crate::route::custody::{Entry, Recorded, fold};
@@ -20,7 +23,7 @@ use crate::route::{
     Authority, Directory, Engine, Recipient, RecipientClass, RecipientId, Redaction, Route,
     Selector, View,
 };
-use crate::sla::Calendar;
+use crate::sla::{Calendar, SlaRule};
 
 /// Intake and engine, ready to process events.
 #[derive(Debug)]
@@ -372,6 +375,7 @@ impl Core {
                 .warnings
                 .push(format!("{file}: no route handles event type {t}"));
         }
+        report.warnings.extend(self.rate_warnings());
         let (_, last) = self.engine.calendar.years();
         report
             .notes
@@ -386,6 +390,136 @@ impl Core {
             examples.len()
         ));
         report
+    }
+
+    /// The rate limits that cannot keep up with the `volume` routed to them, or cannot send
+    /// a route's volume within its SLA (docs/configuration.md, "Rate limits", states the
+    /// rule). A route without a `volume`, or whose SLA depends on the event (`on the day of`,
+    /// `before`), is not judged.
+    pub fn rate_warnings(&self) -> Vec<String> {
+        let file = self.config_path.display();
+        let directory = &self.engine.directory;
+        // Each limit: its name in messages, its rate, and how many notifications one event of
+        // a route makes for it (at most).
+        type PerEvent<'a> = Box<dyn Fn(&Route) -> u64 + 'a>;
+        let mut limits: Vec<(String, Rate, PerEvent<'_>)> = Vec::new();
+        for r in &self.config.recipients {
+            let (Some(rate), Some(recipient)) = (
+                r.webhook.as_ref().and_then(|w| w.rate),
+                directory.get(&r.id),
+            ) else {
+                continue;
+            };
+            let recipient = Arc::clone(recipient);
+            limits.push((
+                format!("the webhook of {}", r.id),
+                rate,
+                Box::new(move |route: &Route| {
+                    let reaches = route.to.iter().any(|s| match s {
+                        Selector::Id(x) => x.id == recipient.id,
+                        Selector::Pattern { class, .. } | Selector::Class(class) => {
+                            *class == recipient.class
+                        }
+                    });
+                    u64::from(route.channels.contains(&Channel::Webhook) && reaches)
+                }),
+            ));
+        }
+        if let Some(rate) = self.config.email.rate {
+            let emailed = |class: RecipientClass| {
+                directory
+                    .of_class(class)
+                    .filter(|r| r.has_channel(Channel::Email))
+                    .count() as u64
+            };
+            limits.push((
+                "the email relay".into(),
+                rate,
+                Box::new(move |route: &Route| {
+                    if !route.channels.contains(&Channel::Email) {
+                        return 0;
+                    }
+                    route
+                        .to
+                        .iter()
+                        .map(|s| match s {
+                            Selector::Id(x) => u64::from(x.has_channel(Channel::Email)),
+                            // A field that is a list can name several of the class.
+                            Selector::Pattern { text, class, .. } if text.contains("[]") => {
+                                emailed(*class)
+                            }
+                            Selector::Pattern { class, .. } => emailed(*class).min(1),
+                            Selector::Class(class) => emailed(*class),
+                        })
+                        .sum()
+                }),
+            ));
+        }
+        let volume = |route: &Route| {
+            self.config
+                .routes
+                .iter()
+                .find(|c| *c.name == *route.name)
+                .and_then(|c| c.volume)
+        };
+        let mut warnings = Vec::new();
+        for (limit, rate, per_event) in &limits {
+            // The routes that send to this limit with a volume, and how many notifications
+            // each can bring at once.
+            let loads: Vec<(&Route, Rate, u64)> = self
+                .engine
+                .routes
+                .iter()
+                .filter_map(|route| {
+                    let volume = volume(route)?;
+                    let n = per_event(route) * u64::from(volume.count);
+                    (n > 0).then_some((route, volume, n))
+                })
+                .collect();
+            if loads.is_empty() {
+                continue;
+            }
+            let sustained: f64 = loads
+                .iter()
+                .map(|(_, v, n)| *n as f64 / f64::from(v.per.seconds()))
+                .sum();
+            if sustained > rate.per_second() {
+                let names: Vec<&str> = loads.iter().map(|(r, _, _)| &*r.name).collect();
+                warnings.push(format!(
+                    "{file}: {limit}: its rate limit ({rate}) is less than the volume routes {} send it (about {:.0}/h): what waits for it grows without end",
+                    names.join(", "),
+                    sustained * 3600.0
+                ));
+            }
+            for (route, volume, own) in &loads {
+                let Some(sla) = route.sla.as_ref().and_then(shortest_time) else {
+                    continue;
+                };
+                // The urgent lane goes first: an urgent route waits only behind urgent ones.
+                let urgent = route.priority == Priority::Urgent;
+                let ahead: u64 = loads
+                    .iter()
+                    .filter(|(r, _, _)| !urgent || r.priority == Priority::Urgent)
+                    .map(|(_, _, n)| n)
+                    .sum();
+                let waiting = ahead.saturating_sub(u64::from(rate.burst()));
+                let takes = waiting as f64 / rate.per_second();
+                if takes > sla.as_secs_f64() {
+                    let others = if ahead > *own {
+                        " and the routes sending with it"
+                    } else {
+                        ""
+                    };
+                    warnings.push(format!(
+                        "{file}: route {}: at the rate limit of {limit} ({rate}), the {ahead} notifications its volume ({volume}){others} can bring at once take {} to send, longer than its SLA ({})",
+                        route.name,
+                        crate::sla::format_span(Duration::from_secs(takes.ceil() as u64)),
+                        route.sla.as_ref().map(ToString::to_string).unwrap_or_default()
+                    ));
+                }
+            }
+        }
+        warnings
     }
 
     /// One recipient per class a route can reach, to render its template as each would see it
@@ -441,6 +575,16 @@ impl Live {
     }
 }
 
+/// The least time an SLA ever gives, whatever the event: `within 24h` gives 24 h, `within 2
+/// working days` at least 2 days; `on the day of` and `before` depend on the event.
+fn shortest_time(rule: &SlaRule) -> Option<Duration> {
+    match rule {
+        SlaRule::Within(d) => Some(*d),
+        SlaRule::WithinWorkingDays(n) => Some(Duration::from_secs(u64::from(*n) * 86_400)),
+        SlaRule::OnTheDayOf(_) | SlaRule::NoticeBefore { .. } => None,
+    }
+}
+
 /// What `herald check` found beyond loading.
 #[derive(Debug, Default)]
 pub struct CheckReport {
@@ -475,6 +619,86 @@ fn several_versions(schemas: &SchemaSet) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The shipped routes.toml, changed by `change`, loaded.
+    fn shipped(change: impl FnOnce(&mut Config)) -> Core {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("routes.toml");
+        let mut config = Config::load_with(&path, |_| None).unwrap();
+        change(&mut config);
+        Core::from_config(config, &path).unwrap()
+    }
+
+    fn set(config: &mut Config, route: &str, volume: &str) {
+        let r = config.routes.iter_mut().find(|r| r.name == route).unwrap();
+        r.volume = Some(Rate::parse(volume).unwrap());
+    }
+
+    #[test]
+    fn a_rate_limit_that_cannot_send_a_routes_volume_within_its_sla_is_a_warning() {
+        let rate = |text: &str| Some(Rate::parse(text).unwrap());
+        let leeds = |config: &mut Config| {
+            let r = config
+                .recipients
+                .iter_mut()
+                .find(|r| r.id == "police:WYP-LEEDS")
+                .unwrap();
+            r.webhook.as_mut().unwrap().rate = rate("1/min");
+        };
+        // No volume: nothing to judge.
+        assert_eq!(shipped(leeds).rate_warnings(), Vec::<String>::new());
+        // 100 a day into custody, all at once: 99 minutes at 1/min after the first, against
+        // "within 1h". The urgent warrants (50) go first and take 49 minutes, within their
+        // working day; the routine custody route waits behind them as well.
+        let core = shipped(|c| {
+            leeds(c);
+            set(c, "ppo-received-into-custody", "100/day");
+            set(c, "ppo-warrant", "50/day");
+        });
+        let warnings = core.rate_warnings();
+        assert_eq!(warnings.len(), 1, "{warnings:#?}");
+        assert!(
+            warnings[0].ends_with(
+                "route ppo-received-into-custody: at the rate limit of the webhook of police:WYP-LEEDS (1/min), the 150 notifications its volume (100/day) and the routes sending with it can bring at once take 149m to send, longer than its SLA (within 1h)"
+            ),
+            "{warnings:#?}"
+        );
+        // More a day than the limit sends in a day: the backlog grows.
+        let core = shipped(|c| {
+            leeds(c);
+            set(c, "ppo-bail-decision", "2000/day");
+        });
+        let warnings = core.rate_warnings();
+        assert!(
+            warnings.iter().any(|w| w.contains(
+                "the webhook of police:WYP-LEEDS: its rate limit (1/min) is less than the volume routes ppo-bail-decision send it (about 83/h)"
+            )),
+            "{warnings:#?}"
+        );
+        // A limit with room: no warning. The relay: every legal representative is emailed
+        // about each document.
+        let core = shipped(|c| {
+            c.email.rate = rate("3000/min");
+            set(c, "dossier-document-legal-reps", "2000/day");
+        });
+        assert_eq!(core.rate_warnings(), Vec::<String>::new());
+        let reps = core
+            .engine
+            .directory
+            .of_class(RecipientClass::LegalRep)
+            .count();
+        let core = shipped(|c| {
+            c.email.rate = rate("10/min");
+            set(c, "dossier-document-legal-reps", "2000/day");
+        });
+        let warnings = core.rate_warnings();
+        assert!(
+            warnings.iter().any(|w| w.contains(&format!(
+                "route dossier-document-legal-reps: at the rate limit of the email relay (10/min), the {} notifications its volume (2000/day) can bring at once",
+                2000 * reps
+            ))),
+            "{warnings:#?}"
+        );
+    }
 
     #[test]
     fn the_check_summary_names_the_versions_of_a_type_that_has_several() {

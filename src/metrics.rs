@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 use prometheus::{
-    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    CounterVec, Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Every SLA outcome, so each route's series exist from the start (at zero) and a first breach
@@ -86,6 +86,11 @@ pub struct Metrics {
     /// Per endpoint (a directory recipient id and a channel): 0 sending, 1 circuit open
     /// (failing; left alone for a while), 2 disabled after 410 Gone.
     pub endpoint_state: IntGaugeVec,
+    /// Notifications waiting in memory for a token of a rate limit, by limit (`endpoint`: a
+    /// recipient's webhook, `police:WYP-LEEDS/webhook`, or `email-relay`).
+    pub held: IntGaugeVec,
+    /// Time notifications spent waiting for a token, by limit.
+    pub held_seconds: CounterVec,
     /// Parked and expired notifications in the ledger, by route (read from the ledger).
     pub parked: IntGaugeVec,
     /// 1 while the ledger takes writes.
@@ -249,6 +254,25 @@ impl Metrics {
                 "Per route, the least time left before the deadline of a notification waiting for a retry; negative once past.",
                 &["route"],
             ),
+            held: int_gauge(
+                "herald_notifications_held",
+                "Notifications waiting in memory for their endpoint's rate limit to let them through, by limit (a recipient's webhook, or email-relay).",
+                &["endpoint"],
+            ),
+            held_seconds: {
+                let c = CounterVec::new(
+                    Opts::new(
+                        "herald_notifications_held_seconds_total",
+                        "Time notifications spent waiting for their endpoint's rate limit, by limit.",
+                    ),
+                    &["endpoint"],
+                )
+                .expect("valid metric definition");
+                registry
+                    .register(Box::new(c.clone()))
+                    .expect("metric registered once");
+                c
+            },
             parked: int_gauge(
                 "herald_notifications_parked",
                 "Notifications parked or expired in the failed queue according to the ledger, by route.",

@@ -1476,3 +1476,45 @@ fn check_renders_each_subscription_template() {
         "{run:?}"
     );
 }
+
+#[test]
+fn check_names_a_bad_rate_and_warns_when_a_limit_cannot_send_a_routes_volume_in_time() {
+    let sandbox = Sandbox::new();
+    sandbox.edit_config(|t| {
+        t.replacen(
+            "connections = 16",
+            "connections = 16\nrate = \"10/fortnight\"",
+            1,
+        )
+    });
+    let run = sandbox.check_with(&[(SECRET_ENV, SECRET)]);
+    assert_eq!(run.code, 2, "{run:?}");
+    error_line(
+        &run,
+        &["key email.rate", "`fortnight` is not a unit of a rate"],
+    );
+
+    // A sound limit, and a route expected to bring it more than it sends within the route's
+    // deadline: sound, with a warning.
+    let sandbox = Sandbox::new();
+    sandbox
+        .edit_config(|t| t.replacen("connections = 16", "connections = 16\nrate = \"1/min\"", 1));
+    sandbox.set_route(
+        "ppo-received-into-custody",
+        "volume",
+        toml::Value::String("100/day".into()),
+    );
+    let run = sandbox.check_with(&[(SECRET_ENV, SECRET)]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let warning = run
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("warning:") && l.contains("rate limit"))
+        .unwrap_or_else(|| panic!("a warning about the rate limit: {run:?}"));
+    assert!(
+        warning.contains(
+            "route ppo-received-into-custody: at the rate limit of the email relay (1/min), the 100 notifications its volume (100/day) can bring at once take 99m to send, longer than its SLA (within 1h)"
+        ),
+        "{warning}"
+    );
+}

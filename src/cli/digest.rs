@@ -116,13 +116,13 @@ async fn send(core: &Core, url: &str, sub: &Subscription) -> Result<ExitCode, St
         std::env::var(k).ok()
     })
     .map_err(|e| e.to_string())?;
+    let metrics = Metrics::new();
     let deliverer = Deliverer {
         email,
         webhook,
-        guard: settings.guard(),
+        guard: settings.guard(&metrics),
     };
     let store = open(url).await?;
-    let metrics = Metrics::new();
     let ledger = Ledger::start(store.clone(), metrics.clone());
     let now = Utc::now();
     // As the register stands now: the digest's own instant, and its own entry in the ledger.

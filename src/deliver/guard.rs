@@ -10,6 +10,10 @@
 //! Urgent notifications (short-notice releases, a PPO's failure-to-appear warrant) have a fast
 //! lane to each endpoint: slots of their own, as many as the routine lane has, so however much
 //! routine traffic is queued for an endpoint, an urgent notification goes next.
+//!
+//! An endpoint with a rate limit (`rate` in routes.toml) takes a token from its bucket
+//! ([`super::rate`]) before it takes a slot: waiting for a token holds no connection, and the
+//! two lanes share the bucket, the urgent one served first.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -17,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::rate::Rates;
 use super::{Failure, FailureKind};
 
 /// The limits, from routes.toml's `[webhook]` section.
@@ -64,6 +69,8 @@ pub struct Guard {
     endpoints: Mutex<HashMap<String, Endpoint>>,
     /// Instances sharing each endpoint's limit, this one included.
     instances: std::sync::atomic::AtomicUsize,
+    /// The rate limits, by endpoint.
+    rates: Rates,
 }
 
 /// Leave to send, held for the length of one attempt.
@@ -77,7 +84,15 @@ impl Guard {
             limits,
             endpoints: Mutex::default(),
             instances: std::sync::atomic::AtomicUsize::new(1),
+            rates: Rates::default(),
         }
+    }
+
+    /// The guard with rate limits on the endpoints they name.
+    pub fn with_rates(mut self, rates: Rates) -> Guard {
+        rates.share_among(self.instances.load(std::sync::atomic::Ordering::Relaxed));
+        self.rates = rates;
+        self
     }
 
     /// Requests in flight to one endpoint that this instance allows itself: its equal share
@@ -100,6 +115,7 @@ impl Guard {
         if before == instances {
             return;
         }
+        self.rates.share_among(instances);
         let slots = self.concurrency();
         let mut map = self.endpoints.lock().unwrap_or_else(|e| e.into_inner());
         for e in map.values_mut() {
@@ -154,7 +170,7 @@ impl Guard {
     }
 
     /// Asks to send to `endpoint`; the failure says why not (a disabled endpoint is permanent,
-    /// an open circuit or a full endpoint is transient).
+    /// an open circuit, a full endpoint or one at its rate limit is transient).
     pub async fn enter(&self, endpoint: &str, urgent: bool) -> Result<Pass, Failure> {
         let now = Instant::now();
         let slots = self.with(endpoint, |e| {
@@ -174,6 +190,19 @@ impl Guard {
                 _ => Ok(Arc::clone(&e.slots)),
             }
         })?;
+        if let Some(bucket) = self.rates.bucket(endpoint)
+            && let Err(refused) = bucket.take(urgent, self.limits.queue_wait).await
+        {
+            return Err(Failure::new(
+                FailureKind::RateLimited,
+                format!(
+                    "endpoint at its rate limit of {}: more is waiting than it lets through in {}",
+                    bucket.rate(),
+                    crate::sla::format_span(self.limits.queue_wait)
+                ),
+            )
+            .with_retry_after(Some(refused.wait)));
+        }
         match tokio::time::timeout(self.limits.queue_wait, slots.acquire_owned()).await {
             Ok(Ok(permit)) => Ok(Pass { _permit: permit }),
             _ => Err(Failure::new(
@@ -328,6 +357,40 @@ mod tests {
         assert_eq!(g.concurrency(), 1);
         g.share_among(1);
         assert_eq!(g.concurrency(), 4);
+    }
+
+    #[tokio::test]
+    async fn an_endpoint_at_its_rate_limit_defers_with_the_wait_it_would_have_had() {
+        use crate::config::Rate;
+        use crate::deliver::rate::{Limit, Watch};
+        let rate = Rate::parse("1/min").unwrap();
+        let rates = Rates::new(
+            &[Limit {
+                name: "a/webhook".into(),
+                rate,
+                endpoints: vec!["a/webhook".into()],
+            }],
+            |_| Watch {
+                held: prometheus::IntGauge::new("held", "held").unwrap(),
+                held_seconds: prometheus::Counter::new("held_seconds", "held").unwrap(),
+            },
+        );
+        let g = Guard::new(Limits {
+            concurrency: 4,
+            ..guard().limits
+        })
+        .with_rates(rates);
+        drop(g.enter("a/webhook", false).await.expect("the one token"));
+        let refused = g.enter("a/webhook", true).await.err().expect("no token");
+        assert_eq!(refused.kind, FailureKind::RateLimited);
+        assert!(refused.is_transient() && !refused.kind.counts_against_endpoint());
+        let wait = refused.retry_after.expect("when to come back");
+        assert!(wait > Duration::from_secs(50), "{wait:?}");
+        assert_eq!(g.state("a/webhook"), State::Closed);
+        assert!(
+            g.enter("b/webhook", false).await.is_ok(),
+            "others have no limit"
+        );
     }
 
     #[tokio::test]

@@ -3,6 +3,7 @@
 
 pub mod email;
 pub mod guard;
+pub mod rate;
 pub mod webhook;
 
 use std::fmt;
@@ -51,12 +52,15 @@ pub enum FailureKind {
     CircuitOpen,
     /// The endpoint is at its limit of requests in flight.
     EndpointBusy,
+    /// More is waiting for the endpoint (or the email relay) than its rate limit lets through
+    /// in the time a notification may wait.
+    RateLimited,
     /// The notification is for the other channel (a record written by hand).
     WrongChannel,
 }
 
 impl FailureKind {
-    pub const ALL: [FailureKind; 18] = [
+    pub const ALL: [FailureKind; 19] = [
         FailureKind::HttpTimeout,
         FailureKind::HttpConnect,
         FailureKind::HttpRequest,
@@ -74,6 +78,7 @@ impl FailureKind {
         FailureKind::EndpointDisabled,
         FailureKind::CircuitOpen,
         FailureKind::EndpointBusy,
+        FailureKind::RateLimited,
         FailureKind::WrongChannel,
     ];
 
@@ -96,6 +101,7 @@ impl FailureKind {
             FailureKind::EndpointDisabled => "endpoint-disabled",
             FailureKind::CircuitOpen => "circuit-open",
             FailureKind::EndpointBusy => "endpoint-busy",
+            FailureKind::RateLimited => "rate-limited",
             FailureKind::WrongChannel => "wrong-channel",
         }
     }
@@ -113,13 +119,18 @@ impl FailureKind {
                 | FailureKind::Outbox
                 | FailureKind::CircuitOpen
                 | FailureKind::EndpointBusy
+                | FailureKind::RateLimited
         )
     }
 
     /// Whether it counts against the endpoint's circuit: a failure of the endpoint, not of
     /// Herald's own limits or of the message.
     pub fn counts_against_endpoint(self) -> bool {
-        self.is_transient() && !matches!(self, FailureKind::CircuitOpen | FailureKind::EndpointBusy)
+        self.is_transient()
+            && !matches!(
+                self,
+                FailureKind::CircuitOpen | FailureKind::EndpointBusy | FailureKind::RateLimited
+            )
     }
 }
 

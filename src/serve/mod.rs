@@ -43,6 +43,7 @@ use crate::core::{Core, Live};
 use crate::deliver::Deliverer;
 use crate::deliver::email::EmailSender;
 use crate::deliver::guard::{Guard, Limits as GuardLimits};
+use crate::deliver::rate::{Limit as RateLimit, RELAY, Rates, Watch as RateWatch};
 use crate::deliver::webhook::WebhookSender;
 use crate::metrics::Metrics;
 
@@ -70,6 +71,8 @@ pub struct Settings {
     pub webhook_timeout: Duration,
     /// Requests in flight to one endpoint at once.
     pub concurrency_per_endpoint: usize,
+    /// The rate limits: each recipient's webhook `rate`, and the email relay's.
+    pub rates: Vec<RateLimit>,
     /// Consecutive transient failures that open an endpoint's circuit, and for how long.
     pub circuit_failures: u32,
     pub circuit_open_for: Duration,
@@ -124,6 +127,7 @@ impl Settings {
             smtp_connections: config.email.connections,
             webhook_timeout: config.webhook.timeout,
             concurrency_per_endpoint: config.webhook.concurrency_per_endpoint,
+            rates: rate_limits(config),
             circuit_failures: config.webhook.circuit_failures,
             circuit_open_for: config.webhook.circuit_open_for,
             drain: config.service.drain,
@@ -157,15 +161,54 @@ impl Settings {
         )
     }
 
-    /// The circuit breaker and concurrency limit of every endpoint.
-    pub fn guard(&self) -> Guard {
+    /// The circuit breaker, concurrency limit and rate limit of every endpoint; the rate
+    /// limits report how many notifications they hold to `metrics`.
+    pub fn guard(&self, metrics: &Metrics) -> Guard {
+        let rates = Rates::new(&self.rates, |name| RateWatch {
+            held: metrics.held.with_label_values(&[name]),
+            held_seconds: metrics.held_seconds.with_label_values(&[name]),
+        });
         Guard::new(GuardLimits {
             concurrency: self.concurrency_per_endpoint,
             queue_wait: self.webhook_timeout,
             failures_to_open: self.circuit_failures,
             open_for: self.circuit_open_for,
         })
+        .with_rates(rates)
     }
+}
+
+/// routes.toml's rate limits: one per recipient webhook with a `rate`, and one for the email
+/// relay (`[email] rate`) that every recipient's email takes its tokens from.
+pub fn rate_limits(config: &Config) -> Vec<RateLimit> {
+    use crate::notification::Channel;
+    let endpoint = |id: &str, channel: Channel| format!("{id}/{}", channel.as_str());
+    let mut limits: Vec<RateLimit> = config
+        .recipients
+        .iter()
+        .filter_map(|r| {
+            let rate = r.webhook.as_ref()?.rate?;
+            let name = endpoint(&r.id, Channel::Webhook);
+            Some(RateLimit {
+                endpoints: vec![name.clone()],
+                name,
+                rate,
+            })
+        })
+        .collect();
+    if let Some(rate) = config.email.rate {
+        limits.push(RateLimit {
+            name: RELAY.into(),
+            rate,
+            endpoints: config
+                .recipients
+                .iter()
+                .filter(|r| !r.email.is_empty())
+                .map(|r| endpoint(&r.id, Channel::Email))
+                .collect(),
+        });
+    }
+    limits
 }
 
 /// Why the service could not start or stopped.
@@ -675,7 +718,7 @@ pub async fn start(
     else {
         return Err(ServeError::Stopped);
     };
-    let guard = settings.guard();
+    let guard = settings.guard(&metrics);
     books::restore(&store, &guard, &metrics)
         .await
         .inspect_err(|_| shutdown.cancel())?;

@@ -174,6 +174,8 @@ pub struct Mail {
     pub html: String,
     /// Every header of the message, in order.
     pub headers: Vec<(String, String)>,
+    /// When the server stored it (the file's modification time).
+    pub received: std::time::SystemTime,
 }
 
 impl Mail {
@@ -326,6 +328,10 @@ impl Smtp {
             };
             for entry in entries.flatten() {
                 let raw = std::fs::read(entry.path()).unwrap();
+                let received = entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .unwrap_or(std::time::SystemTime::UNIX_EPOCH);
                 let parsed = mailparse::parse_mail(&raw).unwrap();
                 let header = |name: &str| {
                     parsed
@@ -358,6 +364,7 @@ impl Smtp {
                         .iter()
                         .map(|h| (h.get_key(), h.get_value()))
                         .collect(),
+                    received,
                 });
             }
         }
