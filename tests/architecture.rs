@@ -191,6 +191,7 @@ fn the_pure_core_names_no_io() {
                 "intake/mod.rs",
                 "intake/message.rs",
                 "intake/publishers.rs",
+                "intake/asyncapi.rs",
                 "render/notify.rs",
                 "render/compiled.rs",
                 "render/payload.rs",

@@ -1518,3 +1518,50 @@ fn check_names_a_bad_rate_and_warns_when_a_limit_cannot_send_a_routes_volume_in_
         "{warning}"
     );
 }
+
+#[test]
+fn asyncapi_prints_the_checked_in_document_from_the_configuration_it_is_given() {
+    let run = herald(&["asyncapi"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let checked_in = std::fs::read_to_string(root().join("docs/asyncapi.json")).unwrap();
+    assert!(
+        run.stdout == checked_in,
+        "herald asyncapi does not print docs/asyncapi.json: run `cargo run -- asyncapi > docs/asyncapi.json`"
+    );
+
+    // The exchange is routes.toml's.
+    let sandbox = Sandbox::new();
+    sandbox.edit_config(|t| {
+        t.replacen(
+            "exchange = \"herald.events\"",
+            "exchange = \"agency.events\"",
+            1,
+        )
+    });
+    let run = herald(&["asyncapi", "--config", &sandbox.config_arg()]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let doc = run.json();
+    assert_eq!(
+        doc["channels"]["court.warrant.issued"]["bindings"]["amqp"]["exchange"]["name"],
+        "agency.events"
+    );
+
+    // A schema draft-07 cannot say is refused by name, not published to mean something else.
+    let sandbox = Sandbox::new();
+    let file = sandbox
+        .dir
+        .path()
+        .join("schemas/events/court.warrant.issued.v1.schema.json");
+    let mut schema: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    schema["unevaluatedProperties"] = false.into();
+    std::fs::write(&file, serde_json::to_vec_pretty(&schema).unwrap()).unwrap();
+    let run = herald(&["asyncapi", "--config", &sandbox.config_arg()]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert_eq!(
+        run.stderr.trim(),
+        "error: events/court.warrant.issued.v1.schema.json: `unevaluatedProperties` has no \
+         equivalent in JSON Schema draft-07, which AsyncAPI tools read",
+        "{run:?}"
+    );
+    assert!(run.stdout.is_empty(), "{run:?}");
+}

@@ -1,6 +1,8 @@
 //! The command line: the offline tools (`check`, `config show`, `validate`, `route-test`), the
-//! service (`serve`), and the integration aids (`publish`, `receive`).
+//! service (`serve`), the documents (`openapi`, `asyncapi`), and the integration aids
+//! (`publish`, `receive`).
 
+pub mod asyncapi;
 mod authority;
 mod check;
 mod digest;
@@ -256,6 +258,9 @@ pub enum Command {
     /// answer.
     #[command(after_help = RELOAD_ENV)]
     Reload,
+    /// Print the event contract as an AsyncAPI 3.0 document (docs/asyncapi.json is this):
+    /// the exchange, a channel per event type, a message per version with its schema.
+    Asyncapi,
     /// Load schemas, routes.toml and templates; render every template against every example.
     #[command(after_help = CHECK_ENV)]
     Check {
@@ -396,6 +401,7 @@ pub fn run(cli: Cli) -> ExitCode {
             print!("{}", crate::console::openapi::document());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Asyncapi => config.load().map(|core| asyncapi::run(&core)),
         Command::Config {
             action: ConfigAction::Show,
         } => config

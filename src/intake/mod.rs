@@ -3,6 +3,7 @@
 //! Checks run cheapest first: size, UTF-8, nesting depth, JSON syntax, event type and
 //! version, then the schema. Nothing here panics on any input.
 
+pub mod asyncapi;
 mod message;
 mod publishers;
 mod schema;
@@ -16,7 +17,7 @@ use serde_json::Value;
 pub(crate) use message::admit;
 pub use message::{EXCERPT_CHARS, Message, excerpt};
 pub use publishers::Publishers;
-pub use schema::{SchemaError, SchemaSet, Violation};
+pub use schema::{SchemaError, SchemaFile, SchemaSet, Source, Violation};
 
 use crate::config::Limits;
 use crate::event::{Event, EventId, REPRESENTATION_GRANTED, REPRESENTATION_WITHDRAWN};

@@ -74,6 +74,26 @@ pub struct SchemaSet {
     event_ids: HashMap<(EventType, u64), String>,
     /// The message for a value that fails one of the [`EXPLAINED`] patterns, by pattern.
     patterns: HashMap<String, &'static str>,
+    /// Every file as read, for publishing the contract (`herald asyncapi`).
+    sources: Vec<Source>,
+}
+
+/// Which of the schema folder's files a document is.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum SchemaFile {
+    /// `common.schema.json`: the shared definitions under `$defs`.
+    Common,
+    /// `envelope.schema.json`.
+    Envelope,
+    /// `events/<eventType>.v<version>.schema.json`.
+    Event(EventType, u64),
+}
+
+/// One schema file as read: which it is and its JSON.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub file: SchemaFile,
+    pub document: Value,
 }
 
 impl std::fmt::Debug for SchemaSet {
@@ -149,12 +169,17 @@ impl SchemaSet {
             .collect();
 
         let mut envelope = None;
+        let mut sources = Vec::new();
         let mut events = HashMap::new();
         let mut versions: BTreeMap<EventType, Vec<u64>> = BTreeMap::new();
         for (path, doc) in &documents {
             let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
             let name = name.as_deref().unwrap_or_default();
             if name == "common.schema.json" {
+                sources.push(Source {
+                    file: SchemaFile::Common,
+                    document: doc.clone(),
+                });
                 continue;
             }
             let validator = match compile(doc, &local) {
@@ -169,6 +194,10 @@ impl SchemaSet {
             };
             if name == "envelope.schema.json" {
                 envelope = Some(validator);
+                sources.push(Source {
+                    file: SchemaFile::Envelope,
+                    document: doc.clone(),
+                });
                 continue;
             }
             let Some((event_type, version)) = parse_event_file_name(name) else {
@@ -197,6 +226,10 @@ impl SchemaSet {
             if let Some(id) = doc.get("$id").and_then(Value::as_str) {
                 event_ids.insert((event_type.clone(), version), id.to_owned());
             }
+            sources.push(Source {
+                file: SchemaFile::Event(event_type.clone(), version),
+                document: doc.clone(),
+            });
             events.insert((event_type, version), validator);
         }
         match envelope {
@@ -207,6 +240,7 @@ impl SchemaSet {
                 documents: by_id,
                 event_ids,
                 patterns,
+                sources,
             }),
             _ => Err(errors),
         }
@@ -220,6 +254,14 @@ impl SchemaSet {
     /// The versions of an event type Herald accepts.
     pub fn versions(&self, event_type: &EventType) -> &[u64] {
         self.versions.get(event_type).map_or(&[], Vec::as_slice)
+    }
+
+    /// Every schema file as read: the shared definitions, the envelope, then the event
+    /// schemas by type and version.
+    pub fn sources(&self) -> Vec<&Source> {
+        let mut all: Vec<&Source> = self.sources.iter().collect();
+        all.sort_by(|a, b| a.file.cmp(&b.file));
+        all
     }
 
     /// Every known event type.
