@@ -11,6 +11,8 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
+use crate::notification::EscalationOutcome;
+
 /// Every SLA outcome, so each route's series exist from the start (at zero) and a first breach
 /// shows as a rise.
 pub const SLA_OUTCOMES: [&str; 5] = [
@@ -116,6 +118,8 @@ pub struct Metrics {
     /// this instance did: `waited` (until the other was done) or `returned` (put back on the
     /// queue after the wait).
     pub held_elsewhere: IntCounterVec,
+    /// Escalations before a deadline, by route and outcome (`sent`, `failed`, `not_needed`).
+    pub escalations: IntCounterVec,
 }
 
 impl Metrics {
@@ -315,7 +319,22 @@ impl Metrics {
                 "Looks at a subscription's latest weekly digest, by result: claimed (this instance sends it), already-claimed (sent or being sent, by this instance or another), passed-over (its time passed before the subscription was first seen by this ledger: the next one is its first).",
                 &["subscription", "result"],
             ),
+            escalations: counter(
+                "herald_escalations_total",
+                "Escalations of notifications still undelivered as their deadline nears, by route and outcome: sent (the escalation recipient has it), failed (refused, or still failing at the deadline), not_needed (the notification was delivered first).",
+                &["route", "outcome"],
+            ),
             registry,
+        }
+    }
+
+    /// Creates the escalation series of every route that escalates at zero.
+    pub fn expect_escalations<'a>(&self, routes: impl IntoIterator<Item = &'a str>) {
+        for route in routes {
+            for outcome in EscalationOutcome::ALL {
+                self.escalations
+                    .with_label_values(&[route, outcome.as_str()]);
+            }
         }
     }
 

@@ -11,6 +11,7 @@ mod confirm;
 mod dedup;
 pub mod digest;
 pub mod dlq;
+pub mod escalate;
 mod handler;
 mod http;
 pub mod instances;
@@ -96,6 +97,8 @@ pub struct Settings {
     pub clock: digest::Clock,
     /// How often the digests' schedule is looked at.
     pub digest_tick: Duration,
+    /// How often the escalations due are looked for.
+    pub escalation_tick: Duration,
 }
 
 impl Settings {
@@ -141,6 +144,7 @@ impl Settings {
             keep_sent_hash: config.ledger.keep_sent_hash,
             clock: digest::Clock::system(),
             digest_tick: Duration::from_secs(30),
+            escalation_tick: Duration::from_secs(5),
         }
     }
 }
@@ -614,6 +618,13 @@ pub async fn start(
     let shutdown = CancellationToken::new();
     let metrics = Metrics::new();
     metrics.expect_routes(core.engine.routes.iter().map(|r| &*r.name));
+    metrics.expect_escalations(
+        core.engine
+            .routes
+            .iter()
+            .filter(|r| r.escalate.is_some())
+            .map(|r| &*r.name),
+    );
     let ready = Arc::new(http::Readiness::default());
     let (metrics_addr, http_task) = http::start(
         &settings.metrics_addr,
@@ -689,6 +700,11 @@ pub async fn start(
         Arc::clone(&ctx),
         ctx.settings.clock.clone(),
         ctx.settings.digest_tick,
+        shutdown.clone(),
+    ));
+    tokio::spawn(escalate::scan(
+        Arc::clone(&ctx),
+        ctx.settings.escalation_tick,
         shutdown.clone(),
     ));
     let stop = shutdown.clone();
