@@ -428,10 +428,7 @@ impl Core {
             return Err(format!("route {} has no escalate", route.name));
         };
         let facts = self.engine.facts(route, event);
-        let deadline = facts
-            .sla
-            .deadline()
-            .map_or(event.occurred_at, |d| d.due);
+        let deadline = facts.sla.deadline().map_or(event.occurred_at, |d| d.due);
         let due_at = escalation.at.instant(event.occurred_at, deadline);
         let channel = route
             .channels

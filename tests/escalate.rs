@@ -20,14 +20,12 @@ use serde_json::{Value, json};
 const ROUTE: &str = "ppo-bail-decision";
 const PAROLE_BOARD: &str = "panels@paroleboard.example.gov.uk";
 
-/// The shipped configuration with the bail route sent by webhook only, due within 20 seconds
-/// and escalated at half that time to the Parole Board (judiciary: PPO status and the free
+/// The shipped configuration with the bail route due within 20 seconds and escalated at half that time to the Parole Board (judiciary: PPO status and the free
 /// text are withheld from it) by email.
 fn escalating(receiver: &Receiver) -> Config {
     let mut config = service::config(receiver);
     let route = config.routes.iter_mut().find(|r| r.name == ROUTE).unwrap();
     route.sla = Some("within 20s".into());
-    route.channels = vec!["webhook".into()];
     route.escalate = Some(EscalateConfig {
         at: "50%".into(),
         to: vec!["judiciary:PAROLE-BOARD".into()],
@@ -89,11 +87,14 @@ fn check_escalation(mail: &Mail) {
         "failed and is being retried (retrying)",
         "Last failure:           http-retryable: HTTP 503",
         "Not yet told:           West Yorkshire Police, Leeds district PPO team (police:WYP-LEEDS)",
-        "Sent by:                webhook",
+        "Channel tried:          webhook",
         "within 20s",
         "Daniel Kershaw",
     ] {
-        assert!(text.contains(said), "the escalation should say {said:?}:\n{text}");
+        assert!(
+            text.contains(said),
+            "the escalation should say {said:?}:\n{text}"
+        );
     }
     // Withheld from the judiciary: PPO status, and the publisher's free text.
     for withheld in ["PPO:", "Conditional bail granted"] {
@@ -132,7 +133,11 @@ async fn an_undelivered_notification_is_escalated_once_and_a_delivered_one_is_no
     service::publish_recorded(&ch, &names.exchange, &store, &bradford, "esc-bradford").await;
     // Both escalations are recorded with their events (Leeds failed; Bradford failed once).
     assert_eq!(
-        count(&store, "SELECT COUNT(*) FROM escalations WHERE data IS NOT NULL").await,
+        count(
+            &store,
+            "SELECT COUNT(*) FROM escalations WHERE data IS NOT NULL"
+        )
+        .await,
         2
     );
 
@@ -142,7 +147,10 @@ async fn an_undelivered_notification_is_escalated_once_and_a_delivered_one_is_no
     .await;
     let seen = Utc::now();
     let due = occurred + chrono::Duration::seconds(10);
-    assert!(seen >= due, "escalated at {seen}, before it was due at {due}");
+    assert!(
+        seen >= due,
+        "escalated at {seen}, before it was due at {due}"
+    );
     assert!(
         seen <= due + chrono::Duration::seconds(5),
         "escalated at {seen}, long after it was due at {due}"
@@ -152,14 +160,18 @@ async fn an_undelivered_notification_is_escalated_once_and_a_delivered_one_is_no
     check_escalation(&mails[0]);
 
     // Bradford's notification was delivered before its escalation was due.
-    wait_until("Bradford's escalation not needed", Duration::from_secs(20), || async {
-        count(
-            &store,
-            "SELECT COUNT(*) FROM escalations WHERE state = 'not_needed' AND data IS NULL",
-        )
-        .await
-            == 1
-    })
+    wait_until(
+        "Bradford's escalation not needed",
+        Duration::from_secs(20),
+        || async {
+            count(
+                &store,
+                "SELECT COUNT(*) FROM escalations WHERE state = 'not_needed' AND data IS NULL",
+            )
+            .await
+                == 1
+        },
+    )
     .await;
     assert_eq!(
         count(
@@ -189,11 +201,19 @@ async fn an_undelivered_notification_is_escalated_once_and_a_delivered_one_is_no
         Utc::now() >= after
     })
     .await;
-    assert_eq!(escalations(&smtp).len(), 1, "the escalation went more than once");
+    assert_eq!(
+        escalations(&smtp).len(),
+        1,
+        "the escalation went more than once"
+    );
     let metrics = service::scrape(&herald).await;
     let route = format!("route=\"{ROUTE}\"");
     assert_eq!(
-        total(&metrics, "herald_escalations_total", &[&route, "outcome=\"sent\""]),
+        total(
+            &metrics,
+            "herald_escalations_total",
+            &[&route, "outcome=\"sent\""]
+        ),
         1.0
     );
     assert_eq!(
@@ -205,7 +225,11 @@ async fn an_undelivered_notification_is_escalated_once_and_a_delivered_one_is_no
         1.0
     );
     assert_eq!(
-        total(&metrics, "herald_escalations_total", &[&route, "outcome=\"failed\""]),
+        total(
+            &metrics,
+            "herald_escalations_total",
+            &[&route, "outcome=\"failed\""]
+        ),
         0.0
     );
 
@@ -241,17 +265,29 @@ async fn two_instances_on_one_ledger_escalate_once() {
     })
     .await;
     let mails = escalations(&smtp);
-    assert_eq!(mails.len(), 1, "two instances sent the escalation more than once");
+    assert_eq!(
+        mails.len(),
+        1,
+        "two instances sent the escalation more than once"
+    );
     check_escalation(&mails[0]);
     assert_eq!(
-        count(&store, "SELECT COUNT(*) FROM escalations WHERE state = 'sent'").await,
+        count(
+            &store,
+            "SELECT COUNT(*) FROM escalations WHERE state = 'sent'"
+        )
+        .await,
         1
     );
     let route = format!("route=\"{ROUTE}\"");
     let mut sent = 0.0;
     for herald in [&one, &two] {
         let metrics = service::scrape(herald).await;
-        sent += total(&metrics, "herald_escalations_total", &[&route, "outcome=\"sent\""]);
+        sent += total(
+            &metrics,
+            "herald_escalations_total",
+            &[&route, "outcome=\"sent\""],
+        );
     }
     assert_eq!(sent, 1.0);
 
@@ -259,6 +295,9 @@ async fn two_instances_on_one_ledger_escalate_once() {
     two.stop().await.unwrap();
     service::cleanup(&ch, &names).await;
 }
+
+/// A change made to the escalating route.
+type Change = fn(&mut herald::config::RouteConfig);
 
 /// `herald check`'s words for a configuration, or nothing.
 fn problems(config: Config) -> Vec<String> {
@@ -273,7 +312,7 @@ async fn check_renders_every_escalation_and_names_what_is_wrong() {
     let receiver = Receiver::start().await;
     assert_eq!(problems(escalating(&receiver)), Vec::<String>::new());
 
-    let cases: [(&str, fn(&mut herald::config::RouteConfig), &str); 6] = [
+    let cases: [(&str, Change, &str); 6] = [
         (
             "no sla",
             |r| r.sla = None,

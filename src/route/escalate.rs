@@ -43,7 +43,9 @@ impl At {
             let span = span.trim();
             return match humantime::parse_duration(span) {
                 Ok(d) if !d.is_zero() => Ok(At::Before(d)),
-                Ok(_) => Err(format!("at: \"{text}\": a span before the deadline cannot be zero")),
+                Ok(_) => Err(format!(
+                    "at: \"{text}\": a span before the deadline cannot be zero"
+                )),
                 Err(e) => Err(format!("at: \"{text}\": \"{span}\": {e}")),
             };
         }
@@ -123,7 +125,9 @@ impl Escalation {
             match Channel::parse(c) {
                 Some(c) if !channels.contains(&c) => channels.push(c),
                 Some(_) => {}
-                None => errors.push(format!("escalate.channels: \"{c}\" is not email or webhook")),
+                None => errors.push(format!(
+                    "escalate.channels: \"{c}\" is not email or webhook"
+                )),
             }
         }
         if config.channels.is_empty() {
@@ -164,8 +168,7 @@ impl Escalation {
 
     /// When a notification with this deadline is escalated, if it has one.
     pub fn due(&self, occurred_at: DateTime<Utc>, sla: &Sla) -> Option<DateTime<Utc>> {
-        sla.deadline()
-            .map(|d| self.at.instant(occurred_at, d.due))
+        sla.deadline().map(|d| self.at.instant(occurred_at, d.due))
     }
 
     /// The recipients the escalation reaches for an event, each with the channels it has of
@@ -177,8 +180,8 @@ impl Escalation {
         event: &Event,
         directory: &'d Directory,
         authority: &Authority,
-    ) -> (Vec<(&'d Arc<Recipient>, Vec<Channel>)>, Vec<String>) {
-        let mut found: Vec<(&'d Arc<Recipient>, Vec<Channel>)> = Vec::new();
+    ) -> (Vec<Reached<'d>>, Vec<String>) {
+        let mut found: Vec<Reached<'d>> = Vec::new();
         let mut missed = Vec::new();
         for selector in &self.to {
             let recipients = match selector.select(event.info(), event, directory, authority) {
@@ -189,7 +192,7 @@ impl Escalation {
                 }
             };
             for r in recipients {
-                if found.iter().any(|(f, _)| f.id == r.id) {
+                if found.iter().any(|f| f.recipient.id == r.id) {
                     continue;
                 }
                 if let Err(why) = authority.may_hear(r, event) {
@@ -206,11 +209,21 @@ impl Escalation {
                     missed.push(format!("{} has none of the escalation's channels", r.id));
                     continue;
                 }
-                found.push((r, channels));
+                found.push(Reached {
+                    recipient: r,
+                    channels,
+                });
             }
         }
         (found, missed)
     }
+}
+
+/// An escalation recipient an event reaches, with the channels it has of the rule's.
+#[derive(Debug)]
+pub struct Reached<'d> {
+    pub recipient: &'d Arc<Recipient>,
+    pub channels: Vec<Channel>,
 }
 
 /// The notification an escalation is about: who has not been told, by which channel.
@@ -378,7 +391,17 @@ mod tests {
         );
         assert_eq!(At::parse("2h before").unwrap().to_string(), "2h before");
         assert_eq!(At::parse("75%").unwrap().to_string(), "75%");
-        for bad in ["0%", "100%", "150%", "7.5%", "x%", "0s before", "soon before", "2h", ""] {
+        for bad in [
+            "0%",
+            "100%",
+            "150%",
+            "7.5%",
+            "x%",
+            "0s before",
+            "soon before",
+            "2h",
+            "",
+        ] {
             let e = At::parse(bad).unwrap_err();
             assert!(e.starts_with("at: "), "{bad}: {e}");
         }

@@ -91,12 +91,15 @@ pub(super) fn records(
             continue;
         };
         let facts = core.engine.facts(route, event);
-        let (reached, missed) =
-            escalation.recipients(event, &core.engine.directory, authority);
+        let (reached, missed) = escalation.recipients(event, &core.engine.directory, authority);
         for why in &missed {
             warn!(event_id = %event.id, route = %w.route, key = %w.key, detail = %why, "an escalation recipient cannot be told");
         }
-        for (recipient, channels) in reached {
+        for escalate::Reached {
+            recipient,
+            channels,
+        } in reached
+        {
             let data = escalate::data(
                 event,
                 route,
@@ -178,7 +181,10 @@ pub(crate) async fn scan(ctx: Arc<Ctx>, tick: Duration, stop: CancellationToken)
             .await
         {
             Ok(0) => {}
-            Ok(n) => info!(escalations = n, "escalations an instance stopped sending are taken back"),
+            Ok(n) => info!(
+                escalations = n,
+                "escalations an instance stopped sending are taken back"
+            ),
             Err(e) => debug!(error = %e, "cannot take back escalations now"),
         }
         let due = match store.escalations_due(now, MOST_PER_TICK).await {
@@ -292,10 +298,7 @@ async fn attempt(ctx: &Ctx, row: &DueEscalation) -> EscalationEnd {
         return fail("the escalation's data is missing".into());
     };
     let Some(recipient) = ctx.core.engine.directory.get(&row.recipient) else {
-        return fail(format!(
-            "{} is no longer in the directory",
-            row.recipient
-        ));
+        return fail(format!("{} is no longer in the directory", row.recipient));
     };
     let deadline = row.deadline.unwrap_or(row.due_at);
     let why = Why {

@@ -11,9 +11,9 @@ use tracing::{Instrument, Span, debug, error, info, info_span, warn};
 
 use super::acks::Acks;
 use super::dedup::Claim;
+use super::escalate::{self, Watched};
 use super::instances::{self, Held, RETRY_CLAIMS};
 use super::retry::{self, Pending};
-use super::escalate::{self, Watched};
 use super::{Ctx, park, rows};
 use crate::deliver::Failure;
 use crate::deliver::guard::State;
