@@ -372,3 +372,223 @@ async fn check_renders_every_escalation_and_names_what_is_wrong() {
         "{wrong}"
     );
 }
+
+/// An event with two notifications, one delivered and one retrying, each with an escalation
+/// due now, as the handler writes them: in one commit.
+async fn escalations_written(ledger: &herald::ledger::Ledger, message_id: &str) -> [String; 2] {
+    use herald::ledger::{
+        AttemptRecord, EscalationRecord, EventOutcome, EventRecord, NotificationRecord, Status,
+        Update,
+    };
+    let now = Utc::now();
+    let event = EventRecord {
+        publisher: "court".into(),
+        message_id: message_id.into(),
+        event_type: "court.bail.decided".into(),
+        version: Some(1),
+        occurred_at: Some(now),
+        received_at: now,
+        persons: vec!["NOMS:A1234BC".into()],
+        outcome: EventOutcome::Routed,
+        reason: None,
+        custody: None,
+    };
+    let keys = [format!("msg_{message_id}_0"), format!("msg_{message_id}_1")];
+    let made = keys
+        .iter()
+        .map(|key| NotificationRecord {
+            key: key.clone(),
+            route: ROUTE.into(),
+            recipient: "police:WYP-LEEDS".into(),
+            channel: "webhook".into(),
+            sla_rule: Some("within 20s".into()),
+            deadline: Some(now + chrono::Duration::seconds(20)),
+            status: Status::Pending,
+            reason: None,
+        })
+        .collect();
+    let ended = |key: &str, status: Status| Update {
+        key: key.into(),
+        status,
+        reason: (status != Status::Delivered).then(|| "HTTP 503".into()),
+        attempts: 1,
+        first_failure_at: (status != Status::Delivered).then_some(now),
+        delivered_at: (status == Status::Delivered).then_some(now),
+        sla_outcome: None,
+        sent_hash: None,
+        attempt: Some(AttemptRecord {
+            at: now,
+            duration: Duration::from_millis(2),
+            outcome: if status == Status::Delivered {
+                "delivered"
+            } else {
+                "http-retryable"
+            },
+            code: Some(503),
+            breaker: "closed",
+        }),
+    };
+    let escalations = keys
+        .iter()
+        .map(|key| EscalationRecord {
+            key: format!("esc_{key}"),
+            notification_key: key.clone(),
+            route: ROUTE.into(),
+            recipient: "judiciary:PAROLE-BOARD".into(),
+            recipient_class: "judiciary".into(),
+            channel: "email".into(),
+            rule: "50%".into(),
+            template: "escalation".into(),
+            due_at: now,
+            data: "{\"info\":{}}".into(),
+        })
+        .collect();
+    ledger
+        .handled_escalating(
+            event,
+            made,
+            vec![
+                ended(&keys[0], Status::Delivered),
+                ended(&keys[1], Status::Retrying),
+            ],
+            None,
+            escalations,
+        )
+        .await
+        .unwrap();
+    keys.map(|k| format!("esc_{k}"))
+}
+
+/// The ledger's side on each backend: escalations written with their event, one whose
+/// notification was delivered marked not needed, a claim exactly one of two instances wins,
+/// one held by an instance that is gone taken back, and an outcome recorded as a notification
+/// of the event with its data cleared.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_ledger_claims_each_escalation_once_and_takes_back_what_a_gone_instance_held() {
+    use herald::ledger::{AttemptRecord, EscalationEnd, EscalationState, Status};
+    for backend in common::ledger::BOTH {
+        let url = fresh(backend).await;
+        let store = open(&url).await;
+        let ledger = herald::ledger::Ledger::start(store.clone(), herald::metrics::Metrics::new());
+        let [not_needed, due] = escalations_written(&ledger, "esc-store-1").await;
+        // Written once: the same event handled again adds nothing.
+        escalations_written(&ledger, "esc-store-1").await;
+        assert_eq!(count(&store, "SELECT COUNT(*) FROM escalations").await, 2);
+
+        let now = Utc::now();
+        assert_eq!(
+            store.escalations_not_needed(now).await.unwrap(),
+            [ROUTE],
+            "{backend:?}"
+        );
+        let state = |key: &str| {
+            format!("SELECT COUNT(*) FROM escalations WHERE key = '{key}' AND state = ")
+        };
+        assert_eq!(
+            count(
+                &store,
+                &format!("{}'not_needed' AND data IS NULL", state(&not_needed))
+            )
+            .await,
+            1
+        );
+        assert_eq!(store.escalations_due(now, 10).await.unwrap(), [due.clone()]);
+
+        // Two instances claim it at once: one wins.
+        let (a, b) = tokio::join!(
+            store.claim_escalation(&due, "instance-a", now),
+            store.claim_escalation(&due, "instance-b", now)
+        );
+        let won = [a.unwrap(), b.unwrap()];
+        assert_eq!(
+            won.iter().filter(|w| **w).count(),
+            1,
+            "{backend:?}: {won:?}"
+        );
+        assert!(store.escalations_due(now, 10).await.unwrap().is_empty());
+
+        // Its instance never said it was alive (it is gone): taken back, its data kept.
+        let later = Utc::now();
+        assert_eq!(
+            store
+                .escalations_taken_back(
+                    later - chrono::Duration::seconds(10),
+                    later - chrono::Duration::minutes(10),
+                    later
+                )
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(
+            count(
+                &store,
+                &format!("{}'waiting' AND data IS NOT NULL", state(&due))
+            )
+            .await,
+            1
+        );
+
+        // Claimed again, read with why, sent.
+        assert!(
+            store
+                .claim_escalation(&due, "instance-c", later)
+                .await
+                .unwrap()
+        );
+        let row = store.escalation(&due).await.unwrap().unwrap();
+        assert_eq!(row.status, Some(Status::Retrying));
+        assert_eq!(row.reason.as_deref(), Some("HTTP 503"));
+        assert_eq!(row.last_outcome.as_deref(), Some("http-retryable"));
+        assert_eq!(row.notification_attempts, 1);
+        assert!(row.deadline.is_some() && row.data.is_some());
+        let end = EscalationEnd {
+            key: due.clone(),
+            instance: "instance-c".into(),
+            state: EscalationState::Sent,
+            next: None,
+            attempts: Some(1),
+            reason: None,
+            now: later,
+            sent: Some((
+                Status::Delivered,
+                AttemptRecord {
+                    at: later,
+                    duration: Duration::from_millis(5),
+                    outcome: "delivered",
+                    code: None,
+                    breaker: "closed",
+                },
+            )),
+        };
+        // Another instance's outcome is not taken: the claim is instance-c's.
+        let stranger = EscalationEnd {
+            instance: "instance-d".into(),
+            sent: None,
+            ..end.clone()
+        };
+        assert!(!store.escalation_ended(&stranger).await.unwrap());
+        assert!(store.escalation_ended(&end).await.unwrap());
+        assert_eq!(
+            count(
+                &store,
+                &format!("{}'sent' AND data IS NULL AND attempts = 1", state(&due))
+            )
+            .await,
+            1
+        );
+        assert_eq!(
+            count(
+                &store,
+                &format!(
+                    "SELECT COUNT(*) FROM notifications n JOIN events e ON e.id = n.event_id \
+                     JOIN attempts a ON a.notification_key = n.key WHERE n.key = '{due}' \
+                     AND n.status = 'delivered' AND e.message_id = 'esc-store-1'"
+                )
+            )
+            .await,
+            1,
+            "{backend:?}"
+        );
+    }
+}
