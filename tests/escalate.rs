@@ -492,7 +492,10 @@ async fn the_ledger_claims_each_escalation_once_and_takes_back_what_a_gone_insta
             .await,
             1
         );
-        assert_eq!(store.escalations_due(now, 10).await.unwrap(), [due.clone()]);
+        assert_eq!(
+            store.escalations_due(now, 10).await.unwrap(),
+            [due.as_str()]
+        );
 
         // Two instances claim it at once: one wins.
         let (a, b) = tokio::join!(
