@@ -502,6 +502,10 @@ pub struct RouteConfig {
     /// endpoints to against its SLA.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub volume: Option<Rate>,
+    /// Who is told, and when, that a notification of this route is still undelivered as its
+    /// deadline nears. Needs an `sla`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escalate: Option<EscalateConfig>,
 }
 
 /// A count in a period, as routes.toml writes it: `"50/s"`, `"3000/min"`, `"100000/h"`,
@@ -608,6 +612,36 @@ impl<'de> Deserialize<'de> for Rate {
         let text = String::deserialize(d)?;
         Rate::parse(&text).map_err(serde::de::Error::custom)
     }
+}
+
+/// A route's escalation: `escalate = { at = "75%", to = ["police:WYP-CONTROL-ROOM"],
+/// channels = ["email"] }`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EscalateConfig {
+    /// When, if the notification is still undelivered: a share of the time the deadline
+    /// allows (`"75%"`, from 1% to 99%), or a span before the deadline (`"2h before"`).
+    pub at: String,
+    /// Who is told: recipient ids, `<class>:{field.path}` patterns or `<class>:*`, as a
+    /// route's `to`.
+    pub to: Vec<String>,
+    /// How they are told; each recipient gets those it has.
+    #[serde(default = "default_escalation_channels")]
+    pub channels: Vec<String>,
+    /// The template folder of the escalation email.
+    #[serde(default = "default_escalation_template")]
+    pub template: String,
+}
+
+/// The template an escalation uses unless its route names another.
+pub const ESCALATION_TEMPLATE: &str = "escalation";
+
+fn default_escalation_channels() -> Vec<String> {
+    vec!["email".into()]
+}
+
+fn default_escalation_template() -> String {
+    ESCALATION_TEMPLATE.into()
 }
 
 /// One weekly digest: a report over the custody register, for a scope, to recipients.

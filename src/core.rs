@@ -112,6 +112,14 @@ impl Core {
                         rc.name, rc.template
                     ));
                 }
+                if let Some(e) = &rc.escalate
+                    && renderer.as_ref().is_some_and(|r| !r.has(&e.template))
+                {
+                    errors.push(format!(
+                        "{file}: route {}: escalate.template: \"{}\" has no folder under templates/ (subject.hbs, text.hbs, html.hbs)",
+                        rc.name, e.template
+                    ));
+                }
                 match Route::compile(rc, schemas, &directory) {
                     Ok(r) => routes.push(r),
                     Err(es) => errors.extend(
@@ -294,6 +302,22 @@ impl Core {
                             recipient.class,
                             path.display()
                         ));
+                    }
+                }
+                if let Some(escalation) = &route.escalate {
+                    let told = self.sample_recipients(route);
+                    for recipient in self.sample_escalation_recipients(escalation) {
+                        let Some(not_told) = told.first() else { break };
+                        if let Err(e) = self.preview_escalation(route, event, &recipient, not_told)
+                        {
+                            report.errors.push(format!(
+                                "{file}: route {}: escalate.template {} for a {} recipient, example {}: {e}",
+                                route.name,
+                                escalation.template,
+                                recipient.class,
+                                path.display()
+                            ));
+                        }
                     }
                 }
                 if let Some(Err(e)) = route
@@ -522,10 +546,72 @@ impl Core {
         warnings
     }
 
+    /// Renders a route's escalation email for an event as `recipient` would get it about a
+    /// notification to `not_told`, with what its class may see and a sample of why (retrying
+    /// after an HTTP 503, an hour left): `herald check` tries every escalation template this
+    /// way.
+    // String error: Handlebars' own words (see the note at the top of render/mod.rs).
+    pub fn preview_escalation(
+        &self,
+        route: &Route,
+        event: &Event,
+        recipient: &Recipient,
+        not_told: &Recipient,
+    ) -> Result<crate::render::EmailParts, String> {
+        let Some(escalation) = &route.escalate else {
+            return Err(format!("route {} has no escalate", route.name));
+        };
+        let facts = self.engine.facts(route, event);
+        let deadline = facts.sla.deadline().map_or(event.occurred_at, |d| d.due);
+        let due_at = escalation.at.instant(event.occurred_at, deadline);
+        let channel = route
+            .channels
+            .first()
+            .copied()
+            .unwrap_or(crate::notification::Channel::Email);
+        let data = crate::route::escalate::data(
+            event,
+            route,
+            &facts,
+            escalation,
+            due_at,
+            &self.engine.redaction,
+            recipient,
+            crate::route::escalate::NotTold {
+                key: "msg_sample",
+                recipient: not_told,
+                channel,
+            },
+        );
+        let why = crate::route::escalate::Why {
+            status: "retrying".into(),
+            attempts: 3,
+            failure: Some("http-retryable".into()),
+            reason: Some("HTTP 503".into()),
+            deadline,
+            now: deadline - chrono::Duration::hours(1),
+        };
+        let data = crate::route::escalate::with_why(data, &why);
+        self.renderer
+            .email_of(&escalation.template, &data, &facts.marks)
+    }
+
     /// One recipient per class a route can reach, to render its template as each would see it
     /// (`herald check`, and tests that render every route for every class).
     pub fn sample_recipients(&self, route: &Route) -> Vec<Arc<Recipient>> {
-        let mut classes: Vec<RecipientClass> = route.to.iter().map(Selector::class).collect();
+        self.samples(route.to.iter())
+    }
+
+    /// One recipient per class an escalation can reach, for the same.
+    pub fn sample_escalation_recipients(
+        &self,
+        escalation: &crate::route::escalate::Escalation,
+    ) -> Vec<Arc<Recipient>> {
+        self.samples(escalation.to.iter())
+    }
+
+    fn samples<'s>(&self, to: impl Iterator<Item = &'s Selector>) -> Vec<Arc<Recipient>> {
+        let mut classes: Vec<RecipientClass> = to.map(Selector::class).collect();
         classes.sort();
         classes.dedup();
         classes

@@ -11,6 +11,8 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use crate::notification::EscalationOutcome;
+
 /// Every SLA outcome, so each route's series exist from the start (at zero) and a first breach
 /// shows as a rise.
 pub const SLA_OUTCOMES: [&str; 5] = [
@@ -130,6 +132,8 @@ pub struct Metrics {
     pub config_info: IntGaugeVec,
     /// Reloads asked for, by result: `applied`, `unchanged`, `refused`.
     pub config_reloads: IntCounterVec,
+    /// Escalations before a deadline, by route and outcome (`sent`, `failed`, `not_needed`).
+    pub escalations: IntCounterVec,
 }
 
 impl Metrics {
@@ -380,6 +384,11 @@ impl Metrics {
                 "Reloads of the configuration asked for (SIGHUP, herald reload, POST /-/reload), by result: applied, unchanged, refused.",
                 &["result"],
             ),
+            escalations: counter(
+                "herald_escalations_total",
+                "Escalations of notifications still undelivered as their deadline nears, by route and outcome: sent (the escalation recipient has it), failed (refused, or still failing at the deadline), not_needed (the notification was delivered first).",
+                &["route", "outcome"],
+            ),
             registry,
         }
     }
@@ -397,6 +406,16 @@ impl Metrics {
     /// A reload was refused; the configuration in force is unchanged.
     pub fn config_refused(&self) {
         self.config_reload_successful.set(0);
+    }
+
+    /// Creates the escalation series of every route that escalates at zero.
+    pub fn expect_escalations<'a>(&self, routes: impl IntoIterator<Item = &'a str>) {
+        for route in routes {
+            for outcome in EscalationOutcome::ALL {
+                self.escalations
+                    .with_label_values(&[route, outcome.as_str()]);
+            }
+        }
     }
 
     /// Creates every route's SLA outcome series at zero.

@@ -377,3 +377,32 @@ impl ParkReason {
         }
     }
 }
+
+/// How an escalation before a deadline ended: the `outcome` label of
+/// `herald_escalations_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EscalationOutcome {
+    /// The escalation recipient has it.
+    Sent,
+    /// Refused for good, or still failing when the deadline came.
+    Failed,
+    /// The notification was delivered before the escalation was due.
+    NotNeeded,
+}
+
+impl EscalationOutcome {
+    pub const ALL: [EscalationOutcome; 3] = [
+        EscalationOutcome::Sent,
+        EscalationOutcome::Failed,
+        EscalationOutcome::NotNeeded,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EscalationOutcome::Sent => "sent",
+            EscalationOutcome::Failed => "failed",
+            EscalationOutcome::NotNeeded => "not_needed",
+        }
+    }
+}

@@ -69,8 +69,8 @@ pub struct Guard {
     endpoints: Mutex<HashMap<String, Endpoint>>,
     /// Instances sharing each endpoint's limit, this one included.
     instances: std::sync::atomic::AtomicUsize,
-    /// The rate limits, by endpoint.
-    rates: Rates,
+    /// The rate limits, by endpoint; replaced whole when a reload changes them.
+    rates: std::sync::RwLock<Arc<Rates>>,
 }
 
 /// Leave to send, held for the length of one attempt.
@@ -84,15 +84,26 @@ impl Guard {
             limits,
             endpoints: Mutex::default(),
             instances: std::sync::atomic::AtomicUsize::new(1),
-            rates: Rates::default(),
+            rates: std::sync::RwLock::default(),
         }
     }
 
     /// The guard with rate limits on the endpoints they name.
-    pub fn with_rates(mut self, rates: Rates) -> Guard {
-        rates.share_among(self.instances.load(std::sync::atomic::Ordering::Relaxed));
-        self.rates = rates;
+    pub fn with_rates(self, rates: Rates) -> Guard {
+        self.set_rates(rates);
         self
+    }
+
+    /// Puts new rate limits in force (a reload changed them): requests waiting for a token
+    /// take it from the limit they waited on; the next ones from the new limits, which start
+    /// with their full burst.
+    pub fn set_rates(&self, rates: Rates) {
+        rates.share_among(self.instances.load(std::sync::atomic::Ordering::Relaxed));
+        *self.rates.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(rates);
+    }
+
+    fn rates(&self) -> Arc<Rates> {
+        Arc::clone(&self.rates.read().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Requests in flight to one endpoint that this instance allows itself: its equal share
@@ -115,7 +126,7 @@ impl Guard {
         if before == instances {
             return;
         }
-        self.rates.share_among(instances);
+        self.rates().share_among(instances);
         let slots = self.concurrency();
         let mut map = self.endpoints.lock().unwrap_or_else(|e| e.into_inner());
         for e in map.values_mut() {
@@ -190,7 +201,8 @@ impl Guard {
                 _ => Ok(Arc::clone(&e.slots)),
             }
         })?;
-        if let Some(bucket) = self.rates.bucket(endpoint)
+        let rates = self.rates();
+        if let Some(bucket) = rates.bucket(endpoint)
             && let Err(refused) = bucket.take(urgent, self.limits.queue_wait).await
         {
             return Err(Failure::new(

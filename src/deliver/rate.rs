@@ -29,7 +29,7 @@ use crate::config::Rate;
 pub const RELAY: &str = "email-relay";
 
 /// One limit from routes.toml and the endpoints held to it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limit {
     /// Its name in the metrics: the endpoint (`police:WYP-LEEDS/webhook`), or [`RELAY`].
     pub name: String,

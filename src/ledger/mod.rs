@@ -13,6 +13,7 @@
 mod authority;
 mod custody;
 mod digest;
+mod escalate;
 mod instances;
 pub mod overview;
 pub mod read;
@@ -34,6 +35,7 @@ use crate::notification::{DeliveryOutcome, ParkReason};
 
 pub use authority::{AuthorityRow, Pair};
 pub use digest::{DigestClaim, OpenDigest};
+pub use escalate::{DueEscalation, EscalationEnd, EscalationRecord, EscalationState};
 pub use instances::EndpointState;
 pub use writer::Ledger;
 
@@ -598,7 +600,7 @@ impl Store {
     }
 
     /// Deletes up to `batch` of the oldest events received before `before`, with their
-    /// notifications, attempts and identifiers; how many events went.
+    /// notifications, attempts, escalations and identifiers; how many events went.
     pub async fn prune(&self, before: DateTime<Utc>, batch: i64) -> Result<u64, LedgerError> {
         let err = |e: sqlx::Error| self.error(&e);
         let mut tx = self.pool.begin().await.map_err(err)?;
@@ -625,6 +627,10 @@ impl Store {
         let list = ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
         // The ids are the store's own integers, so they are written into the statement.
         for statement in [
+            format!(
+                "DELETE FROM escalations WHERE notification_key IN \
+                 (SELECT key FROM notifications WHERE event_id IN ({list}))"
+            ),
             format!(
                 "DELETE FROM attempts WHERE notification_key IN \
                  (SELECT key FROM notifications WHERE event_id IN ({list}))"

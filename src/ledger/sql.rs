@@ -332,6 +332,30 @@ fn custody_sql(s: Src) -> String {
     )
 }
 
+/// Escalations: (key, notification key, route, recipient, class, channel, rule, template,
+/// due, data, now), each written once: the same notification handled again adds none.
+fn escalations_sql(s: Src) -> String {
+    format!(
+        "INSERT INTO escalations (key, notification_key, route, recipient, recipient_class, \
+         channel, rule, template, due_at, data, created_at, updated_at, state, attempts) \
+         SELECT {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, 'waiting', 0 FROM {} WHERE true \
+         ON CONFLICT (key) DO NOTHING",
+        s.text(0),
+        s.text(1),
+        s.text(2),
+        s.text(3),
+        s.text(4),
+        s.text(5),
+        s.text(6),
+        s.text(7),
+        s.int(8),
+        s.text(9),
+        s.int(10),
+        s.int(10),
+        s.from()
+    )
+}
+
 pub(super) const NOTIFICATION_WIDTH: usize = 17;
 
 /// A commit's tables, in the order they are written.
@@ -346,10 +370,11 @@ pub(super) enum Table {
     Endpoints,
     Authority,
     Custody,
+    Escalations,
 }
 
 impl Table {
-    pub(super) const ALL: [Table; 9] = [
+    pub(super) const ALL: [Table; 10] = [
         Table::Seen,
         Table::Events,
         Table::Persons,
@@ -359,6 +384,7 @@ impl Table {
         Table::Endpoints,
         Table::Authority,
         Table::Custody,
+        Table::Escalations,
     ];
 
     pub(super) fn sql(self, s: Src) -> String {
@@ -372,6 +398,7 @@ impl Table {
             Table::Endpoints => endpoints_sql(s),
             Table::Authority => authority_sql(s),
             Table::Custody => custody_sql(s),
+            Table::Escalations => escalations_sql(s),
         }
     }
 
@@ -391,6 +418,7 @@ impl Table {
             Table::Endpoints => Some("endpoints"),
             Table::Authority => Some("authority"),
             Table::Custody => Some("custody"),
+            Table::Escalations => Some("escalations"),
             Table::Seen | Table::Persons | Table::Updates => None,
         }
     }

@@ -24,8 +24,8 @@ use crate::route::authority::{Change, ChangeKind};
 
 use super::sql::{NOTIFICATION_WIDTH, Rows, SQLITE_ROWS, Src, Table, V, seen_sql};
 use super::{
-    AttemptRecord, Backend, EndpointRecord, EventOutcome, EventRecord, LedgerError,
-    NotificationRecord, Seen, Status, Store, Update, ms,
+    AttemptRecord, Backend, EndpointRecord, EscalationRecord, EventOutcome, EventRecord,
+    LedgerError, NotificationRecord, Seen, Status, Store, Update, ms,
 };
 
 /// Most operations in one transaction.
@@ -39,6 +39,8 @@ enum Op {
         updates: Vec<Update>,
         /// The change a register event makes to the authority register, written with it.
         change: Option<Change>,
+        /// The escalations of its notifications left undelivered, written with them.
+        escalations: Vec<EscalationRecord>,
         /// Whether the caller wants to know what the ledger had of the event before.
         asks: bool,
         reply: oneshot::Sender<Result<Seen, LedgerError>>,
@@ -123,12 +125,27 @@ impl Ledger {
         updates: Vec<Update>,
         change: Option<Change>,
     ) -> Result<(), LedgerError> {
+        self.handled_escalating(event, notifications, updates, change, Vec::new())
+            .await
+    }
+
+    /// [`Ledger::handled`] with the escalations of the notifications it left undelivered,
+    /// in the same commit: an event acknowledged has its escalations recorded.
+    pub async fn handled_escalating(
+        &self,
+        event: EventRecord,
+        notifications: Vec<NotificationRecord>,
+        updates: Vec<Update>,
+        change: Option<Change>,
+        escalations: Vec<EscalationRecord>,
+    ) -> Result<(), LedgerError> {
         let (reply, answer) = oneshot::channel();
         self.send(Op::Event {
             event,
             notifications,
             updates,
             change,
+            escalations,
             asks: false,
             reply,
         })
@@ -164,6 +181,7 @@ impl Ledger {
             notifications,
             updates: Vec::new(),
             change,
+            escalations: Vec::new(),
             asks: true,
             reply,
         })
@@ -403,7 +421,7 @@ fn answer(batch: Vec<Op>, mut found: Found) {
 
 /// A batch's rows, table by table.
 struct Tables<'a> {
-    rows: [Rows<'a>; 9],
+    rows: [Rows<'a>; 10],
 }
 
 impl<'a> Tables<'a> {
@@ -418,6 +436,7 @@ impl<'a> Tables<'a> {
         let mut endpoints: HashMap<(&str, &str), &EndpointRecord> = HashMap::new();
         let mut authority = Rows::new(9);
         let mut custody = Rows::new(5);
+        let mut escalations = Rows::new(11);
         for op in batch {
             match op {
                 Op::Event {
@@ -425,6 +444,7 @@ impl<'a> Tables<'a> {
                     notifications: made,
                     updates: outcomes,
                     change,
+                    escalations: escalating,
                     ..
                 } => {
                     let id: [V; 2] = [(&e.publisher).into(), (&e.message_id).into()];
@@ -498,6 +518,21 @@ impl<'a> Tables<'a> {
                             now.into(),
                         ]);
                     }
+                    for x in escalating {
+                        escalations.push([
+                            (&x.key).into(),
+                            (&x.notification_key).into(),
+                            (&x.route).into(),
+                            (&x.recipient).into(),
+                            (&x.recipient_class).into(),
+                            (&x.channel).into(),
+                            (&x.rule).into(),
+                            (&x.template).into(),
+                            ms(x.due_at).into(),
+                            (&x.data).into(),
+                            now.into(),
+                        ]);
+                    }
                     for u in outcomes {
                         if !made.iter().any(|n| n.key == u.key) {
                             updates.insert(&u.key, u);
@@ -553,6 +588,7 @@ impl<'a> Tables<'a> {
                 endpoint_rows,
                 authority,
                 custody,
+                escalations,
             ],
         }
     }

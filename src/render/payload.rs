@@ -116,3 +116,43 @@ pub fn webhook_body(event: &Event, view: &WebhookView<'_>) -> String {
     let _ = serde_json::to_writer(&mut out, &payload);
     String::from_utf8(out).unwrap_or_default()
 }
+
+/// The `type` of an escalation's webhook body.
+pub const ESCALATION_TYPE: &str = "herald.escalation";
+
+/// The JSON body of an escalation by webhook, from the escalation's data (the event already
+/// redacted for the recipient's class, and the why): `type` `herald.escalation`, `timestamp`
+/// when it is sent, and `data` with the escalation, why it is sent, and the event as the
+/// recipient may see it.
+pub fn escalation_body(key: &str, data: &Value, sent_at: &str) -> String {
+    let field = |name: &str| data.get(name).unwrap_or(&Value::Null);
+    let mut event = serde_json::Map::new();
+    event.insert("id".into(), field("eventId").clone());
+    event.insert("eventType".into(), field("eventType").clone());
+    event.insert("occurredAt".into(), field("occurredAt").clone());
+    event.insert("publishedAt".into(), field("publishedAt").clone());
+    if let Some(d) = data.get("description") {
+        event.insert("description".into(), d.clone());
+    }
+    event.insert("personReference".into(), field("personReference").clone());
+    event.insert("additionalInformation".into(), field("info").clone());
+    let mut escalation = field("escalation").clone();
+    if let Some(map) = escalation.as_object_mut() {
+        map.insert("id".into(), Value::String(key.to_owned()));
+        map.insert("route".into(), field("route").clone());
+        map.insert("recipient".into(), field("recipient").clone());
+        map.insert("sla".into(), field("sla").clone());
+        map.insert("marks".into(), field("marks").clone());
+        map.insert("withheld".into(), field("withheld").clone());
+    }
+    let body = serde_json::json!({
+        "type": ESCALATION_TYPE,
+        "timestamp": sent_at,
+        "data": {
+            "escalation": escalation,
+            "why": field("why"),
+            "event": event,
+        },
+    });
+    body.to_string()
+}

@@ -7,6 +7,7 @@
 pub mod authority;
 pub mod custody;
 pub mod digest;
+pub mod escalate;
 mod matcher;
 mod redact;
 mod selector;
@@ -47,6 +48,8 @@ pub struct Route {
     pub priority: Priority,
     pub mark: Option<String>,
     pub continue_matching: bool,
+    /// Who is told when a notification is still undelivered as the deadline nears.
+    pub escalate: Option<escalate::Escalation>,
 }
 
 impl Route {
@@ -92,6 +95,11 @@ impl Route {
                 None
             }
         };
+        let escalation = config.escalate.as_ref().and_then(|e| {
+            escalate::Escalation::compile(e, config.sla.is_some(), directory)
+                .map_err(|es| errors.extend(es))
+                .ok()
+        });
         // Every field the route reads must be one the schemas of its events have: a misspelt
         // path would otherwise never match, never name a recipient, never give a deadline.
         let mut paths: Vec<(String, &FieldPath)> = Vec::new();
@@ -101,6 +109,11 @@ impl Route {
         for selector in &to {
             for f in selector.fields() {
                 paths.push((format!("to: \"{}\"", selector.text()), f));
+            }
+        }
+        for selector in escalation.iter().flat_map(|e| &e.to) {
+            for f in selector.fields() {
+                paths.push((format!("escalate.to: \"{}\"", selector.text()), f));
             }
         }
         if let Some(f) = sla.as_ref().and_then(SlaRule::field) {
@@ -155,6 +168,7 @@ impl Route {
             priority,
             mark: config.mark.clone(),
             continue_matching: config.continue_matching,
+            escalate: escalation,
         })
     }
 

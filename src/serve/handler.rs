@@ -12,6 +12,7 @@ use tracing::{Instrument, Span, debug, error, info, info_span, warn};
 
 use super::acks::Acks;
 use super::dedup::Claim;
+use super::escalate::{self, Watched};
 use super::instances::{self, Held, RETRY_CLAIMS};
 use super::retry::{self, Pending};
 use super::{Ctx, park, rows};
@@ -364,13 +365,46 @@ async fn route_and_deliver(ctx: &Scope<'_>, event: Event, received_at: DateTime<
         }
     }
     let pending: Vec<Pending> = pending.into_iter().filter(|p| !settled(&p.key)).collect();
+    // The notifications of routes that escalate, in the order they are delivered: those left
+    // undelivered get their escalations, written with them.
+    let watched: Vec<Option<Watched>> = if escalate::any(&ctx.core) {
+        pending
+            .iter()
+            .map(|p| {
+                escalate::escalates(&ctx.core, &p.route).then(|| Watched {
+                    key: p.key.clone(),
+                    route: p.route.clone(),
+                    recipient: p.recipient.clone(),
+                    channel: p.channel(),
+                    sla: p.sla.clone(),
+                })
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     // Each notification carries what it needs: the document is freed now rather than held
-    // until the slowest recipient answers.
-    drop(event);
-    for (outcome, update) in join_all(pending.into_iter().map(|p| attempt(ctx, p))).await {
+    // until the slowest recipient answers, unless an escalation may need it.
+    let event = watched.iter().any(Option::is_some).then_some(event);
+    let mut undelivered = Vec::new();
+    let outcomes = join_all(pending.into_iter().map(|p| attempt(ctx, p))).await;
+    let mut watched = watched.into_iter();
+    for (outcome, update) in outcomes {
         done &= outcome != Outcome::Retry;
         updates.extend(update);
+        if let Some(Some(w)) = watched.next()
+            && !matches!(outcome, Outcome::Delivered | Outcome::Skipped)
+        {
+            undelivered.push(w);
+        }
     }
+    let escalations = match &event {
+        Some(event) if !undelivered.is_empty() => {
+            escalate::records(&ctx.core, event, &authority, &undelivered)
+        }
+        _ => Vec::new(),
+    };
+    drop(event);
     // An event seen before: only what was handled again is written.
     let records = if first_time {
         records
@@ -380,7 +414,7 @@ async fn route_and_deliver(ctx: &Scope<'_>, event: Event, received_at: DateTime<
     let message_id = record.message_id.clone();
     if !recorded(
         ctx.ledger
-            .handled(record, records, updates, change.clone())
+            .handled_escalating(record, records, updates, change.clone(), escalations)
             .await,
     ) {
         return false;

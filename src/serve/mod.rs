@@ -11,6 +11,7 @@ mod confirm;
 mod dedup;
 pub mod digest;
 pub mod dlq;
+pub mod escalate;
 mod handler;
 mod http;
 pub mod instances;
@@ -100,6 +101,8 @@ pub struct Settings {
     pub clock: digest::Clock,
     /// How often the digests' schedule is looked at.
     pub digest_tick: Duration,
+    /// How often the escalations due are looked for.
+    pub escalation_tick: Duration,
 }
 
 impl Settings {
@@ -146,6 +149,7 @@ impl Settings {
             keep_sent_hash: config.ledger.keep_sent_hash,
             clock: digest::Clock::system(),
             digest_tick: Duration::from_secs(30),
+            escalation_tick: Duration::from_secs(5),
         }
     }
 }
@@ -164,10 +168,7 @@ impl Settings {
     /// The circuit breaker, concurrency limit and rate limit of every endpoint; the rate
     /// limits report how many notifications they hold to `metrics`.
     pub fn guard(&self, metrics: &Metrics) -> Guard {
-        let rates = Rates::new(&self.rates, |name| RateWatch {
-            held: metrics.held.with_label_values(&[name]),
-            held_seconds: metrics.held_seconds.with_label_values(&[name]),
-        });
+        let rates = rates(&self.rates, metrics);
         Guard::new(GuardLimits {
             concurrency: self.concurrency_per_endpoint,
             queue_wait: self.webhook_timeout,
@@ -176,6 +177,14 @@ impl Settings {
         })
         .with_rates(rates)
     }
+}
+
+/// The token buckets of `limits`, each reporting how many notifications it holds to `metrics`.
+pub(crate) fn rates(limits: &[RateLimit], metrics: &Metrics) -> Rates {
+    Rates::new(limits, |name| RateWatch {
+        held: metrics.held.with_label_values(&[name]),
+        held_seconds: metrics.held_seconds.with_label_values(&[name]),
+    })
 }
 
 /// routes.toml's rate limits: one per recipient webhook with a `rate`, and one for the email
@@ -690,6 +699,13 @@ pub async fn start(
     let shutdown = CancellationToken::new();
     let metrics = Metrics::new();
     metrics.expect_routes(core.engine.routes.iter().map(|r| &*r.name));
+    metrics.expect_escalations(
+        core.engine
+            .routes
+            .iter()
+            .filter(|r| r.escalate.is_some())
+            .map(|r| &*r.name),
+    );
     // The files' hash; a configuration built in memory (a test's) has the files' hash too.
     let hash = reload::fingerprint(&core.config_path, &core.config).unwrap_or_else(|e| {
         warn!(error = %e, "cannot read the configuration's files to hash them");
@@ -781,6 +797,11 @@ pub async fn start(
         requests,
         env,
         hash,
+        shutdown.clone(),
+    ));
+    tokio::spawn(escalate::scan(
+        Arc::clone(&ctx),
+        ctx.settings.escalation_tick,
         shutdown.clone(),
     ));
     let stop = shutdown.clone();

@@ -226,8 +226,24 @@ async fn reload(ctx: &Ctx, env: &Env, in_force: &str) -> Reload {
     for w in &key_warnings {
         warn!("{w}");
     }
+    // Rate limits as the new configuration sets them: unchanged ones keep their buckets (and
+    // what they have let through lately); changed ones start afresh. A recipient added with
+    // an email address is held to the relay's limit like the others.
+    let limits = super::rate_limits(&core.config);
+    if limits != super::rate_limits(&old.config) {
+        ctx.deliverer
+            .guard
+            .set_rates(super::rates(&limits, &ctx.metrics));
+    }
     ctx.metrics
         .expect_routes(core.engine.routes.iter().map(|r| &*r.name));
+    ctx.metrics.expect_escalations(
+        core.engine
+            .routes
+            .iter()
+            .filter(|r| r.escalate.is_some())
+            .map(|r| &*r.name),
+    );
     ctx.live.replace(Arc::new(core));
     Reload::Applied {
         hash,
@@ -246,7 +262,12 @@ fn read_at_start(old: &Config, new: &Config) -> Vec<&'static str> {
     }
     let sections = [
         ("[amqp]", differs(&old.amqp, &new.amqp)),
-        ("[email]", differs(&old.email, &new.email)),
+        // The relay's `rate` is taken up by a reload; the rest of [email] is the transport.
+        ("[email]", {
+            let (mut old, mut new) = (old.email.clone(), new.email.clone());
+            (old.rate, new.rate) = (None, None);
+            differs(&old, &new)
+        }),
         ("[webhook]", differs(&old.webhook, &new.webhook)),
         ("[retry]", differs(&old.retry, &new.retry)),
         ("[ledger]", differs(&old.ledger, &new.ledger)),
@@ -504,6 +525,10 @@ mod tests {
         }
     }
 
+    fn herald_rate(text: &str) -> crate::config::Rate {
+        crate::config::Rate::parse(text).unwrap()
+    }
+
     #[test]
     fn sections_read_at_start_are_named_when_they_change() {
         let old = shipped().config;
@@ -511,6 +536,8 @@ mod tests {
         assert!(read_at_start(&old, &new).is_empty());
         new.routes.clear();
         assert!(read_at_start(&old, &new).is_empty(), "routes are reloaded");
+        new.email.rate = Some(herald_rate("5/s"));
+        assert!(read_at_start(&old, &new).is_empty(), "the relay's rate is reloaded");
         new.amqp.prefetch += 1;
         new.retry.max_age *= 2;
         assert_eq!(read_at_start(&old, &new), ["[amqp]", "[retry]"]);
