@@ -18,6 +18,7 @@ pub mod overview;
 pub mod read;
 pub mod report;
 mod sql;
+mod standing;
 mod writer;
 
 use std::collections::HashMap;
@@ -35,6 +36,7 @@ use crate::notification::{DeliveryOutcome, ParkReason};
 pub use authority::{AuthorityRow, Pair};
 pub use digest::{DigestClaim, OpenDigest};
 pub use instances::EndpointState;
+pub use standing::{Notice, StandingChange};
 pub use writer::Ledger;
 
 /// Which database holds the ledger.
