@@ -191,6 +191,20 @@ async fn a_gone_webhook_tells_its_contact_once_and_its_notifications_go_by_email
     })
     .await;
 
+    // A restart on the same ledger tells no one again, and the webhook stays down.
+    herald.stop().await.unwrap();
+    let herald = service::start_with(config(&receiver), &names, Some(&smtp), |s| {
+        s.ledger_url = url.clone();
+    })
+    .await;
+    publish_bail(&ch, &names, "gone", 3).await;
+    wait_until("the next webhook notification gone by email", WAIT, || async {
+        by_email(&store).await == 3
+    })
+    .await;
+    assert_eq!(contact_mail(&smtp).len(), 1, "not told again after a restart");
+    assert_eq!(store.standings_of(POLICE, "webhook").await.unwrap().len(), 1);
+
     // An operator enables it again: the contact hears once that it works.
     receiver.answer(HOOK, 204);
     store
@@ -207,7 +221,7 @@ async fn a_gone_webhook_tells_its_contact_once_and_its_notifications_go_by_email
             .any(|m| m.contains("working again"))
     );
     sending_again(&herald).await;
-    publish_bail(&ch, &names, "gone", 3).await;
+    publish_bail(&ch, &names, "gone", 4).await;
     wait_until("the webhook used again", WAIT, || async {
         receiver
             .hooks()
