@@ -438,7 +438,10 @@ fn check_knows_a_recipients_contact() {
         .lines()
         .find(|l| l.starts_with("note:") && l.contains("name no contact"))
         .unwrap_or_else(|| panic!("{run:?}"));
-    assert!(note.contains("police:WYP-BRADFORD") && !note.contains("police:WYP-LEEDS"), "{note}");
+    assert!(
+        note.contains("police:WYP-BRADFORD") && !note.contains("police:WYP-LEEDS"),
+        "{note}"
+    );
     let run = sandbox.check_with(&[
         (SECRET_ENV, SECRET),
         ("HERALD_SMTP_URL", "smtp://127.0.0.1:2525"),
@@ -468,7 +471,9 @@ fn check_knows_a_recipients_contact() {
     assert_eq!(run.code, 0, "{run:?}");
     assert!(
         run.stderr.lines().any(|l| l.starts_with("warning:")
-            && l.contains("recipient police:GMP-MANCHESTER: contact is set but the recipient has no webhook")),
+            && l.contains(
+                "recipient police:GMP-MANCHESTER: contact is set but the recipient has no webhook"
+            )),
         "{run:?}"
     );
 }

@@ -198,12 +198,21 @@ async fn a_gone_webhook_tells_its_contact_once_and_its_notifications_go_by_email
     })
     .await;
     publish_bail(&ch, &names, "gone", 3).await;
-    wait_until("the next webhook notification gone by email", WAIT, || async {
-        by_email(&store).await == 3
-    })
+    wait_until(
+        "the next webhook notification gone by email",
+        WAIT,
+        || async { by_email(&store).await == 3 },
+    )
     .await;
-    assert_eq!(contact_mail(&smtp).len(), 1, "not told again after a restart");
-    assert_eq!(store.standings_of(POLICE, "webhook").await.unwrap().len(), 1);
+    assert_eq!(
+        contact_mail(&smtp).len(),
+        1,
+        "not told again after a restart"
+    );
+    assert_eq!(
+        store.standings_of(POLICE, "webhook").await.unwrap().len(),
+        1
+    );
 
     // An operator enables it again: the contact hears once that it works.
     receiver.answer(HOOK, 204);
