@@ -343,13 +343,21 @@ async fn route_and_deliver(ctx: &Ctx, event: Event, received_at: DateTime<Utc>) 
     // Each notification carries what it needs: the document is freed now rather than held
     // until the slowest recipient answers.
     drop(event);
-    // Whether the route made the recipient an email too, for a webhook that is down.
+    // Whether the route made the recipient an email too, for a webhook that may go down
+    // (its recipient names a contact): the email that would carry it.
+    let directory = &ctx.core.engine.directory;
     let siblings: Vec<Sibling> = pending
         .iter()
         .map(|p| {
-            let made = pending.iter().any(|q| {
-                q.channel() == Channel::Email && q.route == p.route && q.recipient == p.recipient
-            });
+            let made = p.channel() == Channel::Webhook
+                && directory
+                    .get(&p.recipient)
+                    .is_some_and(|r| r.contact.is_some())
+                && pending.iter().any(|q| {
+                    q.channel() == Channel::Email
+                        && q.route == p.route
+                        && q.recipient == p.recipient
+                });
             if made { Sibling::Made } else { Sibling::Ask }
         })
         .collect();
