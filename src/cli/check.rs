@@ -159,6 +159,24 @@ fn check_secrets(core: &Core, env: impl Fn(&str) -> Option<OsString>, report: &m
     }
 }
 
+/// Recipients' contacts are told by email: with no SMTP server (`HERALD_SMTP_URL`, or
+/// `[email] url`) their emails, like every other, would only be written to the outbox folder.
+fn check_contacts(core: &Core, env: impl Fn(&str) -> Option<String>, report: &mut CheckReport) {
+    let contacts = core
+        .engine
+        .directory
+        .all()
+        .filter(|r| r.contact.is_some() && r.webhook.is_some())
+        .count();
+    let smtp = env("HERALD_SMTP_URL").is_some() || core.config.email.url.is_some();
+    if contacts > 0 && !smtp {
+        report.warnings.push(format!(
+            "{contacts} recipient(s) name a contact, but no SMTP server is set (HERALD_SMTP_URL or [email] url): their emails would only be written to the outbox folder {}",
+            core.config.email.outbox.display()
+        ));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -229,23 +247,5 @@ mod tests {
         assert!(report.errors.is_empty());
         assert_eq!(report.warnings.len(), 1, "{:?}", report.warnings);
         assert!(report.warnings[0].contains("not set"));
-    }
-}
-
-/// Recipients' contacts are told by email: with no SMTP server (`HERALD_SMTP_URL`, or
-/// `[email] url`) their emails, like every other, would only be written to the outbox folder.
-fn check_contacts(core: &Core, env: impl Fn(&str) -> Option<String>, report: &mut CheckReport) {
-    let contacts = core
-        .engine
-        .directory
-        .all()
-        .filter(|r| r.contact.is_some() && r.webhook.is_some())
-        .count();
-    let smtp = env("HERALD_SMTP_URL").is_some() || core.config.email.url.is_some();
-    if contacts > 0 && !smtp {
-        report.warnings.push(format!(
-            "{contacts} recipient(s) name a contact, but no SMTP server is set (HERALD_SMTP_URL or [email] url): their emails would only be written to the outbox folder {}",
-            core.config.email.outbox.display()
-        ));
     }
 }

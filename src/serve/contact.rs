@@ -140,16 +140,13 @@ async fn look(ctx: &Ctx, followed: &[String]) -> Result<(), crate::ledger::Ledge
         if standing == last {
             continue;
         }
-        match store
+        // None: another instance recorded it first, read again at the next tick.
+        if let Some(seq) = store
             .record_standing(recipient, channel, standing, cause, since, Notice::Due, now)
             .await?
         {
-            Some(seq) => {
-                info!(recipient = %recipient, channel, standing = standing.as_str(), cause = cause.as_str(), seq, "webhook endpoint's standing changed; its contact is told");
-                latest.insert(recipient.clone(), standing);
-            }
-            // Another instance recorded it first: read again at the next tick.
-            None => {}
+            info!(recipient = %recipient, channel, standing = standing.as_str(), cause = cause.as_str(), seq, "webhook endpoint's standing changed; its contact is told");
+            latest.insert(recipient.clone(), standing);
         }
     }
     ctx.standings.set(
