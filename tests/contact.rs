@@ -403,3 +403,56 @@ async fn two_instances_on_one_ledger_tell_the_contact_once_per_change() {
     store.close().await;
     service::cleanup(&ch, &names).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_change_is_recorded_and_its_notice_taken_once_however_many_try_at_once() {
+    use futures_util::future::join_all;
+    use herald::notification::StandingCause;
+    for backend in common::ledger::BOTH {
+        let store = open_store(&common::ledger::fresh(backend).await).await;
+        let now = Utc::now();
+        let record = |standing, cause| {
+            store.record_standing(POLICE, "webhook", standing, cause, now, Notice::Due, now)
+        };
+        let tries = (0..8).map(|_| record(Standing::Disabled, StandingCause::Gone));
+        let results: Vec<_> = join_all(tries)
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(
+            results.iter().filter(|r| r.is_some()).count(),
+            1,
+            "{backend:?}: {results:?}"
+        );
+        assert_eq!(
+            record(Standing::Disabled, StandingCause::Gone)
+                .await
+                .unwrap(),
+            None,
+            "the same standing again is no change"
+        );
+        assert_eq!(
+            record(Standing::Working, StandingCause::Answered)
+                .await
+                .unwrap(),
+            Some(2)
+        );
+        let due = store
+            .due_notices(now + chrono::TimeDelta::seconds(1))
+            .await
+            .unwrap();
+        assert_eq!(due.len(), 2, "{backend:?}");
+        let lease = now + chrono::TimeDelta::minutes(5);
+        let takes = (0..8).map(|_| store.take_notice(&due[0], lease));
+        let taken = join_all(takes).await.into_iter().map(Result::unwrap);
+        assert_eq!(taken.filter(|t| *t).count(), 1, "{backend:?}");
+        store
+            .settle_notice(&due[0], Notice::Sent, now)
+            .await
+            .unwrap();
+        let (before, later) = store.around(&due[1]).await.unwrap();
+        assert_eq!((before, later), (Some(Notice::Sent), false));
+        store.close().await;
+    }
+}
