@@ -221,6 +221,14 @@ pub struct WebhookSettings {
         serialize_with = "span"
     )]
     pub circuit_open_for: std::time::Duration,
+    /// How long an endpoint's circuit stays open (it keeps failing, with no answer between)
+    /// before its recipient's `contact` is told it is unreachable, and its notifications go
+    /// by email where their route allows both channels.
+    #[serde(
+        deserialize_with = "humantime_serde::deserialize",
+        serialize_with = "span"
+    )]
+    pub contact_after: std::time::Duration,
 }
 
 impl Default for WebhookSettings {
@@ -230,6 +238,7 @@ impl Default for WebhookSettings {
             concurrency_per_endpoint: 16,
             circuit_failures: 5,
             circuit_open_for: std::time::Duration::from_secs(30),
+            contact_after: std::time::Duration::from_secs(15 * 60),
         }
     }
 }
@@ -449,6 +458,9 @@ pub struct RecipientConfig {
     #[serde(default)]
     pub email: Vec<String>,
     pub webhook: Option<WebhookConfig>,
+    /// Who runs the recipient's webhook endpoint (an operations mailbox): told once when the
+    /// endpoint is disabled or unreachable, and once when it works again.
+    pub contact: Option<String>,
     /// People this recipient has shown authority to act for, as `TYPE:value`
     /// identifiers (`NOMS:A1234BC`). Required for legal representatives.
     #[serde(default)]

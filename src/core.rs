@@ -78,6 +78,18 @@ impl Core {
         };
         let (directory, dir_errors) = Directory::build(&config.recipients);
         errors.extend(dir_errors.into_iter().map(|e| format!("{file}: {e}")));
+        if renderer
+            .as_ref()
+            .is_some_and(|r| !r.has(crate::render::endpoint::TEMPLATE))
+        {
+            for r in directory.all().filter(|r| r.contact.is_some()) {
+                errors.push(format!(
+                    "{file}: recipient {}: contact is set, but templates/ has no {} folder (subject.hbs, text.hbs, html.hbs) for the contact's email",
+                    r.id,
+                    crate::render::endpoint::TEMPLATE
+                ));
+            }
+        }
         let (redaction, red_errors) = Redaction::build(&config.sensitive, &config.free_text);
         errors.extend(red_errors.into_iter().map(|e| format!("{file}: {e}")));
 
@@ -381,6 +393,7 @@ impl Core {
                 }
             }
         }
+        self.check_contacts(&mut report);
         let routed: HashSet<_> = self
             .engine
             .routes
@@ -596,6 +609,62 @@ impl Core {
             .email_of(&escalation.template, &data, &facts.marks)
     }
 
+    /// Each recipient's `contact`: the email it would get for every change of its webhook's
+    /// standing renders; a contact without a webhook is told nothing; recipients with a
+    /// webhook and no contact are named once, as a note.
+    fn check_contacts(&self, report: &mut CheckReport) {
+        use crate::notification::{Standing, StandingCause};
+        use crate::render::endpoint::{EndpointNotice, TEMPLATE};
+        let file = self.config_path.display();
+        let changes = [
+            (Standing::Disabled, StandingCause::Gone),
+            (Standing::Disabled, StandingCause::OperatorDisabled),
+            (Standing::Unreachable, StandingCause::Breaker),
+            (Standing::Working, StandingCause::Answered),
+            (Standing::Working, StandingCause::OperatorEnabled),
+        ];
+        let minutes = self.config.webhook.contact_after.as_secs().div_ceil(60);
+        let mut uncontacted = Vec::new();
+        for r in self.engine.directory.all() {
+            match (&r.webhook, &r.contact) {
+                (Some(_), None) => uncontacted.push(r.id.as_str()),
+                (None, Some(_)) => report.warnings.push(format!(
+                    "{file}: recipient {}: contact is set but the recipient has no webhook, so there is nothing to tell it about",
+                    r.id
+                )),
+                (None, None) => {}
+                (Some(_), Some(_)) => {
+                    let failed = changes.iter().find_map(|&(standing, cause)| {
+                        let notice = EndpointNotice {
+                            recipient: r,
+                            standing,
+                            cause,
+                            since: DateTime::<Utc>::UNIX_EPOCH,
+                            open_minutes: minutes,
+                        };
+                        self.renderer
+                            .endpoint_notice(&notice, &self.engine.routes)
+                            .err()
+                            .map(|e| format!("{} ({}): {e}", standing.as_str(), cause.as_str()))
+                    });
+                    if let Some(e) = failed {
+                        report.errors.push(format!(
+                            "{file}: recipient {}: template {TEMPLATE} for its contact, {e}",
+                            r.id
+                        ));
+                    }
+                }
+            }
+        }
+        if !uncontacted.is_empty() {
+            report.notes.push(format!(
+                "{} recipient(s) with a webhook name no contact to tell when it stops working: {}",
+                uncontacted.len(),
+                uncontacted.join(", ")
+            ));
+        }
+    }
+
     /// One recipient per class a route can reach, to render its template as each would see it
     /// (`herald check`, and tests that render every route for every class).
     pub fn sample_recipients(&self, route: &Route) -> Vec<Arc<Recipient>> {
@@ -629,6 +698,7 @@ impl Core {
                             name: format!("a {class} recipient"),
                             email: vec![],
                             webhook: None,
+                            contact: None,
                             acts_for: vec![],
                         })
                     })

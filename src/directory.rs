@@ -104,6 +104,8 @@ pub struct Recipient {
     pub name: String,
     pub email: Vec<Address>,
     pub webhook: Option<Webhook>,
+    /// Who runs the webhook endpoint: told when it stops working and when it works again.
+    pub contact: Option<Address>,
     /// `(identifier type, value)` of each person this recipient may hear about
     /// (legal representatives only).
     pub acts_for: Vec<(String, String)>,
@@ -180,6 +182,15 @@ impl Directory {
                     None => err(format!("\"{address}\" is not an email address")),
                 }
             }
+            let contact = c.contact.as_deref().and_then(|address| {
+                let parsed = parse_email(address);
+                if parsed.is_none() {
+                    err(format!(
+                        "contact \"{address}\" is not an email address (one address, such as \"ops@force.example.uk\")"
+                    ));
+                }
+                parsed
+            });
             if let Some(w) = &c.webhook {
                 if let Err(e) = check_webhook_url(&w.url) {
                     err(e);
@@ -222,6 +233,7 @@ impl Directory {
                     secret_env: w.secret_env.clone(),
                     previous_secret_env: w.previous_secret_env.clone(),
                 }),
+                contact,
                 acts_for,
             });
             dir.by_id.insert(c.id.clone(), Arc::clone(&recipient));

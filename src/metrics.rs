@@ -93,6 +93,12 @@ pub struct Metrics {
     pub held: IntGaugeVec,
     /// Time notifications spent waiting for a token, by limit.
     pub held_seconds: CounterVec,
+    /// Webhook notifications that went by their route's email to the recipient instead,
+    /// while the recipient's webhook was disabled or unreachable, by route.
+    pub fallbacks: IntCounterVec,
+    /// Emails to recipients' contacts about their webhook's standing, by standing
+    /// (`disabled`, `unreachable`, `working`) and outcome (`sent`, `failed`).
+    pub endpoint_notices: IntCounterVec,
     /// Parked and expired notifications in the ledger, by route (read from the ledger).
     pub parked: IntGaugeVec,
     /// 1 while the ledger takes writes.
@@ -220,6 +226,16 @@ impl Metrics {
                 "herald_sla_outcomes_total",
                 "Delivered notifications against their deadline.",
                 &["route", "outcome"],
+            ),
+            fallbacks: counter(
+                "herald_fallbacks_total",
+                "Webhook notifications that went by their route's email instead, while the webhook was disabled or unreachable, by route.",
+                &["route"],
+            ),
+            endpoint_notices: counter(
+                "herald_endpoint_notices_total",
+                "Emails to recipients' contacts about their webhook's standing, by standing and outcome.",
+                &["standing", "outcome"],
             ),
             endpoint_state: int_gauge(
                 "herald_endpoint_state",

@@ -406,3 +406,76 @@ impl EscalationOutcome {
         }
     }
 }
+
+/// A webhook endpoint's standing as its recipient's contact hears of it (docs/ledger.md,
+/// `endpoint_changes`). Each change is recorded once, whatever the number of instances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Standing {
+    /// It answered HTTP 410 Gone, or an operator disabled it: nothing is sent to it.
+    Disabled,
+    /// Its circuit has been open, with no answer between, for longer than
+    /// `[webhook] contact_after`.
+    Unreachable,
+    /// It works (again): it answered, or an operator enabled it.
+    Working,
+}
+
+impl Standing {
+    pub const ALL: [Standing; 3] = [Standing::Disabled, Standing::Unreachable, Standing::Working];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Standing::Disabled => "disabled",
+            Standing::Unreachable => "unreachable",
+            Standing::Working => "working",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Standing> {
+        Standing::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+
+    /// Disabled or unreachable: its notifications go by email where their route allows it.
+    pub fn is_down(self) -> bool {
+        self != Standing::Working
+    }
+}
+
+/// Why an endpoint's standing changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StandingCause {
+    /// It answered HTTP 410 Gone.
+    Gone,
+    /// An operator disabled it (console or API).
+    OperatorDisabled,
+    /// Its circuit stayed open for longer than `[webhook] contact_after`.
+    Breaker,
+    /// It answered a request again.
+    Answered,
+    /// An operator enabled it again.
+    OperatorEnabled,
+}
+
+impl StandingCause {
+    pub const ALL: [StandingCause; 5] = [
+        StandingCause::Gone,
+        StandingCause::OperatorDisabled,
+        StandingCause::Breaker,
+        StandingCause::Answered,
+        StandingCause::OperatorEnabled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StandingCause::Gone => "http-410",
+            StandingCause::OperatorDisabled => "operator-disabled",
+            StandingCause::Breaker => "breaker-open",
+            StandingCause::Answered => "answered",
+            StandingCause::OperatorEnabled => "operator-enabled",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<StandingCause> {
+        StandingCause::ALL.into_iter().find(|c| c.as_str() == text)
+    }
+}

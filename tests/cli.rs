@@ -408,6 +408,76 @@ fn check_passes_the_shipped_configuration() {
     );
 }
 
+#[test]
+fn check_knows_a_recipients_contact() {
+    let with_contact = |contact: &str| format!("{FIRST_WEBHOOK}\ncontact = \"{contact}\"");
+    let sandbox = Sandbox::new();
+    sandbox.set_first_webhook(&with_contact("webhooks-at-wyp"));
+    // Refused when the configuration loads.
+    let run = sandbox.check_with(&[(SECRET_ENV, SECRET)]);
+    assert_eq!(run.code, 2, "{run:?}");
+    let line = error_line(&run, &["recipient police:WYP-LEEDS", "contact"]);
+    assert!(
+        line.contains("\"webhooks-at-wyp\" is not an email address"),
+        "{line}"
+    );
+
+    let sandbox = Sandbox::new();
+    sandbox.set_first_webhook(&with_contact("webhooks@westyorkshire.police.example.uk"));
+    // Without an SMTP server its emails would only be written to the outbox.
+    let run = sandbox.check_with(&[(SECRET_ENV, SECRET)]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stderr.lines().any(|l| l.starts_with("warning:")
+            && l.contains("1 recipient(s) name a contact, but no SMTP server is set")),
+        "{run:?}"
+    );
+    // The other webhooks are named once, as a note, and this one is not among them.
+    let note = run
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("note:") && l.contains("name no contact"))
+        .unwrap_or_else(|| panic!("{run:?}"));
+    assert!(
+        note.contains("police:WYP-BRADFORD") && !note.contains("police:WYP-LEEDS"),
+        "{note}"
+    );
+    let run = sandbox.check_with(&[
+        (SECRET_ENV, SECRET),
+        ("HERALD_SMTP_URL", "smtp://127.0.0.1:2525"),
+    ]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(!run.stderr.contains("warning:"), "{run:?}");
+
+    // The contact's email is a template of its own, which must be there.
+    std::fs::remove_dir_all(sandbox.dir.path().join("templates/endpoint-state")).unwrap();
+    let run = sandbox.check_with(&[(SECRET_ENV, SECRET)]);
+    assert_eq!(run.code, 2, "{run:?}");
+    error_line(
+        &run,
+        &["recipient police:WYP-LEEDS", "no endpoint-state folder"],
+    );
+
+    // A contact with no webhook to tell it about.
+    let sandbox = Sandbox::new();
+    sandbox.edit_config(|t| {
+        t.replacen(
+            "email = [\"iom.manchester@gmp.police.example.uk\"]",
+            "email = [\"iom.manchester@gmp.police.example.uk\"]\ncontact = \"ops@gmp.police.example.uk\"",
+            1,
+        )
+    });
+    let run = sandbox.check_with(&[(SECRET_ENV, SECRET)]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stderr.lines().any(|l| l.starts_with("warning:")
+            && l.contains(
+                "recipient police:GMP-MANCHESTER: contact is set but the recipient has no webhook"
+            )),
+        "{run:?}"
+    );
+}
+
 /// A copy of the shipped configuration whose bail route asks for a court no example names:
 /// sound, but `check` warns that the route's template is never tried.
 fn sandbox_with_one_warning() -> Sandbox {

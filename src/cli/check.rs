@@ -10,6 +10,7 @@ use crate::core::{CheckReport, Core};
 pub fn run(core: &Core, strict: bool) -> ExitCode {
     let mut report = crate::serve::reload::check(core, |name| std::env::var_os(name));
     check_console(core, |name| std::env::var(name).ok(), &mut report);
+    check_contacts(core, |name| std::env::var(name).ok(), &mut report);
     for e in &report.errors {
         eprintln!("error: {e}");
     }
@@ -58,5 +59,23 @@ fn check_console(core: &Core, env: impl Fn(&str) -> Option<String>, report: &mut
             "the operator's console on {addr} is open to whoever reaches that loopback address, as an operator (no HERALD_CONSOLE_* credential is set)"
         )),
         Ok(_) => {}
+    }
+}
+
+/// Recipients' contacts are told by email: with no SMTP server (`HERALD_SMTP_URL`, or
+/// `[email] url`) their emails, like every other, would only be written to the outbox folder.
+fn check_contacts(core: &Core, env: impl Fn(&str) -> Option<String>, report: &mut CheckReport) {
+    let contacts = core
+        .engine
+        .directory
+        .all()
+        .filter(|r| r.contact.is_some() && r.webhook.is_some())
+        .count();
+    let smtp = env("HERALD_SMTP_URL").is_some() || core.config.email.url.is_some();
+    if contacts > 0 && !smtp {
+        report.warnings.push(format!(
+            "{contacts} recipient(s) name a contact, but no SMTP server is set (HERALD_SMTP_URL or [email] url): their emails would only be written to the outbox folder {}",
+            core.config.email.outbox.display()
+        ));
     }
 }

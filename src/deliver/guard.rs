@@ -137,8 +137,13 @@ impl Guard {
 
     /// Takes up a state another instance recorded for `endpoint` at `since`: a 410 stop, an
     /// open circuit (open until `open_for` after `since`), or a closed one (it answered).
+    /// An open circuit taken up behaves as one opened here: the one attempt let through when
+    /// it is due fails it again at once, rather than after `failures_to_open` more failures
+    /// (which would mark the endpoint closed in the ledger in between, though it never
+    /// answered).
     pub fn adopt(&self, endpoint: &str, state: State, since: std::time::SystemTime) {
         let open_for = self.limits.open_for;
+        let failed = self.limits.failures_to_open.saturating_sub(1);
         // How long ago `since` was, on this instance's monotonic clock.
         let ago = std::time::SystemTime::now()
             .duration_since(since)
@@ -147,6 +152,7 @@ impl Guard {
             State::Disabled => e.disabled = true,
             State::Open => {
                 e.disabled = false;
+                e.failures = e.failures.max(failed);
                 let until = Instant::now()
                     .checked_sub(ago)
                     .map(|at| at + open_for)
@@ -425,5 +431,7 @@ mod tests {
         // Opened longer ago than it stays open: closed.
         g.adopt("c", State::Open, now - Duration::from_secs(61));
         assert_eq!(g.state("c"), State::Closed);
+        // The attempt then let through fails: open again at once, as where it was opened.
+        assert_eq!(g.record("c", &transient()), State::Open);
     }
 }

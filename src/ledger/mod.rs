@@ -19,6 +19,7 @@ pub mod overview;
 pub mod read;
 pub mod report;
 mod sql;
+mod standing;
 mod writer;
 
 use std::collections::HashMap;
@@ -37,6 +38,7 @@ pub use authority::{AuthorityRow, Pair};
 pub use digest::{DigestClaim, OpenDigest};
 pub use escalate::{DueEscalation, EscalationEnd, EscalationRecord, EscalationState};
 pub use instances::EndpointState;
+pub use standing::{Notice, StandingChange};
 pub use writer::Ledger;
 
 /// Which database holds the ledger.

@@ -279,13 +279,16 @@ fn attempts_sql(s: Src) -> String {
     )
 }
 
-/// Endpoints: (recipient, channel, state, since, reason).
+/// Endpoints: (recipient, channel, state, since, reason). A state written again (by another
+/// instance, or after a restart) keeps its `since`: how long an endpoint has been in its state
+/// is what a contact is told about (docs/ledger.md).
 fn endpoints_sql(s: Src) -> String {
     format!(
         "INSERT INTO endpoints (recipient, channel, state, since, reason) \
          SELECT {}, {}, {}, {}, {} FROM {} WHERE true \
          ON CONFLICT (recipient, channel) DO UPDATE SET state = excluded.state, \
-         since = excluded.since, reason = excluded.reason",
+         since = CASE WHEN endpoints.state = excluded.state THEN endpoints.since \
+         ELSE excluded.since END, reason = excluded.reason",
         s.text(0),
         s.text(1),
         s.text(2),

@@ -10,6 +10,7 @@
 //! operator, and no caller branches on it.
 
 mod compiled;
+pub mod endpoint;
 mod escaping;
 mod helpers;
 mod notify;

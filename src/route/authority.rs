@@ -527,6 +527,7 @@ mod tests {
             name: "a firm".into(),
             email: Vec::new(),
             webhook: None,
+            contact: None,
             acts_for: vec![("PNC".into(), "2004/0123456X".into())],
         };
         let person = [("NOMS", "A1234BC"), ("PNC", "2004/0123456X")];

@@ -11,6 +11,7 @@ use lapin::options::{BasicAckOptions, BasicNackOptions};
 use tracing::{Instrument, Span, debug, error, info, info_span, warn};
 
 use super::acks::Acks;
+use super::contact::{self, Fallback, Sibling};
 use super::dedup::Claim;
 use super::escalate::{self, Watched};
 use super::instances::{self, Held, RETRY_CLAIMS};
@@ -24,7 +25,7 @@ use crate::intake::{Message, Reason, Rejection, excerpt};
 use crate::ledger::{
     AttemptRecord, EndpointRecord, EventOutcome, EventRecord, Seen, Status, Update,
 };
-use crate::notification::{Content, DeliveryOutcome, ParkReason, Skip};
+use crate::notification::{Channel, Content, DeliveryOutcome, ParkReason, Skip};
 use crate::route::Authority;
 use crate::route::authority::{Change, ChangeKind, ChangeResult};
 
@@ -65,6 +66,9 @@ enum Outcome {
     /// Not sent: the recipient is no longer entitled to it (a legal representative whose
     /// authority ended before this attempt).
     Skipped,
+    /// Not sent by its webhook, which is down: the route's email to the recipient carries it
+    /// (`contact::fallback`).
+    ByEmail,
 }
 
 pub async fn handle(ctx: &Ctx, delivery: Delivery, acks: &Acks) {
@@ -387,13 +391,41 @@ async fn route_and_deliver(ctx: &Scope<'_>, event: Event, received_at: DateTime<
     // until the slowest recipient answers, unless an escalation may need it.
     let event = watched.iter().any(Option::is_some).then_some(event);
     let mut undelivered = Vec::new();
-    let outcomes = join_all(pending.into_iter().map(|p| attempt(ctx, p))).await;
+    // Whether the route made the recipient an email too, for a webhook that may go down
+    // (its recipient names a contact): the email that would carry it.
+    let directory = &ctx.core.engine.directory;
+    let siblings: Vec<Sibling> = pending
+        .iter()
+        .map(|p| {
+            let made = p.channel() == Channel::Webhook
+                && directory
+                    .get(&p.recipient)
+                    .is_some_and(|r| r.contact.is_some())
+                && pending.iter().any(|q| {
+                    q.channel() == Channel::Email
+                        && q.route == p.route
+                        && q.recipient == p.recipient
+                });
+            if made { Sibling::Made } else { Sibling::Ask }
+        })
+        .collect();
+    let mut by_email = Vec::new();
+    let attempts = pending
+        .into_iter()
+        .zip(siblings)
+        .map(|(p, sibling)| attempt(ctx, p, sibling));
     let mut watched = watched.into_iter();
-    for (outcome, update) in outcomes {
+    for (outcome, update) in join_all(attempts).await {
         done &= outcome != Outcome::Retry;
+        if let (Outcome::ByEmail, Some(u)) = (outcome, &update) {
+            by_email.push(u.key.clone());
+        }
         updates.extend(update);
         if let Some(Some(w)) = watched.next()
-            && !matches!(outcome, Outcome::Delivered | Outcome::Skipped)
+            && !matches!(
+                outcome,
+                Outcome::Delivered | Outcome::Skipped | Outcome::ByEmail
+            )
         {
             undelivered.push(w);
         }
@@ -422,7 +454,23 @@ async fn route_and_deliver(ctx: &Scope<'_>, event: Event, received_at: DateTime<
     if let Some(c) = &change {
         applied(ctx, &message_id, c, &seen, &before);
     }
+    for key in &by_email {
+        went_by_email(ctx, key).await;
+    }
     done
+}
+
+/// A webhook notification that went by email: its ledger row's channel says so, once its
+/// outcome is committed.
+async fn went_by_email(ctx: &Ctx, key: &str) {
+    if let Err(e) = ctx
+        .ledger
+        .store()
+        .record_channel(key, Channel::Email.as_str())
+        .await
+    {
+        warn!(key, error = %e, "cannot record in the ledger that a webhook notification went by email; its reason says so");
+    }
 }
 
 /// Counts and says what a register event did to the register (its row is committed).
@@ -544,18 +592,27 @@ pub async fn handle_retry(ctx: &Ctx, delivery: Delivery) {
             } else {
                 // A retry message the broker delivers again after its notification was
                 // delivered (Herald stopped between the two) is not sent twice.
+                // Nor one that went by email meanwhile, or was skipped.
                 let delivered = !pending.replay
                     && matches!(
                         ctx.ledger.store().status(&pending.key).await,
-                        Ok(Some(Status::Delivered))
+                        Ok(Some(Status::Delivered | Status::Skipped))
                     );
                 let done = if delivered {
                     let _entered = span.enter();
-                    info!(key = %pending.key, "retry of a notification already delivered; not sent again");
+                    info!(key = %pending.key, "retry of a notification already delivered or settled; not sent again");
                     true
                 } else {
-                    match attempt(ctx, pending).instrument(span).await {
+                    match attempt(ctx, pending, Sibling::Ask).instrument(span).await {
                         (Outcome::Retry, _) => false,
+                        (Outcome::ByEmail, Some(update)) => {
+                            let key = update.key.clone();
+                            let done = recorded(ctx.ledger.update(update).await);
+                            if done {
+                                went_by_email(ctx, &key).await;
+                            }
+                            done
+                        }
                         (_, Some(update)) => recorded(ctx.ledger.update(update).await),
                         (_, None) => true,
                     }
@@ -587,14 +644,14 @@ fn event_span(message_id: &str, event_type: &str, publisher: &str) -> Span {
 /// One delivery attempt, in a span of its own inside the event's: which recipient, by which
 /// channel, which attempt. How it ended, and the ledger's update saying so, for the caller to
 /// write (with its event's rows, or on its own for a retry).
-async fn attempt(ctx: &Scope<'_>, p: Pending) -> (Outcome, Option<Update>) {
+async fn attempt(ctx: &Scope<'_>, p: Pending, sibling: Sibling) -> (Outcome, Option<Update>) {
     let span = info_span!(
         "delivery",
         recipient = %p.recipient,
         channel = p.channel().as_str(),
         attempt = p.attempts + 1
     );
-    attempt_once(ctx, p).instrument(span).await
+    attempt_once(ctx, p, sibling).instrument(span).await
 }
 
 /// A notification to a legal representative tried again (a retry, a replay) goes only if the
@@ -645,20 +702,30 @@ async fn no_longer_entitled(ctx: &Scope<'_>, p: &Pending) -> Option<(Outcome, Op
 
 /// A transient failure is scheduled for a later attempt (or parked when the schedule is
 /// spent); a permanent one is parked.
-async fn attempt_once(ctx: &Scope<'_>, mut p: Pending) -> (Outcome, Option<Update>) {
+async fn attempt_once(
+    ctx: &Scope<'_>,
+    mut p: Pending,
+    sibling: Sibling,
+) -> (Outcome, Option<Update>) {
     if let Some(ended) = no_longer_entitled(ctx, &p).await {
         return ended;
     }
     let channel = p.channel().as_str();
     let (at, started) = (Utc::now(), Instant::now());
     let (result, state) = ctx.deliverer.deliver(p.outgoing(), p.replay).await;
-    p.replay = false;
+    let replay = std::mem::take(&mut p.replay);
     let took = started.elapsed();
     let gauge = ctx
         .metrics
         .endpoint_state
         .with_label_values(&[p.recipient.as_str(), channel]);
-    if gauge.get() != state as i64 {
+    // A circuit that was open and is shut again without an answer (an attempt that failed
+    // without reopening it) is not a recovery: the ledger keeps it open.
+    let unanswered = state == State::Closed && gauge.get() == State::Open as i64 && result.is_err();
+    // Answered while the ledger says it is down (this instance restarted since, say).
+    let answered =
+        result.is_ok() && p.channel() == Channel::Webhook && ctx.standings.answered(&p.recipient);
+    if (gauge.get() != state as i64 && !unanswered) || answered {
         let reason = match state {
             State::Disabled => {
                 error!(recipient = %p.recipient, channel, "endpoint disabled after HTTP 410 Gone; its notifications are parked until a replay");
@@ -731,6 +798,9 @@ async fn attempt_once(ctx: &Scope<'_>, mut p: Pending) -> (Outcome, Option<Updat
         .delivery_failures
         .with_label_values(&[channel, failure.kind.as_str()])
         .inc();
+    if let Some(fallback) = contact::fallback(ctx, &ctx.core, &p, &failure, replay, sibling).await {
+        return by_email(ctx, &p, &failure, fallback, attempt);
+    }
     let parked = if failure.is_transient() {
         match retry::next_wait(&ctx.settings, &p, failure.retry_after, now) {
             Some(wait) => return schedule(ctx, p, &failure, attempt, wait, now).await,
@@ -770,6 +840,54 @@ async fn attempt_once(ctx: &Scope<'_>, mut p: Pending) -> (Outcome, Option<Updat
             (Outcome::Retry, None)
         }
     }
+}
+
+/// A webhook notification whose endpoint is down, settled by the route's email to the same
+/// recipient: skipped (its webhook is never sent, now or later), its ledger row's channel
+/// `email` (written after the commit) and its attempt `by-email`.
+fn by_email(
+    ctx: &Ctx,
+    p: &Pending,
+    failure: &Failure,
+    fallback: Fallback,
+    mut attempt: AttemptRecord,
+) -> (Outcome, Option<Update>) {
+    let why = match (fallback.standing, failure.kind) {
+        (_, crate::deliver::FailureKind::HttpGone) => "it answered HTTP 410 Gone",
+        (crate::notification::Standing::Disabled, _) => "it is disabled",
+        _ => "it is unreachable",
+    };
+    attempt.outcome = "by-email";
+    let update = Update {
+        key: p.key.clone(),
+        status: Status::Skipped,
+        reason: Some(format!(
+            "sent by email instead: the recipient's webhook is down ({why}); the route's email to the recipient is notification {}",
+            fallback.email_key
+        )),
+        attempts: i64::from(p.attempts),
+        first_failure_at: p.first_failure,
+        delivered_at: None,
+        sla_outcome: None,
+        sent_hash: None,
+        attempt: Some(attempt),
+    };
+    ctx.metrics
+        .fallbacks
+        .with_label_values(&[p.route.as_str()])
+        .inc();
+    ctx.metrics
+        .notifications
+        .with_label_values(&[&p.route, Channel::Webhook.as_str(), "by-email"])
+        .inc();
+    ctx.metrics.waiting.end(&p.key);
+    info!(
+        event_id = %p.event_id, event_type = %p.event_type, route = %p.route, recipient = %p.recipient,
+        channel = Channel::Webhook.as_str(), key = %p.key, attempts = p.attempts, outcome = "by-email",
+        standing = fallback.standing.as_str(), failure = failure.kind.as_str(), email_key = %fallback.email_key,
+        "webhook down; the notification goes by the route's email instead"
+    );
+    (Outcome::ByEmail, Some(update))
 }
 
 /// Schedules the next attempt of a notification that failed transiently.

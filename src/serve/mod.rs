@@ -8,6 +8,7 @@ mod acks;
 mod books;
 pub mod broker;
 mod confirm;
+mod contact;
 mod dedup;
 pub mod digest;
 pub mod dlq;
@@ -77,6 +78,9 @@ pub struct Settings {
     /// Consecutive transient failures that open an endpoint's circuit, and for how long.
     pub circuit_failures: u32,
     pub circuit_open_for: Duration,
+    /// How long a webhook's circuit stays open before its recipient's contact is told it is
+    /// unreachable (and its notifications go by email where their route allows it).
+    pub contact_after: Duration,
     pub drain: Duration,
     /// An event id handled within this window is not routed again (zero: no check).
     pub dedup_window: Duration,
@@ -133,6 +137,7 @@ impl Settings {
             rates: rate_limits(config),
             circuit_failures: config.webhook.circuit_failures,
             circuit_open_for: config.webhook.circuit_open_for,
+            contact_after: config.webhook.contact_after,
             drain: config.service.drain,
             dedup_window: config.service.dedup_window,
             retry_schedule: config.retry.schedule.clone(),
@@ -357,6 +362,8 @@ pub(crate) struct Ctx {
     ledger: crate::ledger::Ledger,
     /// Set when a register event was recorded: the register's gauges are counted again.
     register_dirty: std::sync::atomic::AtomicBool,
+    /// The webhooks down now, as the ledger records them (recipients naming a contact).
+    standings: contact::Standings,
 }
 
 impl Ctx {
@@ -782,6 +789,7 @@ pub async fn start(
         ledger,
         settings,
         register_dirty: std::sync::atomic::AtomicBool::new(true),
+        standings: contact::Standings::default(),
     });
     // Cancelled once the events in flight are drained: this instance's claims last as long.
     let left = CancellationToken::new();
@@ -804,6 +812,7 @@ pub async fn start(
         ctx.settings.escalation_tick,
         shutdown.clone(),
     ));
+    tokio::spawn(contact::watch(Arc::clone(&ctx), shutdown.clone()));
     let stop = shutdown.clone();
     let task = tokio::spawn(async move {
         let tracker = TaskTracker::new();

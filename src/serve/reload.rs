@@ -537,7 +537,10 @@ mod tests {
         new.routes.clear();
         assert!(read_at_start(&old, &new).is_empty(), "routes are reloaded");
         new.email.rate = Some(herald_rate("5/s"));
-        assert!(read_at_start(&old, &new).is_empty(), "the relay's rate is reloaded");
+        assert!(
+            read_at_start(&old, &new).is_empty(),
+            "the relay's rate is reloaded"
+        );
         new.amqp.prefetch += 1;
         new.retry.max_age *= 2;
         assert_eq!(read_at_start(&old, &new), ["[amqp]", "[retry]"]);
