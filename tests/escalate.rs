@@ -312,7 +312,7 @@ async fn check_renders_every_escalation_and_names_what_is_wrong() {
     let receiver = Receiver::start().await;
     assert_eq!(problems(escalating(&receiver)), Vec::<String>::new());
 
-    let cases: [(&str, Change, &str); 6] = [
+    let cases: [(&str, Change, &str); 7] = [
         (
             "no sla",
             |r| r.sla = None,
@@ -341,6 +341,11 @@ async fn check_renders_every_escalation_and_names_what_is_wrong() {
             "a field no event of the route has",
             |r| r.escalate.as_mut().unwrap().to = vec!["police:{offender.homeBCU}".into()],
             "escalate.to: \"police:{offender.homeBCU}\": offender.homeBCU is not a field",
+        ),
+        (
+            "a legal representative",
+            |r| r.escalate.as_mut().unwrap().to = vec!["legal-rep:SMITH-AND-CO".into()],
+            "escalate.to: \"legal-rep:SMITH-AND-CO\" is a legal representative",
         ),
         (
             "a template folder that does not exist",

@@ -226,7 +226,8 @@ impl Store {
 
     /// Records how a try of a claimed escalation ended, in one transaction: its state (data
     /// cleared unless it waits for another try) and, for an attempt, its row as a
-    /// notification of the event with the attempt. True when the claim still held.
+    /// notification of the event with the attempt. True when the claim still held; when it
+    /// did not, nothing is written.
     pub async fn escalation_ended(&self, end: &EscalationEnd) -> Result<bool, LedgerError> {
         let err = |e: sqlx::Error| self.error(&e);
         let mut tx = self.pool().begin().await.map_err(err)?;
@@ -292,7 +293,13 @@ impl Store {
             .execute(&mut *tx)
             .await
             .map_err(err)?;
+        if done.rows_affected() != 1 {
+            // The claim was taken back (this instance was thought gone): whoever holds it now
+            // records its own try; this one's rows are not written.
+            tx.rollback().await.map_err(err)?;
+            return Ok(false);
+        }
         tx.commit().await.map_err(err)?;
-        Ok(done.rows_affected() == 1)
+        Ok(true)
     }
 }

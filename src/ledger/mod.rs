@@ -290,6 +290,11 @@ pub struct Waiting {
 /// condition.
 pub(crate) const OPEN: &str = "status IN ('pending', 'retrying', 'parked', 'expired')";
 
+/// Not an escalation's row: an escalation waits for its next try in the `escalations` table,
+/// not in the delay queues, and one that failed is not in the failed queue to be replayed, so
+/// neither counts among the notifications waiting for a retry or parked.
+pub(crate) const NOT_ESCALATION: &str = "substr(key, 1, 4) <> 'esc_'";
+
 pub(crate) fn ms(t: DateTime<Utc>) -> i64 {
     t.timestamp_millis()
 }
@@ -553,7 +558,7 @@ impl Store {
     pub async fn waiting(&self) -> Result<Vec<Waiting>, LedgerError> {
         let rows = sqlx::query(&format!(
             "SELECT key, route, first_failure_at, deadline FROM notifications \
-             WHERE {OPEN} AND status = $1"
+             WHERE {OPEN} AND status = $1 AND {NOT_ESCALATION}"
         ))
         .bind(Status::Retrying.as_str())
         .fetch_all(&self.pool)
@@ -588,7 +593,7 @@ impl Store {
     pub async fn parked_per_route(&self) -> Result<Vec<(String, i64)>, LedgerError> {
         let rows = sqlx::query(&format!(
             "SELECT route, COUNT(*) FROM notifications WHERE {OPEN} AND status IN ($1, $2) \
-             GROUP BY route"
+             AND {NOT_ESCALATION} GROUP BY route"
         ))
         .bind(Status::Parked.as_str())
         .bind(Status::Expired.as_str())

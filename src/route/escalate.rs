@@ -11,7 +11,7 @@ use std::time::Duration as StdDuration;
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value, json};
 
-use super::{Authority, Redaction, Route, RouteFacts, Selected, Selector};
+use super::{Authority, RecipientClass, Redaction, Route, RouteFacts, Selected, Selector};
 use crate::config::EscalateConfig;
 use crate::directory::{Directory, Recipient};
 use crate::event::Event;
@@ -25,6 +25,9 @@ pub enum At {
     /// This long before the deadline.
     Before(StdDuration),
 }
+
+/// The longest span before a deadline `at` takes: deadlines are days to weeks away.
+const MAX_BEFORE: StdDuration = StdDuration::from_secs(366 * 86_400);
 
 impl At {
     /// Reads `"75%"` or `"2h before"`.
@@ -42,6 +45,9 @@ impl At {
         if let Some(span) = trimmed.strip_suffix("before") {
             let span = span.trim();
             return match humantime::parse_duration(span) {
+                Ok(d) if d > MAX_BEFORE => Err(format!(
+                    "at: \"{text}\": a span before the deadline is at most a year (\"365d before\")"
+                )),
                 Ok(d) if !d.is_zero() => Ok(At::Before(d)),
                 Ok(_) => Err(format!(
                     "at: \"{text}\": a span before the deadline cannot be zero"
@@ -58,18 +64,19 @@ impl At {
     /// The instant a notification about an event that happened at `occurred_at`, due by
     /// `deadline`, is escalated if still undelivered: never before the event itself.
     pub fn instant(self, occurred_at: DateTime<Utc>, deadline: DateTime<Utc>) -> DateTime<Utc> {
+        // Checked throughout: a span no calendar holds escalates at the event itself.
         let at = match self {
             At::Share(n) => {
                 let allowed = (deadline - occurred_at).num_milliseconds();
-                let part = i128::from(allowed) * i128::from(n) / 100;
-                occurred_at
-                    + chrono::Duration::milliseconds(i64::try_from(part).unwrap_or(i64::MAX))
+                let part = i64::try_from(i128::from(allowed) * i128::from(n) / 100).ok();
+                part.and_then(chrono::Duration::try_milliseconds)
+                    .and_then(|d| occurred_at.checked_add_signed(d))
             }
-            At::Before(span) => {
-                deadline - chrono::Duration::from_std(span).unwrap_or(chrono::Duration::MAX)
-            }
+            At::Before(span) => chrono::Duration::from_std(span)
+                .ok()
+                .and_then(|d| deadline.checked_sub_signed(d)),
         };
-        at.max(occurred_at)
+        at.map_or(occurred_at, |at| at.max(occurred_at))
     }
 }
 
@@ -132,6 +139,17 @@ impl Escalation {
         }
         if config.channels.is_empty() {
             errors.push("escalate.channels: lists no channel".into());
+        }
+        // An escalation is sent later than it is written, with the event as it was: a legal
+        // representative's authority, which can end meanwhile, would have to be judged again
+        // then. Escalations go to those who answer for the delivery, never to representatives.
+        for selector in &to {
+            if selector.class() == RecipientClass::LegalRep {
+                errors.push(format!(
+                    "escalate.to: \"{}\" is a legal representative; an escalation goes to whoever answers for the delivery (a control room, a duty officer), not to a representative, whose authority could end before it is sent",
+                    selector.text()
+                ));
+            }
         }
         // Each escalation recipient must be reachable by one of the channels.
         for selector in &to {
@@ -401,6 +419,8 @@ mod tests {
             "soon before",
             "2h",
             "",
+            "400d before",
+            "300000years before",
         ] {
             let e = At::parse(bad).unwrap_err();
             assert!(e.starts_with("at: "), "{bad}: {e}");
@@ -432,6 +452,15 @@ mod tests {
         assert_eq!(
             At::Share(50).instant(occurred, occurred - chrono::Duration::hours(1)),
             occurred
+        );
+        // A span no calendar holds (not one `at` reads, but the instant never panics).
+        assert_eq!(
+            At::Before(StdDuration::MAX).instant(occurred, deadline),
+            occurred
+        );
+        assert!(
+            At::Share(99).instant(DateTime::<Utc>::MIN_UTC, DateTime::<Utc>::MAX_UTC)
+                > DateTime::<Utc>::MIN_UTC
         );
     }
 

@@ -436,9 +436,9 @@ pub(crate) async fn schedule(
                 warn!(subscription = %sub.name, error = %e, "cannot send the digest now; trying again shortly");
             }
         }
-        if core.subscriptions.is_empty() {
-            // Nothing is open without a subscription.
-        } else if let Err(e) = sender.finish_open(now).await {
+        // Also with no subscription left: a digest open when a reload removed its subscription
+        // is parked by it, with why.
+        if let Err(e) = sender.finish_open(now).await {
             warn!(error = %e, "cannot read the digests waiting for a retry now; trying again shortly");
         }
         tokio::select! {

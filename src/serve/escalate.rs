@@ -297,9 +297,23 @@ async fn attempt(ctx: &Ctx, row: &DueEscalation) -> EscalationEnd {
     else {
         return fail("the escalation's data is missing".into());
     };
-    // The configuration in force now: a reload since the row was written may have changed
-    // the recipient or the template.
+    // The configuration in force now: a reload since the row was written may have removed
+    // the route's escalation, or changed the recipient or the template.
     let core = ctx.live.current();
+    let Some(escalation) = core
+        .engine
+        .routes
+        .iter()
+        .find(|r| *r.name == *row.route)
+        .and_then(|r| r.escalate.as_ref())
+    else {
+        count(ctx, &row.route, EscalationOutcome::NotNeeded);
+        info!(route = %row.route, key = %row.key, "escalation not sent: the route no longer escalates (the configuration was reloaded)");
+        return ended(
+            EscalationState::NotNeeded,
+            Some("the route no longer escalates in the configuration in force".into()),
+        );
+    };
     let Some(recipient) = core.engine.directory.get(&row.recipient) else {
         return fail(format!("{} is no longer in the directory", row.recipient));
     };
@@ -324,7 +338,7 @@ async fn attempt(ctx: &Ctx, row: &DueEscalation) -> EscalationEnd {
                 .flatten()
                 .filter_map(|m| m.as_str().map(str::to_owned))
                 .collect();
-            match core.renderer.email_of(&row.template, &data, &marks) {
+            match core.renderer.email_of(&escalation.template, &data, &marks) {
                 Ok(parts) => Content::Email {
                     to: recipient.email.clone(),
                     subject: parts.subject,

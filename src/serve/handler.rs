@@ -751,7 +751,11 @@ async fn attempt_once(
             error!(recipient = %p.recipient, channel, error = %e, "cannot record the endpoint's state in the ledger");
         }
     }
-    gauge.set(state as i64);
+    // An unanswered close leaves the gauge as the ledger has it, open: the next answer is
+    // then a change, and recorded.
+    if !unanswered {
+        gauge.set(state as i64);
+    }
     ctx.metrics
         .delivery_duration
         .with_label_values(&[channel])

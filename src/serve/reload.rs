@@ -226,9 +226,9 @@ async fn reload(ctx: &Ctx, env: &Env, in_force: &str) -> Reload {
     for w in &key_warnings {
         warn!("{w}");
     }
-    // Rate limits as the new configuration sets them: unchanged ones keep their buckets (and
-    // what they have let through lately); changed ones start afresh. A recipient added with
-    // an email address is held to the relay's limit like the others.
+    // Rate limits as the new configuration sets them. A reload that changes none keeps the
+    // buckets (and what they have let through lately); one that changes any starts them all
+    // afresh. A recipient added with an email address is held to the relay's limit.
     let limits = super::rate_limits(&core.config);
     if limits != super::rate_limits(&old.config) {
         ctx.deliverer
