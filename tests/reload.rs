@@ -410,3 +410,63 @@ async fn reloads_while_events_flow_lose_and_duplicate_nothing() {
     );
     service::cleanup(&ch, &names).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_puts_a_new_rate_limit_in_force() {
+    const EVENTS: usize = 8;
+    const LEEDS: &str = "/police/WYP-LEEDS";
+    let (receiver, names) = (Receiver::start().await, Names::new("reload-rate"));
+    let dir = tempfile::tempdir().unwrap();
+    let (config, text) = configure(dir.path(), &names, &receiver);
+    let herald = Herald::spawn(&config);
+    service::wait_for_queue(&names.queue).await;
+    let (_conn, ch) = service::channel().await;
+    // Leeds police's webhook held to 2 a second (a burst of 2) from the reload on.
+    let limited: String = text
+        .lines()
+        .map(|line| {
+            if line.starts_with("webhook = ") && line.contains(LEEDS) {
+                line.replacen(" }", ", rate = \"2/s\" }", 1)
+            } else {
+                line.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(limited.contains("rate = \"2/s\""));
+    write(&config, &limited);
+    let (status, answer) = herald.post_reload(&herald.metrics).await;
+    assert_eq!(status, 200, "{answer}");
+    bail(&ch, &names.exchange, "limited", 0..EVENTS).await;
+    wait_until("every event at Leeds", Duration::from_secs(60), || async {
+        arrivals(&receiver, Some(LEEDS)).0 == EVENTS
+    })
+    .await;
+    let mut at: Vec<std::time::Instant> = receiver
+        .hooks()
+        .into_iter()
+        .filter(|h| h.path == LEEDS)
+        .map(|h| h.at)
+        .collect();
+    at.sort();
+    // Two at once, then one every half second: six more take three seconds.
+    let spread = at[EVENTS - 1] - at[0];
+    assert!(
+        spread >= Duration::from_millis(2500),
+        "{EVENTS} webhooks at 2/s took {spread:?}"
+    );
+    for window in at.windows(5) {
+        assert!(
+            window[4] - window[0] >= Duration::from_millis(900),
+            "no more than the burst and the rate in any second: {at:?}"
+        );
+    }
+    let m = herald.metrics().await;
+    assert!(
+        m.keys()
+            .any(|k| k.starts_with("herald_notifications_held{") && k.contains("WYP-LEEDS")),
+        "the new limit reports what it holds"
+    );
+    assert_eq!(arrivals(&receiver, None).0, arrivals(&receiver, None).1);
+    service::cleanup(&ch, &names).await;
+}

@@ -102,6 +102,16 @@ impl Guard {
         *self.rates.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(rates);
     }
 
+    /// Puts `limits` in force as [`Rates::renew`] makes them from those in force.
+    pub fn renew_rates(
+        &self,
+        limits: &[super::rate::Limit],
+        watch: impl Fn(&str) -> super::rate::Watch,
+    ) {
+        let renewed = self.rates().renew(limits, watch);
+        self.set_rates(renewed);
+    }
+
     fn rates(&self) -> Arc<Rates> {
         Arc::clone(&self.rates.read().unwrap_or_else(|e| e.into_inner()))
     }

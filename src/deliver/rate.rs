@@ -52,20 +52,36 @@ pub struct Watch {
 #[derive(Default)]
 pub struct Rates {
     by_endpoint: HashMap<String, Arc<Bucket>>,
+    /// Each limit's bucket by the limit's name.
+    by_name: HashMap<String, Arc<Bucket>>,
     buckets: Vec<Arc<Bucket>>,
 }
 
 impl Rates {
     /// Buckets for `limits`, each reporting to the `Watch` its name is given.
     pub fn new(limits: &[Limit], watch: impl Fn(&str) -> Watch) -> Rates {
+        Rates::default().renew(limits, watch)
+    }
+
+    /// Buckets for `limits` (a reloaded configuration's), keeping this one's bucket of every
+    /// limit whose name and rate are unchanged, with what it has let through lately and the
+    /// notifications waiting on it; only the endpoints held to it may differ. A new or
+    /// changed limit gets a new bucket, full.
+    pub fn renew(&self, limits: &[Limit], watch: impl Fn(&str) -> Watch) -> Rates {
         let mut rates = Rates::default();
         for limit in limits {
-            let bucket = Arc::new(Bucket::new(limit.rate, watch(&limit.name)));
+            let bucket = match self.by_name.get(&limit.name) {
+                Some(kept) if kept.rate == limit.rate => Arc::clone(kept),
+                _ => Arc::new(Bucket::new(limit.rate, watch(&limit.name))),
+            };
             for endpoint in &limit.endpoints {
                 rates
                     .by_endpoint
                     .insert(endpoint.clone(), Arc::clone(&bucket));
             }
+            rates
+                .by_name
+                .insert(limit.name.clone(), Arc::clone(&bucket));
             rates.buckets.push(bucket);
         }
         rates
@@ -316,6 +332,62 @@ mod tests {
         let (tx, rx) = oneshot::channel();
         s.lane(urgent).push_back(tx);
         rx
+    }
+
+    #[test]
+    fn a_reload_keeps_the_bucket_of_an_unchanged_limit_and_renews_the_rest() {
+        let watch = |name: &str| Watch {
+            held: prometheus::IntGauge::new(format!("held_{name}"), "h").unwrap(),
+            held_seconds: prometheus::Counter::new(format!("held_s_{name}"), "h").unwrap(),
+        };
+        let limit = |name: &str, count, endpoints: &[&str]| Limit {
+            name: name.into(),
+            rate: rate(count, RateUnit::Second),
+            endpoints: endpoints.iter().map(|e| (*e).to_owned()).collect(),
+        };
+        let before = Rates::new(
+            &[
+                limit("a", 5, &["a/webhook"]),
+                limit("relay", 10, &["a/email", "b/email"]),
+                limit("gone", 1, &["g/webhook"]),
+            ],
+            watch,
+        );
+        let after = before.renew(
+            &[
+                limit("a", 5, &["a/webhook"]),
+                limit("relay", 10, &["a/email", "b/email", "c/email"]),
+                limit("b", 2, &["b/webhook"]),
+            ],
+            watch,
+        );
+        let same = |e: &str| Arc::ptr_eq(before.bucket(e).unwrap(), after.bucket(e).unwrap());
+        assert!(same("a/webhook"), "unchanged: kept");
+        assert!(
+            same("a/email"),
+            "the relay's rate unchanged, a recipient added: kept"
+        );
+        assert!(Arc::ptr_eq(
+            after.bucket("c/email").unwrap(),
+            after.bucket("a/email").unwrap()
+        ));
+        assert_eq!(
+            after.bucket("b/webhook").unwrap().rate(),
+            rate(2, RateUnit::Second)
+        );
+        assert!(
+            after.bucket("g/webhook").is_none(),
+            "a limit removed is gone"
+        );
+        let changed = before.renew(&[limit("a", 6, &["a/webhook"])], watch);
+        assert!(!Arc::ptr_eq(
+            before.bucket("a/webhook").unwrap(),
+            changed.bucket("a/webhook").unwrap()
+        ));
+        assert_eq!(
+            changed.bucket("a/webhook").unwrap().rate(),
+            rate(6, RateUnit::Second)
+        );
     }
 
     #[test]

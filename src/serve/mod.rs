@@ -186,10 +186,15 @@ impl Settings {
 
 /// The token buckets of `limits`, each reporting how many notifications it holds to `metrics`.
 pub(crate) fn rates(limits: &[RateLimit], metrics: &Metrics) -> Rates {
-    Rates::new(limits, |name| RateWatch {
+    Rates::new(limits, |name| rate_watch(name, metrics))
+}
+
+/// Where the limit `name` reports how many notifications it holds.
+pub(crate) fn rate_watch(name: &str, metrics: &Metrics) -> RateWatch {
+    RateWatch {
         held: metrics.held.with_label_values(&[name]),
         held_seconds: metrics.held_seconds.with_label_values(&[name]),
-    })
+    }
 }
 
 /// routes.toml's rate limits: one per recipient webhook with a `rate`, and one for the email

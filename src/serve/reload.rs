@@ -226,14 +226,14 @@ async fn reload(ctx: &Ctx, env: &Env, in_force: &str) -> Reload {
     for w in &key_warnings {
         warn!("{w}");
     }
-    // Rate limits as the new configuration sets them. A reload that changes none keeps the
-    // buckets (and what they have let through lately); one that changes any starts them all
-    // afresh. A recipient added with an email address is held to the relay's limit.
+    // Rate limits as the new configuration sets them: an unchanged limit keeps its bucket
+    // (what it has let through lately, and who waits on it); a new or changed one starts
+    // full. A recipient added with an email address is held to the relay's limit.
     let limits = super::rate_limits(&core.config);
     if limits != super::rate_limits(&old.config) {
         ctx.deliverer
             .guard
-            .set_rates(super::rates(&limits, &ctx.metrics));
+            .renew_rates(&limits, |name| super::rate_watch(name, &ctx.metrics));
     }
     ctx.metrics
         .expect_routes(core.engine.routes.iter().map(|r| &*r.name));
