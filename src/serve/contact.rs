@@ -30,7 +30,7 @@ use crate::core::Core;
 use crate::deliver::{Failure, FailureKind, Outgoing};
 use crate::event::EventId;
 use crate::ledger::overview::EndpointRow;
-use crate::ledger::{Notice, Status};
+use crate::ledger::{Notice, StandingChange, Status};
 use crate::notification::{Channel, Content, IdempotencyKey, Standing, StandingCause};
 use crate::render::endpoint::EndpointNotice;
 
@@ -87,6 +87,8 @@ impl Standings {
 
 /// Follows the webhook endpoints of the recipients that name a contact until `stop`.
 pub(crate) async fn watch(ctx: Arc<Ctx>, stop: CancellationToken) {
+    // Notices emailed whose "sent" the ledger did not take: written before anything else.
+    let mut unwritten: Vec<StandingChange> = Vec::new();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -110,7 +112,7 @@ pub(crate) async fn watch(ctx: Arc<Ctx>, stop: CancellationToken) {
         if let Err(e) = look(&ctx, &followed).await {
             debug!(error = %e, "cannot read or record the webhook endpoints' standings");
         }
-        if let Err(e) = send_due(&ctx).await {
+        if let Err(e) = send_due(&ctx, &mut unwritten).await {
             debug!(error = %e, "cannot read the contacts' notices due from the ledger");
         }
     }
@@ -193,11 +195,32 @@ fn observe(
     }
 }
 
-/// Sends every notice due that no instance holds.
-async fn send_due(ctx: &Ctx) -> Result<(), crate::ledger::LedgerError> {
+/// Sends every notice due that no instance holds. A notice emailed whose "sent" cannot be
+/// written is kept in `unwritten` and written first at the next tick, rather than given back
+/// to be emailed again when its lease ends.
+async fn send_due(
+    ctx: &Ctx,
+    unwritten: &mut Vec<StandingChange>,
+) -> Result<(), crate::ledger::LedgerError> {
     let store = ctx.ledger.store();
     let now = Utc::now();
+    let mut still = Vec::new();
+    for change in unwritten.drain(..) {
+        if store
+            .settle_notice(&change, Notice::Sent, now)
+            .await
+            .is_err()
+        {
+            still.push(change);
+        }
+    }
+    *unwritten = still;
     for change in store.due_notices(now).await? {
+        if unwritten.iter().any(|u| {
+            u.recipient == change.recipient && u.channel == change.channel && u.seq == change.seq
+        }) {
+            continue;
+        }
         if !store.take_notice(&change, now + LEASE).await? {
             continue;
         }
@@ -265,7 +288,10 @@ async fn send_due(ctx: &Ctx) -> Result<(), crate::ledger::LedgerError> {
         let standing = change.standing.as_str();
         match ctx.deliverer.email.send(out).await {
             Ok(()) => {
-                settle(Notice::Sent).await?;
+                if let Err(e) = settle(Notice::Sent).await {
+                    warn!(recipient = %change.recipient, standing, error = %e, "the contact was told, but the ledger did not take it; it is written at the next tick, and the email is not sent again");
+                    unwritten.push(change.clone());
+                }
                 ctx.metrics
                     .endpoint_notices
                     .with_label_values(&[standing, "sent"])
