@@ -17,7 +17,23 @@
 //! Scenarios (run all, or name some: `cargo bench --locked --bench e2e -- throughput latency`):
 //!
 //! * `throughput`: as fast as possible, bail decisions to two recipients by webhook
-//!   (`E2E_EVENTS`, default 20,000);
+//!   (`E2E_EVENTS`, default 20,000). Two more rows follow Herald's and the baseline's (not with
+//!   `E2E_VARIANTS`; `E2E_PEERS=0` leaves them out):
+//!   - the peer, Prometheus Alertmanager, when `prometheus-alertmanager` is on PATH (Debian's
+//!     package; otherwise one line says it was skipped): a child process with a configuration
+//!     in the run's temp folder (clustering off), one receiver with two `webhook_configs` to the
+//!     same receiver paths as Herald's two recipients, `group_by: ['...']` (no grouping: each
+//!     alert is a notification of its own), `group_wait: 0s`, long group and repeat intervals.
+//!     It gets the same number of events as alerts, posted to `/api/v2/alerts` in batches of
+//!     100 as fast as it takes them from a thread of the bench (alertname `bail-decided`, the
+//!     event id as label `event_id`, the event's description as an annotation); the receiver
+//!     finds the `event_id` label in its webhook body. Measured as Herald: notifications/s from
+//!     the first post to the last arrival, its process's CPU per notification;
+//!   - the broker ceiling: the baseline consumer with `BASELINE_ACK_ONLY`, on a quorum queue of
+//!     its own, with Herald's prefetch, acknowledging each event and doing nothing else (no
+//!     HTTP); the same events published the same way. It prints its count of acknowledgements
+//!     at most every 10 ms; events/s from the first publish to the last acknowledgement, and
+//!     its CPU per event. The table gives Herald's events/s as a ratio of it;
 //! * `mixed`: the same route with channels email and webhook: 2 emails + 2 webhooks per event
 //!   (`E2E_MIXED_EVENTS`, default 3,000);
 //! * `latency`: a fixed rate (`E2E_RATE`, default 1,000 events/s) for `E2E_RATE_SECS` (15);
