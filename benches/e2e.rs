@@ -17,7 +17,23 @@
 //! Scenarios (run all, or name some: `cargo bench --locked --bench e2e -- throughput latency`):
 //!
 //! * `throughput`: as fast as possible, bail decisions to two recipients by webhook
-//!   (`E2E_EVENTS`, default 20,000);
+//!   (`E2E_EVENTS`, default 20,000). Two more rows follow Herald's and the baseline's (not with
+//!   `E2E_VARIANTS`; `E2E_PEERS=0` leaves them out):
+//!   - the peer, Prometheus Alertmanager, when `prometheus-alertmanager` is on PATH (Debian's
+//!     package; otherwise one line says it was skipped): a child process with a configuration
+//!     in the run's temp folder (clustering off), one receiver with two `webhook_configs` to the
+//!     same receiver paths as Herald's two recipients, `group_by: ['...']` (no grouping: each
+//!     alert is a notification of its own), `group_wait: 0s`, long group and repeat intervals.
+//!     It gets the same number of events as alerts, posted to `/api/v2/alerts` in batches of
+//!     100 as fast as it takes them from a thread of the bench (alertname `bail-decided`, the
+//!     event id as label `event_id`, the event's description as an annotation); the receiver
+//!     finds the `event_id` label in its webhook body. Measured as Herald: notifications/s from
+//!     the first post to the last arrival, its process's CPU per notification;
+//!   - the broker ceiling: the baseline consumer with `BASELINE_ACK_ONLY`, on a quorum queue of
+//!     its own, with Herald's prefetch, acknowledging each event and doing nothing else (no
+//!     HTTP); the same events published the same way. It prints its count of acknowledgements
+//!     at most every 10 ms; events/s from the first publish to the last acknowledgement, and
+//!     its CPU per event. The table gives Herald's events/s as a ratio of it;
 //! * `mixed`: the same route with channels email and webhook: 2 emails + 2 webhooks per event
 //!   (`E2E_MIXED_EVENTS`, default 3,000);
 //! * `latency`: a fixed rate (`E2E_RATE`, default 1,000 events/s) for `E2E_RATE_SECS` (15);
@@ -145,6 +161,8 @@ struct Opts {
     quiet: Duration,
     budget_secs: u64,
     baseline: bool,
+    /// `E2E_PEERS`: in `throughput`, Alertmanager (when installed) and the broker ceiling too.
+    peers: bool,
     /// `E2E_VARIANTS`: the consumers to measure in turn; empty: Herald, then the baseline.
     variants: Vec<System>,
     rounds: usize,
@@ -184,6 +202,7 @@ impl Opts {
             quiet: Duration::from_secs(env_or("E2E_QUIET_SECS", 10)),
             budget_secs: env_or("E2E_BUDGET_SECS", 300),
             baseline: env_or("E2E_BASELINE", 1u8) != 0,
+            peers: env_or("E2E_PEERS", 1u8) != 0,
             variants: std::env::var("E2E_VARIANTS")
                 .unwrap_or_default()
                 .split(',')
@@ -377,8 +396,17 @@ fn herald_event_id(body: &[u8]) -> Option<String> {
         .map(|d| d.event.id)
 }
 
-/// Answers 204 to every POST and records it: the event id is Herald's `data.event.id`, or the
-/// baseline's `x-event-id` header (its body is the raw event).
+/// The `event_id` label of Alertmanager's webhook body (one alert per notification).
+fn alert_event_id(body: &[u8]) -> Option<String> {
+    const MARK: &str = "\"event_id\":\"";
+    let text = std::str::from_utf8(body).ok()?;
+    let rest = &text[text.find(MARK)? + MARK.len()..];
+    Some(rest[..rest.find('"')?].to_owned())
+}
+
+/// Answers 204 to every POST and records it: the event id is Herald's `data.event.id`, the
+/// baseline's `x-event-id` header (its body is the raw event) or Alertmanager's alert's
+/// `event_id` label.
 async fn receive(
     State(sink): State<Arc<Sink>>,
     uri: Uri,
@@ -388,7 +416,9 @@ async fn receive(
     let at = sink.now();
     let id = match headers.get("x-event-id").and_then(|v| v.to_str().ok()) {
         Some(id) => id.to_owned(),
-        None => herald_event_id(&body).unwrap_or_default(),
+        None => herald_event_id(&body)
+            .or_else(|| alert_event_id(&body))
+            .unwrap_or_default(),
     };
     sink.webhook(at, uri.path(), &id);
     StatusCode::NO_CONTENT
@@ -1185,6 +1215,66 @@ async fn publish(job: PublishJob) -> Result<Published, String> {
     Ok(Published { sent, confirmed })
 }
 
+/// Alerts per POST to Alertmanager's `/api/v2/alerts`.
+const ALERT_BATCH: usize = 100;
+
+/// Posts `events` alerts to Alertmanager at `url`, a batch at a time, each as soon as the last
+/// was taken, on a thread of its own (as the publisher): alertname `bail-decided`, the event's
+/// id as label `event_id`, the event body's `description` as an annotation.
+fn spawn_alert_poster(
+    url: String,
+    phase: u32,
+    events: usize,
+    description: String,
+    base: Instant,
+) -> std::thread::JoinHandle<Result<Published, String>> {
+    std::thread::Builder::new()
+        .name("alert-poster".into())
+        .spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?
+                .block_on(async move {
+                    let client = reqwest::Client::new();
+                    let mut sent = Vec::with_capacity(events);
+                    let mut i = 0;
+                    while i < events {
+                        let n = ALERT_BATCH.min(events - i);
+                        let alerts: Vec<serde_json::Value> = (i..i + n)
+                            .map(|k| {
+                                serde_json::json!({
+                                    "labels": {
+                                        "alertname": "bail-decided",
+                                        "event_type": EVENT_TYPE,
+                                        "event_id": event_id(phase, k),
+                                    },
+                                    "annotations": { "description": description },
+                                })
+                            })
+                            .collect();
+                        let body = serde_json::to_vec(&alerts).map_err(|e| e.to_string())?;
+                        let at = base.elapsed().as_nanos() as u64;
+                        sent.extend(std::iter::repeat_n(at, n));
+                        let r = client
+                            .post(&url)
+                            .header("content-type", "application/json")
+                            .body(body)
+                            .send()
+                            .await
+                            .map_err(|e| format!("posting alerts: {e}"))?;
+                        if !r.status().is_success() {
+                            return Err(format!("Alertmanager answered {}", r.status()));
+                        }
+                        i += n;
+                    }
+                    let confirmed = base.elapsed().as_nanos() as u64;
+                    Ok(Published { sent, confirmed })
+                })
+        })
+        .expect("alert poster thread")
+}
+
 // ---------------------------------------------------------------------------------------------
 // Consumers: Herald and the baseline.
 
@@ -1199,6 +1289,10 @@ enum System {
     /// This build, its ledger in a PostgreSQL database made for the run.
     Postgres,
     Baseline,
+    /// The peer: Prometheus Alertmanager, fed the same events as alerts over its HTTP API.
+    Alertmanager,
+    /// The baseline consumer acknowledging each event and doing nothing else.
+    Ceiling,
 }
 
 impl System {
@@ -1217,6 +1311,8 @@ impl System {
             System::Sqlite => "sqlite",
             System::Postgres => "postgres",
             System::Baseline => "baseline",
+            System::Alertmanager => "alertmanager",
+            System::Ceiling => "ceiling",
         }
     }
 
@@ -1226,7 +1322,10 @@ impl System {
 
     /// Herald, of whichever build and ledger.
     fn is_herald(self) -> bool {
-        self != System::Baseline
+        matches!(
+            self,
+            System::Herald | System::NoLedger | System::Sqlite | System::Postgres
+        )
     }
 
     fn has_ledger(self) -> bool {
@@ -1467,7 +1566,8 @@ impl Setup {
                     .map_err(|e| format!("cannot start herald: {e}"))?;
                 Ok(Managed::new("herald", child))
             }
-            System::Baseline => {
+            System::Alertmanager => Err("Alertmanager is started by Bench::alertmanager".into()),
+            System::Baseline | System::Ceiling => {
                 let exe = std::env::current_exe().map_err(|e| e.to_string())?;
                 let urls: Vec<String> = RECIPIENTS
                     .iter()
@@ -1484,8 +1584,13 @@ impl Setup {
                     )
                     .env("BASELINE_URLS", urls.join(","))
                     .env_remove("BASELINE_SMTP")
+                    .env_remove("BASELINE_ACK_ONLY")
                     .stdout(Stdio::null())
                     .stderr(Stdio::inherit());
+                if system == System::Ceiling {
+                    // It prints how many it has acknowledged, as that changes.
+                    cmd.env("BASELINE_ACK_ONLY", "1").stdout(Stdio::piped());
+                }
                 if let Some(url) = &self.smtp {
                     let to: Vec<&str> = RECIPIENTS.iter().map(|(_, _, a)| *a).collect();
                     cmd.env("BASELINE_SMTP", url)
@@ -1494,7 +1599,7 @@ impl Setup {
                 let child = cmd
                     .spawn()
                     .map_err(|e| format!("cannot start the baseline consumer: {e}"))?;
-                Ok(Managed::new("baseline", child))
+                Ok(Managed::new(system.name(), child))
             }
         }
     }
@@ -1811,46 +1916,7 @@ impl Bench {
         delete_named(&self.conn, setup.names.prefix()).await;
         stopped?;
         let published = publisher.done.ok_or("no publisher result")?;
-
-        let arrivals = phase.arrivals.lock().unwrap().clone();
-        let mut latencies: Vec<u64> = arrivals
-            .iter()
-            .map(|a| a.at.saturating_sub(published.sent[a.event as usize]))
-            .collect();
-        latencies.sort_unstable();
-        let p99_of = |email: bool| {
-            let mut v: Vec<u64> = arrivals
-                .iter()
-                .filter(|a| (a.slot >= 2) == email)
-                .map(|a| a.at.saturating_sub(published.sent[a.event as usize]))
-                .collect();
-            v.sort_unstable();
-            percentile(&v, 0.99)
-        };
-        let p99_by_channel = sc.mixed.then(|| [p99_of(false), p99_of(true)]);
-        let first = published.sent.first().copied().unwrap_or(0);
-        let end = arrivals.iter().map(|a| a.at).max().unwrap_or(first);
-        let secs = (end - first) as f64 / 1e9;
-        let pub_secs = (published.confirmed - first) as f64 / 1e9;
-        let f = Figures {
-            events: sc.events,
-            notifications: expected,
-            secs,
-            events_per_sec: sc.events as f64 / secs,
-            notifications_per_sec: expected as f64 / secs,
-            latency: Some([
-                percentile(&latencies, 0.50),
-                percentile(&latencies, 0.95),
-                percentile(&latencies, 0.99),
-            ]),
-            p99_by_channel,
-            cpu_per_1000: cpu.consumer_secs / expected as f64 * 1000.0,
-            peak_rss_mib: rss as f64 / 1024.0,
-            published_per_sec: sc.events as f64 / pub_secs,
-            other_cores: cpu.other_cores(),
-            store_cpu_per_1000: cpu.store_secs / expected as f64 * 1000.0,
-            ledger_rows: rows,
-        };
+        let f = live_figures(sc, expected, &phase, &published, &cpu, rss, rows);
         report(
             sc.key,
             system,
@@ -1858,6 +1924,211 @@ impl Bench {
             &cpu,
             phase.total.load(Ordering::Relaxed),
         );
+        Ok(f)
+    }
+
+    /// The peer: Alertmanager with one receiver of two webhooks (Herald's two recipients), no
+    /// grouping (`group_by: ['...']`, so each alert is a notification of its own), no wait;
+    /// the same number of events posted as alerts. Measured as Herald's live run.
+    async fn alertmanager(&mut self, sc: &Scenario) -> Result<Figures, String> {
+        let system = System::Alertmanager;
+        let setup = self.setup(sc.key, system, None)?;
+        let port = free_port()?;
+        let hooks: String = RECIPIENTS
+            .iter()
+            .map(|(_, path, _)| {
+                format!(
+                    "      - url: http://127.0.0.1:{}{path}\n        send_resolved: false\n",
+                    self.receiver_port
+                )
+            })
+            .collect();
+        let config = format!(
+            "route:\n  receiver: bench\n  group_by: ['...']\n  group_wait: 0s\n  group_interval: 24h\n  repeat_interval: 24h\nreceivers:\n  - name: bench\n    webhook_configs:\n{hooks}"
+        );
+        let config_path = setup.dir.join("alertmanager.yml");
+        std::fs::write(&config_path, config).map_err(|e| e.to_string())?;
+        let log_path = setup.dir.join("alertmanager.log");
+        let log = std::fs::File::create(&log_path).map_err(|e| e.to_string())?;
+        let child = Command::new("prometheus-alertmanager")
+            .arg(format!("--config.file={}", config_path.display()))
+            .arg(format!(
+                "--storage.path={}",
+                setup.dir.join("alertmanager-data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--cluster.listen-address=")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("cannot start prometheus-alertmanager: {e}"))?;
+        let mut child = Managed::new(system.name(), child);
+        let base = format!("http://127.0.0.1:{port}");
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(exit) = child.exited() {
+                return Err(format!("{exit}{}", log_tail(Some(&log_path))));
+            }
+            let ready = client.get(format!("{base}/-/ready")).send().await;
+            if ready.is_ok_and(|r| r.status().is_success()) {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err("Alertmanager is not ready after 30 s".into());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let description = serde_json::from_slice::<serde_json::Value>(&self.body)
+            .ok()
+            .and_then(|v| v.get("description")?.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        let url = format!("{base}/api/v2/alerts");
+        let sink_base = self.sink.base;
+        let post = |phase: &Phase, events: usize| Publisher {
+            running: Some(spawn_alert_poster(
+                url.clone(),
+                phase.id,
+                events,
+                description.clone(),
+                sink_base,
+            )),
+            done: None,
+        };
+
+        let warmup = (sc.events / 10).clamp(1, WARMUP);
+        let warm = self.phase(warmup, false);
+        let mut publisher = post(&warm, warmup);
+        self.await_phase(
+            &warm,
+            warmup * 2,
+            &mut child,
+            &mut publisher,
+            &setup,
+            Duration::from_secs(120),
+        )
+        .await
+        .map_err(|e| format!("warm-up: {e}"))?;
+
+        wait_quiet(self.opts.quiet).await;
+        let phase = self.phase(sc.events, false);
+        let probe = CpuProbe::start(child.pid(), None);
+        let perf = start_profile(child.pid(), &format!("{}-{}", sc.key, system.name()));
+        let mut publisher = post(&phase, sc.events);
+        let expected = sc.events * 2;
+        self.await_phase(
+            &phase,
+            expected,
+            &mut child,
+            &mut publisher,
+            &setup,
+            Duration::from_secs(240),
+        )
+        .await
+        .map_err(|e| format!("{e}{}", log_tail(Some(&log_path))))?;
+        let cpu = probe.finish();
+        stop_profile(perf);
+        let rss = peak_rss_kib(child.pid()).unwrap_or(0);
+        child.stop(Duration::from_secs(40))?;
+        let published = publisher.done.ok_or("no poster result")?;
+        let f = live_figures(sc, expected, &phase, &published, &cpu, rss, None);
+        report(
+            sc.key,
+            system,
+            &f,
+            &cpu,
+            phase.total.load(Ordering::Relaxed),
+        );
+        Ok(f)
+    }
+
+    /// The broker ceiling: the same events published the same way to a quorum queue shaped
+    /// like Herald's, consumed with Herald's prefetch and acknowledged, nothing else. Events/s
+    /// from the first publish to the last acknowledgement; the consumer's CPU per event.
+    async fn ceiling(&mut self, sc: &Scenario) -> Result<Figures, String> {
+        let system = System::Ceiling;
+        let setup = self.setup(sc.key, system, None)?;
+        declare_baseline(&self.conn, &setup.names).await?;
+        let mut child = setup.spawn(system)?;
+        // (acknowledged so far, when the consumer said so).
+        let acked = Arc::new(Mutex::new((0usize, 0u64)));
+        let stdout = child.child.stdout.take().ok_or("no stdout")?;
+        {
+            let acked = Arc::clone(&acked);
+            let sink = Arc::clone(&self.sink);
+            std::thread::Builder::new()
+                .name("ceiling-reader".into())
+                .spawn(move || {
+                    for line in BufReader::new(stdout).lines() {
+                        let Ok(line) = line else { break };
+                        if let Ok(n) = line.trim().parse::<usize>() {
+                            *acked.lock().unwrap() = (n, sink.now());
+                        }
+                    }
+                })
+                .map_err(|e| e.to_string())?;
+        }
+        wait_consuming(&self.conn, &setup.names.queue, &mut child, None).await?;
+        let stall = self.opts.stall;
+        let job = |phase: u32, events: usize| PublishJob {
+            exchange: setup.names.exchange.clone(),
+            phase,
+            events,
+            rate: None,
+            window: WINDOW,
+            body: Arc::clone(&self.body),
+            base: self.sink.base,
+        };
+        let warmup = (sc.events / 10).clamp(1, WARMUP);
+        let (warm_id, phase_id) = (self.next_phase + 1, self.next_phase + 2);
+        self.next_phase += 2;
+        let result = async {
+            await_acked(
+                &acked,
+                warmup,
+                Publisher::start(job(warm_id, warmup)),
+                &mut child,
+                stall,
+            )
+            .await
+            .map_err(|e| format!("warm-up: {e}"))?;
+            wait_quiet(self.opts.quiet).await;
+            let probe = CpuProbe::start(child.pid(), None);
+            let (end, published) = await_acked(
+                &acked,
+                warmup + sc.events,
+                Publisher::start(job(phase_id, sc.events)),
+                &mut child,
+                stall,
+            )
+            .await?;
+            Ok::<_, String>((probe.finish(), end, published.ok_or("no publisher result")?))
+        }
+        .await;
+        let rss = peak_rss_kib(child.pid()).unwrap_or(0);
+        let stopped = child.stop(Duration::from_secs(40));
+        delete_named(&self.conn, setup.names.prefix()).await;
+        let (cpu, end, published) = result?;
+        stopped?;
+        let first = published.sent.first().copied().unwrap_or(0);
+        let secs = end.saturating_sub(first) as f64 / 1e9;
+        let pub_secs = (published.confirmed - first) as f64 / 1e9;
+        let f = Figures {
+            events: sc.events,
+            notifications: sc.events,
+            secs,
+            events_per_sec: sc.events as f64 / secs,
+            notifications_per_sec: sc.events as f64 / secs,
+            latency: None,
+            p99_by_channel: None,
+            cpu_per_1000: cpu.consumer_secs / sc.events as f64 * 1000.0,
+            peak_rss_mib: rss as f64 / 1024.0,
+            published_per_sec: sc.events as f64 / pub_secs,
+            other_cores: cpu.other_cores(),
+            store_cpu_per_1000: 0.0,
+            ledger_rows: None,
+        };
+        report(sc.key, system, &f, &cpu, sc.events);
         Ok(f)
     }
 
@@ -1879,6 +2150,9 @@ impl Bench {
                 child.stop(Duration::from_secs(40))?;
             }
             System::Baseline => declare_baseline(&self.conn, &setup.names).await?,
+            System::Alertmanager | System::Ceiling => {
+                return Err(format!("{} has no backlog run", system.name()));
+            }
         }
         let phase = self.phase(events, false);
         println!(
@@ -1972,6 +2246,95 @@ impl Bench {
             curve.join(", ")
         );
         Ok(f)
+    }
+}
+
+/// Waits until the ceiling's consumer has acknowledged `target` events in all and `publisher`
+/// is done: when it said so, and what the publisher did.
+async fn await_acked(
+    acked: &Mutex<(usize, u64)>,
+    target: usize,
+    mut publisher: Publisher,
+    child: &mut Managed,
+    stall: Duration,
+) -> Result<(u64, Option<Published>), String> {
+    let mut last = (0usize, Instant::now());
+    loop {
+        if let Some(handle) = publisher.running.take_if(|h| h.is_finished()) {
+            publisher.done = Some(
+                handle
+                    .join()
+                    .map_err(|_| "the publisher panicked".to_owned())??,
+            );
+        }
+        let (n, at) = *acked.lock().unwrap();
+        if n >= target && publisher.running.is_none() {
+            return Ok((at, publisher.done));
+        }
+        if let Some(exit) = child.exited() {
+            return Err(format!("{exit} with {n} of {target} acknowledged"));
+        }
+        if n > last.0 {
+            last = (n, Instant::now());
+        }
+        if last.1.elapsed() > stall {
+            return Err(format!(
+                "nothing acknowledged for {stall:?}; {n} of {target} acknowledged"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A live run's figures: rates from the first publish to the last arrival, latency per
+/// notification, the consumer's CPU per notification.
+fn live_figures(
+    sc: &Scenario,
+    expected: usize,
+    phase: &Phase,
+    published: &Published,
+    cpu: &CpuUse,
+    rss: u64,
+    rows: Option<Vec<(String, u64)>>,
+) -> Figures {
+    let arrivals = phase.arrivals.lock().unwrap().clone();
+    let mut latencies: Vec<u64> = arrivals
+        .iter()
+        .map(|a| a.at.saturating_sub(published.sent[a.event as usize]))
+        .collect();
+    latencies.sort_unstable();
+    let p99_of = |email: bool| {
+        let mut v: Vec<u64> = arrivals
+            .iter()
+            .filter(|a| (a.slot >= 2) == email)
+            .map(|a| a.at.saturating_sub(published.sent[a.event as usize]))
+            .collect();
+        v.sort_unstable();
+        percentile(&v, 0.99)
+    };
+    let p99_by_channel = sc.mixed.then(|| [p99_of(false), p99_of(true)]);
+    let first = published.sent.first().copied().unwrap_or(0);
+    let end = arrivals.iter().map(|a| a.at).max().unwrap_or(first);
+    let secs = (end - first) as f64 / 1e9;
+    let pub_secs = (published.confirmed - first) as f64 / 1e9;
+    Figures {
+        events: sc.events,
+        notifications: expected,
+        secs,
+        events_per_sec: sc.events as f64 / secs,
+        notifications_per_sec: expected as f64 / secs,
+        latency: Some([
+            percentile(&latencies, 0.50),
+            percentile(&latencies, 0.95),
+            percentile(&latencies, 0.99),
+        ]),
+        p99_by_channel,
+        cpu_per_1000: cpu.consumer_secs / expected as f64 * 1000.0,
+        peak_rss_mib: rss as f64 / 1024.0,
+        published_per_sec: sc.events as f64 / pub_secs,
+        other_cores: cpu.other_cores(),
+        store_cpu_per_1000: cpu.store_secs / expected as f64 * 1000.0,
+        ledger_rows: rows,
     }
 }
 
@@ -2182,6 +2545,20 @@ async fn run(wanted: Vec<String>) -> bool {
                 row.push(system, f);
             }
         }
+        if sc.key == "throughput" && bench.opts.variants.is_empty() && bench.opts.peers {
+            if on_path("prometheus-alertmanager") {
+                row.results.push((System::Alertmanager, Vec::new()));
+                let f = bench.alertmanager(sc).await;
+                row.push(System::Alertmanager, f);
+            } else {
+                println!(
+                    "[throughput] peer skipped: prometheus-alertmanager is not on PATH (Debian: apt-get install prometheus-alertmanager)"
+                );
+            }
+            row.results.push((System::Ceiling, Vec::new()));
+            let f = bench.ceiling(sc).await;
+            row.push(System::Ceiling, f);
+        }
         rows.push(row);
     }
     if selected("backlog") {
@@ -2213,6 +2590,12 @@ async fn run(wanted: Vec<String>) -> bool {
         table(&rows, &bench.opts)
     );
     rows.iter().all(Row::ok)
+}
+
+/// Whether an executable of this name is in a folder of PATH.
+fn on_path(name: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
 }
 
 fn print_machine(opts: &Opts) {
@@ -2263,6 +2646,16 @@ fn table(rows: &[Row], opts: &Opts) -> String {
     }
     // Herald's run and the baseline's, per scenario.
     type Run = Result<Figures, String>;
+    let peers: Vec<(&str, Option<&Run>, Option<&Run>)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.title.as_str(),
+                r.first(System::Alertmanager),
+                r.first(System::Ceiling),
+            )
+        })
+        .collect();
     let rows: Vec<(&str, &str, &Run, Option<&Run>)> = rows
         .iter()
         .filter_map(|r| {
@@ -2327,6 +2720,47 @@ fn table(rows: &[Row], opts: &Opts) -> String {
                     lr(2),
                     r(h.cpu_per_1000, b.cpu_per_1000),
                     r(h.peak_rss_mib, b.peak_rss_mib)
+                );
+            }
+        }
+        let Some(&(_, am, ceiling)) = peers.iter().find(|(t, _, _)| *t == title) else {
+            continue;
+        };
+        if let Some(a) = am {
+            line(&mut t, title, "Alertmanager", a);
+            if let (Ok(h), Ok(a)) = (herald, a) {
+                let r = |x: f64, y: f64| format!("{:.2}", x / y);
+                let lr = |i: usize| match (h.latency, a.latency) {
+                    (Some(x), Some(y)) => r(x[i], y[i]),
+                    _ => "-".into(),
+                };
+                let _ = writeln!(
+                    t,
+                    "| {title} | **Herald ÷ Alertmanager** | | **{}** | {} | {} | {} | {} | **{}** | {} |",
+                    r(h.events_per_sec, a.events_per_sec),
+                    r(h.notifications_per_sec, a.notifications_per_sec),
+                    lr(0),
+                    lr(1),
+                    lr(2),
+                    r(h.cpu_per_1000, a.cpu_per_1000),
+                    r(h.peak_rss_mib, a.peak_rss_mib)
+                );
+            }
+        }
+        if let Some(c) = ceiling {
+            // Per event: it makes no notification.
+            line(
+                &mut t,
+                title,
+                "broker ceiling (ack only; CPU per 1,000 events)",
+                c,
+            );
+            if let (Ok(h), Ok(c)) = (herald, c) {
+                let _ = writeln!(
+                    t,
+                    "| {title} | **Herald ÷ broker ceiling** | | **{:.2}** | | | | | {:.2} per event | |",
+                    h.events_per_sec / c.events_per_sec,
+                    h.cpu_per_1000 * 2.0 / c.cpu_per_1000,
                 );
             }
         }
@@ -2518,6 +2952,7 @@ fn variants_table(rows: &[Row]) -> String {
 
 mod baseline {
     use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
 
     use futures_util::StreamExt;
@@ -2599,6 +3034,31 @@ mod baseline {
             )
             .await
             .expect("consume");
+        if std::env::var_os("BASELINE_ACK_ONLY").is_some() {
+            // The broker ceiling: acknowledge each event, nothing else. The count goes to
+            // stdout at most every 10 ms, for the benchmark to time the last one.
+            let acked = Arc::new(AtomicUsize::new(0));
+            let count = Arc::clone(&acked);
+            tokio::spawn(async move {
+                let mut said = 0;
+                loop {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    let n = count.load(Ordering::Relaxed);
+                    if n != said {
+                        println!("{n}");
+                        said = n;
+                    }
+                }
+            });
+            while let Some(delivery) = consumer.next().await {
+                let Ok(delivery) = delivery else { break };
+                if delivery.ack(BasicAckOptions::default()).await.is_err() {
+                    break;
+                }
+                acked.fetch_add(1, Ordering::Relaxed);
+            }
+            return;
+        }
         while let Some(delivery) = consumer.next().await {
             let Ok(delivery) = delivery else { break };
             let target = Arc::clone(&target);
