@@ -2705,22 +2705,8 @@ fn table(rows: &[Row], opts: &Opts) -> String {
         if let Some(b) = baseline {
             line(&mut t, title, "baseline", b);
             if let (Ok(h), Ok(b)) = (herald, b) {
-                let r = |x: f64, y: f64| format!("{:.2}", x / y);
-                let lr = |i: usize| match (h.latency, b.latency) {
-                    (Some(x), Some(y)) => r(x[i], y[i]),
-                    _ => "-".into(),
-                };
-                let _ = writeln!(
-                    t,
-                    "| {title} | **Herald ÷ baseline** | | **{}** | {} | {} | {} | **{}** | {} | {} |",
-                    r(h.events_per_sec, b.events_per_sec),
-                    r(h.notifications_per_sec, b.notifications_per_sec),
-                    lr(0),
-                    lr(1),
-                    lr(2),
-                    r(h.cpu_per_1000, b.cpu_per_1000),
-                    r(h.peak_rss_mib, b.peak_rss_mib)
-                );
+                // The baseline's targets: throughput and p99.
+                ratio_line(&mut t, title, "baseline", h, b, &[0, 4]);
             }
         }
         let Some(&(_, am, ceiling)) = peers.iter().find(|(t, _, _)| *t == title) else {
@@ -2729,22 +2715,8 @@ fn table(rows: &[Row], opts: &Opts) -> String {
         if let Some(a) = am {
             line(&mut t, title, "Alertmanager", a);
             if let (Ok(h), Ok(a)) = (herald, a) {
-                let r = |x: f64, y: f64| format!("{:.2}", x / y);
-                let lr = |i: usize| match (h.latency, a.latency) {
-                    (Some(x), Some(y)) => r(x[i], y[i]),
-                    _ => "-".into(),
-                };
-                let _ = writeln!(
-                    t,
-                    "| {title} | **Herald ÷ Alertmanager** | | **{}** | {} | {} | {} | {} | **{}** | {} |",
-                    r(h.events_per_sec, a.events_per_sec),
-                    r(h.notifications_per_sec, a.notifications_per_sec),
-                    lr(0),
-                    lr(1),
-                    lr(2),
-                    r(h.cpu_per_1000, a.cpu_per_1000),
-                    r(h.peak_rss_mib, a.peak_rss_mib)
-                );
+                // Against the peer: throughput and CPU per notification.
+                ratio_line(&mut t, title, "Alertmanager", h, a, &[0, 5]);
             }
         }
         if let Some(c) = ceiling {
@@ -3119,4 +3091,46 @@ mod baseline {
             a.iter().chain(&b).all(Option::is_some)
         }
     }
+}
+
+/// A table row of Herald's figures as ratios of `other`'s (events/s, notifications/s, p50,
+/// p95, p99, CPU per notification, peak RSS), the columns numbered in `bold` in bold.
+fn ratio_line(
+    t: &mut String,
+    title: &str,
+    who: &str,
+    h: &Figures,
+    other: &Figures,
+    bold: &[usize],
+) {
+    let r = |x: f64, y: f64| format!("{:.2}", x / y);
+    let latency = |i: usize| match (h.latency, other.latency) {
+        (Some(x), Some(y)) => r(x[i], y[i]),
+        _ => "-".into(),
+    };
+    let cells = [
+        r(h.events_per_sec, other.events_per_sec),
+        r(h.notifications_per_sec, other.notifications_per_sec),
+        latency(0),
+        latency(1),
+        latency(2),
+        r(h.cpu_per_1000, other.cpu_per_1000),
+        r(h.peak_rss_mib, other.peak_rss_mib),
+    ];
+    let cells: Vec<String> = cells
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| {
+            if bold.contains(&i) {
+                format!("**{c}**")
+            } else {
+                c
+            }
+        })
+        .collect();
+    let _ = writeln!(
+        t,
+        "| {title} | **Herald ÷ {who}** | | {} |",
+        cells.join(" | ")
+    );
 }
