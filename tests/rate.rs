@@ -94,15 +94,7 @@ async fn a_webhook_rate_limit_spaces_the_requests_and_lets_urgent_ones_through_f
     service::bail_decisions(&ch, &names.exchange, "evt-rate-routine", ROUTINE).await;
     service::publish_warrants(&ch, &names.exchange, "evt-rate-urgent", 0..URGENT).await;
 
-    let police = || {
-        let mut hooks: Vec<_> = receiver
-            .hooks()
-            .into_iter()
-            .filter(|h| h.path == "/police/WYP-LEEDS")
-            .collect();
-        hooks.sort_by_key(|h| h.at);
-        hooks
-    };
+    let police = || receiver.hooks_at("/police/WYP-LEEDS");
     let held = highest_held(&herald, "police:WYP-LEEDS/webhook", || {
         police().len() >= ROUTINE + URGENT
     })
@@ -184,15 +176,7 @@ async fn a_backlog_longer_than_the_wait_goes_to_the_retry_queues_and_still_arriv
     .await;
     let (_conn, ch) = service::channel().await;
     service::bail_decisions(&ch, &names.exchange, "evt-backlog", EVENTS).await;
-    let police = || {
-        let mut hooks: Vec<_> = receiver
-            .hooks()
-            .into_iter()
-            .filter(|h| h.path == "/police/WYP-LEEDS")
-            .collect();
-        hooks.sort_by_key(|h| h.at);
-        hooks
-    };
+    let police = || receiver.hooks_at("/police/WYP-LEEDS");
     wait_until("every bail decision at the force", WAIT, || async {
         police().len() >= EVENTS
     })

@@ -1092,15 +1092,7 @@ async fn an_urgent_warrant_overtakes_routine_notifications_queued_for_the_same_f
         agency("evt-urgent"),
     )
     .await;
-    let police = || {
-        let mut hooks: Vec<_> = receiver
-            .hooks()
-            .into_iter()
-            .filter(|h| h.path == "/police/WYP-LEEDS")
-            .collect();
-        hooks.sort_by_key(|h| h.at);
-        hooks
-    };
+    let police = || receiver.hooks_at("/police/WYP-LEEDS");
     wait_until("the force told of everything", WAIT, || async {
         police().len() == ROUTINE + 1
     })

@@ -463,6 +463,17 @@ impl Receiver {
     pub fn hooks(&self) -> Vec<Hook> {
         self.hooks.lock().unwrap().clone()
     }
+
+    /// The webhooks that arrived at `path`, in the order they arrived.
+    pub fn hooks_at(&self, path: &str) -> Vec<Hook> {
+        let mut hooks: Vec<Hook> = self
+            .hooks()
+            .into_iter()
+            .filter(|h| h.path == path)
+            .collect();
+        hooks.sort_by_key(|h| h.at);
+        hooks
+    }
 }
 
 /// The Standard Webhooks signature of a body sent with this id and timestamp, signed with
