@@ -15,6 +15,7 @@ mod custody;
 mod digest;
 mod escalate;
 mod instances;
+mod lite;
 pub mod overview;
 pub mod read;
 pub mod report;
@@ -311,6 +312,8 @@ pub struct Store {
     /// The URL without its password, for messages.
     shown: Arc<str>,
     health: Health,
+    /// SQLite's file and how it writes, for the writer's own connection.
+    file: Option<(Arc<Path>, Sync)>,
 }
 
 /// Whether the ledger takes writes, and why not: shared with `/readyz`.
@@ -410,6 +413,8 @@ impl Store {
         };
         let reason = |e: sqlx::Error| crate::mask::scrub(&e.to_string(), url);
         let mut url = url.to_owned();
+        let file =
+            (backend == Backend::Sqlite).then(|| (Arc::from(Path::new(sqlite_path(&url))), sync));
         let options = match backend {
             Backend::Sqlite => {
                 let path = sqlite_path(&url);
@@ -499,6 +504,7 @@ impl Store {
             backend,
             shown,
             health,
+            file,
         })
     }
 
@@ -524,6 +530,11 @@ impl Store {
 
     pub fn health(&self) -> &Health {
         &self.health
+    }
+
+    /// SQLite's file and how it writes; `None` on PostgreSQL.
+    pub(crate) fn sqlite_file(&self) -> Option<(Arc<Path>, Sync)> {
+        self.file.clone()
     }
 
     /// Whether the store takes a write now.

@@ -1,14 +1,13 @@
 //! The SQL of a commit: the statements the writer runs, one per table, and the rows they take.
-//! Every statement reads its rows from one source whatever their number: on PostgreSQL a JSON
-//! array bound as its one parameter, on SQLite a `VALUES` list with plain `?` binds (see
-//! [`Src`]).
+//! Every statement reads its rows from one source: on PostgreSQL a JSON array bound as its one
+//! parameter, on SQLite a `VALUES` list with plain `?` binds (see [`Src`]).
 
 /// Rows in one SQLite statement at most: its parameters stay well under SQLite's bound
 /// (32,766), whatever the table.
 pub(super) const SQLITE_ROWS: usize = 1000;
 
 /// A value of a row, as bound to a statement.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub(super) enum V<'a> {
     Text(&'a str),
     Int(i64),
@@ -87,22 +86,16 @@ impl<'a> Rows<'a> {
         let rows: Vec<&[V<'a>]> = self.values.chunks(self.width).collect();
         serde_json::to_string(&rows).map_err(|e| sqlx::Error::Encode(Box::new(e)))
     }
-
-    /// Pieces of at most `rows` rows each, for SQLite's bound on a statement's parameters.
-    pub(super) fn pieces(&self, rows: usize) -> impl Iterator<Item = &[V<'a>]> {
-        self.values.chunks(rows * self.width)
-    }
 }
 
 /// Where a statement's rows come from, and how it names their columns.
 ///
 /// PostgreSQL takes each statement on its own with one parameter, a JSON array of rows
 /// (`jsonb_array_elements($1::jsonb)`, columns `j.value->>0`, ...), so every statement has one
-/// text whatever the number of rows, prepared once per connection. SQLite takes the whole
-/// transaction, `BEGIN` to `COMMIT`, as one script of `VALUES` lists with plain `?`
-/// parameters (columns `v.column1`, ...): one hand-over to the connection's thread per
-/// commit instead of one per statement (those hand-overs, each waiting for a thread to be
-/// scheduled, were most of a commit's time on a loaded machine), and values bound as they
+/// text whatever the number of rows, prepared once per connection. SQLite takes a `VALUES`
+/// list with plain `?` parameters (columns `v.column1`, ...): its writer (`lite.rs`) runs
+/// each statement of one row (of an event's identifiers, one per event) prepared once, row
+/// by row, and the reader asks about many events in one statement. Values are bound as they
 /// are rather than read out of JSON by SQLite (a third of its time when they were). Numbered
 /// parameters are avoided: SQLite looks each up by name, which is quadratic in a statement of
 /// hundreds of them.

@@ -22,6 +22,7 @@ use tracing::{error, info, warn};
 use crate::metrics::Metrics;
 use crate::route::authority::{Change, ChangeKind};
 
+use super::lite::Lite;
 use super::sql::{NOTIFICATION_WIDTH, Rows, SQLITE_ROWS, Src, Table, V, seen_sql};
 use super::{
     AttemptRecord, Backend, EndpointRecord, EscalationRecord, EventOutcome, EventRecord,
@@ -31,7 +32,7 @@ use super::{
 /// Most operations in one transaction.
 const MAX_BATCH: usize = 512;
 
-enum Op {
+pub(super) enum Op {
     Event {
         event: EventRecord,
         notifications: Vec<NotificationRecord>,
@@ -216,25 +217,34 @@ impl Ledger {
 /// keeps the commits in the order the operations were queued, so a retry's outcome never
 /// lands before the row it changes.
 async fn run(store: Store, mut rx: mpsc::Receiver<Op>, metrics: Metrics) {
+    let mut lite = store
+        .sqlite_file()
+        .map(|(path, sync)| Lite::new(path, sync));
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        write_batch(&store, std::mem::take(&mut batch), &metrics).await;
+        write_batch(&store, &mut lite, std::mem::take(&mut batch), &metrics).await;
         batch.reserve(MAX_BATCH);
     }
 }
 
 /// Commits one batch, waiting while the store takes no writes; answers every operation.
-async fn write_batch(store: &Store, mut batch: Vec<Op>, metrics: &Metrics) {
+async fn write_batch(store: &Store, lite: &mut Option<Lite>, batch: Vec<Op>, metrics: &Metrics) {
     let mut wait = Duration::from_secs(1);
+    let mut batch = batch;
     loop {
         let started = Instant::now();
-        match commit(store, &batch, metrics).await {
+        let (back, result) = commit(store, lite, batch, metrics).await;
+        // Without its batch (the writer's thread ended with it), every caller has seen its
+        // reply dropped, as from a stopped ledger, and its event goes back to the queue.
+        let Some(back) = back else { return };
+        batch = back;
+        match result {
             Ok(found) => {
                 metrics
                     .ledger_commit_seconds
                     .with_label_values::<&str>(&[])
                     .observe(started.elapsed().as_secs_f64());
-                answer(std::mem::take(&mut batch), found);
+                answer(batch, found);
                 back_up(store, metrics);
                 return;
             }
@@ -252,9 +262,39 @@ async fn write_batch(store: &Store, mut batch: Vec<Op>, metrics: &Metrics) {
                     continue;
                 }
                 warn!(error = %e, operations = batch.len(), "a group of ledger rows was refused; writing them one by one");
-                one_by_one(store, batch, metrics).await;
+                one_by_one(store, lite, batch, metrics).await;
                 return;
             }
+        }
+    }
+}
+
+/// Why a commit failed: an error of the pool's connection (PostgreSQL) or of SQLite's writer.
+#[derive(Debug)]
+enum Fault {
+    Pool(sqlx::Error),
+    Lite(rusqlite::Error),
+}
+
+impl std::fmt::Display for Fault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Fault::Pool(e) => e.fmt(f),
+            Fault::Lite(e) => e.fmt(f),
+        }
+    }
+}
+
+impl Fault {
+    /// SQLite's result code, extended, if the error is one of SQLite's.
+    fn sqlite_code(&self) -> Option<i64> {
+        match self {
+            Fault::Pool(e) => e
+                .as_database_error()
+                .and_then(|d| d.code())
+                .and_then(|c| c.parse().ok()),
+            Fault::Lite(rusqlite::Error::SqliteFailure(e, _)) => Some(i64::from(e.extended_code)),
+            Fault::Lite(_) => None,
         }
     }
 }
@@ -262,15 +302,11 @@ async fn write_batch(store: &Store, mut batch: Vec<Op>, metrics: &Metrics) {
 /// Whether an error is the store's own rather than the rows': SQLite's I/O error, disk full,
 /// read-only database, cannot open, busy or locked (by their primary result codes). On
 /// PostgreSQL the probe decides, as a server that takes no writes refuses the probe too.
-fn store_fault(store: &Store, e: &sqlx::Error) -> bool {
+fn store_fault(store: &Store, e: &Fault) -> bool {
     if store.backend() != Backend::Sqlite {
         return false;
     }
-    let Some(code) = e
-        .as_database_error()
-        .and_then(|d| d.code())
-        .and_then(|c| c.parse::<i64>().ok())
-    else {
+    let Some(code) = e.sqlite_code() else {
         return false;
     };
     // SQLITE_BUSY 5, SQLITE_LOCKED 6, SQLITE_READONLY 8, SQLITE_IOERR 10, SQLITE_FULL 13,
@@ -392,15 +428,21 @@ fn back_up(store: &Store, metrics: &Metrics) {
     }
 }
 
-async fn one_by_one(store: &Store, batch: Vec<Op>, metrics: &Metrics) {
+async fn one_by_one(store: &Store, lite: &mut Option<Lite>, batch: Vec<Op>, metrics: &Metrics) {
     for op in batch {
-        let one = std::slice::from_ref(&op);
-        match commit(store, one, metrics).await {
-            Ok(found) => answer(vec![op], found),
+        let (back, result) = commit(store, lite, vec![op], metrics).await;
+        let Some(back) = back else { continue };
+        match result {
+            Ok(found) => answer(back, found),
             Err(e) => {
                 metrics.ledger_refused.with_label_values::<&str>(&[]).inc();
                 error!(error = %e, "the ledger refused an operation; its event goes back to the queue");
-                op.fail(store.error(&e));
+                for op in back {
+                    op.fail(LedgerError::Query {
+                        url: store.shown().to_owned(),
+                        reason: e.to_string(),
+                    });
+                }
             }
         }
     }
@@ -420,12 +462,12 @@ fn answer(batch: Vec<Op>, mut found: Found) {
 }
 
 /// A batch's rows, table by table.
-struct Tables<'a> {
+pub(super) struct Tables<'a> {
     rows: [Rows<'a>; 10],
 }
 
 impl<'a> Tables<'a> {
-    fn of(batch: &'a [Op], now: i64) -> Tables<'a> {
+    pub(super) fn of(batch: &'a [Op], now: i64) -> Tables<'a> {
         let mut seen = Rows::new(2);
         let mut events = Rows::new(8);
         let mut persons = Rows::new(3);
@@ -593,7 +635,7 @@ impl<'a> Tables<'a> {
         }
     }
 
-    fn get(&self, t: Table) -> &Rows<'a> {
+    pub(super) fn get(&self, t: Table) -> &Rows<'a> {
         &self.rows[t as usize]
     }
 }
@@ -612,7 +654,7 @@ fn attempt_row<'a>(key: &'a str, a: &'a AttemptRecord) -> [V<'a>; 6] {
 }
 
 /// Each routed event seen before, by (publisher, message_id): its notifications' statuses.
-type Before = HashMap<(String, String), HashMap<String, Status>>;
+pub(super) type Before = HashMap<(String, String), HashMap<String, Status>>;
 
 fn read_seen(before: &mut Before, r: &sqlx::any::AnyRow) -> Result<(), sqlx::Error> {
     let entry = before.entry((r.try_get(0)?, r.try_get(1)?)).or_default();
@@ -625,107 +667,67 @@ fn read_seen(before: &mut Before, r: &sqlx::any::AnyRow) -> Result<(), sqlx::Err
     Ok(())
 }
 
-/// Writes a batch in one transaction.
-async fn commit(store: &Store, batch: &[Op], metrics: &Metrics) -> Result<Found, sqlx::Error> {
-    let tables = Tables::of(batch, ms(chrono::Utc::now()));
-    let mut conn = store.pool().acquire().await?;
-    let written = match store.backend() {
-        Backend::Sqlite => write_sqlite(&mut conn, &tables).await,
-        Backend::Postgres => write_postgres(&mut conn, &tables).await,
+/// Writes a batch in one transaction: on SQLite by the writer's own thread, on PostgreSQL
+/// through the pool. Gives the batch back (unless the writer's thread ended with it) with what
+/// the commit found of the events asked about.
+async fn commit(
+    store: &Store,
+    lite: &mut Option<Lite>,
+    batch: Vec<Op>,
+    metrics: &Metrics,
+) -> (Option<Vec<Op>>, Result<Found, Fault>) {
+    let now = ms(chrono::Utc::now());
+    let (batch, written) = match lite {
+        Some(lite) => {
+            let (batch, written) = lite.commit(batch, now).await;
+            (batch, written.map_err(Fault::Lite))
+        }
+        None => {
+            let written = write_postgres(store, &batch, now).await;
+            (Some(batch), written.map_err(Fault::Pool))
+        }
     };
-    if written.is_err() {
-        // Not given back to the pool: after a disk full or an I/O error, SQLite can keep the
-        // connection in an error state that holds the write lock (and a script that failed
-        // part-way leaves its transaction open), so every other connection would find the
-        // ledger locked even once the disk takes writes again. Closing it rolls back.
-        conn.close_on_drop();
-    }
-    let (before, written) = written?;
-    for (table, n) in written {
-        if let Some(label) = table.counted().filter(|_| n > 0) {
-            metrics.ledger_rows.with_label_values(&[label]).inc_by(n);
+    let Some(batch) = batch else {
+        return (None, written.map(|_| Found::new()));
+    };
+    let found = written.map(|(before, written)| {
+        for (table, n) in written {
+            if let Some(label) = table.counted().filter(|_| n > 0) {
+                metrics.ledger_rows.with_label_values(&[label]).inc_by(n);
+            }
         }
-    }
-    let mut found = Found::new();
-    for (i, op) in batch.iter().enumerate() {
-        if let Op::Event { event: e, .. } = op
-            && op.asks()
-            && let Some(seen) = before.get(&(e.publisher.clone(), e.message_id.clone()))
-        {
-            found.insert(i, Seen::Before(seen.clone()));
+        let mut found = Found::new();
+        for (i, op) in batch.iter().enumerate() {
+            if let Op::Event { event: e, .. } = op
+                && op.asks()
+                && let Some(seen) = before.get(&(e.publisher.clone(), e.message_id.clone()))
+            {
+                found.insert(i, Seen::Before(seen.clone()));
+            }
         }
-    }
-    Ok(found)
+        found
+    });
+    (Some(batch), found)
 }
 
 /// What a commit found of the events asked about, and the rows each table's statements wrote.
-type Written = (Before, Vec<(Table, u64)>);
-
-/// SQLite: the whole transaction in one script.
-async fn write_sqlite(
-    conn: &mut sqlx::pool::PoolConnection<Any>,
-    tables: &Tables<'_>,
-) -> Result<Written, sqlx::Error> {
-    use futures_util::StreamExt;
-    use sqlx::Arguments;
-    let mut script = String::from("BEGIN IMMEDIATE;\n");
-    let mut args = sqlx::any::AnyArguments::default();
-    // The table each statement of the script writes, in order.
-    let mut order = Vec::new();
-    for table in Table::ALL {
-        let rows = tables.get(table);
-        for piece in rows.pieces(SQLITE_ROWS) {
-            let src = Src::Values {
-                rows: piece.len() / rows.width,
-                width: rows.width,
-            };
-            script.push_str(&table.sql(src));
-            script.push_str(";\n");
-            for v in piece {
-                match *v {
-                    V::Text(t) => args.add(t),
-                    V::Int(i) => args.add(i),
-                    V::Date(d) => args.add(d.format("%Y-%m-%d").to_string()),
-                    V::Null => args.add(None::<i64>),
-                }
-                .map_err(sqlx::Error::Encode)?;
-            }
-            order.push(table);
-        }
-    }
-    script.push_str("COMMIT");
-    // BEGIN, each statement, COMMIT.
-    let statements = order.len() + 2;
-    let mut before = Before::new();
-    let mut results = Vec::with_capacity(statements);
-    // Several statements in one query: deprecated by sqlx for its other drivers, and kept in
-    // the SQLite driver of the version pinned in Cargo.toml. Not kept in the statement cache:
-    // each commit's script has its own numbers of rows.
-    #[allow(deprecated)]
-    let mut stream = sqlx::query_with(&script, args)
-        .persistent(false)
-        .fetch_many(&mut **conn);
-    while let Some(result) = stream.next().await {
-        match result? {
-            sqlx::Either::Left(done) => results.push(done.rows_affected()),
-            sqlx::Either::Right(row) => read_seen(&mut before, &row)?,
-        }
-    }
-    drop(stream);
-    if results.len() != statements {
-        // The script stopped early without an error: nothing is known to be committed.
-        return Err(sqlx::Error::Protocol(format!(
-            "the ledger's commit ran {} of its {statements} statements",
-            results.len()
-        )));
-    }
-    let written = order.into_iter().zip(results.into_iter().skip(1)).collect();
-    Ok((before, written))
-}
+pub(super) type Written = (Before, Vec<(Table, u64)>);
 
 /// PostgreSQL: statement by statement in a transaction (its protocol takes one statement
 /// with parameters at a time), the empty ones skipped.
-async fn write_postgres(
+async fn write_postgres(store: &Store, batch: &[Op], now: i64) -> Result<Written, sqlx::Error> {
+    let tables = Tables::of(batch, now);
+    let mut conn = store.pool().acquire().await?;
+    let written = write_tables(&mut conn, &tables).await;
+    if written.is_err() {
+        // Not given back to the pool: a transaction that failed part-way is rolled back by
+        // closing its connection, whatever state the error left it in.
+        conn.close_on_drop();
+    }
+    written
+}
+
+async fn write_tables(
     conn: &mut sqlx::pool::PoolConnection<Any>,
     tables: &Tables<'_>,
 ) -> Result<Written, sqlx::Error> {
