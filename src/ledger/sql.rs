@@ -46,6 +46,22 @@ impl<'a, T: Into<V<'a>>> From<Option<T>> for V<'a> {
     }
 }
 
+/// As bound by SQLite's writer (`lite.rs`).
+impl rusqlite::ToSql for V<'_> {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        Ok(match *self {
+            V::Text(t) => rusqlite::types::ToSqlOutput::Borrowed(rusqlite::types::ValueRef::Text(
+                t.as_bytes(),
+            )),
+            V::Int(i) => rusqlite::types::ToSqlOutput::Owned(rusqlite::types::Value::Integer(i)),
+            V::Date(d) => rusqlite::types::ToSqlOutput::Owned(rusqlite::types::Value::Text(
+                d.format("%Y-%m-%d").to_string(),
+            )),
+            V::Null => rusqlite::types::ToSqlOutput::Owned(rusqlite::types::Value::Null),
+        })
+    }
+}
+
 impl serde::Serialize for V<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self {

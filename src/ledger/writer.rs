@@ -22,7 +22,7 @@ use tracing::{error, info, warn};
 use crate::metrics::Metrics;
 use crate::route::authority::{Change, ChangeKind};
 
-use super::lite::Lite;
+use super::lite::{self, Lite, Statements};
 use super::sql::{NOTIFICATION_WIDTH, Rows, SQLITE_ROWS, Src, Table, V, seen_sql};
 use super::{
     AttemptRecord, Backend, EndpointRecord, EscalationRecord, EventOutcome, EventRecord,
@@ -679,8 +679,21 @@ async fn commit(
     let now = ms(chrono::Utc::now());
     let (batch, written) = match lite {
         Some(lite) => {
-            let (batch, written) = lite.commit(batch, now).await;
-            (batch, written.map_err(Fault::Lite))
+            let done = lite
+                .run(move |session| {
+                    let written =
+                        session.transaction(|st| write_lite(st, &Tables::of(&batch, now)));
+                    (batch, written)
+                })
+                .await;
+            match done {
+                Ok(Some((batch, written))) => (Some(batch), written.map_err(Fault::Lite)),
+                // The thread ended with the batch, or could not be started: its operations'
+                // callers see their replies dropped, as from a stopped ledger, and their events
+                // go back to the queue.
+                Ok(None) => (None, Err(Fault::Lite(lite::stopped()))),
+                Err(e) => (None, Err(Fault::Lite(e))),
+            }
         }
         None => {
             let written = write_postgres(store, &batch, now).await;
@@ -712,6 +725,60 @@ async fn commit(
 
 /// What a commit found of the events asked about, and the rows each table's statements wrote.
 pub(super) type Written = (Before, Vec<(Table, u64)>);
+
+/// Runs every table's rows in the order of [`Table::ALL`]: first what the ledger held of the
+/// events asked about, before anything of this batch is written.
+/// On SQLite each row through a statement prepared once (an event's identifiers together).
+fn write_lite(st: &mut Statements<'_>, tables: &Tables<'_>) -> Result<Written, rusqlite::Error> {
+    use rusqlite::params_from_iter;
+    let mut before = Before::new();
+    let mut written = Vec::with_capacity(Table::ALL.len());
+    for table in Table::ALL {
+        let rows = tables.get(table);
+        if rows.is_empty() {
+            continue;
+        }
+        let width = rows.width;
+        let mut changed = 0u64;
+        match table {
+            Table::Seen => {
+                let mut stmt = st.get(table, 1, width)?;
+                for row in rows.values.chunks(width) {
+                    let mut found = stmt.query(params_from_iter(row))?;
+                    while let Some(r) = found.next()? {
+                        let entry = before.entry((r.get(0)?, r.get(1)?)).or_default();
+                        if let (Some(key), Some(status)) = (
+                            r.get::<_, Option<String>>(2)?,
+                            r.get::<_, Option<String>>(3)?,
+                        ) {
+                            entry.insert(key, status.parse().unwrap_or(Status::Pending));
+                        }
+                    }
+                }
+                continue;
+            }
+            // An event's identifiers in one statement: each is written only if the event
+            // has none yet, which one statement judges before it writes any of them.
+            Table::Persons => {
+                let each: Vec<&[V<'_>]> = rows.values.chunks(width).collect();
+                for group in each.chunk_by(|a, b| a[..2] == b[..2]) {
+                    let values = group.iter().flat_map(|row| row.iter());
+                    changed += st
+                        .get(table, group.len(), width)?
+                        .execute(params_from_iter(values))? as u64;
+                }
+            }
+            _ => {
+                let mut stmt = st.get(table, 1, width)?;
+                for row in rows.values.chunks(width) {
+                    changed += stmt.execute(params_from_iter(row))? as u64;
+                }
+            }
+        }
+        written.push((table, changed));
+    }
+    Ok((before, written))
+}
 
 /// PostgreSQL: statement by statement in a transaction (its protocol takes one statement
 /// with parameters at a time), the empty ones skipped.
