@@ -905,8 +905,8 @@ async fn the_writer_records_handled_events(backend: Backend) {
         "every attempt is kept"
     );
 
-    // 300 events of 12 notifications each, at once: one commit of 3,600 notifications
-    // (61,200 values), more than one SQLite statement takes.
+    // 300 events of 12 notifications each, at once: large group commits, 3,600 notifications
+    // (61,200 values), more than one PostgreSQL parameter or SQLite statement would take.
     let handled = (0..300).map(|i| {
         let ledger = ledger.clone();
         async move {
