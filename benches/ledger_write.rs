@@ -11,7 +11,7 @@
 //! and dropped after it).
 //!
 //! Printed per backend: events per second, CPU of this process per event (Herald's side of the
-//! ledger: building rows, the SQLite library itself, the sqlx threads), the CPU of every other
+//! ledger: building rows, the SQLite library itself, the writer's thread and sqlx's), the CPU of every other
 //! process on the machine per event meanwhile (on PostgreSQL, mostly its server), and the
 //! group commits made, and this process's peak resident set so far (SQLite runs first). No
 //! figure is a target: this finds where the ledger's time and memory go.
