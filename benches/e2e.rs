@@ -271,7 +271,8 @@ impl Phase {
         let mut email_keys = HashMap::new();
         if herald_emails {
             for i in 0..events {
-                let event = EventId::new(event_id(id, i));
+                // Herald derives the key from the publisher (the broker-verified user_id) too.
+                let event = EventId::published("guest", event_id(id, i));
                 for (slot, (recipient, _, _)) in RECIPIENTS.iter().enumerate() {
                     let key = IdempotencyKey::derive(&event, ROUTE, recipient, Medium::Email);
                     email_keys.insert(format!("<{key}@{MAIL_DOMAIN}>"), (i as u32, 2 + slot as u8));
