@@ -3,9 +3,16 @@
 //! Herald runs as its release binary, a child process with a configuration of its own (queue
 //! and exchange names unique to the run, deleted at the end). Events are published with
 //! publisher confirms from a thread of their own; a webhook receiver (axum, in this process)
-//! answers 204 and records when each notification arrives, and for the mixed scenario an SMTP
-//! server (Python's aiosmtpd, a child process) reports each message it takes. Latency is
+//! answers 204 and records when each notification arrives, and for the scenarios with email an
+//! SMTP server, a child process, reports each message's Message-ID as it takes it. Latency is
 //! arrival minus publish, per notification.
+//!
+//! The SMTP server is this binary started again with `--smtp-sink` (`support/smtp_sink.rs`: a
+//! tokio server on one thread that speaks what lettre uses and takes every message), or with
+//! `E2E_SMTP=python` Python's aiosmtpd (one process), the server before the sink, which holds
+//! `mixed` to about 310 events/s. Either way its CPU is read from /proc apart, and it reports
+//! each connection it takes, so the SMTP connections each consumer opened, and the most open
+//! at once, are printed too.
 //!
 //! The baseline is this binary started again with `--baseline-consumer`: a bare lapin consumer
 //! with Herald's prefetch, on a quorum queue of its own, that sends the raw event body to the
@@ -35,7 +42,15 @@
 //!     at most every 10 ms; events/s from the first publish to the last acknowledgement, and
 //!     its CPU per event. The table gives Herald's events/s as a ratio of it;
 //! * `mixed`: the same route with channels email and webhook: 2 emails + 2 webhooks per event
-//!   (`E2E_MIXED_EVENTS`, default 3,000);
+//!   (`E2E_MIXED_EVENTS`, default 3,000), to the sink;
+//! * `email`: the same route with channel email only: 2 emails per event (`E2E_EMAIL_EVENTS`,
+//!   default 4,000), over the consumer's pooled SMTP connections (Herald's `[email]
+//!   connections`, the baseline's pool as large), measured twice: against the sink as any
+//!   server answers (its kernel delays ACKs), then against the sink acknowledging at once
+//!   (`TCP_QUICKACK` after every read), which removes the 40 ms lettre 0.11.23 waits for per
+//!   message as `TCP_NODELAY` on lettre's side would (`E2E_EMAIL_QUICKACK=0` leaves that row
+//!   out). Besides the table's columns: emails/s, the SMTP server's CPU per email, RabbitMQ's
+//!   CPU per notification, and the SMTP connections opened;
 //! * `latency`: a fixed rate (`E2E_RATE`, default 1,000 events/s) for `E2E_RATE_SECS` (15);
 //! * `backlog`: `E2E_BACKLOG` events (default 200,000) published while the consumer is not
 //!   running, then drained; `E2E_BACKLOG_BASELINE=0` skips the baseline's run, as does a run
@@ -70,7 +85,8 @@
 //! group commits made and their total time (`commits`, `commit ms`) from
 //! `herald_ledger_commit_seconds`, and the CPU of PostgreSQL's processes is reported apart.
 //!
-//! Needs RabbitMQ on 127.0.0.1:5672 (guest/guest) and, for `mixed`, Python 3 with aiosmtpd.
+//! Needs RabbitMQ on 127.0.0.1:5672 (guest/guest); Python 3 with aiosmtpd only with
+//! `E2E_SMTP=python`.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
@@ -95,6 +111,9 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Confirmation, Connection, ConnectionProperties, ExchangeKind};
 use serde::Deserialize;
+
+#[path = "support/smtp_sink.rs"]
+mod smtp_sink;
 
 const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 const SECRET: &str = "whsec_ZTJlLWJlbmNobWFyay1zaWduaW5nLXNlY3JldC1rZXk=";
@@ -123,9 +142,10 @@ const WARMUP: usize = 1000;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some("--baseline-consumer") {
-        baseline::main();
-        return;
+    match args.first().map(String::as_str) {
+        Some("--baseline-consumer") => return baseline::main(),
+        Some("--smtp-sink") => return smtp_sink::main(),
+        _ => {}
     }
     // For reqwest, which reads Herald's /metrics.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -149,6 +169,11 @@ fn main() {
 struct Opts {
     events: usize,
     mixed_events: usize,
+    email_events: usize,
+    /// `E2E_SMTP`: the SMTP server the email scenarios send to.
+    smtp_server: SmtpServer,
+    /// `E2E_EMAIL_QUICKACK`: `email` measures against the sink acknowledging at once too.
+    email_quickack: bool,
     rate: f64,
     rate_secs: f64,
     backlog: usize,
@@ -189,6 +214,13 @@ impl Opts {
         Opts {
             events: env_or("E2E_EVENTS", 20_000),
             mixed_events: env_or("E2E_MIXED_EVENTS", 3_000),
+            email_events: env_or("E2E_EMAIL_EVENTS", 4_000),
+            smtp_server: match std::env::var("E2E_SMTP").as_deref() {
+                Err(_) | Ok("" | "sink") => SmtpServer::Sink,
+                Ok("python") => SmtpServer::Python,
+                Ok(other) => panic!("E2E_SMTP={other}: choose sink (the default) or python"),
+            },
+            email_quickack: env_or("E2E_EMAIL_QUICKACK", 1u8) != 0,
             rate: env_or("E2E_RATE", 1000.0),
             rate_secs: env_or("E2E_RATE_SECS", 15.0),
             backlog: env_or("E2E_BACKLOG", 200_000),
@@ -271,7 +303,8 @@ impl Phase {
         let mut email_keys = HashMap::new();
         if herald_emails {
             for i in 0..events {
-                let event = EventId::new(event_id(id, i));
+                // Herald derives the key from the publisher (the broker-verified user_id) too.
+                let event = EventId::published("guest", event_id(id, i));
                 for (slot, (recipient, _, _)) in RECIPIENTS.iter().enumerate() {
                     let key = IdempotencyKey::derive(&event, ROUTE, recipient, Medium::Email);
                     email_keys.insert(format!("<{key}@{MAIL_DOMAIN}>"), (i as u32, 2 + slot as u8));
@@ -307,6 +340,18 @@ impl Phase {
 struct Sink {
     base: Instant,
     phase: RwLock<Option<Arc<Phase>>>,
+    /// SMTP connections the server has taken so far.
+    smtp_opened: AtomicUsize,
+    /// SMTP connections open now, and the most open at once since [`Sink::smtp_mark`].
+    smtp_open: AtomicUsize,
+    smtp_peak: AtomicUsize,
+}
+
+/// SMTP connections in one measured run.
+#[derive(Clone, Copy)]
+struct SmtpConnections {
+    opened: usize,
+    peak: usize,
 }
 
 impl Sink {
@@ -333,6 +378,33 @@ impl Sink {
             && p == phase.id
         {
             phase.record(i, slot as u8, at);
+        }
+    }
+
+    fn smtp_connected(&self) {
+        self.smtp_opened.fetch_add(1, Ordering::Relaxed);
+        let open = self.smtp_open.fetch_add(1, Ordering::Relaxed) + 1;
+        self.smtp_peak.fetch_max(open, Ordering::Relaxed);
+    }
+
+    fn smtp_closed(&self) {
+        let _ = self
+            .smtp_open
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+    }
+
+    /// Starts counting the connections of a run: the count so far (for
+    /// [`Sink::smtp_since`]), and the most open at once starts again from those open now.
+    fn smtp_mark(&self) -> usize {
+        self.smtp_peak
+            .store(self.smtp_open.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.smtp_opened.load(Ordering::Relaxed)
+    }
+
+    fn smtp_since(&self, mark: usize) -> SmtpConnections {
+        SmtpConnections {
+            opened: self.smtp_opened.load(Ordering::Relaxed) - mark,
+            peak: self.smtp_peak.load(Ordering::Relaxed),
         }
     }
 
@@ -437,55 +509,113 @@ async fn start_receiver(sink: Arc<Sink>) -> u16 {
 // ---------------------------------------------------------------------------------------------
 // The SMTP server.
 
-/// aiosmtpd with a handler that prints each message's Message-ID, flushed, as it is taken.
+/// Which SMTP server takes the emails.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum SmtpServer {
+    /// This binary started again with `--smtp-sink` (`support/smtp_sink.rs`).
+    Sink,
+    /// Python's aiosmtpd, one process: the server before the sink, kept for comparison.
+    Python,
+}
+
+impl SmtpServer {
+    fn name(self) -> &'static str {
+        match self {
+            SmtpServer::Sink => "sink",
+            SmtpServer::Python => "aiosmtpd",
+        }
+    }
+}
+
+/// aiosmtpd with a handler that prints each message's Message-ID, flushed, as it is taken, and
+/// `connect` and `close` for each connection, as the sink does.
 const SMTP_SERVER: &str = r#"
 import asyncio, re, sys
 from aiosmtpd.smtp import SMTP
 
 MID = re.compile(rb"^message-id:[ \t]*(\S+)", re.I | re.M)
 
+def say(line):
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
 class Handler:
     async def handle_DATA(self, server, session, envelope):
         head = envelope.content.split(b"\r\n\r\n", 1)[0]
         m = MID.search(head)
-        sys.stdout.write((m.group(1).decode() if m else "-") + "\n")
-        sys.stdout.flush()
+        say(m.group(1).decode() if m else "-")
         return "250 OK"
+
+class Server(SMTP):
+    def connection_made(self, transport):
+        say("connect")
+        super().connection_made(transport)
+
+    def connection_lost(self, exc):
+        say("close")
+        super().connection_lost(exc)
 
 async def main():
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: SMTP(Handler(), hostname="localhost"), "127.0.0.1", int(sys.argv[1]))
+    server = await loop.create_server(lambda: Server(Handler(), hostname="localhost"), "127.0.0.1", int(sys.argv[1]))
     print("ready", flush=True)
     await server.serve_forever()
 
 asyncio.run(main())
 "#;
 
+/// The SMTP server of one scenario, and the thread that reads what it reports.
 struct Smtp {
+    server: SmtpServer,
     port: u16,
     child: Managed,
 }
 
 impl Smtp {
-    fn start(sink: Arc<Sink>) -> Result<Smtp, String> {
-        let has = Command::new("python3")
-            .args(["-c", "import aiosmtpd"])
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !has {
-            // As the service tests do: install it the first time it is missing.
-            let _ = Command::new("python3")
-                .args(["-m", "pip", "install", "--quiet", "aiosmtpd"])
-                .status();
-        }
-        let port = free_port()?;
-        let mut child = Command::new("python3")
-            .args(["-c", SMTP_SERVER, &port.to_string()])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("cannot start python3: {e}"))?;
+    /// `quickack`: the sink asks its kernel for an ACK at once after every read.
+    fn start(sink: Arc<Sink>, server: SmtpServer, quickack: bool) -> Result<Smtp, String> {
+        let (mut child, port) = match server {
+            SmtpServer::Sink => {
+                let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+                let mut cmd = Command::new(exe);
+                cmd.arg("--smtp-sink")
+                    .env_remove("SINK_QUICKACK")
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::inherit());
+                if quickack {
+                    cmd.env("SINK_QUICKACK", "1");
+                }
+                let child = cmd
+                    .spawn()
+                    .map_err(|e| format!("cannot start the SMTP sink: {e}"))?;
+                // It says which port it took.
+                (child, None)
+            }
+            SmtpServer::Python => {
+                if quickack {
+                    return Err("only the sink (E2E_SMTP=sink) acknowledges at once".into());
+                }
+                let has = Command::new("python3")
+                    .args(["-c", "import aiosmtpd"])
+                    .stderr(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success());
+                if !has {
+                    // As the service tests do: install it the first time it is missing.
+                    let _ = Command::new("python3")
+                        .args(["-m", "pip", "install", "--quiet", "aiosmtpd"])
+                        .status();
+                }
+                let port = free_port()?;
+                let child = Command::new("python3")
+                    .args(["-c", SMTP_SERVER, &port.to_string()])
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .map_err(|e| format!("cannot start python3: {e}"))?;
+                (child, Some(port))
+            }
+        };
         let stdout = child.stdout.take().expect("piped stdout");
         let child = Managed::new("smtp", child);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -494,19 +624,33 @@ impl Smtp {
             .spawn(move || {
                 let mut lines = BufReader::new(stdout).lines();
                 if let Some(Ok(first)) = lines.next() {
-                    let _ = ready_tx.send(first == "ready");
+                    // `ready` (aiosmtpd, on the port it was given) or `ready PORT` (the sink).
+                    let ready = match first.split_once(' ') {
+                        Some(("ready", p)) => p.parse().ok(),
+                        None if first == "ready" => port,
+                        _ => None,
+                    };
+                    let _ = ready_tx.send(ready);
                 }
                 for line in lines.map_while(Result::ok) {
-                    sink.email(sink.now(), line.trim());
+                    match line.trim() {
+                        "connect" => sink.smtp_connected(),
+                        "close" => sink.smtp_closed(),
+                        id => sink.email(sink.now(), id),
+                    }
                 }
             })
             .expect("smtp reader thread");
         match ready_rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(true) => Ok(Smtp { port, child }),
-            _ => Err(
-                "the SMTP server (python3 with aiosmtpd) did not start; install it with `python3 -m pip install aiosmtpd`"
-                    .into(),
-            ),
+            Ok(Some(port)) => Ok(Smtp {
+                server,
+                port,
+                child,
+            }),
+            _ => Err(match server {
+                SmtpServer::Sink => "the SMTP sink (e2e --smtp-sink) did not start".into(),
+                SmtpServer::Python => "the SMTP server (python3 with aiosmtpd) did not start; install it with `python3 -m pip install aiosmtpd`".into(),
+            }),
         }
     }
 
@@ -1411,6 +1555,7 @@ struct Setup {
     opts: Opts,
     names: Names,
     receiver_port: u16,
+    channels: Channels,
     smtp: Option<String>,
     dir: PathBuf,
     /// Herald's /metrics port.
@@ -1484,11 +1629,7 @@ impl Setup {
             &format!("http://127.0.0.1:{}", self.receiver_port),
         );
         let prefetch = set_prefetch(&head, self.opts.prefetch)?;
-        let channels = if self.smtp.is_some() {
-            r#"["email", "webhook"]"#
-        } else {
-            r#"["webhook"]"#
-        };
+        let channels = self.channels.toml();
         let mut webhook = if prefetch.contains("\n[webhook]") {
             String::new()
         } else {
@@ -1555,7 +1696,7 @@ impl Setup {
                     .env_remove("HERALD_LEDGER_URL")
                     .stdout(Stdio::null())
                     .stderr(log);
-                if let Some(url) = &self.smtp {
+                if let Some(url) = self.smtp.as_ref().filter(|_| self.channels.emails()) {
                     cmd.env("HERALD_SMTP_URL", url);
                 }
                 if let Some(db) = &self.database {
@@ -1571,6 +1712,7 @@ impl Setup {
                 let exe = std::env::current_exe().map_err(|e| e.to_string())?;
                 let urls: Vec<String> = RECIPIENTS
                     .iter()
+                    .filter(|_| self.channels.webhooks())
                     .map(|(_, p, _)| format!("http://127.0.0.1:{}{p}", self.receiver_port))
                     .collect();
                 let mut cmd = Command::new(exe);
@@ -1591,7 +1733,7 @@ impl Setup {
                     // It prints how many it has acknowledged, as that changes.
                     cmd.env("BASELINE_ACK_ONLY", "1").stdout(Stdio::piped());
                 }
-                if let Some(url) = &self.smtp {
+                if let Some(url) = self.smtp.as_ref().filter(|_| self.channels.emails()) {
                     let to: Vec<&str> = RECIPIENTS.iter().map(|(_, _, a)| *a).collect();
                     cmd.env("BASELINE_SMTP", url)
                         .env("BASELINE_EMAILS", to.join(","));
@@ -1651,6 +1793,20 @@ struct Figures {
     store_cpu_per_1000: f64,
     /// Rows the ledger wrote in the measured run, by table (`herald_ledger_rows_total`).
     ledger_rows: Option<Vec<(String, u64)>>,
+    /// RabbitMQ's CPU (beam.smp) per 1,000 notifications.
+    broker_cpu_per_1000: f64,
+    /// The SMTP server's side, in the scenarios with email.
+    smtp: Option<SmtpFigures>,
+}
+
+/// The SMTP server's CPU and connections in one measured run.
+#[derive(Clone, Copy)]
+struct SmtpFigures {
+    server: SmtpServer,
+    quickack: bool,
+    /// Its CPU per 1,000 emails.
+    cpu_per_1000: f64,
+    connections: SmtpConnections,
 }
 
 impl Figures {
@@ -1739,7 +1895,43 @@ struct Scenario {
     key: &'static str,
     events: usize,
     rate: Option<f64>,
-    mixed: bool,
+    channels: Channels,
+    /// The SMTP sink acknowledges at once (`SINK_QUICKACK`).
+    quickack: bool,
+}
+
+/// The benchmark route's channels.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Channels {
+    /// A webhook to each recipient.
+    Webhook,
+    /// A webhook and an email to each.
+    Mixed,
+    /// An email to each.
+    Email,
+}
+
+impl Channels {
+    fn toml(self) -> &'static str {
+        match self {
+            Channels::Webhook => r#"["webhook"]"#,
+            Channels::Mixed => r#"["email", "webhook"]"#,
+            Channels::Email => r#"["email"]"#,
+        }
+    }
+
+    fn webhooks(self) -> bool {
+        self != Channels::Email
+    }
+
+    fn emails(self) -> bool {
+        self != Channels::Webhook
+    }
+
+    /// Notifications per event: one per recipient and channel.
+    fn per_event(self) -> usize {
+        RECIPIENTS.len() * (usize::from(self.webhooks()) + usize::from(self.emails()))
+    }
 }
 
 impl Bench {
@@ -1750,7 +1942,13 @@ impl Bench {
     }
 
     /// A run's own folder (and so its own SQLite ledger), names and, for `postgres`, database.
-    fn setup(&mut self, key: &str, system: System, smtp: Option<&Smtp>) -> Result<Setup, String> {
+    fn setup(
+        &mut self,
+        key: &str,
+        channels: Channels,
+        system: System,
+        smtp: Option<&Smtp>,
+    ) -> Result<Setup, String> {
         self.runs += 1;
         let dir = self
             .tmp
@@ -1768,6 +1966,7 @@ impl Bench {
             opts: self.opts.clone(),
             names: Names::new(key, system.name()),
             receiver_port: self.receiver_port,
+            channels,
             smtp: smtp.map(Smtp::url),
             dir,
             metrics_port: free_port()?,
@@ -1852,15 +2051,15 @@ impl Bench {
         system: System,
         smtp: Option<&Smtp>,
     ) -> Result<Figures, String> {
-        let setup = self.setup(sc.key, system, smtp)?;
-        let per_event = if sc.mixed { 4 } else { 2 };
+        let setup = self.setup(sc.key, sc.channels, system, smtp)?;
+        let per_event = sc.channels.per_event();
         if system == System::Baseline {
             declare_baseline(&self.conn, &setup.names).await?;
         }
         let mut child = setup.spawn(system)?;
         let log = system.is_herald().then(|| setup.log());
         wait_consuming(&self.conn, &setup.names.queue, &mut child, log.as_deref()).await?;
-        let herald_emails = sc.mixed && system.is_herald();
+        let herald_emails = sc.channels.emails() && system.is_herald();
 
         let warmup = (sc.events / 10).clamp(1, WARMUP);
         let warm = self.phase(warmup, herald_emails);
@@ -1888,6 +2087,7 @@ impl Bench {
         let rows_before = self.ledger_rows(system, &setup).await;
         let phase = self.phase(sc.events, herald_emails);
         let probe = CpuProbe::start(child.pid(), smtp.map(|s| s.child.pid()));
+        let connections = self.sink.smtp_mark();
         let perf = start_profile(child.pid(), &format!("{}-{}", sc.key, system.name()));
         let mut publisher = Publisher::start(PublishJob {
             exchange: setup.names.exchange.clone(),
@@ -1909,6 +2109,7 @@ impl Bench {
         )
         .await?;
         let cpu = probe.finish();
+        let connections = smtp.map(|_| self.sink.smtp_since(connections));
         stop_profile(perf);
         let rows = rows_between(rows_before, self.ledger_rows(system, &setup).await);
         let rss = peak_rss_kib(child.pid()).unwrap_or(0);
@@ -1916,7 +2117,16 @@ impl Bench {
         delete_named(&self.conn, setup.names.prefix()).await;
         stopped?;
         let published = publisher.done.ok_or("no publisher result")?;
-        let f = live_figures(sc, expected, &phase, &published, &cpu, rss, rows);
+        let mut f = live_figures(sc, expected, &phase, &published, &cpu, rss, rows);
+        if let Some(smtp) = smtp {
+            let emails = sc.events * RECIPIENTS.len();
+            f.smtp = Some(SmtpFigures {
+                server: smtp.server,
+                quickack: sc.quickack,
+                cpu_per_1000: cpu.smtp_secs / emails as f64 * 1000.0,
+                connections: connections.unwrap_or(SmtpConnections { opened: 0, peak: 0 }),
+            });
+        }
         report(
             sc.key,
             system,
@@ -1932,7 +2142,7 @@ impl Bench {
     /// the same number of events posted as alerts. Measured as Herald's live run.
     async fn alertmanager(&mut self, sc: &Scenario) -> Result<Figures, String> {
         let system = System::Alertmanager;
-        let setup = self.setup(sc.key, system, None)?;
+        let setup = self.setup(sc.key, sc.channels, system, None)?;
         let port = free_port()?;
         let hooks: String = RECIPIENTS
             .iter()
@@ -2047,7 +2257,7 @@ impl Bench {
     /// from the first publish to the last acknowledgement; the consumer's CPU per event.
     async fn ceiling(&mut self, sc: &Scenario) -> Result<Figures, String> {
         let system = System::Ceiling;
-        let setup = self.setup(sc.key, system, None)?;
+        let setup = self.setup(sc.key, sc.channels, system, None)?;
         declare_baseline(&self.conn, &setup.names).await?;
         let mut child = setup.spawn(system)?;
         // (acknowledged so far, when the consumer said so).
@@ -2127,6 +2337,8 @@ impl Bench {
             other_cores: cpu.other_cores(),
             store_cpu_per_1000: 0.0,
             ledger_rows: None,
+            broker_cpu_per_1000: cpu.broker_secs / sc.events as f64 * 1000.0,
+            smtp: None,
         };
         report(sc.key, system, &f, &cpu, sc.events);
         Ok(f)
@@ -2135,7 +2347,7 @@ impl Bench {
     /// The backlog: publish while no consumer runs, then start it and time the drain.
     async fn backlog(&mut self, events: usize, system: System) -> Result<Figures, String> {
         let key = "backlog";
-        let setup = self.setup(key, system, None)?;
+        let setup = self.setup(key, Channels::Webhook, system, None)?;
         match system {
             System::Herald | System::NoLedger | System::Sqlite | System::Postgres => {
                 // Herald declares its own topology: start it once, then stop it.
@@ -2226,6 +2438,8 @@ impl Bench {
             other_cores: cpu.other_cores(),
             store_cpu_per_1000: cpu.store_secs / expected as f64 * 1000.0,
             ledger_rows: rows,
+            broker_cpu_per_1000: cpu.broker_secs / expected as f64 * 1000.0,
+            smtp: None,
         };
         report(key, system, &f, &cpu, phase.total.load(Ordering::Relaxed));
         // The resident set as the drain goes on: flat when memory is bounded by the prefetch.
@@ -2312,7 +2526,7 @@ fn live_figures(
         v.sort_unstable();
         percentile(&v, 0.99)
     };
-    let p99_by_channel = sc.mixed.then(|| [p99_of(false), p99_of(true)]);
+    let p99_by_channel = (sc.channels == Channels::Mixed).then(|| [p99_of(false), p99_of(true)]);
     let first = published.sent.first().copied().unwrap_or(0);
     let end = arrivals.iter().map(|a| a.at).max().unwrap_or(first);
     let secs = (end - first) as f64 / 1e9;
@@ -2335,6 +2549,8 @@ fn live_figures(
         other_cores: cpu.other_cores(),
         store_cpu_per_1000: cpu.store_secs / expected as f64 * 1000.0,
         ledger_rows: rows,
+        broker_cpu_per_1000: cpu.broker_secs / expected as f64 * 1000.0,
+        smtp: None,
     }
 }
 
@@ -2374,6 +2590,17 @@ fn report(key: &str, system: System, f: &Figures, cpu: &CpuUse, total: usize) {
             line,
             "; PostgreSQL CPU {:.3} s per 1,000 notifications",
             f.store_cpu_per_1000
+        );
+    }
+    if let Some(m) = &f.smtp {
+        let _ = write!(
+            line,
+            "; SMTP server ({}{}) CPU {:.3} s per 1,000 emails, {} connections opened, at most {} open at once",
+            m.server.name(),
+            if m.quickack { ", ACKs at once" } else { "" },
+            m.cpu_per_1000,
+            m.connections.opened,
+            m.connections.peak
         );
     }
     let _ = write!(line, "; published at {:.0} events/s", f.published_per_sec);
@@ -2434,7 +2661,7 @@ fn in_turn(systems: &[System], round: usize) -> Vec<System> {
 
 async fn run(wanted: Vec<String>) -> bool {
     let opts = Opts::from_env();
-    let all = ["throughput", "mixed", "latency", "backlog"];
+    let all = ["throughput", "mixed", "email", "latency", "backlog"];
     for w in &wanted {
         if !all.contains(&w.as_str()) {
             eprintln!("unknown scenario {w}: choose from {}", all.join(", "));
@@ -2458,6 +2685,9 @@ async fn run(wanted: Vec<String>) -> bool {
     let sink = Arc::new(Sink {
         base: Instant::now(),
         phase: RwLock::new(None),
+        smtp_opened: AtomicUsize::new(0),
+        smtp_open: AtomicUsize::new(0),
+        smtp_peak: AtomicUsize::new(0),
     });
     let receiver_port = start_receiver(Arc::clone(&sink)).await;
     let body = std::fs::read(root().join("schemas/examples/valid/court.bail.decided.json"))
@@ -2483,7 +2713,8 @@ async fn run(wanted: Vec<String>) -> bool {
                 key: "throughput",
                 events: bench.opts.events,
                 rate: None,
-                mixed: false,
+                channels: Channels::Webhook,
+                quickack: false,
             },
             "max throughput, 2 webhooks/event",
         ),
@@ -2493,9 +2724,32 @@ async fn run(wanted: Vec<String>) -> bool {
                 key: "mixed",
                 events: bench.opts.mixed_events,
                 rate: None,
-                mixed: true,
+                channels: Channels::Mixed,
+                quickack: false,
             },
             "mixed, 2 emails + 2 webhooks/event",
+        ),
+        (
+            "email",
+            Scenario {
+                key: "email",
+                events: bench.opts.email_events,
+                rate: None,
+                channels: Channels::Email,
+                quickack: false,
+            },
+            "email, 2 emails/event",
+        ),
+        (
+            "email",
+            Scenario {
+                key: "email-quickack",
+                events: bench.opts.email_events,
+                rate: None,
+                channels: Channels::Email,
+                quickack: true,
+            },
+            "email, 2 emails/event, the sink ACKs at once",
         ),
         (
             "latency",
@@ -2503,7 +2757,8 @@ async fn run(wanted: Vec<String>) -> bool {
                 key: "latency",
                 events: (bench.opts.rate * bench.opts.rate_secs).round() as usize,
                 rate: Some(bench.opts.rate),
-                mixed: false,
+                channels: Channels::Webhook,
+                quickack: false,
             },
             "fixed rate, 2 webhooks/event",
         ),
@@ -2518,13 +2773,21 @@ async fn run(wanted: Vec<String>) -> bool {
         if !selected(name) {
             continue;
         }
+        if sc.quickack && (!bench.opts.email_quickack || bench.opts.smtp_server != SmtpServer::Sink)
+        {
+            println!(
+                "\n[{}] skipped: only the sink (E2E_SMTP=sink) acknowledges at once; E2E_EMAIL_QUICKACK=0 leaves it out",
+                sc.key
+            );
+            continue;
+        }
         let title = match sc.rate {
             Some(r) => format!("{title} at {r:.0} events/s"),
             None => title.to_string(),
         };
-        let mut row = Row::new(name, title, &systems);
-        let smtp = if sc.mixed {
-            match Smtp::start(Arc::clone(&sink)) {
+        let mut row = Row::new(sc.key, title, &systems);
+        let smtp = if sc.channels.emails() {
+            match Smtp::start(Arc::clone(&sink), bench.opts.smtp_server, sc.quickack) {
                 Ok(s) => Some(s),
                 Err(e) => {
                     row.push(systems[0], Err(e));
@@ -2535,10 +2798,18 @@ async fn run(wanted: Vec<String>) -> bool {
         } else {
             None
         };
-        println!("\n[{name}] {}: {} events", row.title, sc.events);
+        println!("\n[{}] {}: {} events", sc.key, row.title, sc.events);
+        if let Some(smtp) = &smtp {
+            println!(
+                "[{}] SMTP server: {}{}",
+                sc.key,
+                smtp.server.name(),
+                if sc.quickack { ", ACKs at once" } else { "" }
+            );
+        }
         for round in 0..rounds {
             if rounds > 1 {
-                println!("[{name}] round {} of {rounds}", round + 1);
+                println!("[{}] round {} of {rounds}", sc.key, round + 1);
             }
             for system in in_turn(&systems, round) {
                 let f = bench.live(sc, system, smtp.as_ref()).await;
@@ -2781,6 +3052,24 @@ fn table(rows: &[Row], opts: &Opts) -> String {
     for &(_, title, herald, baseline) in &rows {
         for (who, f) in [("Herald", Some(herald)), ("baseline", baseline)] {
             if let Some(Ok(f)) = f
+                && let Some(m) = &f.smtp
+            {
+                let _ = writeln!(
+                    targets,
+                    "- {title}, {who}: {:.0} emails/s; SMTP server ({}) CPU {:.3} s per 1,000 emails, RabbitMQ {:.3} s per 1,000 notifications; {} SMTP connections opened, at most {} open at once",
+                    f.events_per_sec * RECIPIENTS.len() as f64,
+                    m.server.name(),
+                    m.cpu_per_1000,
+                    f.broker_cpu_per_1000,
+                    m.connections.opened,
+                    m.connections.peak
+                );
+            }
+        }
+    }
+    for &(_, title, herald, baseline) in &rows {
+        for (who, f) in [("Herald", Some(herald)), ("baseline", baseline)] {
+            if let Some(Ok(f)) = f
                 && f.other_cores > 0.2
             {
                 let _ = writeln!(
@@ -2979,8 +3268,10 @@ mod baseline {
                 .pool_idle_timeout(Duration::from_secs(90))
                 .build()
                 .expect("HTTP client"),
+            // None in the email scenario.
             urls: var("BASELINE_URLS")
                 .split(',')
+                .filter(|u| !u.is_empty())
                 .map(|u| (u.to_owned(), slots()))
                 .collect(),
             smtp,
