@@ -521,7 +521,7 @@ impl Store {
         &self.pool
     }
 
-    pub(crate) fn error(&self, e: &sqlx::Error) -> LedgerError {
+    pub(crate) fn error(&self, e: &impl std::fmt::Display) -> LedgerError {
         LedgerError::Query {
             url: self.shown.to_string(),
             reason: e.to_string(),

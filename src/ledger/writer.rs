@@ -228,9 +228,13 @@ async fn run(store: Store, mut rx: mpsc::Receiver<Op>, metrics: Metrics) {
 }
 
 /// Commits one batch, waiting while the store takes no writes; answers every operation.
-async fn write_batch(store: &Store, lite: &mut Option<Lite>, batch: Vec<Op>, metrics: &Metrics) {
+async fn write_batch(
+    store: &Store,
+    lite: &mut Option<Lite>,
+    mut batch: Vec<Op>,
+    metrics: &Metrics,
+) {
     let mut wait = Duration::from_secs(1);
-    let mut batch = batch;
     loop {
         let started = Instant::now();
         let (back, result) = commit(store, lite, batch, metrics).await;
@@ -286,15 +290,12 @@ impl std::fmt::Display for Fault {
 }
 
 impl Fault {
-    /// SQLite's result code, extended, if the error is one of SQLite's.
+    /// SQLite's result code, extended, if the error is one of SQLite's writer (the pool
+    /// commits only on PostgreSQL).
     fn sqlite_code(&self) -> Option<i64> {
         match self {
-            Fault::Pool(e) => e
-                .as_database_error()
-                .and_then(|d| d.code())
-                .and_then(|c| c.parse().ok()),
             Fault::Lite(rusqlite::Error::SqliteFailure(e, _)) => Some(i64::from(e.extended_code)),
-            Fault::Lite(_) => None,
+            Fault::Lite(_) | Fault::Pool(_) => None,
         }
     }
 }
@@ -438,10 +439,7 @@ async fn one_by_one(store: &Store, lite: &mut Option<Lite>, batch: Vec<Op>, metr
                 metrics.ledger_refused.with_label_values::<&str>(&[]).inc();
                 error!(error = %e, "the ledger refused an operation; its event goes back to the queue");
                 for op in back {
-                    op.fail(LedgerError::Query {
-                        url: store.shown().to_owned(),
-                        reason: e.to_string(),
-                    });
+                    op.fail(store.error(&e));
                 }
             }
         }
